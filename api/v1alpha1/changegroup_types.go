@@ -1,0 +1,70 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ChangeGroupSpec configures a change group.
+type ChangeGroupSpec struct {
+	// maxActiveRuns, when set, makes the manager start queued runs of the group, oldest first,
+	// while fewer than this many are active. Unset, clients start runs themselves (suspend: false,
+	// with the update token).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	MaxActiveRuns *int32 `json:"maxActiveRuns,omitempty"`
+}
+
+// ChangeGroupStatus is the group's admission ledger. Its resourceVersion is the update token: every
+// start, finish and deletion of a run of the group writes here.
+type ChangeGroupStatus struct {
+	// activeRuns are the names of the started, unfinished runs of the group.
+	// +optional
+	// +listType=set
+	ActiveRuns []string `json:"activeRuns,omitempty"`
+
+	// active is the number of activeRuns, for kubectl.
+	// +optional
+	Active int32 `json:"active"`
+
+	// queuedRuns is the number of runs of the group waiting to start.
+	// +optional
+	QueuedRuns int32 `json:"queuedRuns"`
+
+	// sequence grows with every write of the ledger, so that each write gives a new token.
+	// +optional
+	Sequence int64 `json:"sequence,omitempty"`
+}
+
+// ChangeGroup groups runs for admission control and optimistic locking.
+// +genclient
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=cg,categories=runservice
+// +kubebuilder:printcolumn:name="Queued",type=integer,JSONPath=`.status.queuedRuns`
+// +kubebuilder:printcolumn:name="Active",type=integer,JSONPath=`.status.active`
+// +kubebuilder:printcolumn:name="Max",type=integer,JSONPath=`.spec.maxActiveRuns`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ChangeGroup struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec configures the group.
+	// +optional
+	Spec ChangeGroupSpec `json:"spec,omitempty"`
+
+	// status is the admission ledger.
+	// +optional
+	Status ChangeGroupStatus `json:"status,omitempty"`
+}
+
+// ChangeGroupList is a list of ChangeGroups.
+// +kubebuilder:object:root=true
+type ChangeGroupList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ChangeGroup `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ChangeGroup{}, &ChangeGroupList{})
+}

@@ -1,0 +1,38 @@
+package v1alpha1
+
+// Well-known labels, annotations and finalizers.
+const (
+	// LabelRun names the Run an ExecutorTask (and its containers or pods) belongs to.
+	LabelRun = "runservice.dev/run"
+	// LabelTask names the task of the Run.
+	LabelTask = "runservice.dev/task"
+	// LabelExecutor names the Executor a task was scheduled on.
+	LabelExecutor = "runservice.dev/executor"
+	// LabelExecutorTaskUID carries the uid of the ExecutorTask on containers and pods.
+	LabelExecutorTaskUID = "runservice.dev/executortask-uid"
+
+	// AnnotationUpdateToken carries a change-group update token on a mutating Run request.
+	AnnotationUpdateToken = "runservice.dev/changegroups-update-token"
+
+	// FinalizerChangeGroupLedger keeps a Run that is in change groups until the groups' ledgers
+	// no longer count it.
+	FinalizerChangeGroupLedger = "runservice.dev/changegroup-ledger"
+
+	// ConditionReady is the Ready condition type of Executors and Runs' readiness to schedule.
+	ConditionReady = "Ready"
+)
+
+// EnvVar is an environment variable given to a task's containers.
+type EnvVar struct {
+	// name of the variable.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_]*$`
+	Name string `json:"name"`
+
+	// value of the variable.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32768
+	Value string `json:"value,omitempty"`
+}

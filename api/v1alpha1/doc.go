@@ -1,0 +1,4 @@
+// Package v1alpha1 holds the runservice.dev/v1alpha1 API: Run, ChangeGroup, Executor and ExecutorTask.
+// +kubebuilder:object:generate=true
+// +groupName=runservice.dev
+package v1alpha1

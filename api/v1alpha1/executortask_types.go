@@ -1,0 +1,110 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ExecutorTaskSpec is one scheduled task, written by the manager. Only stop changes later.
+// +kubebuilder:validation:XValidation:rule="self.runName == oldSelf.runName && self.taskName == oldSelf.taskName && self.executor == oldSelf.executor && self.executorUID == oldSelf.executorUID",message="only stop can change"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.stop) || !oldSelf.stop || (has(self.stop) && self.stop)",message="stop cannot be undone",fieldPath=".stop"
+type ExecutorTaskSpec struct {
+	// runName is the Run the task belongs to.
+	// +required
+	RunName string `json:"runName"`
+
+	// taskName is the task of the Run.
+	// +required
+	TaskName string `json:"taskName"`
+
+	// executor the task is scheduled on.
+	// +required
+	Executor string `json:"executor"`
+
+	// executorUID is the uid of the Executor when the task was scheduled: an executor registered
+	// anew under the same name does not own the task.
+	// +required
+	ExecutorUID string `json:"executorUID"`
+
+	// task is the task's definition, copied from the Run.
+	// +required
+	Task Task `json:"task"`
+
+	// environment is the run's environment.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=128
+	Environment []EnvVar `json:"environment,omitempty"`
+
+	// workspaceSources are the ExecutorTasks, parents first, whose workspace archives a
+	// restoreWorkspace step restores.
+	// +optional
+	// +listType=atomic
+	WorkspaceSources []string `json:"workspaceSources,omitempty"`
+
+	// stop asks the executor to stop the task.
+	// +optional
+	Stop bool `json:"stop,omitempty"`
+}
+
+// ExecutorTaskStatus is written only by the task's executor.
+type ExecutorTaskStatus struct {
+	// phase of the task on the executor.
+	// +optional
+	Phase TaskPhase `json:"phase,omitempty"`
+
+	// startTime is when the executor started the task.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+
+	// endTime is when the task ended.
+	// +optional
+	EndTime *metav1.Time `json:"endTime,omitempty"`
+
+	// message says why the task failed.
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	// steps of the task.
+	// +optional
+	// +listType=atomic
+	Steps []StepStatus `json:"steps,omitempty"`
+}
+
+// IsActive reports whether the executor may still be running the task.
+func (s *ExecutorTaskStatus) IsActive() bool { return !s.Phase.IsFinal() }
+
+// ExecutorTask is a task scheduled on an executor.
+// +genclient
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=et,categories=runservice
+// +kubebuilder:printcolumn:name="Run",type=string,JSONPath=`.spec.runName`
+// +kubebuilder:printcolumn:name="Task",type=string,JSONPath=`.spec.taskName`
+// +kubebuilder:printcolumn:name="Executor",type=string,JSONPath=`.spec.executor`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ExecutorTask struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is written by the manager.
+	// +required
+	Spec ExecutorTaskSpec `json:"spec"`
+
+	// status is written by the executor.
+	// +optional
+	Status ExecutorTaskStatus `json:"status,omitempty"`
+}
+
+// ExecutorTaskList is a list of ExecutorTasks.
+// +kubebuilder:object:root=true
+type ExecutorTaskList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ExecutorTask `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ExecutorTask{}, &ExecutorTaskList{})
+}

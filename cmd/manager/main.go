@@ -1,0 +1,42 @@
+// Command manager runs the runservice manager: the run, changegroup and executor controllers and the
+// Run validating webhook.
+package main
+
+import (
+	"flag"
+	"os"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"runservice.dev/runservice/internal/manager"
+)
+
+func main() {
+	var opts manager.Options
+	flag.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	flag.StringVar(&opts.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz probes.")
+	flag.BoolVar(&opts.LeaderElection, "leader-elect", false, "Elect a leader among manager replicas (a Lease in the manager's namespace).")
+	flag.StringVar(&opts.LeaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's namespace).")
+	flag.IntVar(&opts.WebhookPort, "webhook-port", 9443, "Port of the Run validating webhook; 0 disables the webhook.")
+	flag.StringVar(&opts.WebhookCertDir, "webhook-cert-dir", "", "Directory with tls.crt and tls.key for the webhook (default: controller-runtime's).")
+	flag.DurationVar(&opts.Controllers.PhantomGrace, "phantom-grace", 0, "How long a change-group entry of a run that never started is kept (default 1m).")
+	flag.IntVar(&opts.Controllers.MaxConcurrentRuns, "max-concurrent-runs", 0, "Runs reconciled at once (default 4).")
+	zopts := zap.Options{Development: false}
+	zopts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	log := ctrl.Log.WithName("setup")
+
+	ctx := ctrl.SetupSignalHandler()
+	mgr, err := manager.New(ctx, ctrl.GetConfigOrDie(), opts)
+	if err != nil {
+		log.Error(err, "setting up the manager")
+		os.Exit(1)
+	}
+	log.Info("starting manager")
+	if err := mgr.Start(ctx); err != nil {
+		log.Error(err, "running the manager")
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,105 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+)
+
+// ExecutorReconciler reports executors' liveness: Ready from the executor's Lease, the last
+// heartbeat, and the number of active tasks. A silent executor only becomes not Ready: its tasks stay
+// as they are until it comes back or is deleted (the executor is the source of truth).
+type ExecutorReconciler struct {
+	Client client.Client
+}
+
+var _ reconcile.Reconciler = (*ExecutorReconciler)(nil)
+
+// +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executors/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+
+// Reconcile implements reconcile.Reconciler.
+func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	ex := &rsv1.Executor{}
+	if err := r.Client.Get(ctx, req.NamespacedName, ex); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if ex.DeletionTimestamp != nil {
+		return ctrl.Result{}, nil
+	}
+	old := ex.Status.DeepCopy()
+	now := time.Now()
+	var result ctrl.Result
+
+	lease := &coordinationv1.Lease{}
+	err := r.Client.Get(ctx, req.NamespacedName, lease)
+	switch {
+	case apierrors.IsNotFound(err):
+		r.setReady(ex, metav1.ConditionFalse, "NoLease", "the executor holds no Lease")
+	case err != nil:
+		return ctrl.Result{}, fmt.Errorf("reading lease: %w", err)
+	case leaseLive(lease, now):
+		r.setReady(ex, metav1.ConditionTrue, "LeaseRenewed", "the executor renews its Lease")
+		result.RequeueAfter = leaseExpiry(lease).Sub(now) + 100*time.Millisecond
+	default:
+		r.setReady(ex, metav1.ConditionFalse, "LeaseExpired", "the executor stopped renewing its Lease; its tasks stay as they are until it comes back or is deleted")
+	}
+	if err == nil && lease.Spec.RenewTime != nil {
+		t := metav1.NewTime(lease.Spec.RenewTime.Time)
+		ex.Status.LastHeartbeatTime = &t
+	}
+
+	var tasks rsv1.ExecutorTaskList
+	if err := r.Client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexExecutor: ex.Name}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing executor tasks: %w", err)
+	}
+	ex.Status.ActiveTasks = 0
+	for _, et := range tasks.Items {
+		if et.Status.IsActive() && et.Spec.ExecutorUID == string(ex.UID) {
+			ex.Status.ActiveTasks++
+		}
+	}
+	if !equality.Semantic.DeepEqual(old, &ex.Status) {
+		if err := r.Client.Status().Update(ctx, ex); err != nil {
+			return ctrl.Result{}, fmt.Errorf("writing executor status: %w", err)
+		}
+	}
+	return result, nil
+}
+
+func (r *ExecutorReconciler) setReady(ex *rsv1.Executor, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&ex.Status.Conditions, metav1.Condition{
+		Type: rsv1.ConditionReady, Status: status, Reason: reason, Message: msg, ObservedGeneration: ex.Generation,
+	})
+}
+
+// SetupWithManager registers the reconciler.
+func (r *ExecutorReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	sameName := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}}}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("executor").
+		For(&rsv1.Executor{}).
+		Watches(&coordinationv1.Lease{}, sameName).
+		Watches(&rsv1.ExecutorTask{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			et := o.(*rsv1.ExecutorTask)
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}}}
+		})).
+		Complete(r)
+}

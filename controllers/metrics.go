@@ -1,0 +1,96 @@
+package controllers
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+)
+
+// Metrics are the manager's own Prometheus metrics, beside controller-runtime's.
+type Metrics struct {
+	schedulingLatency prometheus.Histogram
+	transitions       *prometheus.CounterVec
+}
+
+var (
+	registerOnce  = make(chan struct{}, 1)
+	sharedMetrics *Metrics
+)
+
+// newMetrics registers the metrics once per process (tests start several managers).
+func newMetrics(c client.Reader) *Metrics {
+	select {
+	case registerOnce <- struct{}{}:
+	default:
+		return sharedMetrics
+	}
+	m := &Metrics{
+		schedulingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "runservice_scheduling_latency_seconds",
+			Help:    "Time from a task becoming ready (its last parent final, or the run started) to its ExecutorTask created.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "runservice_run_phase_transitions_total",
+			Help: "Run phase transitions, by the phase entered.",
+		}, []string{"phase"}),
+	}
+	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, &runPhaseCollector{client: c})
+	sharedMetrics = m
+	return m
+}
+
+func (m *Metrics) observePhase(run *rsv1.Run, _ rsv1.RunPhase) {
+	m.transitions.WithLabelValues(string(run.Status.Phase)).Inc()
+}
+
+// observeScheduled records the scheduling latency of a task just scheduled.
+func (m *Metrics) observeScheduled(run *rsv1.Run, task *rsv1.Task) {
+	var ready time.Time
+	if run.Status.StartTime != nil {
+		ready = run.Status.StartTime.Time
+	}
+	for _, d := range task.Depends {
+		for _, ts := range run.Status.Tasks {
+			if ts.Name == d.Task && ts.EndTime != nil && ts.EndTime.After(ready) {
+				ready = ts.EndTime.Time
+			}
+		}
+	}
+	if !ready.IsZero() {
+		m.schedulingLatency.Observe(time.Since(ready).Seconds())
+	}
+}
+
+// runPhaseCollector reports the number of runs by phase from the cache at scrape time.
+type runPhaseCollector struct{ client client.Reader }
+
+var runsDesc = prometheus.NewDesc("runservice_runs", "Runs in etcd, by phase.", []string{"phase"}, nil)
+
+func (c *runPhaseCollector) Describe(ch chan<- *prometheus.Desc) { ch <- runsDesc }
+
+func (c *runPhaseCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var runs rsv1.RunList
+	if err := c.client.List(ctx, &runs); err != nil {
+		return
+	}
+	counts := map[rsv1.RunPhase]int{}
+	for _, phase := range []rsv1.RunPhase{rsv1.RunPhaseQueued, rsv1.RunPhaseRunning, rsv1.RunPhaseFinished, rsv1.RunPhaseSetupError, rsv1.RunPhaseCancelled} {
+		counts[phase] = 0
+	}
+	for _, r := range runs.Items {
+		if r.Status.Phase != "" {
+			counts[r.Status.Phase]++
+		}
+	}
+	for phase, n := range counts {
+		ch <- prometheus.MustNewConstMetric(runsDesc, prometheus.GaugeValue, float64(n), string(phase))
+	}
+}

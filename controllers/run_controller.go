@@ -1,0 +1,402 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/ledger"
+	"runservice.dev/runservice/pkg/dag"
+)
+
+// Run condition types.
+const (
+	// ConditionValid is False when the run's graph is invalid (phase SetupError).
+	ConditionValid = "Valid"
+	// ConditionAdmitted is True once the run may start: not suspended and admitted by its change groups.
+	ConditionAdmitted = "Admitted"
+	// ConditionScheduled is False while a ready task finds no executor.
+	ConditionScheduled = "Scheduled"
+)
+
+// RunReconciler drives runs: it validates them, starts them once admitted, schedules their ready
+// tasks onto executors as ExecutorTasks, folds the executors' reports into the run's status and
+// finishes them.
+type RunReconciler struct {
+	Client    client.Client
+	APIReader client.Reader
+	Recorder  recorder.EventRecorder
+	Ledger    *ledger.Ledger
+	Scheduler *Scheduler
+	Metrics   *Metrics
+	Options   Options
+}
+
+var _ reconcile.Reconciler = (*RunReconciler)(nil)
+
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs/finalizers,verbs=update
+// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile implements reconcile.Reconciler.
+func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	run := &rsv1.Run{}
+	if err := r.Client.Get(ctx, req.NamespacedName, run); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if run.DeletionTimestamp != nil {
+		return ctrl.Result{}, r.release(ctx, run)
+	}
+	if len(run.Spec.ChangeGroups) > 0 && !run.Status.Phase.IsFinal() && !controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) {
+		controllerutil.AddFinalizer(run, rsv1.FinalizerChangeGroupLedger)
+		if err := r.Client.Update(ctx, run); err != nil {
+			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		}
+	}
+	if run.Status.Phase.IsFinal() {
+		return ctrl.Result{}, r.release(ctx, run)
+	}
+
+	old := run.Status.DeepCopy()
+	var result ctrl.Result
+	if run.Status.Phase == "" {
+		if errs := dag.Validate(&run.Spec, field.NewPath("spec")); len(errs) > 0 {
+			r.setupError(run, errs)
+			return ctrl.Result{}, r.writeStatus(ctx, run, old)
+		}
+	}
+
+	admitted, why, err := r.admitted(ctx, run)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	tasks, states, err := r.executorTasks(ctx, run)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	out := dag.Advance(dag.Input{Spec: &run.Spec, Status: &run.Status, Admitted: admitted, ExecutorTasks: states, Now: metav1.Now()})
+	run.Status = out.Status
+	run.Status.ObservedGeneration = run.Generation
+	setCondition(run, ConditionValid, metav1.ConditionTrue, "Valid", "the run's graph is valid")
+	if admitted {
+		setCondition(run, ConditionAdmitted, metav1.ConditionTrue, "Admitted", "the run may start")
+	} else if run.Status.Phase == rsv1.RunPhaseQueued {
+		setCondition(run, ConditionAdmitted, metav1.ConditionFalse, why, "the run waits to start: "+why)
+	}
+
+	var noExecutor []string
+	for _, name := range out.Schedule {
+		err := r.schedule(ctx, run, name, tasks)
+		var ne *NoExecutorError
+		switch {
+		case errors.As(err, &ne):
+			noExecutor = append(noExecutor, fmt.Sprintf("task %s: %s", name, ne.Reason))
+		case err != nil:
+			return ctrl.Result{}, err
+		}
+	}
+	if len(noExecutor) > 0 {
+		setCondition(run, ConditionScheduled, metav1.ConditionFalse, rsv1.ReasonNoExecutor, noExecutor[0])
+		result.RequeueAfter = r.Options.NoExecutorRetry
+	} else if len(out.Schedule) > 0 {
+		setCondition(run, ConditionScheduled, metav1.ConditionTrue, "Scheduled", "every ready task is scheduled")
+	}
+	for _, name := range out.Stop {
+		if err := r.stopTask(ctx, run.Namespace, name); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	if err := r.writeStatus(ctx, run, old); err != nil {
+		return ctrl.Result{}, err
+	}
+	if run.Status.Phase.IsFinal() {
+		log.V(1).Info("run is final", "phase", run.Status.Phase, "result", run.Status.Result)
+		return ctrl.Result{}, r.release(ctx, run)
+	}
+	return result, nil
+}
+
+func setCondition(run *rsv1.Run, typ string, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&run.Status.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: run.Generation,
+	})
+}
+
+func (r *RunReconciler) setupError(run *rsv1.Run, errs field.ErrorList) {
+	now := metav1.Now()
+	run.Status.Phase = rsv1.RunPhaseSetupError
+	run.Status.Result = rsv1.RunResultFailed
+	run.Status.QueueTime, run.Status.EndTime = &now, &now
+	run.Status.ObservedGeneration = run.Generation
+	setCondition(run, ConditionValid, metav1.ConditionFalse, rsv1.ReasonInvalidGraph, errs.ToAggregate().Error())
+	r.Recorder.Eventf(run, nil, corev1.EventTypeWarning, rsv1.ReasonInvalidGraph, "Validate", "%s", errs.ToAggregate().Error())
+}
+
+// admitted reports whether the run may start, and why not.
+func (r *RunReconciler) admitted(ctx context.Context, run *rsv1.Run) (bool, string, error) {
+	if run.Status.Phase == rsv1.RunPhaseRunning {
+		return true, "", nil
+	}
+	if run.IsSuspended() {
+		return false, "Suspended", nil
+	}
+	for _, g := range run.Spec.ChangeGroups {
+		cg := &rsv1.ChangeGroup{}
+		if err := r.Client.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: g}, cg); err != nil {
+			if apierrors.IsNotFound(err) {
+				return false, "WaitingForChangeGroup", nil
+			}
+			return false, "", fmt.Errorf("reading change group %s: %w", g, err)
+		}
+		if !slices.Contains(cg.Status.ActiveRuns, run.Name) {
+			return false, "WaitingForChangeGroup", nil
+		}
+	}
+	return true, "", nil
+}
+
+// executorTasks returns the run's ExecutorTasks by task name, and what the DAG engine needs of them.
+func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[string]*rsv1.ExecutorTask, map[string]dag.ExecutorTaskState, error) {
+	var list rsv1.ExecutorTaskList
+	if err := r.Client.List(ctx, &list, client.InNamespace(run.Namespace), client.MatchingFields{indexRunName: run.Name}); err != nil {
+		return nil, nil, fmt.Errorf("listing executor tasks: %w", err)
+	}
+	tasks := map[string]*rsv1.ExecutorTask{}
+	states := map[string]dag.ExecutorTaskState{}
+	executors := map[string]*rsv1.Executor{}
+	for i := range list.Items {
+		et := &list.Items[i]
+		if !metav1.IsControlledBy(et, run) {
+			continue // a task of an earlier run of the same name
+		}
+		ex, ok := executors[et.Spec.Executor]
+		if !ok {
+			ex = &rsv1.Executor{}
+			if err := r.Client.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: et.Spec.Executor}, ex); err != nil {
+				if !apierrors.IsNotFound(err) {
+					return nil, nil, fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
+				}
+				ex = nil
+			}
+			executors[et.Spec.Executor] = ex
+		}
+		tasks[et.Spec.TaskName] = et
+		states[et.Spec.TaskName] = dag.ExecutorTaskState{
+			Name:            et.Name,
+			Executor:        et.Spec.Executor,
+			Status:          et.Status,
+			StopRequested:   et.Spec.Stop,
+			ExecutorRemoved: ex == nil || ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID,
+		}
+	}
+	return tasks, states, nil
+}
+
+// ExecutorTaskName is the deterministic name of a task's ExecutorTask: creating it is the lock that
+// makes scheduling at most once.
+func ExecutorTaskName(run, task string) string {
+	name := run + "-" + task
+	if len(name) <= 253 {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return name[:253-17] + "-" + hex.EncodeToString(sum[:8])
+}
+
+// schedule creates the ExecutorTask of a ready task on a picked executor.
+func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string, existing map[string]*rsv1.ExecutorTask) error {
+	log := ctrl.LoggerFrom(ctx)
+	i := slices.IndexFunc(run.Spec.Tasks, func(t rsv1.Task) bool { return t.Name == name })
+	if i < 0 {
+		return nil
+	}
+	task := &run.Spec.Tasks[i]
+	etName := ExecutorTaskName(run.Name, name)
+	var landedOn string
+	err := r.Scheduler.Schedule(ctx, run.Namespace, task, func(ex *rsv1.Executor) (string, error) {
+		et := &rsv1.ExecutorTask{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:      etName,
+				Namespace: run.Namespace,
+				Labels:    map[string]string{rsv1.LabelRun: labelValue(run.Name), rsv1.LabelTask: name, rsv1.LabelExecutor: ex.Name},
+			},
+			Spec: rsv1.ExecutorTaskSpec{
+				RunName:     run.Name,
+				TaskName:    name,
+				Executor:    ex.Name,
+				ExecutorUID: string(ex.UID),
+				Task:        *task.DeepCopy(),
+				Environment: run.Spec.Environment,
+			},
+		}
+		for _, a := range dag.Ancestors(&run.Spec, name) {
+			et.Spec.WorkspaceSources = append(et.Spec.WorkspaceSources, ExecutorTaskName(run.Name, a))
+		}
+		if err := controllerutil.SetControllerReference(run, et, r.Client.Scheme()); err != nil {
+			return "", fmt.Errorf("owning executor task %s: %w", etName, err)
+		}
+		err := r.Client.Create(ctx, et)
+		if apierrors.IsAlreadyExists(err) {
+			// Scheduled before (by an earlier manager, or before a lost status write): adopt it.
+			if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(et), et); err != nil {
+				return "", fmt.Errorf("reading executor task %s: %w", etName, err)
+			}
+			landedOn = et.Spec.Executor
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("creating executor task %s: %w", etName, err)
+		}
+		landedOn = ex.Name
+		r.Metrics.observeScheduled(run, task)
+		r.Recorder.Eventf(run, et, corev1.EventTypeNormal, "Scheduled", "Schedule", "task %s scheduled on executor %s", name, ex.Name)
+		log.V(1).Info("scheduled task", "task", name, "executor", ex.Name, "executorTask", klog.KObj(et))
+		return etName, nil
+	})
+	if err != nil {
+		return err
+	}
+	for j := range run.Status.Tasks {
+		if run.Status.Tasks[j].Name == name {
+			run.Status.Tasks[j].ExecutorTask = etName
+			run.Status.Tasks[j].Executor = landedOn
+		}
+	}
+	return nil
+}
+
+// labelValue fits a name into a label value (63 characters).
+func labelValue(s string) string {
+	if len(s) <= 63 {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return s[:46] + "-" + hex.EncodeToString(sum[:8])
+}
+
+func (r *RunReconciler) stopTask(ctx context.Context, namespace, name string) error {
+	et := &rsv1.ExecutorTask{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"spec":{"stop":true}}`))
+	if err := r.Client.Patch(ctx, et, patch); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("stopping executor task %s: %w", name, err)
+	}
+	return nil
+}
+
+// writeStatus writes the run's status when it changed, with events for the run's transitions.
+func (r *RunReconciler) writeStatus(ctx context.Context, run *rsv1.Run, old *rsv1.RunStatus) error {
+	if equality.Semantic.DeepEqual(old, &run.Status) {
+		return nil
+	}
+	if err := r.Client.Status().Update(ctx, run); err != nil {
+		return fmt.Errorf("writing run status: %w", err)
+	}
+	if old.Phase != run.Status.Phase {
+		r.Metrics.observePhase(run, old.Phase)
+		switch run.Status.Phase {
+		case rsv1.RunPhaseRunning:
+			r.Recorder.Eventf(run, nil, corev1.EventTypeNormal, "Started", "Start", "run started")
+		case rsv1.RunPhaseFinished, rsv1.RunPhaseCancelled:
+			typ := corev1.EventTypeNormal
+			if run.Status.Result != rsv1.RunResultSuccess {
+				typ = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(run, nil, typ, string(run.Status.Phase), "Finish", "run %s with result %s", run.Status.Phase, run.Status.Result)
+		}
+	}
+	return nil
+}
+
+// release takes a final or deleted run out of its groups' ledgers, then drops the finalizer.
+func (r *RunReconciler) release(ctx context.Context, run *rsv1.Run) error {
+	if !controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) {
+		return nil
+	}
+	if err := r.Ledger.Release(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups); err != nil {
+		return fmt.Errorf("releasing run from its change groups: %w", err)
+	}
+	controllerutil.RemoveFinalizer(run, rsv1.FinalizerChangeGroupLedger)
+	if err := r.Client.Update(ctx, run); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("removing finalizer: %w", err)
+	}
+	return nil
+}
+
+// SetupWithManager registers the reconciler.
+func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("run").
+		For(&rsv1.Run{}).
+		Owns(&rsv1.ExecutorTask{}).
+		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.runsOfExecutor),
+			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, executorRemovedPredicate()))).
+		Watches(&rsv1.ChangeGroup{}, handler.EnqueueRequestsFromMapFunc(r.runsOfGroup)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentRuns}).
+		Complete(r)
+}
+
+// executorRemovedPredicate passes deletions and the start of a deletion.
+func executorRemovedPredicate() predicate.Funcs {
+	return predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return true },
+		UpdateFunc:  func(e event.UpdateEvent) bool { return e.ObjectNew.GetDeletionTimestamp() != nil },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
+}
+
+// runsOfExecutor maps an executor to the runs with tasks on it.
+func (r *RunReconciler) runsOfExecutor(ctx context.Context, o client.Object) []reconcile.Request {
+	var list rsv1.ExecutorTaskList
+	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexExecutor: o.GetName()}); err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var reqs []reconcile.Request
+	for _, et := range list.Items {
+		if seen[et.Spec.RunName] {
+			continue
+		}
+		seen[et.Spec.RunName] = true
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.RunName}})
+	}
+	return reqs
+}
+
+// runsOfGroup maps a change group to its queued runs, which may have been admitted.
+func (r *RunReconciler) runsOfGroup(ctx context.Context, o client.Object) []reconcile.Request {
+	cg := o.(*rsv1.ChangeGroup)
+	var reqs []reconcile.Request
+	for _, name := range cg.Status.ActiveRuns {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: cg.Namespace, Name: name}})
+	}
+	return reqs
+}

@@ -1,0 +1,173 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+)
+
+// Scheduler picks executors for ready tasks. It serialises picks so that concurrent run reconciles
+// never book the same free slot twice, and remembers the ExecutorTasks it created until the cache
+// shows them (the "assumed" tasks of kube-scheduler), so that cache lag cannot exceed a limit.
+type Scheduler struct {
+	client client.Client
+
+	mu      sync.Mutex
+	assumed map[string]map[string]struct{} // executor -> ExecutorTask names created but maybe not cached yet
+}
+
+// NewScheduler returns a Scheduler reading executors, leases and tasks through c (a cached client).
+func NewScheduler(c client.Client) *Scheduler {
+	return &Scheduler{client: c, assumed: map[string]map[string]struct{}{}}
+}
+
+// NoExecutorError says that no executor can take the task now.
+type NoExecutorError struct{ Reason string }
+
+func (e *NoExecutorError) Error() string { return "no executor available: " + e.Reason }
+
+// Schedule picks an executor for the task and creates its ExecutorTask with create, under the
+// scheduler's lock. create returns the executor the task actually landed on (another one when the
+// ExecutorTask already existed).
+func (s *Scheduler) Schedule(ctx context.Context, namespace string, task *rsv1.Task, create func(*rsv1.Executor) (string, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ex, err := s.pick(ctx, namespace, task)
+	if err != nil {
+		return err
+	}
+	landed, err := create(ex)
+	if err != nil {
+		return err
+	}
+	if landed == "" {
+		return nil
+	}
+	if s.assumed[ex.Name] == nil {
+		s.assumed[ex.Name] = map[string]struct{}{}
+	}
+	s.assumed[ex.Name][landed] = struct{}{}
+	return nil
+}
+
+func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task) (*rsv1.Executor, error) {
+	var list rsv1.ExecutorList
+	if err := s.client.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+		return nil, fmt.Errorf("listing executors: %w", err)
+	}
+	if len(list.Items) == 0 {
+		return nil, &NoExecutorError{Reason: "no executor is registered in namespace " + namespace}
+	}
+	var sel labels.Selector
+	if task.ExecutorSelector != nil {
+		var err error
+		if sel, err = metav1.LabelSelectorAsSelector(task.ExecutorSelector); err != nil {
+			return nil, &NoExecutorError{Reason: fmt.Sprintf("invalid executorSelector: %v", err)}
+		}
+	}
+	privileged := slices.ContainsFunc(task.Containers, func(c rsv1.Container) bool { return c.IsPrivileged() })
+	now := time.Now()
+	var best *rsv1.Executor
+	bestLoad := 0
+	rejected := map[string]int{}
+	for i := range list.Items {
+		ex := &list.Items[i]
+		switch {
+		case ex.DeletionTimestamp != nil:
+			rejected["being removed"]++
+			continue
+		case task.Arch != nil && len(ex.Spec.Archs) > 0 && !slices.Contains(ex.Spec.Archs, *task.Arch):
+			rejected["arch "+*task.Arch+" not supported"]++
+			continue
+		case sel != nil && !sel.Matches(labels.Set(ex.Labels)):
+			rejected["executorSelector does not match"]++
+			continue
+		case privileged && !ex.Spec.AllowPrivilegedContainers:
+			rejected["privileged containers not allowed"]++
+			continue
+		}
+		live, err := s.live(ctx, ex, now)
+		if err != nil {
+			return nil, err
+		}
+		if !live {
+			rejected["lease expired"]++
+			continue
+		}
+		load, err := s.load(ctx, ex)
+		if err != nil {
+			return nil, err
+		}
+		if ex.Spec.ActiveTasksLimit > 0 && load >= int(ex.Spec.ActiveTasksLimit) {
+			rejected["at activeTasksLimit"]++
+			continue
+		}
+		if best == nil || load < bestLoad || load == bestLoad && ex.Name < best.Name {
+			best, bestLoad = ex, load
+		}
+	}
+	if best == nil {
+		var why []string
+		for reason, n := range rejected {
+			why = append(why, fmt.Sprintf("%d %s", n, reason))
+		}
+		slices.Sort(why)
+		return nil, &NoExecutorError{Reason: fmt.Sprintf("%d executors: %s", len(list.Items), strings.Join(why, ", "))}
+	}
+	return best, nil
+}
+
+// live reports whether the executor's Lease is held and not expired.
+func (s *Scheduler) live(ctx context.Context, ex *rsv1.Executor, now time.Time) (bool, error) {
+	var lease coordinationv1.Lease
+	if err := s.client.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: ex.Name}, &lease); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading lease of executor %s: %w", ex.Name, err)
+	}
+	return leaseLive(&lease, now), nil
+}
+
+// leaseLive reports whether a Lease was renewed within its duration.
+func leaseLive(lease *coordinationv1.Lease, now time.Time) bool {
+	return !leaseExpiry(lease).IsZero() && now.Before(leaseExpiry(lease))
+}
+
+// leaseExpiry is when the Lease expires; zero when it never was renewed.
+func leaseExpiry(lease *coordinationv1.Lease) time.Time {
+	if lease.Spec.RenewTime == nil || lease.Spec.LeaseDurationSeconds == nil {
+		return time.Time{}
+	}
+	return lease.Spec.RenewTime.Add(time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second)
+}
+
+// load counts the executor's active tasks: those in the cache plus those created and not cached yet.
+func (s *Scheduler) load(ctx context.Context, ex *rsv1.Executor) (int, error) {
+	var tasks rsv1.ExecutorTaskList
+	if err := s.client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexExecutor: ex.Name}); err != nil {
+		return 0, fmt.Errorf("listing tasks of executor %s: %w", ex.Name, err)
+	}
+	assumed := s.assumed[ex.Name]
+	n := 0
+	for i := range tasks.Items {
+		et := &tasks.Items[i]
+		delete(assumed, et.Name) // cached now
+		if et.Status.IsActive() && et.Spec.ExecutorUID == string(ex.UID) {
+			n++
+		}
+	}
+	return n + len(assumed), nil
+}

@@ -1,0 +1,99 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/ledger"
+	"runservice.dev/runservice/internal/webhook"
+)
+
+// Options configure the manager's reconcilers.
+type Options struct {
+	// Webhook registers the Run validating webhook on the manager's webhook server.
+	Webhook bool
+	// PhantomGrace is how long a ledger entry whose run never started (its create or update failed
+	// after the webhook admitted it) is kept before it is dropped.
+	PhantomGrace time.Duration
+	// NoExecutorRetry is how often a run whose ready tasks found no executor looks again.
+	NoExecutorRetry time.Duration
+	// MaxConcurrentRuns is how many runs are reconciled at once.
+	MaxConcurrentRuns int
+}
+
+func (o *Options) defaults() {
+	if o.PhantomGrace == 0 {
+		o.PhantomGrace = time.Minute
+	}
+	if o.NoExecutorRetry == 0 {
+		o.NoExecutorRetry = 2 * time.Second
+	}
+	if o.MaxConcurrentRuns == 0 {
+		o.MaxConcurrentRuns = 4
+	}
+}
+
+// Index names of the manager's cache.
+const (
+	indexChangeGroups = "spec.changeGroups"
+	indexRunName      = "spec.runName"
+	indexExecutor     = "spec.executor"
+)
+
+// SetupWithManager registers the indexes, reconcilers and (optionally) the webhook with mgr.
+func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error {
+	opts.defaults()
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &rsv1.Run{}, indexChangeGroups, func(o client.Object) []string {
+		return o.(*rsv1.Run).Spec.ChangeGroups
+	}); err != nil {
+		return fmt.Errorf("indexing runs by change group: %w", err)
+	}
+	if err := idx.IndexField(ctx, &rsv1.ExecutorTask{}, indexRunName, func(o client.Object) []string {
+		return []string{o.(*rsv1.ExecutorTask).Spec.RunName}
+	}); err != nil {
+		return fmt.Errorf("indexing executor tasks by run: %w", err)
+	}
+	if err := idx.IndexField(ctx, &rsv1.ExecutorTask{}, indexExecutor, func(o client.Object) []string {
+		return []string{o.(*rsv1.ExecutorTask).Spec.Executor}
+	}); err != nil {
+		return fmt.Errorf("indexing executor tasks by executor: %w", err)
+	}
+
+	l := &ledger.Ledger{Reader: mgr.GetAPIReader(), Writer: mgr.GetClient()}
+	metrics := newMetrics(mgr.GetClient())
+	runs := &RunReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("run-controller"),
+		Ledger:    l,
+		Scheduler: NewScheduler(mgr.GetClient()),
+		Metrics:   metrics,
+		Options:   opts,
+	}
+	if err := runs.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	groups := &ChangeGroupReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Ledger:    l,
+		Options:   opts,
+	}
+	if err := groups.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	executors := &ExecutorReconciler{Client: mgr.GetClient()}
+	if err := executors.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if opts.Webhook {
+		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader()}).SetupWithManager(mgr)
+	}
+	return nil
+}

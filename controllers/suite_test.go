@@ -1,0 +1,362 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/testenv"
+)
+
+var (
+	env *testenv.Env
+	k8s client.Client // uncached, as a user would talk to the apiserver
+
+	mgrMu     sync.Mutex
+	mgrCancel context.CancelFunc
+	mgrDone   chan struct{}
+	nsCounter atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	level := zapcore.ErrorLevel
+	if os.Getenv("TEST_LOG") != "" {
+		level = zapcore.DebugLevel
+	}
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
+	var err error
+	env, err = testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	k8s, err = client.New(env.Config, client.Options{Scheme: manager.Scheme()})
+	if err == nil {
+		err = startManager()
+	}
+	code := 1
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	} else {
+		code = m.Run()
+	}
+	stopManager()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+// startManager starts a manager in the background, as the process would.
+func startManager() error {
+	mgrMu.Lock()
+	defer mgrMu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	opts := env.ManagerOptions()
+	opts.Controllers.PhantomGrace = 5 * time.Second
+	opts.Controllers.NoExecutorRetry = 300 * time.Millisecond
+	mgr, err := manager.New(ctx, env.Config, opts)
+	if err != nil {
+		cancel()
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "manager:", err)
+		}
+	}()
+	mgrCancel, mgrDone = cancel, done
+	return nil
+}
+
+// stopManager stops the running manager and waits until it is gone.
+func stopManager() {
+	mgrMu.Lock()
+	defer mgrMu.Unlock()
+	if mgrCancel != nil {
+		mgrCancel()
+		<-mgrDone
+		mgrCancel = nil
+	}
+}
+
+// newNamespace creates a namespace of its own for a test.
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	name := fmt.Sprintf("t%d-%d", time.Now().Unix()%100000, nsCounter.Add(1))
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := k8s.Create(context.Background(), ns); err != nil {
+		t.Fatalf("creating namespace: %v", err)
+	}
+	return name
+}
+
+// eventually polls cond until it returns true or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ok, err := cond()
+		if ok && err == nil {
+			return
+		}
+		lastErr = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s (last error: %v)", what, lastErr)
+}
+
+// ---- builders ----
+
+type taskOpt func(*rsv1.Task)
+
+func task(name string, opts ...taskOpt) rsv1.Task {
+	t := rsv1.Task{
+		Name:       name,
+		Containers: []rsv1.Container{{Image: "busybox:1.36"}},
+		Steps:      []rsv1.Step{{Run: &rsv1.RunStep{Command: "echo " + name}}},
+	}
+	for _, o := range opts {
+		o(&t)
+	}
+	return t
+}
+
+func dependsOn(parent string, conds ...rsv1.DependCondition) taskOpt {
+	return func(t *rsv1.Task) {
+		t.Depends = append(t.Depends, rsv1.TaskDependency{Task: parent, Conditions: conds})
+	}
+}
+
+func ignoreFailure() taskOpt { return func(t *rsv1.Task) { t.IgnoreFailure = ptr.To(true) } }
+func needsApproval() taskOpt { return func(t *rsv1.Task) { t.NeedsApproval = ptr.To(true) } }
+
+func newRun(ns, name string, tasks ...rsv1.Task) *rsv1.Run {
+	return &rsv1.Run{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       rsv1.RunSpec{Tasks: tasks},
+	}
+}
+
+func createRun(t *testing.T, run *rsv1.Run) *rsv1.Run {
+	t.Helper()
+	if err := k8s.Create(context.Background(), run); err != nil {
+		t.Fatalf("creating run %s: %v", run.Name, err)
+	}
+	return run
+}
+
+func getRun(t *testing.T, ns, name string) *rsv1.Run {
+	t.Helper()
+	run := &rsv1.Run{}
+	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, run); err != nil {
+		t.Fatalf("reading run %s: %v", name, err)
+	}
+	return run
+}
+
+func updateRun(t *testing.T, ns, name string, change func(*rsv1.Run)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		run := &rsv1.Run{}
+		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, run); err != nil {
+			return err
+		}
+		change(run)
+		return k8s.Update(context.Background(), run)
+	})
+	if err != nil {
+		t.Fatalf("updating run %s: %v", name, err)
+	}
+}
+
+func waitRunPhase(t *testing.T, ns, name string, phase rsv1.RunPhase) *rsv1.Run {
+	t.Helper()
+	var run *rsv1.Run
+	eventually(t, 30*time.Second, fmt.Sprintf("run %s in phase %s", name, phase), func() (bool, error) {
+		run = &rsv1.Run{}
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, run)
+		return err == nil && run.Status.Phase == phase, err
+	})
+	return run
+}
+
+func taskStatus(run *rsv1.Run, name string) rsv1.TaskStatus {
+	for _, ts := range run.Status.Tasks {
+		if ts.Name == name {
+			return ts
+		}
+	}
+	return rsv1.TaskStatus{}
+}
+
+// ---- a fake executor played through the API ----
+
+// fakeExecutor registers an Executor with a Lease and reports on its ExecutorTasks like a real one.
+type fakeExecutor struct {
+	t      *testing.T
+	ns     string
+	name   string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type executorOpt func(*rsv1.Executor)
+
+func withLimit(n int32) executorOpt { return func(e *rsv1.Executor) { e.Spec.ActiveTasksLimit = n } }
+
+// startExecutor registers an executor and keeps its Lease renewed until the test ends or stop.
+func startExecutor(t *testing.T, ns, name string, opts ...executorOpt) *fakeExecutor {
+	t.Helper()
+	ex := &rsv1.Executor{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       rsv1.ExecutorSpec{Driver: rsv1.DriverDocker, Permanent: true, Archs: []string{"amd64"}},
+	}
+	for _, o := range opts {
+		o(ex)
+	}
+	ctx := context.Background()
+	if err := k8s.Create(ctx, ex); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("registering executor %s: %v", name, err)
+	}
+	f := &fakeExecutor{t: t, ns: ns, name: name}
+	f.heartbeat()
+	return f
+}
+
+func (f *fakeExecutor) renew(ctx context.Context) error {
+	now := metav1.NowMicro()
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: f.name, Namespace: f.ns}}
+	err := k8s.Get(ctx, client.ObjectKeyFromObject(lease), lease)
+	lease.Spec.HolderIdentity = ptr.To(f.name)
+	lease.Spec.LeaseDurationSeconds = ptr.To[int32](3)
+	lease.Spec.RenewTime = &now
+	if apierrors.IsNotFound(err) {
+		return k8s.Create(ctx, lease)
+	}
+	if err != nil {
+		return err
+	}
+	return k8s.Update(ctx, lease)
+}
+
+// heartbeat starts renewing the Lease every second.
+func (f *fakeExecutor) heartbeat() {
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel, f.done = cancel, make(chan struct{})
+	if err := f.renew(ctx); err != nil {
+		f.t.Fatalf("renewing lease of %s: %v", f.name, err)
+	}
+	go func() {
+		defer close(f.done)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_ = f.renew(ctx)
+			}
+		}
+	}()
+	f.t.Cleanup(f.silence)
+}
+
+// silence stops renewing the Lease, like an executor that died.
+func (f *fakeExecutor) silence() {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+		f.cancel = nil
+	}
+}
+
+// tasks lists the executor's ExecutorTasks.
+func (f *fakeExecutor) tasks() []rsv1.ExecutorTask {
+	var list rsv1.ExecutorTaskList
+	if err := k8s.List(context.Background(), &list, client.InNamespace(f.ns), client.MatchingLabels{rsv1.LabelExecutor: f.name}); err != nil {
+		f.t.Fatalf("listing executor tasks: %v", err)
+	}
+	return list.Items
+}
+
+// report writes an ExecutorTask's status as its executor would.
+func report(t *testing.T, ns, etName string, phase rsv1.TaskPhase, msg string) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		et := &rsv1.ExecutorTask{}
+		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		if et.Status.StartTime == nil {
+			et.Status.StartTime = &now
+		}
+		et.Status.Phase = phase
+		et.Status.Message = msg
+		exit := int32(0)
+		if phase == rsv1.TaskPhaseFailed {
+			exit = 1
+		}
+		step := rsv1.StepStatus{Name: "step-0", Phase: rsv1.StepPhaseRunning, StartTime: &now}
+		if phase.IsFinal() {
+			et.Status.EndTime = &now
+			step.Phase, step.ExitCode, step.EndTime = rsv1.StepPhase(phase), &exit, &now
+			if phase == rsv1.TaskPhaseStopped {
+				step.Phase = rsv1.StepPhaseStopped
+			}
+		}
+		et.Status.Steps = []rsv1.StepStatus{step}
+		return k8s.Status().Update(context.Background(), et)
+	})
+	if err != nil {
+		t.Fatalf("reporting %s on %s: %v", phase, etName, err)
+	}
+}
+
+// waitTask waits for the ExecutorTask of run/task to exist and returns it.
+func waitTask(t *testing.T, ns, run, taskName string) *rsv1.ExecutorTask {
+	t.Helper()
+	et := &rsv1.ExecutorTask{}
+	eventually(t, 30*time.Second, "executor task "+run+"/"+taskName, func() (bool, error) {
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: run + "-" + taskName}, et)
+		return err == nil, client.IgnoreNotFound(err)
+	})
+	return et
+}
+
+// noTask checks that run/task has no ExecutorTask.
+func noTask(t *testing.T, ns, run, taskName string) {
+	t.Helper()
+	err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: run + "-" + taskName}, &rsv1.ExecutorTask{})
+	if !apierrors.IsNotFound(err) {
+		t.Fatalf("task %s of run %s has an ExecutorTask, it should not (err %v)", taskName, run, err)
+	}
+}
+
+// complete runs a task to the given phase through its ExecutorTask.
+func complete(t *testing.T, ns, run, taskName string, phase rsv1.TaskPhase) {
+	t.Helper()
+	et := waitTask(t, ns, run, taskName)
+	report(t, ns, et.Name, rsv1.TaskPhaseRunning, "")
+	report(t, ns, et.Name, phase, "")
+}

@@ -1,0 +1,171 @@
+package dag
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"runservice.dev/runservice/api/v1alpha1"
+)
+
+// wantErr is one expected validation error; detail, when set, must be part of the error's detail.
+type wantErr struct {
+	typ    field.ErrorType
+	field  string
+	detail string
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		spec *v1alpha1.RunSpec
+		want []wantErr
+	}{
+		{
+			name: "valid diamond with workspaces and change groups",
+			spec: runSpec(tasks(task("a"), task("b", dependsOn("a"), restoreWorkspace), task("c", dependsOn("a", onSuccess, onFailure)),
+				task("d", dependsOn("b"), dependsOn("c"), restoreWorkspace)),
+				func(s *v1alpha1.RunSpec) { s.ChangeGroups = []string{"main", "deploy"} }),
+		},
+		{
+			name: "nil spec",
+		},
+		{
+			name: "duplicate task name",
+			spec: runSpec(tasks(task("a"), task("b"), task("a"))),
+			want: []wantErr{{typ: field.ErrorTypeDuplicate, field: "spec.tasks[2].name"}},
+		},
+		{
+			name: "dependency on an unknown task",
+			spec: runSpec(tasks(task("a"), task("b", dependsOn("a"), dependsOn("missing")))),
+			want: []wantErr{{typ: field.ErrorTypeNotFound, field: "spec.tasks[1].depends[1].task"}},
+		},
+		{
+			name: "self dependency",
+			spec: runSpec(tasks(task("a", dependsOn("a")))),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].depends[0].task", detail: "itself"}},
+		},
+		{
+			name: "duplicate dependency entry",
+			spec: runSpec(tasks(task("a"), task("b", dependsOn("a"), dependsOn("a", onFailure)))),
+			want: []wantErr{{typ: field.ErrorTypeDuplicate, field: "spec.tasks[1].depends[1].task"}},
+		},
+		{
+			name: "cycle of three",
+			spec: runSpec(tasks(task("x"), task("a", dependsOn("b")), task("b", dependsOn("c")), task("c", dependsOn("a"), dependsOn("x")))),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks[1].depends", detail: "a -> b -> c -> a"}},
+		},
+		{
+			name: "two separate cycles",
+			spec: runSpec(tasks(task("a", dependsOn("b")), task("b", dependsOn("a")), task("c", dependsOn("d")), task("d", dependsOn("c")))),
+			want: []wantErr{
+				{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].depends", detail: "a -> b -> a"},
+				{typ: field.ErrorTypeInvalid, field: "spec.tasks[2].depends", detail: "c -> d -> c"},
+			},
+		},
+		{
+			name: "tangled cycles are reported once, naming the other tasks",
+			spec: runSpec(tasks(task("a", dependsOn("b")), task("b", dependsOn("a"), dependsOn("c")), task("c", dependsOn("b")))),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].depends", detail: "a -> b -> a (each depends on the next); also on a cycle with them: c"}},
+		},
+		{
+			name: "a task below a cycle is not part of it",
+			spec: runSpec(tasks(task("a", dependsOn("b")), task("b", dependsOn("a")), task("c", dependsOn("a")))),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].depends", detail: "a -> b -> a (each depends on the next)"}},
+		},
+		{
+			name: "duplicate change group",
+			spec: runSpec(tasks(task("a")), func(s *v1alpha1.RunSpec) { s.ChangeGroups = []string{"main", "deploy", "main"} }),
+			want: []wantErr{{typ: field.ErrorTypeDuplicate, field: "spec.changeGroups[2]"}},
+		},
+		{
+			name: "restoreWorkspace in a task without parents",
+			spec: runSpec(tasks(task("a", restoreWorkspace), task("b", dependsOn("a"), restoreWorkspace))),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].steps[1].restoreWorkspace", detail: "no parent workspace"}},
+		},
+		{
+			name: "several errors at once, in field order",
+			spec: runSpec(tasks(task("a", dependsOn("a"), dependsOn("a")), task("a", dependsOn("nope")), task("b", restoreWorkspace)),
+				func(s *v1alpha1.RunSpec) { s.ChangeGroups = []string{"g", "g"} }),
+			want: []wantErr{
+				{typ: field.ErrorTypeDuplicate, field: "spec.tasks[1].name"},
+				{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].depends[0].task"},
+				{typ: field.ErrorTypeDuplicate, field: "spec.tasks[0].depends[1].task"},
+				{typ: field.ErrorTypeNotFound, field: "spec.tasks[1].depends[0].task"},
+				{typ: field.ErrorTypeInvalid, field: "spec.tasks[2].steps[1].restoreWorkspace"},
+				{typ: field.ErrorTypeDuplicate, field: "spec.changeGroups[1]"},
+			},
+		},
+	}
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := Validate(tt.spec, field.NewPath("spec"))
+			if len(errs) != len(tt.want) {
+				t.Fatalf("got %d errors, want %d:\n%v", len(errs), len(tt.want), errs.ToAggregate())
+			}
+			for i, w := range tt.want {
+				e := errs[i]
+				if e.Type != w.typ || e.Field != w.field || !strings.Contains(e.Detail, w.detail) {
+					t.Errorf("error %d = %q, want type %q field %q detail containing %q", i, e.Error(), w.typ, w.field, w.detail)
+				}
+				// The message people read names the field.
+				if !strings.HasPrefix(e.Error(), w.field+":") {
+					t.Errorf("error %d message %q does not start with the field %q", i, e.Error(), w.field)
+				}
+			}
+		})
+	}
+}
+
+func TestAncestors(t *testing.T) {
+	diamond := runSpec(tasks(task("d", dependsOn("b"), dependsOn("c")), task("c", dependsOn("a")), task("b", dependsOn("a")),
+		task("a"), task("other")))
+
+	tests := []struct {
+		name string
+		spec *v1alpha1.RunSpec
+		task string
+		want []string
+	}{
+		{name: "diamond sink: parents before children, ties by spec order", spec: diamond, task: "d", want: []string{"a", "c", "b"}},
+		{name: "diamond branch", spec: diamond, task: "b", want: []string{"a"}},
+		{name: "root has none", spec: diamond, task: "a"},
+		{name: "unknown task", spec: diamond, task: "nope"},
+		{name: "nil spec", task: "a"},
+		{
+			name: "chain listed backwards",
+			spec: runSpec(tasks(task("c", dependsOn("b")), task("b", dependsOn("a")), task("a"))),
+			task: "c",
+			want: []string{"a", "b"},
+		},
+		{
+			name: "an ancestor reached by two paths is listed once, after all its own ancestors",
+			spec: runSpec(tasks(task("t", dependsOn("x"), dependsOn("y")), task("x", dependsOn("y")), task("y", dependsOn("z")), task("z"))),
+			task: "t",
+			want: []string{"z", "y", "x"},
+		},
+		{
+			name: "unknown and self dependencies are ignored",
+			spec: runSpec(tasks(task("a"), task("b", dependsOn("a"), dependsOn("b"), dependsOn("missing")))),
+			task: "b",
+			want: []string{"a"},
+		},
+		{
+			name: "cycle does not loop and leaves out the task itself",
+			spec: runSpec(tasks(task("r"), task("a", dependsOn("b"), dependsOn("r")), task("b", dependsOn("a")))),
+			task: "a",
+			want: []string{"r", "b"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Ancestors(tt.spec, tt.task)
+			if !(len(got) == 0 && len(tt.want) == 0) && !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Ancestors(%q) = %q, want %q", tt.task, got, tt.want)
+			}
+		})
+	}
+}
