@@ -76,7 +76,7 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	if !equality.Semantic.DeepEqual(old, &ex.Status) {
 		if err := r.Client.Status().Update(ctx, ex); err != nil {
-			return ctrl.Result{}, fmt.Errorf("writing executor status: %w", err)
+			return requeueOnConflict(client.IgnoreNotFound(err), "writing executor status")
 		}
 	}
 	return result, nil

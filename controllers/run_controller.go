@@ -135,7 +135,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		}
 	}
 	if err := r.writeStatus(ctx, run, old); err != nil {
-		return ctrl.Result{}, err
+		return requeueOnConflict(err, "")
 	}
 	if run.Status.Phase.IsFinal() {
 		log.V(1).Info("run is final", "phase", run.Status.Phase, "result", run.Status.Result)
@@ -215,6 +215,22 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 			Status:          et.Status,
 			StopRequested:   et.Spec.Stop,
 			ExecutorRemoved: ex == nil || ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID,
+		}
+	}
+	// A task the status says was scheduled, whose ExecutorTask is not in the cache: either the cache
+	// lags behind its creation, or someone deleted it (which makes its executor stop it).
+	for _, ts := range run.Status.Tasks {
+		if _, ok := states[ts.Name]; ok || ts.ExecutorTask == "" || ts.Phase.IsFinal() {
+			continue
+		}
+		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: ts.ExecutorTask}, &rsv1.ExecutorTask{})
+		if apierrors.IsNotFound(err) {
+			states[ts.Name] = dag.ExecutorTaskState{
+				Name: ts.ExecutorTask, Executor: ts.Executor,
+				Status: rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseFailed, Message: "its ExecutorTask " + ts.ExecutorTask + " was deleted"},
+			}
+		} else if err != nil {
+			return nil, nil, fmt.Errorf("reading executor task %s: %w", ts.ExecutorTask, err)
 		}
 	}
 	return tasks, states, nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -96,4 +97,18 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader()}).SetupWithManager(mgr)
 	}
 	return nil
+}
+
+// requeueOnConflict turns a write conflict (a newer version of the object is on its way to the
+// cache) into a quiet, quick requeue; other errors go to the controller's backoff.
+func requeueOnConflict(err error, what string) (ctrl.Result, error) {
+	switch {
+	case err == nil:
+		return ctrl.Result{}, nil
+	case apierrors.IsConflict(err):
+		return ctrl.Result{RequeueAfter: 20 * time.Millisecond}, nil
+	case what != "":
+		return ctrl.Result{}, fmt.Errorf("%s: %w", what, err)
+	}
+	return ctrl.Result{}, err
 }

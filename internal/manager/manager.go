@@ -12,6 +12,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -31,6 +32,8 @@ type Options struct {
 	WebhookHost    string
 	WebhookCertDir string
 	Controllers    controllers.Options
+	// SkipNameValidation allows several managers in one process (tests restart the manager).
+	SkipNameValidation bool
 }
 
 // Scheme returns the scheme of every kind the manager uses.
@@ -54,6 +57,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		LeaderElectionReleaseOnCancel: true,
 		LeaseDuration:                 &leaseDuration,
 		RenewDeadline:                 &renewDeadline,
+		Controller:                    config.Controller{SkipNameValidation: &opts.SkipNameValidation},
 	}
 	if opts.WebhookPort != 0 {
 		mopts.WebhookServer = webhook.NewServer(webhook.Options{Host: opts.WebhookHost, Port: opts.WebhookPort, CertDir: opts.WebhookCertDir})

@@ -108,6 +108,8 @@ func (e *Env) ManagerOptions() manager.Options {
 		WebhookHost:    w.LocalServingHost,
 		WebhookPort:    w.LocalServingPort,
 		WebhookCertDir: w.LocalServingCertDir,
+
+		SkipNameValidation: true,
 	}
 }
 
