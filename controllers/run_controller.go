@@ -62,6 +62,7 @@ var _ reconcile.Reconciler = (*RunReconciler)(nil)
 // +kubebuilder:rbac:groups=runservice.dev,resources=runs/finalizers,verbs=update
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch
+// +kubebuilder:rbac:groups=runservice.dev,resources=changegroups,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -83,6 +84,9 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	}
 	if run.Status.Phase.IsFinal() {
 		return ctrl.Result{}, r.release(ctx, run)
+	}
+	if err := r.ensureGroups(ctx, run); err != nil {
+		return ctrl.Result{}, err
 	}
 
 	old := run.Status.DeepCopy()
@@ -158,6 +162,27 @@ func (r *RunReconciler) setupError(run *rsv1.Run, errs field.ErrorList) {
 	run.Status.ObservedGeneration = run.Generation
 	setCondition(run, ConditionValid, metav1.ConditionFalse, rsv1.ReasonInvalidGraph, errs.ToAggregate().Error())
 	r.Recorder.Eventf(run, nil, corev1.EventTypeWarning, rsv1.ReasonInvalidGraph, "Validate", "%s", errs.ToAggregate().Error())
+}
+
+// ensureGroups creates the run's change groups that do not exist yet: groups are created on first use.
+func (r *RunReconciler) ensureGroups(ctx context.Context, run *rsv1.Run) error {
+	if run.Status.Phase != "" {
+		return nil
+	}
+	for _, g := range run.Spec.ChangeGroups {
+		key := types.NamespacedName{Namespace: run.Namespace, Name: g}
+		err := r.Client.Get(ctx, key, &rsv1.ChangeGroup{})
+		if apierrors.IsNotFound(err) {
+			err = r.Client.Create(ctx, &rsv1.ChangeGroup{ObjectMeta: metav1.ObjectMeta{Namespace: run.Namespace, Name: g}})
+			if apierrors.IsAlreadyExists(err) {
+				err = nil
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("ensuring change group %s: %w", g, err)
+		}
+	}
+	return nil
 }
 
 // admitted reports whether the run may start, and why not.

@@ -15,7 +15,7 @@ const (
 )
 
 // RunSpec is what a client submits: a DAG of tasks.
-// +kubebuilder:validation:XValidation:rule="has(self.changeGroups) == has(oldSelf.changeGroups)",message="changeGroups is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.changeGroups) == has(oldSelf.changeGroups)",message="changeGroups is immutable",fieldPath=".changeGroups"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.stop) || !oldSelf.stop || (has(self.stop) && self.stop)",message="stop cannot be undone",fieldPath=".stop"
 type RunSpec struct {
 	// changeGroups are the ChangeGroups of the run's namespace the run belongs to; a group that does
