@@ -17,7 +17,7 @@ all: build
 .PHONY: manifests
 manifests: ## Generate CRDs, RBAC and webhook configuration from markers.
 	$(CONTROLLER_GEN) crd:maxDescLen=400 paths=./api/... output:crd:artifacts:config=config/crd/bases
-	$(CONTROLLER_GEN) rbac:roleName=runservice-manager paths=./controllers/... paths=./internal/... output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=manager paths=./controllers/... paths=./internal/... output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) webhook paths=./internal/webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: generate
@@ -67,6 +67,7 @@ run: ## Run the manager: against the current cluster if reachable, else on a loc
 
 .PHONY: docker-build
 docker-build: ## Build the manager image (static binary FROM scratch).
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/manager ./cmd/manager
 	docker build -t runservice-manager:dev -f Dockerfile .
 
 .PHONY: deploy
