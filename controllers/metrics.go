@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,7 @@ import (
 type Metrics struct {
 	schedulingLatency prometheus.Histogram
 	transitions       *prometheus.CounterVec
+	runs              *runPhaseCollector
 }
 
 var (
@@ -22,11 +24,13 @@ var (
 	sharedMetrics *Metrics
 )
 
-// newMetrics registers the metrics once per process (tests start several managers).
+// newMetrics registers the metrics once per process (tests start several managers); the run
+// gauge reads through the newest manager's cache.
 func newMetrics(c client.Reader) *Metrics {
 	select {
 	case registerOnce <- struct{}{}:
 	default:
+		sharedMetrics.runs.setReader(c)
 		return sharedMetrics
 	}
 	m := &Metrics{
@@ -40,7 +44,8 @@ func newMetrics(c client.Reader) *Metrics {
 			Help: "Run phase transitions, by the phase entered.",
 		}, []string{"phase"}),
 	}
-	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, &runPhaseCollector{client: c})
+	m.runs = &runPhaseCollector{client: c}
+	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs)
 	sharedMetrics = m
 	return m
 }
@@ -68,7 +73,16 @@ func (m *Metrics) observeScheduled(run *rsv1.Run, task *rsv1.Task) {
 }
 
 // runPhaseCollector reports the number of runs by phase from the cache at scrape time.
-type runPhaseCollector struct{ client client.Reader }
+type runPhaseCollector struct {
+	mu     sync.Mutex
+	client client.Reader
+}
+
+func (c *runPhaseCollector) setReader(r client.Reader) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.client = r
+}
 
 var runsDesc = prometheus.NewDesc("runservice_runs", "Runs in etcd, by phase.", []string{"phase"}, nil)
 
@@ -77,8 +91,11 @@ func (c *runPhaseCollector) Describe(ch chan<- *prometheus.Desc) { ch <- runsDes
 func (c *runPhaseCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	c.mu.Lock()
+	reader := c.client
+	c.mu.Unlock()
 	var runs rsv1.RunList
-	if err := c.client.List(ctx, &runs); err != nil {
+	if err := reader.List(ctx, &runs); err != nil {
 		return
 	}
 	counts := map[rsv1.RunPhase]int{}
