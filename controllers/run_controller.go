@@ -29,6 +29,7 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/ledger"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/pkg/dag"
 )
 
@@ -116,8 +117,12 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		setCondition(run, ConditionAdmitted, metav1.ConditionFalse, why, "the run waits to start: "+why)
 	}
 
+	foldLogKeys(run, tasks)
 	var noExecutor []string
 	for _, name := range out.Schedule {
+		if waitsForWorkspace(run, name, tasks) {
+			continue // scheduled once its parents' archives are in the object store
+		}
 		err := r.schedule(ctx, run, name, tasks)
 		var ne *NoExecutorError
 		switch {
@@ -259,6 +264,37 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 		}
 	}
 	return tasks, states, nil
+}
+
+// foldLogKeys points the steps of fetched tasks at their logs in the object store.
+func foldLogKeys(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) {
+	for i := range run.Status.Tasks {
+		ts := &run.Status.Tasks[i]
+		et := tasks[ts.Name]
+		if et == nil || et.Annotations[rsv1.AnnotationFetched] == "" || et.Annotations[rsv1.AnnotationFetched] == fetchedLost {
+			continue
+		}
+		for j := range ts.Steps {
+			if ts.Steps[j].Phase != rsv1.StepPhaseNotStarted {
+				ts.Steps[j].LogKey = objectstore.LogKey(run.Namespace, run.Name, et.Name, j)
+			}
+		}
+	}
+}
+
+// waitsForWorkspace says whether a ready task restores a workspace whose archives are not all in the
+// object store yet.
+func waitsForWorkspace(run *rsv1.Run, name string, tasks map[string]*rsv1.ExecutorTask) bool {
+	i := slices.IndexFunc(run.Spec.Tasks, func(t rsv1.Task) bool { return t.Name == name })
+	if i < 0 || !slices.ContainsFunc(run.Spec.Tasks[i].Steps, func(s rsv1.Step) bool { return s.RestoreWorkspace != nil }) {
+		return false
+	}
+	for _, a := range dag.Ancestors(&run.Spec, name) {
+		if et := tasks[a]; et != nil && et.Annotations[rsv1.AnnotationFetched] == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // ExecutorTaskName is the deterministic name of a task's ExecutorTask: creating it is the lock that

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -11,6 +12,7 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/ledger"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/webhook"
 )
 
@@ -25,6 +27,9 @@ type Options struct {
 	NoExecutorRetry time.Duration
 	// MaxConcurrentRuns is how many runs are reconciled at once.
 	MaxConcurrentRuns int
+	// Store is the object store step logs and workspace archives are fetched into; nil turns the
+	// fetcher off.
+	Store *objectstore.Store
 }
 
 func (o *Options) defaults() {
@@ -88,6 +93,12 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 	}
 	if err := groups.SetupWithManager(mgr); err != nil {
 		return err
+	}
+	if opts.Store != nil {
+		fetcher := &ExecutorTaskReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: opts.Store, HTTP: &http.Client{}}
+		if err := fetcher.SetupWithManager(mgr); err != nil {
+			return err
+		}
 	}
 	executors := &ExecutorReconciler{Client: mgr.GetClient()}
 	if err := executors.SetupWithManager(mgr); err != nil {

@@ -14,6 +14,15 @@ const (
 	// AnnotationUpdateToken carries a change-group update token on a mutating Run request.
 	AnnotationUpdateToken = "runservice.dev/changegroups-update-token"
 
+	// AnnotationFetched is set on an ExecutorTask by the manager once the task's logs and archives
+	// are in the object store; the executor then deletes its own copy.
+	AnnotationFetched = "runservice.dev/fetched"
+
+	// ExecutorTokenSecret is the Secret of a namespace holding, under ExecutorTokenKey, the bearer
+	// token that guards its executors' HTTP endpoints (logs and archives).
+	ExecutorTokenSecret = "runservice-executor-token"
+	ExecutorTokenKey    = "token"
+
 	// FinalizerChangeGroupLedger keeps a Run that is in change groups until the groups' ledgers
 	// no longer count it.
 	FinalizerChangeGroupLedger = "runservice.dev/changegroup-ledger"

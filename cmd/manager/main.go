@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 )
 
 func main() {
@@ -22,6 +23,7 @@ func main() {
 	flag.StringVar(&opts.WebhookCertDir, "webhook-cert-dir", "", "Directory with tls.crt and tls.key for the webhook (default: controller-runtime's).")
 	flag.DurationVar(&opts.Controllers.PhantomGrace, "phantom-grace", 0, "How long a change-group entry of a run that never started is kept (default 1m).")
 	flag.IntVar(&opts.Controllers.MaxConcurrentRuns, "max-concurrent-runs", 0, "Runs reconciled at once (default 4).")
+	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:///dir or s3://bucket?endpoint=...) for step logs and workspace archives.")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()

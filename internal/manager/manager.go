@@ -19,6 +19,7 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/controllers"
+	"runservice.dev/runservice/internal/objectstore"
 )
 
 // Options configure the manager process.
@@ -32,6 +33,8 @@ type Options struct {
 	WebhookHost    string
 	WebhookCertDir string
 	Controllers    controllers.Options
+	// ObjectStore is the URL of the object store for logs and archives; "" turns fetching off.
+	ObjectStore string
 	// SkipNameValidation allows several managers in one process (tests restart the manager).
 	SkipNameValidation bool
 }
@@ -66,6 +69,14 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 	mgr, err := ctrl.NewManager(cfg, mopts)
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
+	}
+	if opts.ObjectStore != "" {
+		store, err := objectstore.Open(ctx, opts.ObjectStore)
+		if err != nil {
+			return nil, err
+		}
+		opts.Controllers.Store = store
+		context.AfterFunc(ctx, func() { _ = store.Close() })
 	}
 	if err := controllers.SetupWithManager(ctx, mgr, opts.Controllers); err != nil {
 		return nil, err

@@ -1,0 +1,229 @@
+// Command runctl is the runservice command line: `runctl logs RUN TASK [STEP] [-f]` prints a step's
+// log, live from the executor while the task runs and from the object store once fetched. Installed
+// as kubectl-runs, it is the kubectl plugin `kubectl runs logs ...`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/pkg/client/clientset/versioned"
+)
+
+const usage = `usage: %[1]s logs RUN TASK [STEP] [-f] [-n NAMESPACE] [--object-store URL]
+
+Prints the log of a task's steps (all of them, or STEP given by name or index), live from the executor
+while the task runs (-f follows it) and from the object store once the manager fetched it.
+`
+
+func main() {
+	name := filepath.Base(os.Args[0])
+	if len(os.Args) < 2 || os.Args[1] != "logs" {
+		fmt.Fprintf(os.Stderr, usage, name)
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("logs", flag.ExitOnError)
+	follow := fs.Bool("f", false, "Follow the log while the step runs.")
+	namespace := fs.String("n", "", "Namespace of the run (default: the kubeconfig's).")
+	store := fs.String("object-store", envOr("RUNSERVICE_OBJECT_STORE", objectstore.DefaultURL()), "Object store URL (as the manager's).")
+	kubeconfig := fs.String("kubeconfig", "", "Path of the kubeconfig (default: KUBECONFIG or ~/.kube/config).")
+	var args []string
+	rest := os.Args[2:]
+	for len(rest) > 0 { // flags may come after the positional arguments
+		if err := fs.Parse(rest); err != nil {
+			os.Exit(2)
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		args = append(args, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(args) < 2 || len(args) > 3 {
+		fmt.Fprintf(os.Stderr, usage, name)
+		os.Exit(2)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer cancel()
+	l := &logs{follow: *follow, storeURL: *store}
+	if err := l.init(*kubeconfig, *namespace); err == nil {
+		err = l.print(ctx, args)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "runctl:", err)
+			os.Exit(1)
+		}
+	} else {
+		fmt.Fprintln(os.Stderr, "runctl:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+type logs struct {
+	follow   bool
+	storeURL string
+	ns       string
+	rs       versioned.Interface
+	kube     kubernetes.Interface
+}
+
+func (l *logs) init(kubeconfig, namespace string) error {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{Context: clientcmdapi.Context{Namespace: namespace}})
+	cfg, err := cc.ClientConfig()
+	if err != nil {
+		return err
+	}
+	if l.ns, _, err = cc.Namespace(); err != nil {
+		return err
+	}
+	if l.rs, err = versioned.NewForConfig(cfg); err != nil {
+		return err
+	}
+	l.kube, err = kubernetes.NewForConfig(cfg)
+	return err
+}
+
+func (l *logs) print(ctx context.Context, args []string) error {
+	runName, taskName := args[0], args[1]
+	run, err := l.rs.RunserviceV1alpha1().Runs(l.ns).Get(ctx, runName, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	var ts *rsv1.TaskStatus
+	for i := range run.Status.Tasks {
+		if run.Status.Tasks[i].Name == taskName {
+			ts = &run.Status.Tasks[i]
+		}
+	}
+	if ts == nil {
+		return fmt.Errorf("run %s has no task %q", runName, taskName)
+	}
+	if ts.ExecutorTask == "" {
+		return fmt.Errorf("task %s is %s and was never scheduled: it has no log", taskName, ts.Phase)
+	}
+	steps := make([]int, 0, len(ts.Steps))
+	for i := range ts.Steps {
+		steps = append(steps, i)
+	}
+	if len(args) == 3 {
+		i, err := stepIndex(ts, args[2])
+		if err != nil {
+			return err
+		}
+		steps = []int{i}
+	}
+	for _, i := range steps {
+		if len(steps) > 1 {
+			fmt.Printf("==> step %d: %s <==\n", i, ts.Steps[i].Name)
+		}
+		if err := l.step(ctx, run, ts, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func stepIndex(ts *rsv1.TaskStatus, s string) (int, error) {
+	if i, err := strconv.Atoi(s); err == nil && i >= 0 && i < len(ts.Steps) {
+		return i, nil
+	}
+	for i, st := range ts.Steps {
+		if st.Name == s {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("task %s has no step %q", ts.Name, s)
+}
+
+// step prints one step's log: from the executor while it still has it, else from the object store.
+func (l *logs) step(ctx context.Context, run *rsv1.Run, ts *rsv1.TaskStatus, i int) error {
+	et, err := l.rs.RunserviceV1alpha1().ExecutorTasks(l.ns).Get(ctx, ts.ExecutorTask, metav1.GetOptions{})
+	if err == nil && et.Annotations[rsv1.AnnotationFetched] == "" {
+		err = l.fromExecutor(ctx, et, i)
+		if !errors.Is(err, errGone) {
+			return err
+		}
+	}
+	store, err := objectstore.Open(ctx, l.storeURL)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	rc, err := store.Get(ctx, objectstore.LogKey(run.Namespace, run.Name, ts.ExecutorTask, i))
+	if errors.Is(err, objectstore.ErrNotFound) {
+		return fmt.Errorf("step %d of task %s has no log (it did not start, or its executor was lost before the log was fetched)", i, ts.Name)
+	}
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, err = io.Copy(os.Stdout, rc)
+	return err
+}
+
+var errGone = errors.New("the executor no longer has the log")
+
+func (l *logs) fromExecutor(ctx context.Context, et *rsv1.ExecutorTask, i int) error {
+	ex, err := l.rs.RunserviceV1alpha1().Executors(l.ns).Get(ctx, et.Spec.Executor, metav1.GetOptions{})
+	if err != nil || ex.Spec.Endpoint == "" {
+		return errGone
+	}
+	var secret *corev1.Secret
+	if secret, err = l.kube.CoreV1().Secrets(l.ns).Get(ctx, rsv1.ExecutorTokenSecret, metav1.GetOptions{}); err != nil {
+		return fmt.Errorf("reading the executors' token: %w", err)
+	}
+	url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", ex.Spec.Endpoint, et.Name, i)
+	if l.follow {
+		url += "?follow=true"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+string(secret.Data[rsv1.ExecutorTokenKey]))
+	client := &http.Client{}
+	if !l.follow {
+		client.Timeout = time.Minute
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return errGone
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode == http.StatusNotFound && et.Status.Phase.IsFinal() {
+			return errGone
+		}
+		if resp.StatusCode == http.StatusNotFound {
+			return fmt.Errorf("step %d has not written a log yet", i)
+		}
+		return fmt.Errorf("executor %s: %s", ex.Name, resp.Status)
+	}
+	_, err = io.Copy(os.Stdout, resp.Body)
+	return err
+}

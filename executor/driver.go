@@ -1,0 +1,56 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+)
+
+// Driver runs the containers of tasks on one container runtime. The executor owns the task's life
+// (at most once, status, timeouts); a driver only creates, follows, stops and removes containers,
+// found again by the labels it puts on them.
+type Driver interface {
+	// Archs are the architectures (GOARCH names) the runtime runs.
+	Archs(ctx context.Context) ([]string, error)
+	// Start creates and starts the task's containers. It is called at most once per task.
+	Start(ctx context.Context, t *Task) error
+	// Inspect returns the state of the task's main container; ErrNotFound when it does not exist.
+	Inspect(ctx context.Context, uid string) (*State, error)
+	// Wait blocks until the task's main container is no longer running.
+	Wait(ctx context.Context, uid string) (*State, error)
+	// Stop stops the task's containers, killing them after grace.
+	Stop(ctx context.Context, uid string, grace time.Duration) error
+	// Remove removes the task's containers.
+	Remove(ctx context.Context, uid string) error
+	// Tasks lists the uids of the ExecutorTasks that have containers here.
+	Tasks(ctx context.Context) ([]string, error)
+}
+
+// ErrNotFound says that a task has no containers.
+var ErrNotFound = errors.New("task containers not found")
+
+// Task is what a driver needs to start a task.
+type Task struct {
+	// ExecutorTask is the task to run.
+	ExecutorTask *rsv1.ExecutorTask
+	// Dir is the host directory shared with the toolbox, mounted at toolbox.DefaultDir.
+	Dir string
+	// Toolbox is the host path of the toolbox binary, mounted at toolbox.DefaultDir/toolbox.
+	Toolbox string
+	// Labels go on every container of the task.
+	Labels map[string]string
+	// Env is the main container's environment: the run's, then the task container's.
+	Env []string
+	// Started is called once the containers run, so the toolbox may begin.
+	Started func() error
+}
+
+// State is the state of a task's main container.
+type State struct {
+	Running  bool
+	ExitCode int
+	// Message says what went wrong with the container itself (OOM killed, runtime error).
+	Message string
+}

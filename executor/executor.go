@@ -1,0 +1,470 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor/toolbox"
+	"runservice.dev/runservice/internal/objectstore"
+)
+
+// Options configure an executor.
+type Options struct {
+	// Name of the Executor; with the same name after a restart the executor keeps its identity.
+	Name      string
+	Namespace string
+	Driver    rsv1.ExecutorDriver
+	Permanent bool
+	Group     string
+	Labels    map[string]string
+	// ActiveTasksLimit is the most tasks run at once; 0 means no limit.
+	ActiveTasksLimit          int32
+	AllowPrivilegedContainers bool
+	// Endpoint is the URL the manager fetches logs and archives from (the Listen address as seen by it).
+	Endpoint string
+	// Listen is the address of the HTTP server for logs and archives.
+	Listen string
+	// DataDir holds the tasks' directories (logs, archives) until the manager fetched them.
+	DataDir string
+	// Toolbox is the path of the static toolbox binary.
+	Toolbox string
+	// ObjectStore is the URL of the object store the parents' workspace archives are read from.
+	ObjectStore string
+	// LeaseDuration and RenewInterval of the executor's Lease.
+	LeaseDuration time.Duration
+	RenewInterval time.Duration
+	// StopGrace is how long a stopped task's containers get before they are killed.
+	StopGrace time.Duration
+	// MaxConcurrentReconciles bounds how many tasks are started at once.
+	MaxConcurrentReconciles int
+}
+
+func (o *Options) defaults() {
+	if o.LeaseDuration == 0 {
+		o.LeaseDuration = 15 * time.Second
+	}
+	if o.RenewInterval == 0 {
+		o.RenewInterval = 3 * time.Second
+	}
+	if o.StopGrace == 0 {
+		o.StopGrace = 10 * time.Second
+	}
+	if o.MaxConcurrentReconciles == 0 {
+		o.MaxConcurrentReconciles = 4
+	}
+}
+
+// Executor executes the tasks scheduled on it.
+type Executor struct {
+	opts    Options
+	driver  Driver
+	client  client.Client
+	reader  client.Reader
+	store   *objectstore.Store
+	token   string
+	uid     types.UID
+	baseCtx context.Context
+
+	mu      sync.Mutex
+	runners map[types.UID]*runner
+	names   map[string]types.UID // ExecutorTask name -> uid of its runner
+}
+
+// Scheme is the scheme of the executor's clients.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = rsv1.AddToScheme(s)
+	return s
+}
+
+// Run runs the executor until ctx ends or its Executor is deleted.
+func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) error {
+	opts.defaults()
+	log := ctrl.LoggerFrom(ctx).WithValues("executor", opts.Name)
+	ctx = ctrl.LoggerInto(ctx, log)
+	if err := os.MkdirAll(filepath.Join(opts.DataDir, "tasks"), 0o755); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+	sel := labels.SelectorFromSet(labels.Set{rsv1.LabelExecutor: opts.Name})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 Scheme(),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		Cache: cache.Options{
+			DefaultNamespaces: map[string]cache.Config{opts.Namespace: {}},
+			ByObject: map[client.Object]cache.ByObject{
+				&rsv1.ExecutorTask{}: {Label: sel},
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the executor's manager: %w", err)
+	}
+	e := &Executor{
+		opts: opts, driver: driver, client: mgr.GetClient(), reader: mgr.GetAPIReader(),
+		runners: map[types.UID]*runner{}, names: map[string]types.UID{},
+	}
+	if opts.ObjectStore != "" {
+		if e.store, err = objectstore.Open(ctx, opts.ObjectStore); err != nil {
+			return err
+		}
+		defer e.store.Close()
+	}
+	if e.token, err = EnsureToken(ctx, mgr.GetAPIReader(), mgr.GetClient(), opts.Namespace); err != nil {
+		return err
+	}
+	if err := e.register(ctx); err != nil {
+		return err
+	}
+	if err := e.renew(ctx); err != nil {
+		return err
+	}
+	if err := ctrl.NewControllerManagedBy(mgr).
+		Named("executortask-" + opts.Name).
+		For(&rsv1.ExecutorTask{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: opts.MaxConcurrentReconciles}).
+		Complete(e); err != nil {
+		return fmt.Errorf("setting up the task controller: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	e.baseCtx = ctx
+	errc := make(chan error, 3)
+	go func() { errc <- mgr.Start(ctx) }()
+	go func() { errc <- e.heartbeat(ctx) }()
+	go func() { errc <- e.serve(ctx) }()
+	log.Info("executor running", "uid", e.uid, "endpoint", opts.Endpoint)
+	err = <-errc
+	cancel()
+	e.wait()
+	if errors.Is(err, errRemoved) {
+		log.Info("the executor was removed: its tasks' containers are gone; exiting")
+		return nil
+	}
+	return err
+}
+
+var errRemoved = errors.New("executor removed")
+
+// register creates the Executor, or takes over the existing one of the same name (a restart).
+func (e *Executor) register(ctx context.Context) error {
+	archs, err := e.driver.Archs(ctx)
+	if err != nil {
+		return err
+	}
+	spec := rsv1.ExecutorSpec{
+		Driver: e.opts.Driver, Permanent: e.opts.Permanent, Group: e.opts.Group, Archs: archs,
+		ActiveTasksLimit: e.opts.ActiveTasksLimit, AllowPrivilegedContainers: e.opts.AllowPrivilegedContainers,
+		Endpoint: e.opts.Endpoint,
+	}
+	return retry.OnError(retry.DefaultBackoff, func(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }, func() error {
+		ex := &rsv1.Executor{}
+		err := e.reader.Get(ctx, types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}, ex)
+		switch {
+		case apierrors.IsNotFound(err):
+			ex = &rsv1.Executor{
+				ObjectMeta: metav1.ObjectMeta{Name: e.opts.Name, Namespace: e.opts.Namespace, Labels: e.opts.Labels},
+				Spec:       spec,
+			}
+			if err := e.client.Create(ctx, ex); err != nil {
+				return err
+			}
+		case err != nil:
+			return fmt.Errorf("reading executor: %w", err)
+		case ex.DeletionTimestamp != nil:
+			return fmt.Errorf("executor %s is being deleted; start again once it is gone", e.opts.Name)
+		case !equality.Semantic.DeepEqual(ex.Spec, spec) || !equality.Semantic.DeepEqual(ex.Labels, e.opts.Labels) && e.opts.Labels != nil:
+			ex.Spec = spec
+			if e.opts.Labels != nil {
+				ex.Labels = e.opts.Labels
+			}
+			if err := e.client.Update(ctx, ex); err != nil {
+				return err
+			}
+		}
+		e.uid = ex.UID
+		return nil
+	})
+}
+
+// heartbeat renews the Lease and watches for the Executor's removal.
+func (e *Executor) heartbeat(ctx context.Context) error {
+	tick := time.NewTicker(e.opts.RenewInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		ex := &rsv1.Executor{}
+		err := e.reader.Get(ctx, types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}, ex)
+		if apierrors.IsNotFound(err) || err == nil && (ex.UID != e.uid || ex.DeletionTimestamp != nil) {
+			e.removeAll(ctx)
+			return errRemoved
+		}
+		if err := e.renew(ctx); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "renewing lease")
+		}
+	}
+}
+
+func (e *Executor) renew(ctx context.Context) error {
+	now := metav1.NowMicro()
+	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
+	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		lease := &coordinationv1.Lease{}
+		err := e.reader.Get(ctx, key, lease)
+		if apierrors.IsNotFound(err) {
+			lease = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace}}
+		} else if err != nil {
+			return err
+		}
+		lease.Spec.HolderIdentity = ptr.To(e.opts.Name)
+		lease.Spec.LeaseDurationSeconds = ptr.To(int32(e.opts.LeaseDuration.Seconds()))
+		lease.Spec.RenewTime = &now
+		if lease.Spec.AcquireTime == nil {
+			lease.Spec.AcquireTime = &now
+		}
+		if lease.ResourceVersion == "" {
+			return e.client.Create(ctx, lease)
+		}
+		return e.client.Update(ctx, lease)
+	})
+}
+
+// removeAll stops and removes every container of this executor's tasks.
+func (e *Executor) removeAll(ctx context.Context) {
+	e.mu.Lock()
+	for _, r := range e.runners {
+		r.cancel()
+	}
+	e.mu.Unlock()
+	uids, err := e.driver.Tasks(ctx)
+	if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing task containers")
+	}
+	for _, uid := range uids {
+		if err := e.driver.Remove(ctx, uid); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "removing task containers", "uid", uid)
+		}
+	}
+}
+
+// wait waits for the runners to end.
+func (e *Executor) wait() {
+	for {
+		e.mu.Lock()
+		n := len(e.runners)
+		e.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// taskDir is the host directory shared with a task's toolbox.
+func (e *Executor) taskDir(uid types.UID) string {
+	return filepath.Join(e.opts.DataDir, "tasks", string(uid))
+}
+
+// Reconcile implements reconcile.Reconciler for the executor's ExecutorTasks.
+func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	et := &rsv1.ExecutorTask{}
+	if err := e.client.Get(ctx, req.NamespacedName, et); err != nil {
+		if apierrors.IsNotFound(err) {
+			e.forget(ctx, req.Name)
+		}
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if et.Spec.Executor != e.opts.Name {
+		return reconcile.Result{}, nil
+	}
+	if et.Spec.ExecutorUID != string(e.uid) {
+		// Scheduled on an earlier registration of this name that was removed: never run it.
+		return reconcile.Result{}, e.driver.Remove(ctx, string(et.UID))
+	}
+	e.mu.Lock()
+	r := e.runners[et.UID]
+	e.mu.Unlock()
+	if r != nil {
+		if et.Spec.Stop {
+			r.stop()
+		}
+		return reconcile.Result{}, nil
+	}
+
+	switch phase := et.Status.Phase; {
+	case phase.IsFinal():
+		if et.Annotations[rsv1.AnnotationFetched] != "" {
+			if err := os.RemoveAll(e.taskDir(et.UID)); err != nil {
+				return reconcile.Result{}, fmt.Errorf("removing fetched task data: %w", err)
+			}
+		}
+		return reconcile.Result{}, nil
+	case phase == "" || phase == rsv1.TaskPhaseNotStarted:
+		if et.Spec.Stop {
+			return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseStopped, "stopped before it started", nil)
+		}
+		if msg := e.refuse(et); msg != "" {
+			return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseFailed, msg, nil)
+		}
+		// Record the start before any container exists: after a crash, a Running task without
+		// containers is lost, never started again.
+		now := metav1.Now()
+		et.Status.Phase = rsv1.TaskPhaseRunning
+		et.Status.StartTime = &now
+		et.Status.Steps = initialSteps(et)
+		if err := e.client.Status().Update(ctx, et); err != nil {
+			if apierrors.IsConflict(err) {
+				return reconcile.Result{RequeueAfter: 50 * time.Millisecond}, nil
+			}
+			return reconcile.Result{}, fmt.Errorf("recording the start of %s: %w", et.Name, err)
+		}
+		log.Info("starting task", "executorTask", et.Name)
+		e.startRunner(ctx, et, true)
+	case phase == rsv1.TaskPhaseRunning:
+		_, err := e.driver.Inspect(ctx, string(et.UID))
+		if errors.Is(err, ErrNotFound) {
+			return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseFailed, "container lost: the task was started but its container is gone; it is not run again", nil)
+		}
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		log.Info("adopting running task", "executorTask", et.Name)
+		e.startRunner(ctx, et, false)
+	}
+	return reconcile.Result{}, nil
+}
+
+// refuse says why the executor does not run a task, or "".
+func (e *Executor) refuse(et *rsv1.ExecutorTask) string {
+	if !e.opts.AllowPrivilegedContainers && slices.ContainsFunc(et.Spec.Task.Containers, func(c rsv1.Container) bool { return c.IsPrivileged() }) {
+		return fmt.Sprintf("privileged containers are not allowed on executor %s (allowPrivilegedContainers is false)", e.opts.Name)
+	}
+	return ""
+}
+
+func initialSteps(et *rsv1.ExecutorTask) []rsv1.StepStatus {
+	steps := toolbox.StepsFromTask(&et.Spec.Task)
+	out := make([]rsv1.StepStatus, len(steps))
+	for i, s := range steps {
+		out[i] = rsv1.StepStatus{Name: s.Name, Phase: rsv1.StepPhaseNotStarted}
+	}
+	return out
+}
+
+// forget stops the runner of a deleted ExecutorTask and removes its containers and data.
+func (e *Executor) forget(ctx context.Context, name string) {
+	e.mu.Lock()
+	uid, ok := e.names[name]
+	r := e.runners[uid]
+	e.mu.Unlock()
+	if !ok {
+		return
+	}
+	if r != nil {
+		r.cancel()
+	}
+	_ = e.driver.Remove(ctx, string(uid))
+}
+
+// updateStatus applies change to a fresh copy of the task's status, retrying on conflict.
+func (e *Executor) updateStatus(ctx context.Context, et *rsv1.ExecutorTask, change func(*rsv1.ExecutorTaskStatus)) error {
+	first := true
+	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		cur := et.DeepCopy()
+		if !first {
+			if err := e.reader.Get(ctx, client.ObjectKeyFromObject(et), cur); err != nil {
+				return err
+			}
+		}
+		first = false
+		before := cur.Status.DeepCopy()
+		change(&cur.Status)
+		if equality.Semantic.DeepEqual(before, &cur.Status) {
+			return nil
+		}
+		if err := e.client.Status().Update(ctx, cur); err != nil {
+			return err
+		}
+		*et = *cur
+		return nil
+	})
+}
+
+// finish writes a final status.
+func (e *Executor) finish(ctx context.Context, et *rsv1.ExecutorTask, phase rsv1.TaskPhase, msg string, steps []rsv1.StepStatus) error {
+	now := metav1.Now()
+	return e.updateStatus(ctx, et, func(st *rsv1.ExecutorTaskStatus) {
+		if st.Phase.IsFinal() {
+			return
+		}
+		st.Phase, st.Message, st.EndTime = phase, msg, &now
+		if st.StartTime == nil {
+			st.StartTime = &now
+		}
+		if steps != nil {
+			st.Steps = steps
+		}
+	})
+}
+
+// EnsureToken returns the bearer token that guards executors' HTTP endpoints in the namespace,
+// creating the Secret that holds it when it does not exist.
+func EnsureToken(ctx context.Context, reader client.Reader, c client.Client, namespace string) (string, error) {
+	key := types.NamespacedName{Namespace: namespace, Name: rsv1.ExecutorTokenSecret}
+	s := &corev1.Secret{}
+	err := reader.Get(ctx, key, s)
+	if apierrors.IsNotFound(err) {
+		s = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: namespace},
+			StringData: map[string]string{rsv1.ExecutorTokenKey: randomToken()},
+		}
+		if err = c.Create(ctx, s); apierrors.IsAlreadyExists(err) {
+			err = reader.Get(ctx, key, s)
+		} else if err == nil {
+			err = reader.Get(ctx, key, s)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the executor token secret %s: %w", key, err)
+	}
+	tok := string(s.Data[rsv1.ExecutorTokenKey])
+	if tok == "" {
+		return "", fmt.Errorf("secret %s has no %q key", key, rsv1.ExecutorTokenKey)
+	}
+	return tok, nil
+}

@@ -1,0 +1,323 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor/toolbox"
+	"runservice.dev/runservice/internal/objectstore"
+)
+
+// runner follows one task from start to final status.
+type runner struct {
+	e        *Executor
+	et       *rsv1.ExecutorTask
+	dir      string
+	cancel   context.CancelFunc
+	stopOnce sync.Once
+	stopped  chan struct{}
+}
+
+// startRunner starts following a task in the background; fresh starts its containers first.
+func (e *Executor) startRunner(ctx context.Context, et *rsv1.ExecutorTask, fresh bool) {
+	// The runner outlives the reconcile that started it, not the executor: when the executor stops,
+	// its runners stop following and leave the containers running, to be adopted after a restart.
+	rctx, cancel := context.WithCancel(e.baseCtx)
+	rctx = ctrl.LoggerInto(rctx, ctrl.LoggerFrom(ctx))
+	r := &runner{e: e, et: et.DeepCopy(), dir: e.taskDir(et.UID), cancel: cancel, stopped: make(chan struct{})}
+	e.mu.Lock()
+	e.runners[et.UID] = r
+	e.names[et.Name] = et.UID
+	e.mu.Unlock()
+	if et.Spec.Stop {
+		r.stop()
+	}
+	go func() {
+		defer func() {
+			cancel()
+			e.mu.Lock()
+			delete(e.runners, et.UID)
+			e.mu.Unlock()
+		}()
+		if err := r.run(rctx, fresh); err != nil && rctx.Err() == nil {
+			ctrl.LoggerFrom(rctx).Error(err, "running task", "executorTask", et.Name)
+		}
+	}()
+}
+
+func (r *runner) stop() { r.stopOnce.Do(func() { close(r.stopped) }) }
+
+func (r *runner) uid() string { return string(r.et.UID) }
+
+func (r *runner) run(ctx context.Context, fresh bool) error {
+	if fresh {
+		if err := r.prepare(ctx); err != nil {
+			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "preparing the task: "+err.Error(), nil)
+		}
+		err := r.e.driver.Start(ctx, &Task{
+			ExecutorTask: r.et,
+			Dir:          r.dir,
+			Toolbox:      r.e.opts.Toolbox,
+			Labels:       r.labels(),
+			Env:          r.env(),
+			Started:      func() error { return toolbox.Start(r.dir) },
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			_ = r.e.driver.Remove(ctx, r.uid())
+			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, err.Error(), nil)
+		}
+	}
+
+	var timeout <-chan time.Time
+	if t := r.et.Spec.Task.TimeoutSeconds; t != nil && r.et.Status.StartTime != nil {
+		deadline := r.et.Status.StartTime.Add(time.Duration(*t) * time.Second)
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		timeout = timer.C
+	}
+	type waited struct {
+		st  *State
+		err error
+	}
+	done := make(chan waited, 1)
+	go func() {
+		st, err := r.e.driver.Wait(ctx, r.uid())
+		done <- waited{st, err}
+	}()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	stopRequested, timedOut := r.stopped, false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stopRequested:
+			stopRequested = nil
+			r.halt(ctx)
+		case <-timeout:
+			timeout, timedOut = nil, true
+			r.halt(ctx)
+		case <-tick.C:
+			if err := r.report(ctx); err != nil && ctx.Err() == nil {
+				ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.et.Name)
+			}
+		case w := <-done:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return r.end(ctx, w.st, w.err, stopRequested == nil && !timedOut, timedOut)
+		}
+	}
+}
+
+// halt asks the toolbox to stop, then stops the containers.
+func (r *runner) halt(ctx context.Context) {
+	_ = toolbox.Stop(r.dir)
+	go func() {
+		if err := r.e.driver.Stop(ctx, r.uid(), r.e.opts.StopGrace); err != nil && ctx.Err() == nil {
+			ctrl.LoggerFrom(ctx).Error(err, "stopping task", "executorTask", r.et.Name)
+		}
+	}()
+}
+
+// end writes the final status from the steps' results and the container's exit, then removes the
+// containers (logs and archives stay in the task's directory until the manager fetched them).
+func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, timedOut bool) error {
+	steps := r.steps()
+	phase, msg := rsv1.TaskPhaseSuccess, ""
+	running := -1
+	for i, s := range steps {
+		if s.Phase == rsv1.StepPhaseRunning {
+			running = i
+		}
+	}
+	failedStep := func() string {
+		for i, s := range steps {
+			if s.Phase == rsv1.StepPhaseFailed {
+				res, _ := toolbox.ReadResult(r.dir, i)
+				m := fmt.Sprintf("step %q failed", s.Name)
+				if s.ExitCode != nil {
+					m += fmt.Sprintf(" with exit code %d", *s.ExitCode)
+				}
+				if res != nil && res.Message != "" {
+					m += ": " + res.Message
+				}
+				return m
+			}
+		}
+		return ""
+	}
+	now := metav1.Now()
+	endRunning := func(p rsv1.StepPhase) {
+		if running >= 0 {
+			steps[running].Phase = p
+			steps[running].EndTime = &now
+		}
+	}
+	switch {
+	case errors.Is(waitErr, ErrNotFound):
+		phase, msg = rsv1.TaskPhaseFailed, "container lost: the task's container disappeared while it ran"
+		endRunning(rsv1.StepPhaseFailed)
+	case waitErr != nil:
+		return waitErr
+	case timedOut:
+		phase, msg = rsv1.TaskPhaseFailed, fmt.Sprintf("timed out after %ds", *r.et.Spec.Task.TimeoutSeconds)
+		endRunning(rsv1.StepPhaseFailed)
+	case stopped:
+		phase, msg = rsv1.TaskPhaseStopped, "stopped"
+		endRunning(rsv1.StepPhaseStopped)
+	case failedStep() != "":
+		phase, msg = rsv1.TaskPhaseFailed, failedStep()
+	case st.ExitCode != 0 || running >= 0 || st.Message != "":
+		phase = rsv1.TaskPhaseFailed
+		msg = fmt.Sprintf("the task's container exited with code %d", st.ExitCode)
+		if running >= 0 {
+			msg += fmt.Sprintf(" while step %q ran", steps[running].Name)
+		}
+		if st.Message != "" {
+			msg += ": " + st.Message
+		} else if st.ExitCode == toolbox.ExitSetup {
+			msg += ": the toolbox could not set the task up (see the container's log)"
+		}
+		endRunning(rsv1.StepPhaseFailed)
+	}
+	if err := r.e.finish(ctx, r.et, phase, msg, steps); err != nil {
+		return err
+	}
+	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.et.Name, "phase", phase, "message", msg)
+	return r.e.driver.Remove(ctx, r.uid())
+}
+
+// report writes the steps' progress to the task's status when it changed.
+func (r *runner) report(ctx context.Context) error {
+	steps := r.steps()
+	if equality.Semantic.DeepEqual(steps, r.et.Status.Steps) {
+		return nil
+	}
+	return r.e.updateStatus(ctx, r.et, func(st *rsv1.ExecutorTaskStatus) {
+		if !st.Phase.IsFinal() {
+			st.Steps = steps
+		}
+	})
+}
+
+// steps reads the steps' results from the task's directory.
+func (r *runner) steps() []rsv1.StepStatus {
+	steps := initialSteps(r.et)
+	for i := range steps {
+		res, err := toolbox.ReadResult(r.dir, i)
+		if err != nil {
+			continue
+		}
+		steps[i].Phase = res.Phase
+		steps[i].ExitCode = res.ExitCode
+		start := metav1.NewTime(res.StartTime)
+		steps[i].StartTime = &start
+		if !res.EndTime.IsZero() {
+			end := metav1.NewTime(res.EndTime)
+			steps[i].EndTime = &end
+		}
+	}
+	return steps
+}
+
+// labels go on every container of the task, so that a restarted executor finds them again.
+func (r *runner) labels() map[string]string {
+	return map[string]string{
+		rsv1.LabelExecutor:        r.e.opts.Name,
+		rsv1.LabelRun:             r.et.Labels[rsv1.LabelRun],
+		rsv1.LabelTask:            r.et.Spec.TaskName,
+		rsv1.LabelExecutorTaskUID: r.uid(),
+	}
+}
+
+// env is the main container's environment: the run's, then the container's, then ours.
+func (r *runner) env() []string {
+	var env []string
+	for _, e := range r.et.Spec.Environment {
+		env = append(env, e.Name+"="+e.Value)
+	}
+	for _, e := range r.et.Spec.Task.Containers[0].Env {
+		env = append(env, e.Name+"="+e.Value)
+	}
+	return append(env, "RUNSERVICE_RUN="+r.et.Spec.RunName, "RUNSERVICE_TASK="+r.et.Spec.TaskName)
+}
+
+// prepare writes the task's directory: task.json and the parents' workspace archives.
+func (r *runner) prepare(ctx context.Context) error {
+	tf := &toolbox.TaskFile{Steps: toolbox.StepsFromTask(&r.et.Spec.Task), WorkspaceSources: r.et.Spec.WorkspaceSources}
+	if r.et.Spec.Task.WorkingDir != nil {
+		tf.WorkingDir = *r.et.Spec.Task.WorkingDir
+	}
+	if err := toolbox.WriteTaskFile(r.dir, tf); err != nil {
+		return err
+	}
+	if !needsWorkspace(tf) || len(tf.WorkspaceSources) == 0 {
+		return nil
+	}
+	if r.e.store == nil {
+		return errors.New("the task restores a workspace but the executor has no object store configured")
+	}
+	for _, src := range tf.WorkspaceSources {
+		prefix := objectstore.TaskPrefix(r.et.Namespace, r.et.Spec.RunName, src) + "archives/"
+		keys, err := r.e.store.List(ctx, prefix)
+		if err != nil {
+			return err
+		}
+		for _, key := range keys {
+			i, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(key, prefix), ".tar"))
+			if err != nil {
+				continue
+			}
+			if err := r.download(ctx, key, toolbox.WorkspaceArchivePath(r.dir, src, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func needsWorkspace(tf *toolbox.TaskFile) bool {
+	for _, s := range tf.Steps {
+		if s.Kind == toolbox.StepKindRestoreWorkspace {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *runner) download(ctx context.Context, key, path string) error {
+	rc, err := r.e.store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, rc); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("downloading %s: %w", key, err)
+	}
+	return f.Close()
+}

@@ -1,0 +1,168 @@
+package executor
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor/toolbox"
+)
+
+func randomToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return hex.EncodeToString(b)
+}
+
+// serve serves the tasks' logs and archives:
+//
+//	GET /v1/tasks/{name}/steps/{i}/log[?follow=true]  a step's log, followed until the step ends
+//	GET /v1/tasks/{name}/archives/{i}                 the archive of saveToWorkspace step i
+func (e *Executor) serve(ctx context.Context) error {
+	if e.opts.Listen == "" {
+		<-ctx.Done()
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/tasks/{name}/steps/{i}/log", e.auth(e.serveLog))
+	mux.HandleFunc("GET /v1/tasks/{name}/archives/{i}", e.auth(e.serveArchive))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	ln, err := net.Listen("tcp", e.opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", e.opts.Listen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (e *Executor) auth(h http.HandlerFunc) http.HandlerFunc {
+	want := []byte("Bearer " + e.token)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	}
+}
+
+// task finds the ExecutorTask of a request and its step index.
+func (e *Executor) task(w http.ResponseWriter, r *http.Request) (*rsv1.ExecutorTask, int, bool) {
+	i, err := strconv.Atoi(r.PathValue("i"))
+	if err != nil || i < 0 {
+		http.Error(w, "bad step index", http.StatusBadRequest)
+		return nil, 0, false
+	}
+	et := &rsv1.ExecutorTask{}
+	if err := e.client.Get(r.Context(), types.NamespacedName{Namespace: e.opts.Namespace, Name: r.PathValue("name")}, et); err != nil {
+		http.Error(w, "no such task on this executor", http.StatusNotFound)
+		return nil, 0, false
+	}
+	if i >= len(et.Spec.Task.Steps) {
+		http.Error(w, "no such step", http.StatusNotFound)
+		return nil, 0, false
+	}
+	return et, i, true
+}
+
+func (e *Executor) serveArchive(w http.ResponseWriter, r *http.Request) {
+	et, i, ok := e.task(w, r)
+	if !ok {
+		return
+	}
+	f, err := os.Open(toolbox.ArchivePath(e.taskDir(et.UID), i))
+	if err != nil {
+		http.Error(w, "no archive", http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/x-tar")
+	_, _ = io.Copy(w, f)
+}
+
+func (e *Executor) serveLog(w http.ResponseWriter, r *http.Request) {
+	et, i, ok := e.task(w, r)
+	if !ok {
+		return
+	}
+	dir := e.taskDir(et.UID)
+	follow := r.URL.Query().Get("follow") == "true"
+	path := toolbox.StepLogPath(dir, i)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	var f *os.File
+	for {
+		var err error
+		if f, err = os.Open(path); err == nil {
+			break
+		}
+		if !follow || e.stepEnded(r.Context(), et, dir, i) {
+			http.Error(w, "no log", http.StatusNotFound)
+			return
+		}
+		if !sleep(r.Context(), 200*time.Millisecond) {
+			return
+		}
+	}
+	defer f.Close()
+	flusher, _ := w.(http.Flusher)
+	for {
+		if _, err := io.Copy(w, f); err != nil {
+			return
+		}
+		if !follow {
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		if e.stepEnded(r.Context(), et, dir, i) {
+			_, _ = io.Copy(w, f) // what was written before the end
+			return
+		}
+		if !sleep(r.Context(), 200*time.Millisecond) {
+			return
+		}
+	}
+}
+
+// stepEnded says whether step i will write no more log.
+func (e *Executor) stepEnded(ctx context.Context, et *rsv1.ExecutorTask, dir string, i int) bool {
+	if res, err := toolbox.ReadResult(dir, i); err == nil && res.Phase != rsv1.StepPhaseRunning {
+		return true
+	}
+	cur := &rsv1.ExecutorTask{}
+	if err := e.client.Get(ctx, types.NamespacedName{Namespace: et.Namespace, Name: et.Name}, cur); err != nil {
+		return true
+	}
+	return cur.Status.Phase.IsFinal()
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}

@@ -1,0 +1,121 @@
+// Package objectstore owns where runservice keeps what leaves the executors and etcd: step logs,
+// workspace archives and (later) archived runs, in a gocloud.dev/blob bucket: file:// (a local
+// directory, the embedded default) or s3:// (real deployments). Keys are partitioned by namespace and
+// run, so that no prefix grows without bound.
+package objectstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/fileblob" // file:// buckets
+	_ "gocloud.dev/blob/s3blob"   // s3:// buckets
+	"gocloud.dev/gcerrors"
+)
+
+// Store is an opened bucket.
+type Store struct {
+	bucket *blob.Bucket
+}
+
+// DefaultURL is the embedded default: a directory under the user's data dir.
+func DefaultURL() string {
+	dir := os.Getenv("XDG_DATA_HOME")
+	if dir == "" {
+		home, _ := os.UserHomeDir()
+		dir = filepath.Join(home, ".local", "share")
+	}
+	return FileURL(filepath.Join(dir, "runservice", "store"))
+}
+
+// FileURL is the URL of a local directory bucket, created when missing.
+func FileURL(dir string) string {
+	return "file://" + filepath.ToSlash(dir) + "?create_dir=1&metadata=skip"
+}
+
+// Open opens the bucket at url.
+func Open(ctx context.Context, url string) (*Store, error) {
+	b, err := blob.OpenBucket(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("opening object store %s: %w", redact(url), err)
+	}
+	return &Store{bucket: b}, nil
+}
+
+func redact(url string) string {
+	if i := strings.Index(url, "?"); i >= 0 {
+		return url[:i]
+	}
+	return url
+}
+
+// Close closes the bucket.
+func (s *Store) Close() error { return s.bucket.Close() }
+
+// TaskPrefix is the prefix of everything kept of one ExecutorTask.
+func TaskPrefix(namespace, run, executorTask string) string {
+	return fmt.Sprintf("runs/%s/%s/tasks/%s/", namespace, run, executorTask)
+}
+
+// LogKey is the key of a step's log.
+func LogKey(namespace, run, executorTask string, step int) string {
+	return fmt.Sprintf("%ssteps/%d.log", TaskPrefix(namespace, run, executorTask), step)
+}
+
+// ArchiveKey is the key of a saveToWorkspace step's archive.
+func ArchiveKey(namespace, run, executorTask string, step int) string {
+	return fmt.Sprintf("%sarchives/%d.tar", TaskPrefix(namespace, run, executorTask), step)
+}
+
+// Put writes r at key; the object appears whole or not at all.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
+	w, err := s.bucket.NewWriter(ctx, key, nil)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		_ = w.Close()
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	return nil
+}
+
+// ErrNotFound says that a key does not exist.
+var ErrNotFound = errors.New("not found in the object store")
+
+// Get opens the object at key.
+func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	r, err := s.bucket.NewReader(ctx, key, nil)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return nil, fmt.Errorf("%s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	return r, nil
+}
+
+// List returns the keys under prefix.
+func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
+	var keys []string
+	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			return keys, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", prefix, err)
+		}
+		keys = append(keys, obj.Key)
+	}
+}
