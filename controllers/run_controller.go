@@ -84,6 +84,9 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		}
 	}
 	if run.Status.Phase.IsFinal() {
+		if err := r.foldFinal(ctx, run); err != nil {
+			return requeueOnConflict(err, "")
+		}
 		return ctrl.Result{}, r.release(ctx, run)
 	}
 	if err := r.ensureGroups(ctx, run); err != nil {
@@ -264,6 +267,17 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 		}
 	}
 	return tasks, states, nil
+}
+
+// foldFinal records, in a final run's status, the logs fetched after it ended.
+func (r *RunReconciler) foldFinal(ctx context.Context, run *rsv1.Run) error {
+	tasks, _, err := r.executorTasks(ctx, run)
+	if err != nil {
+		return err
+	}
+	old := run.Status.DeepCopy()
+	foldLogKeys(run, tasks)
+	return r.writeStatus(ctx, run, old)
 }
 
 // foldLogKeys points the steps of fetched tasks at their logs in the object store.

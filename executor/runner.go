@@ -141,9 +141,11 @@ func (r *runner) halt(ctx context.Context) {
 func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, timedOut bool) error {
 	steps := r.steps()
 	phase, msg := rsv1.TaskPhaseSuccess, ""
+	// The step that was cut short: still Running (the container was killed), or Stopped by a
+	// signal the executor did not send (the daemon stopping, someone's docker stop).
 	running := -1
 	for i, s := range steps {
-		if s.Phase == rsv1.StepPhaseRunning {
+		if s.Phase == rsv1.StepPhaseRunning || s.Phase == rsv1.StepPhaseStopped {
 			running = i
 		}
 	}
@@ -188,7 +190,7 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 		phase = rsv1.TaskPhaseFailed
 		msg = fmt.Sprintf("the task's container exited with code %d", st.ExitCode)
 		if running >= 0 {
-			msg += fmt.Sprintf(" while step %q ran", steps[running].Name)
+			msg = fmt.Sprintf("the task's container was stopped or killed from outside the executor (exit code %d) while step %q ran", st.ExitCode, steps[running].Name)
 		}
 		if st.Message != "" {
 			msg += ": " + st.Message

@@ -17,6 +17,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+	"k8s.io/utils/ptr"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/executor"
@@ -96,6 +97,8 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 			t.Toolbox + ":" + toolbox.DefaultDir + "/toolbox:ro",
 		},
 		Privileged: main.IsPrivileged(),
+		// An init as PID 1 reaps what the steps leave behind.
+		Init: ptr.To(true),
 	}
 	created, err := d.client.ContainerCreate(ctx, cfg, host, nil, nil, containerName(t.ExecutorTask, 0))
 	if err != nil {
