@@ -1,7 +1,8 @@
 // Command localrun is `make run`: it runs the manager against the current cluster when one is
 // reachable, and otherwise boots the local control plane (the same etcd and kube-apiserver as the
 // tests), installs the CRDs and the webhook, writes the control plane's kubeconfig to bin/kubeconfig,
-// starts the manager in the foreground and applies the samples.
+// starts the manager and a Docker executor in the foreground, applies the samples and follows the
+// sample diamond run to its end and its logs.
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/discovery"
@@ -20,7 +22,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor"
+	"runservice.dev/runservice/executor/driver/docker"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -60,41 +66,109 @@ func run(forceLocal, samples bool) error {
 	if err := os.Symlink(env.Kubectl(), kubectl); err != nil {
 		return err
 	}
+	bin := filepath.Join(env.Root, "bin")
+	store := objectstore.FileURL(filepath.Join(bin, "store"))
 	opts := env.ManagerOptions()
 	opts.MetricsAddr, opts.ProbeAddr = ":8080", ":8081"
+	opts.ObjectStore = store
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		return err
 	}
+	errc := make(chan error, 2)
+	go func() { errc <- mgr.Start(ctx) }()
+	withExecutor := startExecutor(ctx, env, bin, store, errc)
 	fmt.Printf(`
 local control plane is up; from another terminal:
 
-  export KUBECONFIG=%s PATH=%s:$PATH
-  kubectl apply -f config/samples/
+  export KUBECONFIG=%s PATH=%s:$PATH RUNSERVICE_OBJECT_STORE='%s'
   kubectl get runservice
+  kubectl runs logs diamond build        # or: runctl logs diamond build
 
 metrics: http://localhost:8080/metrics   probes: http://localhost:8081/readyz
-Ctrl-C stops the manager and the control plane.
+Ctrl-C stops the manager, the executor and the control plane.
 
-`, kubeconfig, filepath.Dir(kubectl))
+`, kubeconfig, bin, store)
 	if samples {
-		go applySamples(ctx, env, kubeconfig)
+		go func() {
+			if applySamples(ctx, env, kubeconfig) && withExecutor {
+				follow(ctx, env, kubeconfig, bin, store, "diamond")
+			}
+		}()
 	}
-	return mgr.Start(ctx)
+	return <-errc
+}
+
+// startExecutor builds the toolbox and runctl and starts a Docker executor in this process, when a
+// Docker daemon answers (hack/docker.sh starts one where the machine allows).
+func startExecutor(ctx context.Context, env *testenv.Env, bin, store string, errc chan<- error) bool {
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin+"/", "./cmd/toolbox", "./cmd/runctl")
+	build.Dir, build.Env = env.Root, append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("building the toolbox failed; no executor:", err)
+		return false
+	}
+	plugin := filepath.Join(bin, "kubectl-runs")
+	_ = os.Remove(plugin)
+	_ = os.Symlink("runctl", plugin)
+	setup := exec.CommandContext(ctx, filepath.Join(env.Root, "hack", "docker.sh"))
+	setup.Stdout, setup.Stderr = os.Stderr, os.Stderr
+	if err := setup.Run(); err != nil {
+		fmt.Println("no Docker daemon: running without an executor (runs wait for one):", err)
+		return false
+	}
+	drv, err := docker.New("docker-local")
+	if err != nil {
+		fmt.Println("no Docker daemon: running without an executor:", err)
+		return false
+	}
+	go func() {
+		errc <- executor.Run(ctx, env.Config, drv, executor.Options{
+			Name: "docker-local", Namespace: "default", Driver: rsv1.DriverDocker, Permanent: true,
+			Listen: "127.0.0.1:8090", Endpoint: "http://127.0.0.1:8090",
+			DataDir: filepath.Join(bin, "executor-data"), Toolbox: filepath.Join(bin, "toolbox"), ObjectStore: store,
+		})
+	}()
+	return true
+}
+
+// follow prints a run's progress until it is final, then its tasks' logs.
+func follow(ctx context.Context, env *testenv.Env, kubeconfig, bin, store, run string) {
+	last := ""
+	for ctx.Err() == nil {
+		out, _ := exec.CommandContext(ctx, env.Kubectl(), "--kubeconfig", kubeconfig, "get", "run", run, "--no-headers",
+			"-o", "custom-columns=PHASE:.status.phase,RESULT:.status.result,TASKS:.status.progress,STATES:.status.tasks[*].phase").Output()
+		line := strings.TrimSpace(string(out))
+		if line != last {
+			fmt.Printf("run %s: %s\n", run, line)
+			last = line
+		}
+		if strings.HasPrefix(line, "Finished") || strings.HasPrefix(line, "Cancelled") || strings.HasPrefix(line, "SetupError") {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // the fetcher copies the last logs
+	for _, task := range []string{"checkout", "build", "test", "package"} {
+		out, _ := exec.CommandContext(ctx, filepath.Join(bin, "runctl"), "logs", run, task, "--kubeconfig", kubeconfig, "--object-store", store).CombinedOutput()
+		fmt.Printf("--- runctl logs %s %s\n%s", run, task, out)
+	}
 }
 
 // applySamples applies config/samples once the webhook answers.
-func applySamples(ctx context.Context, env *testenv.Env, kubeconfig string) {
+func applySamples(ctx context.Context, env *testenv.Env, kubeconfig string) bool {
 	for i := 0; i < 60 && ctx.Err() == nil; i++ {
 		cmd := exec.CommandContext(ctx, env.Kubectl(), "--kubeconfig", kubeconfig, "apply", "-f", filepath.Join(env.Root, "config", "samples"))
 		out, err := cmd.CombinedOutput()
 		if err == nil {
 			fmt.Printf("applied the samples:\n%s\n", out)
-			return
+			return true
 		}
 		time.Sleep(time.Second)
 	}
 	fmt.Println("could not apply the samples; apply them by hand")
+	return false
 }
 
 // reachableCluster returns the current context's config when its apiserver answers.
