@@ -59,7 +59,8 @@ bench: ## Run the benchmarks and print their figures.
 
 .PHONY: build
 build: ## Build the binaries into bin/.
-	$(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+	ln -sf runctl $(BIN)/kubectl-runs
 
 .PHONY: run
 run: ## Run the manager: against the current cluster if reachable, else on a local control plane.
