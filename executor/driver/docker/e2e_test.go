@@ -29,7 +29,6 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/manager"
-	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -43,7 +42,6 @@ var (
 	bins       string // executor, toolbox, runctl
 	kubeconfig string
 	storeURL   string
-	storeDir   string
 	nsCount    int
 	nsMu       sync.Mutex
 )
@@ -98,8 +96,18 @@ func testMain(m *testing.M) int {
 	if k8s, err = client.New(env.Config, client.Options{Scheme: manager.Scheme()}); err != nil {
 		return fail(err)
 	}
-	storeDir = filepath.Join(tmp, "store")
-	storeURL = objectstore.FileURL(storeDir)
+	// The object store is a real S3 server (the path real deployments take); the embedded file://
+	// default is covered by internal/objectstore and `make run`.
+	s3, err := testenv.StartS3(root, filepath.Join(tmp, "s3"))
+	if err != nil {
+		return fail(err)
+	}
+	defer s3.Stop()
+	for _, kv := range s3.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		os.Setenv(k, v) // for the manager here, and the executors and runctl it starts
+	}
+	storeURL = s3.URL
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	opts := env.ManagerOptions()

@@ -1,0 +1,74 @@
+package objectstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/testenv"
+)
+
+// TestBackends runs the same checks against the embedded default (a directory) and a real S3 server.
+func TestBackends(t *testing.T) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := testenv.StartS3(root, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s3.Stop)
+	for _, kv := range s3.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	for name, url := range map[string]string{"file": objectstore.FileURL(t.TempDir() + "/new/dir"), "s3": s3.URL} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			store, err := objectstore.Open(ctx, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+			for i := range 3 {
+				if err := store.Put(ctx, objectstore.LogKey("ns", "run", "run-task", i), bytes.NewReader(append([]byte(fmt.Sprint(i)), big...))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := store.Put(ctx, objectstore.ArchiveKey("ns", "run", "run-task", 1), strings.NewReader("tar")); err != nil {
+				t.Fatal(err)
+			}
+			rc, err := store.Get(ctx, objectstore.LogKey("ns", "run", "run-task", 2))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(rc)
+			rc.Close()
+			if !bytes.Equal(got, append([]byte("2"), big...)) {
+				t.Fatalf("read back %d bytes, not what was written", len(got))
+			}
+			keys, err := store.List(ctx, objectstore.TaskPrefix("ns", "run", "run-task")+"steps/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"runs/ns/run/tasks/run-task/steps/0.log", "runs/ns/run/tasks/run-task/steps/1.log", "runs/ns/run/tasks/run-task/steps/2.log"}
+			if !slices.Equal(keys, want) {
+				t.Fatalf("keys %v, want %v", keys, want)
+			}
+			if _, err := store.Get(ctx, "runs/ns/run/tasks/nope/steps/0.log"); !errors.Is(err, objectstore.ErrNotFound) {
+				t.Fatalf("missing key: %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+func TestMain(m *testing.M) { os.Exit(m.Run()) }

@@ -1,0 +1,68 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// S3 is a running S3 server (versitygw with its posix backend) with one bucket.
+type S3 struct {
+	// URL is the object store URL of the bucket (s3blob), for the manager and the executors.
+	URL string
+	// Env is what a process needs to reach it: the credentials, as AWS_* variables.
+	Env []string
+	cmd *exec.Cmd
+}
+
+// StartS3 builds (once, hack/s3.sh) and starts versitygw on a free loopback port, storing under dir.
+func StartS3(root, dir string) (*S3, error) {
+	out, err := exec.Command(filepath.Join(root, "hack", "s3.sh")).Output()
+	if err != nil {
+		return nil, fmt.Errorf("building versitygw with hack/s3.sh: %w", err)
+	}
+	bin := strings.TrimSpace(string(out))
+	const bucket = "runservice"
+	if err := os.MkdirAll(filepath.Join(dir, bucket), 0o755); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	access, secret := "runservice", "runservice-secret-key"
+	cmd := exec.Command(bin, "--port", addr, "--access", access, "--secret", secret, "posix", "--nometa", dir)
+	cmd.Stderr = os.Stderr // its access log goes to stdout: dropped
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting versitygw: %w", err)
+	}
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = c.Close()
+			break
+		}
+		if i > 100 {
+			_ = cmd.Process.Kill()
+			return nil, fmt.Errorf("versitygw does not answer on %s", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return &S3{
+		URL: fmt.Sprintf("s3://%s?endpoint=http://%s&use_path_style=true&region=us-east-1", bucket, addr),
+		Env: []string{"AWS_ACCESS_KEY_ID=" + access, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required"},
+		cmd: cmd,
+	}, nil
+}
+
+// Stop stops the server.
+func (s *S3) Stop() {
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+}
