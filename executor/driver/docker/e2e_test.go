@@ -20,7 +20,6 @@ import (
 	dockerclient "github.com/docker/docker/client"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -636,4 +635,26 @@ func restartDockerd(t *testing.T) {
 	}
 }
 
-var _ = apierrors.IsNotFound
+
+// TestFollowLiveLog: runctl logs -f streams a running step's log from the executor to its end.
+func TestFollowLiveLog(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "docker-1")
+	createRun(t, ns, "live", shellTask("ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done"))
+	eventually(t, time.Minute, "the step running", func() bool {
+		ts := taskStatus(getRun(t, ns, "live"), "ticker")
+		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
+	})
+	log, err := runctl(t, ns, "live", "ticker", "ticker", "-f")
+	if err != nil {
+		t.Fatalf("runctl logs -f: %v\n%s", err, log)
+	}
+	for i := 1; i <= 6; i++ {
+		if !strings.Contains(log, fmt.Sprintf("tick-%d", i)) {
+			t.Fatalf("followed log misses tick-%d:\n%s", i, log)
+		}
+	}
+	if run := getRun(t, ns, "live"); taskStatus(run, "ticker").Phase != rsv1.TaskPhaseSuccess && taskStatus(run, "ticker").Phase != rsv1.TaskPhaseRunning {
+		t.Fatalf("task %s", taskStatus(run, "ticker").Phase)
+	}
+}
