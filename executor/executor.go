@@ -163,6 +163,11 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	go func() { errc <- mgr.Start(ctx) }()
 	go func() { errc <- e.heartbeat(ctx) }()
 	go func() { errc <- e.serve(ctx) }()
+	go func() {
+		if mgr.GetCache().WaitForCacheSync(ctx) {
+			e.sweep(ctx)
+		}
+	}()
 	log.Info("executor running", "uid", e.uid, "endpoint", opts.Endpoint)
 	err = <-errc
 	cancel()
@@ -275,6 +280,36 @@ func (e *Executor) removeAll(ctx context.Context) {
 		ctrl.LoggerFrom(ctx).Error(err, "listing task containers")
 	}
 	for _, uid := range uids {
+		if err := e.driver.Remove(ctx, uid); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "removing task containers", "uid", uid)
+		}
+	}
+}
+
+// sweep removes, once the cache has synced, the containers of tasks that are not running here any
+// more: final tasks whose containers a crash left behind, and tasks deleted while the executor was down.
+func (e *Executor) sweep(ctx context.Context) {
+	uids, err := e.driver.Tasks(ctx)
+	if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing task containers")
+		return
+	}
+	var list rsv1.ExecutorTaskList
+	if err := e.client.List(ctx, &list, client.InNamespace(e.opts.Namespace)); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing executor tasks")
+		return
+	}
+	live := map[string]bool{}
+	for _, et := range list.Items {
+		if !et.Status.Phase.IsFinal() && et.Spec.ExecutorUID == string(e.uid) {
+			live[string(et.UID)] = true
+		}
+	}
+	for _, uid := range uids {
+		if live[uid] {
+			continue
+		}
+		ctrl.LoggerFrom(ctx).Info("removing the containers of a task that no longer runs here", "uid", uid)
 		if err := e.driver.Remove(ctx, uid); err != nil {
 			ctrl.LoggerFrom(ctx).Error(err, "removing task containers", "uid", uid)
 		}
