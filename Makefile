@@ -18,6 +18,7 @@ all: build
 manifests: ## Generate CRDs, RBAC and webhook configuration from markers.
 	$(CONTROLLER_GEN) crd:maxDescLen=400 paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=manager paths=./controllers/... paths=./internal/... output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=executor paths=./executor/... output:rbac:artifacts:config=config/rbac/executor
 	$(CONTROLLER_GEN) webhook paths=./internal/webhook/... output:webhook:artifacts:config=config/webhook
 
 .PHONY: generate

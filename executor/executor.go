@@ -105,6 +105,13 @@ func Scheme() *runtime.Scheme {
 	return s
 }
 
+// An executor's permissions, in its own namespace only (config/rbac/executor).
+// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executors,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executortasks,verbs=get;list;watch
+// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executortasks/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=system,resources=leases,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;create
+
 // Run runs the executor until ctx ends or its Executor is deleted.
 func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) error {
 	opts.defaults()
