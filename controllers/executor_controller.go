@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -24,7 +25,14 @@ import (
 // as they are until it comes back or is deleted (the executor is the source of truth).
 type ExecutorReconciler struct {
 	Client client.Client
+
+	mu        sync.Mutex
+	lastWrite map[types.NamespacedName]time.Time
 }
+
+// statusInterval spaces the writes of an executor's informational status (active tasks, heartbeat);
+// a change of readiness is written at once.
+const statusInterval = 5 * time.Second
 
 var _ reconcile.Reconciler = (*ExecutorReconciler)(nil)
 
@@ -65,7 +73,7 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 
 	var tasks rsv1.ExecutorTaskList
-	if err := r.Client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexExecutor: ex.Name}); err != nil {
+	if err := r.Client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexActiveOnExecutor: ex.Name}); err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing executor tasks: %w", err)
 	}
 	ex.Status.ActiveTasks = 0
@@ -74,11 +82,28 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			ex.Status.ActiveTasks++
 		}
 	}
-	if !equality.Semantic.DeepEqual(old, &ex.Status) {
-		if err := r.Client.Status().Update(ctx, ex); err != nil {
-			return requeueOnConflict(client.IgnoreNotFound(err), "writing executor status")
-		}
+	if equality.Semantic.DeepEqual(old, &ex.Status) {
+		return result, nil
 	}
+	readinessChanged := !equality.Semantic.DeepEqual(old.Conditions, ex.Status.Conditions)
+	r.mu.Lock()
+	last := r.lastWrite[req.NamespacedName]
+	r.mu.Unlock()
+	if wait := statusInterval - now.Sub(last); !readinessChanged && wait > 0 {
+		if result.RequeueAfter == 0 || wait < result.RequeueAfter {
+			result.RequeueAfter = wait
+		}
+		return result, nil
+	}
+	if err := r.Client.Status().Update(ctx, ex); err != nil {
+		return requeueOnConflict(client.IgnoreNotFound(err), "writing executor status")
+	}
+	r.mu.Lock()
+	if r.lastWrite == nil {
+		r.lastWrite = map[types.NamespacedName]time.Time{}
+	}
+	r.lastWrite[req.NamespacedName] = now
+	r.mu.Unlock()
 	return result, nil
 }
 

@@ -332,7 +332,7 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 	task := &run.Spec.Tasks[i]
 	etName := ExecutorTaskName(run.Name, name)
 	var landedOn string
-	err := r.Scheduler.Schedule(ctx, run.Namespace, task, func(ex *rsv1.Executor) (string, error) {
+	err := r.Scheduler.Schedule(ctx, run.Namespace, task, etName, func(ex *rsv1.Executor) (bool, error) {
 		et := &rsv1.ExecutorTask{
 			ObjectMeta: metav1.ObjectMeta{
 				Name:      etName,
@@ -352,25 +352,24 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 			et.Spec.WorkspaceSources = append(et.Spec.WorkspaceSources, ExecutorTaskName(run.Name, a))
 		}
 		if err := controllerutil.SetControllerReference(run, et, r.Client.Scheme()); err != nil {
-			return "", fmt.Errorf("owning executor task %s: %w", etName, err)
+			return false, fmt.Errorf("owning executor task %s: %w", etName, err)
 		}
 		err := r.Client.Create(ctx, et)
 		if apierrors.IsAlreadyExists(err) {
 			// Scheduled before (by an earlier manager, or before a lost status write): adopt it.
 			if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(et), et); err != nil {
-				return "", fmt.Errorf("reading executor task %s: %w", etName, err)
+				return false, fmt.Errorf("reading executor task %s: %w", etName, err)
 			}
 			landedOn = et.Spec.Executor
-			return "", nil
+			return false, nil
 		}
 		if err != nil {
-			return "", fmt.Errorf("creating executor task %s: %w", etName, err)
+			return false, fmt.Errorf("creating executor task %s: %w", etName, err)
 		}
 		landedOn = ex.Name
 		r.Metrics.observeScheduled(run, task)
-		r.Recorder.Eventf(run, et, corev1.EventTypeNormal, "Scheduled", "Schedule", "task %s scheduled on executor %s", name, ex.Name)
 		log.V(1).Info("scheduled task", "task", name, "executor", ex.Name, "executorTask", klog.KObj(et))
-		return etName, nil
+		return true, nil
 	})
 	if err != nil {
 		return err
@@ -467,7 +466,7 @@ func executorRemovedPredicate() predicate.Funcs {
 // runsOfExecutor maps an executor to the runs with tasks on it.
 func (r *RunReconciler) runsOfExecutor(ctx context.Context, o client.Object) []reconcile.Request {
 	var list rsv1.ExecutorTaskList
-	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexExecutor: o.GetName()}); err != nil {
+	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexActiveOnExecutor: o.GetName()}); err != nil {
 		return nil
 	}
 	seen := map[string]bool{}

@@ -38,28 +38,30 @@ type NoExecutorError struct{ Reason string }
 
 func (e *NoExecutorError) Error() string { return "no executor available: " + e.Reason }
 
-// Schedule picks an executor for the task and creates its ExecutorTask with create, under the
-// scheduler's lock. create returns the executor the task actually landed on (another one when the
-// ExecutorTask already existed).
-func (s *Scheduler) Schedule(ctx context.Context, namespace string, task *rsv1.Task, create func(*rsv1.Executor) (string, error)) error {
+// Schedule picks an executor for the task and creates its ExecutorTask (named etName) there with
+// create. The slot is reserved under the scheduler's lock and the create runs outside it, so that
+// concurrent run reconciles neither book one free slot twice nor wait on each other's round trips.
+// create returns false when the ExecutorTask already existed (it then holds no new slot).
+func (s *Scheduler) Schedule(ctx context.Context, namespace string, task *rsv1.Task, etName string, create func(*rsv1.Executor) (bool, error)) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	ex, err := s.pick(ctx, namespace, task)
+	if err == nil {
+		if s.assumed[ex.Name] == nil {
+			s.assumed[ex.Name] = map[string]struct{}{}
+		}
+		s.assumed[ex.Name][etName] = struct{}{}
+	}
+	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	landed, err := create(ex)
-	if err != nil {
-		return err
+	created, err := create(ex)
+	if err != nil || !created {
+		s.mu.Lock()
+		delete(s.assumed[ex.Name], etName)
+		s.mu.Unlock()
 	}
-	if landed == "" {
-		return nil
-	}
-	if s.assumed[ex.Name] == nil {
-		s.assumed[ex.Name] = map[string]struct{}{}
-	}
-	s.assumed[ex.Name][landed] = struct{}{}
-	return nil
+	return err
 }
 
 func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task) (*rsv1.Executor, error) {
@@ -157,15 +159,19 @@ func leaseExpiry(lease *coordinationv1.Lease) time.Time {
 // load counts the executor's active tasks: those in the cache plus those created and not cached yet.
 func (s *Scheduler) load(ctx context.Context, ex *rsv1.Executor) (int, error) {
 	var tasks rsv1.ExecutorTaskList
-	if err := s.client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexExecutor: ex.Name}); err != nil {
+	if err := s.client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexActiveOnExecutor: ex.Name}); err != nil {
 		return 0, fmt.Errorf("listing tasks of executor %s: %w", ex.Name, err)
 	}
 	assumed := s.assumed[ex.Name]
+	for name := range assumed {
+		// Once the cache has the task (active, so counted below, or already final), it is no longer assumed.
+		if err := s.client.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: name}, &rsv1.ExecutorTask{}); err == nil {
+			delete(assumed, name)
+		}
+	}
 	n := 0
 	for i := range tasks.Items {
-		et := &tasks.Items[i]
-		delete(assumed, et.Name) // cached now
-		if et.Status.IsActive() && et.Spec.ExecutorUID == string(ex.UID) {
+		if tasks.Items[i].Spec.ExecutorUID == string(ex.UID) {
 			n++
 		}
 	}

@@ -48,7 +48,9 @@ func (o *Options) defaults() {
 const (
 	indexChangeGroups = "spec.changeGroups"
 	indexRunName      = "spec.runName"
-	indexExecutor     = "spec.executor"
+	// indexActiveOnExecutor indexes the unfinished ExecutorTasks by executor: what scheduling and
+	// executor liveness look at, without walking every finished task of an executor's history.
+	indexActiveOnExecutor = "spec.executor.active"
 )
 
 // SetupWithManager registers the indexes, reconcilers and (optionally) the webhook with mgr.
@@ -65,8 +67,12 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 	}); err != nil {
 		return fmt.Errorf("indexing executor tasks by run: %w", err)
 	}
-	if err := idx.IndexField(ctx, &rsv1.ExecutorTask{}, indexExecutor, func(o client.Object) []string {
-		return []string{o.(*rsv1.ExecutorTask).Spec.Executor}
+	if err := idx.IndexField(ctx, &rsv1.ExecutorTask{}, indexActiveOnExecutor, func(o client.Object) []string {
+		et := o.(*rsv1.ExecutorTask)
+		if !et.Status.IsActive() {
+			return nil
+		}
+		return []string{et.Spec.Executor}
 	}); err != nil {
 		return fmt.Errorf("indexing executor tasks by executor: %w", err)
 	}
