@@ -23,6 +23,24 @@ type baselineResult struct {
 
 func (r *baselineResult) rate() float64 { return float64(r.objects) / r.elapsed.Seconds() }
 
+func (r *baselineResult) writeRate() float64 {
+	return float64(r.writes.totalWrites()) / r.elapsed.Seconds()
+}
+
+// plus pools two baselines.
+func (r *baselineResult) plus(o *baselineResult) *baselineResult {
+	w := requestCounts{writes: map[string]int{}, conflicts: map[string]int{}, reads: r.writes.reads + o.writes.reads}
+	for _, c := range []requestCounts{r.writes, o.writes} {
+		for k, v := range c.writes {
+			w.writes[k] += v
+		}
+		for k, v := range c.conflicts {
+			w.conflicts[k] += v
+		}
+	}
+	return &baselineResult{objects: r.objects + o.objects, elapsed: r.elapsed + o.elapsed, writes: w}
+}
+
 // baselineBench creates ExecutorTasks and writes each one's status once (Success), with the
 // executors' concurrency: `clients` clients (one connection each, like the executors) of `workers`
 // goroutines each. The ExecutorTasks name an executor that does not exist, so the manager, which
@@ -30,6 +48,7 @@ func (r *baselineResult) rate() float64 { return float64(r.objects) / r.elapsed.
 type baselineBench struct {
 	base    *rest.Config
 	ns      string
+	prefix  string // of the ExecutorTasks' names, one per pass
 	objects int
 	clients int
 	workers int
@@ -48,41 +67,55 @@ func (b *baselineBench) run(ctx context.Context) (*baselineResult, error) {
 		}
 		cs = append(cs, c)
 	}
-	before := reqs.snapshot()
-	start := time.Now()
-	for _, c := range cs {
-		for range b.workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= b.objects || ctx.Err() != nil {
-						return
+	// All writers at once, until n objects are written from index first on.
+	pass := func(first, n int) error {
+		next.Store(int64(first))
+		for _, c := range cs {
+			for range b.workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := int(next.Add(1)) - 1
+						if i >= first+n || ctx.Err() != nil {
+							return
+						}
+						if err := b.one(ctx, c, i); err != nil {
+							errs <- err
+							return
+						}
 					}
-					if err := b.one(ctx, c, i); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
+				}()
+			}
 		}
+		wg.Wait()
+		select {
+		case err := <-errs:
+			return err
+		default:
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
+		return nil
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
+	// A warm-up pass, untimed: the first requests of a fresh apiserver and connection are slower.
+	warmup := max(20, b.objects/10)
+	if err := pass(0, warmup); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("baseline: %w", err)
+	before := reqs.snapshot()
+	start := time.Now()
+	if err := pass(warmup, b.objects); err != nil {
+		return nil, err
 	}
+	elapsed := time.Since(start)
 	return &baselineResult{objects: b.objects, elapsed: elapsed, writes: reqs.snapshot().since(before)}, nil
 }
 
 func (b *baselineBench) one(ctx context.Context, c versioned.Interface, i int) error {
 	tasks := c.RunserviceV1alpha1().ExecutorTasks(b.ns)
-	name := fmt.Sprintf("baseline-%05d", i)
+	name := fmt.Sprintf("%s-%05d", b.prefix, i)
 	et := &rsv1.ExecutorTask{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      name,

@@ -41,6 +41,7 @@ type config struct {
 	quick       bool
 	timeout     time.Duration
 	verbose     bool
+	profile     string
 }
 
 func main() {
@@ -54,6 +55,7 @@ func main() {
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: 20 runs unless -runs is given")
 	flag.DurationVar(&c.timeout, "timeout", 10*time.Minute, "bound on the whole benchmark")
 	flag.BoolVar(&c.verbose, "v", false, "show the manager's log (errors and up)")
+	flag.StringVar(&c.profile, "profile", "", "write CPU, mutex and block profiles of the service benchmark (manager included) into this directory")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -77,14 +79,20 @@ func main() {
 }
 
 func run(c config, out io.Writer) (err error) {
-	level := zapcore.Level(zapcore.FatalLevel)
+	level := zapcore.FatalLevel
 	if c.verbose {
 		level = zapcore.ErrorLevel
 	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
 
-	ctx, cancel := context.WithTimeoutCause(context.Background(), c.timeout, fmt.Errorf("the benchmark took longer than -timeout %s", c.timeout))
+	timedOut := fmt.Errorf("the benchmark took longer than -timeout %s", c.timeout)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), c.timeout, timedOut)
 	defer cancel()
+	defer func() {
+		if err != nil && errors.Is(context.Cause(ctx), timedOut) && !errors.Is(err, timedOut) {
+			err = fmt.Errorf("%w: %w", timedOut, err)
+		}
+	}()
 
 	bootStart := time.Now()
 	env, err := testenv.Start()
@@ -100,11 +108,15 @@ func run(c config, out io.Writer) (err error) {
 		env.Config.Host, time.Since(bootStart).Seconds(), env.Config.QPS)
 
 	mgrReq := newRequests()
-	stopManager, err := startManager(ctx, env, mgrReq)
+	mgr, err := startManager(ctx, env, mgrReq)
 	if err != nil {
 		return err
 	}
-	defer stopManager()
+	defer func() {
+		if merr := mgr.stop(); merr != nil && err == nil {
+			err = merr
+		}
+	}()
 	fmt.Fprintf(out, "manager: in-process, default options (%d executors x %d status writers, %d run submitters)\n",
 		c.executors, c.concurrency, c.submitters)
 
@@ -114,73 +126,106 @@ func run(c config, out io.Writer) (err error) {
 	}
 	suffix := time.Now().Format("150405")
 
+	// The baseline runs before and after the service, in a namespace of its own: the pair shows how
+	// much the machine drifted meanwhile (other processes, a growing etcd).
 	baseNS, err := newNamespace(ctx, kube, "bench-baseline-"+suffix)
 	if err != nil {
 		return err
 	}
-	base, err := (&baselineBench{
-		base: env.Config, ns: baseNS, objects: c.baselineN, clients: c.executors, workers: c.concurrency,
-	}).run(ctx)
+	baseline := func(when string) (*baselineResult, error) {
+		fmt.Fprintf(os.Stderr, "  ... baseline %s the service\n", when)
+		return (&baselineBench{
+			base: env.Config, ns: baseNS, prefix: "baseline-" + when, objects: c.baselineN, clients: c.executors, workers: c.concurrency,
+		}).run(ctx)
+	}
+	before, err := baseline("before")
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "baseline: create+status update %.0f objects/s (%d ExecutorTasks in %.2fs by %d writers, %.1f writes/s)\n",
-		base.rate(), base.objects, base.elapsed.Seconds(), c.executors*c.concurrency,
-		float64(base.writes.totalWrites())/base.elapsed.Seconds())
 
 	ns, err := newNamespace(ctx, kube, "bench-"+suffix)
 	if err != nil {
 		return err
 	}
-	svc, err := (&serviceBench{
-		base: env.Config, ns: ns, runs: c.runs, executors: c.executors, workers: c.concurrency,
-		submitters: c.submitters, rate: c.rate, managerReq: mgrReq,
-	}).run(ctx)
+	fmt.Fprintf(os.Stderr, "  ... service: %d runs\n", c.runs)
+	prof, err := startProfile(c.profile)
 	if err != nil {
-		if cause := context.Cause(ctx); cause != nil {
-			return fmt.Errorf("%w (%v)", err, cause)
-		}
 		return err
 	}
-	printService(out, c, base, svc)
+	svc, err := (&serviceBench{
+		base: env.Config, ns: ns, runs: c.runs, executors: c.executors, workers: c.concurrency,
+		submitters: c.submitters, rate: c.rate, managerReq: mgrReq, managerExited: mgr.exited,
+	}).run(ctx)
+	if perr := prof.stop(); perr != nil && err == nil {
+		err = perr
+	}
+	if err != nil {
+		return err
+	}
+	after, err := baseline("after")
+	if err != nil {
+		return err
+	}
+	printService(out, c, svc, before, after)
+	return nil
+}
+
+// runningManager is the manager started in this process.
+type runningManager struct {
+	cancel context.CancelFunc
+	exited chan struct{} // closed when the manager's Start returned
+	err    error         // what Start returned, once exited is closed
+}
+
+// stop stops the manager and returns what made it stop early, if it did.
+func (m *runningManager) stop() error {
+	select {
+	case <-m.exited:
+		if m.err != nil {
+			return fmt.Errorf("the manager stopped: %w", m.err)
+		}
+		return nil
+	default:
+	}
+	m.cancel()
+	<-m.exited
 	return nil
 }
 
 // startManager starts the manager as `cmd/manager` would, with every request it sends counted in reqs.
 // It returns once the manager's caches are synced and its webhook serves.
-func startManager(ctx context.Context, env *testenv.Env, reqs *requests) (stop func(), err error) {
+func startManager(ctx context.Context, env *testenv.Env, reqs *requests) (*runningManager, error) {
 	mctx, cancel := context.WithCancel(ctx)
 	mgr, err := manager.New(mctx, clientConfig(env.Config, reqs), env.ManagerOptions())
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(mctx) }()
-	stop = func() {
-		cancel()
-		<-done
-	}
+	m := &runningManager{cancel: cancel, exited: make(chan struct{})}
+	go func() {
+		defer close(m.exited)
+		m.err = mgr.Start(mctx)
+	}()
 	ready := mgr.GetWebhookServer().StartedChecker()
 	probe, _ := http.NewRequest(http.MethodGet, "/", nil)
 	deadline := time.Now().Add(30 * time.Second)
 	for ready(probe) != nil {
 		select {
-		case err := <-done:
+		case <-m.exited:
 			cancel()
-			return nil, fmt.Errorf("the manager stopped while starting: %v", err)
+			return nil, fmt.Errorf("the manager stopped while starting: %v", m.err)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			stop()
+			_ = m.stop()
 			return nil, errors.New("the manager's webhook did not start serving within 30s")
 		}
 	}
 	if !mgr.GetCache().WaitForCacheSync(mctx) {
-		stop()
+		_ = m.stop()
 		return nil, errors.New("the manager's caches did not sync")
 	}
-	return stop, nil
+	return m, nil
 }
 
 func newNamespace(ctx context.Context, kube kubernetes.Interface, name string) (string, error) {
@@ -193,15 +238,18 @@ func newNamespace(ctx context.Context, kube kubernetes.Interface, name string) (
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond)) }
 
-func printService(out io.Writer, c config, base *baselineResult, s *serviceResult) {
+func printService(out io.Writer, c config, s *serviceResult, before, after *baselineResult) {
+	base := before.plus(after)
 	secs := s.elapsed.Seconds()
 	tasksPerSec := float64(s.tasks) / secs
 	submitted := fmt.Sprintf("all at once by %d goroutines", c.submitters)
 	if c.rate > 0 {
 		submitted = fmt.Sprintf("at %g runs/s by %d goroutines", c.rate, c.submitters)
 	}
-	fmt.Fprintf(out, "service: %d runs x 3 tasks (%s) in %.2fs = %.1f runs/s (%.1f tasks/s), first create to last run Finished; submitted %s, the last create returned at %.2fs\n",
-		s.runs, runShape, secs, float64(s.runs)/secs, tasksPerSec, submitted, s.submittedIn.Seconds())
+	fmt.Fprintf(out, "service: %d runs x %d tasks (%s) in %.2fs = %.1f runs/s (%.1f tasks/s), first create to last run Finished; submitted %s, the last create returned at %.2fs\n",
+		s.runs, s.tasks/s.runs, runShape, secs, float64(s.runs)/secs, tasksPerSec, submitted, s.submittedIn.Seconds())
+	fmt.Fprintf(out, "baseline: create+status update %.0f objects/s (ExecutorTasks, %d writers; %d before the service at %.0f/s, %d after at %.0f/s)\n",
+		base.rate(), c.executors*c.concurrency, before.objects, before.rate(), after.objects, after.rate())
 	fmt.Fprintf(out, "ratio: service %.1f tasks/s / baseline %.0f objects/s = %.3f (%.1f%% of the raw create+status update rate)\n",
 		tasksPerSec, base.rate(), tasksPerSec/base.rate(), 100*tasksPerSec/base.rate())
 
@@ -222,6 +270,8 @@ func printService(out io.Writer, c config, base *baselineResult, s *serviceResul
 	mgrW, exW, subW := s.manager.totalWrites(), s.executors.totalWrites(), s.submitter.totalWrites()
 	fmt.Fprintf(out, "API writes per task: manager %.2f, executors %.2f, total %.2f (total includes the run creates, %.2f; %d writes in all)\n",
 		per(mgrW), per(exW), per(mgrW+exW+subW), per(subW), mgrW+exW+subW)
+	fmt.Fprintf(out, "apiserver write load during the service: %.0f writes/s (the baseline sustained %.0f writes/s)\n",
+		float64(mgrW+exW+subW)/secs, base.writeRate())
 	section := func(title string, rc requestCounts) {
 		fmt.Fprintf(out, "  %s: %d writes (%d conflicts), %d reads (GET/LIST, not watches)\n", title, rc.totalWrites(), rc.totalConflicts(), rc.reads)
 		for _, l := range rc.breakdown(s.tasks) {

@@ -45,7 +45,7 @@ type taskKey struct{ run, task string }
 type tracker struct {
 	want int
 
-	mu        sync.Mutex
+	mu         sync.Mutex
 	created    map[string]time.Time // run -> its create call returned
 	finishedR  map[string]time.Time // run -> seen Finished
 	scheduledT map[taskKey]time.Time
@@ -194,6 +194,8 @@ type serviceBench struct {
 	submitters int
 	rate       float64
 	managerReq *requests
+	// managerExited is closed if the manager stops.
+	managerExited <-chan struct{}
 }
 
 func (b *serviceBench) run(ctx context.Context) (*serviceResult, error) {
@@ -238,7 +240,12 @@ func (b *serviceBench) run(ctx context.Context) (*serviceResult, error) {
 		return nil, fmt.Errorf("watching runs: %w", err)
 	}
 	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		factory.Shutdown() // waits for the informer, which stops with ctx
+	}()
 	if !cache.WaitForCacheSync(ctx.Done(), runs.HasSynced) {
 		return nil, errors.New("the watch on runs did not sync")
 	}
@@ -355,6 +362,8 @@ func (b *serviceBench) wait(ctx context.Context, t *tracker, exs []*executor, su
 				return err
 			}
 			submitErr = nil
+		case <-b.managerExited:
+			return errors.New("the manager stopped during the benchmark")
 		case <-ctx.Done():
 			n, _ := t.progress()
 			return fmt.Errorf("%d of %d runs finished before the timeout: %w", n, b.runs, ctx.Err())
