@@ -42,6 +42,8 @@ type config struct {
 	timeout     time.Duration
 	verbose     bool
 	profile     string
+	docker      bool
+	dockerTasks int
 }
 
 func main() {
@@ -56,6 +58,8 @@ func main() {
 	flag.DurationVar(&c.timeout, "timeout", 10*time.Minute, "bound on the whole benchmark")
 	flag.BoolVar(&c.verbose, "v", false, "show the manager's log (errors and up)")
 	flag.StringVar(&c.profile, "profile", "", "write CPU, mutex and block profiles of the service benchmark (manager included) into this directory")
+	flag.BoolVar(&c.docker, "docker", true, "also measure the Docker executor against raw containers (needs a Docker daemon)")
+	flag.IntVar(&c.dockerTasks, "docker-tasks", 20, "one-step tasks timed through the Docker executor, and raw containers timed")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -167,6 +171,19 @@ func run(c config, out io.Writer) (err error) {
 		return err
 	}
 	printService(out, c, svc, before, after)
+	if c.docker {
+		dns, err := newNamespace(ctx, kube, "bench-docker-"+suffix)
+		if err != nil {
+			return err
+		}
+		fanRuns := 5
+		if c.quick {
+			fanRuns = 2
+		}
+		if err := (&dockerBench{env: env, ns: dns, tasks: c.dockerTasks, fanRuns: fanRuns}).run(ctx, out); err != nil {
+			return fmt.Errorf("docker benchmark: %w", err)
+		}
+	}
 	return nil
 }
 
