@@ -68,13 +68,13 @@ run: ## Run the manager: against the current cluster if reachable, else on a loc
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) run ./hack/localrun $(RUN_FLAGS)
 
 .PHONY: docker-build
-docker-build: ## Build the manager image (static binary FROM scratch).
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/manager ./cmd/manager
-	docker build -t runservice-manager:dev -f Dockerfile .
+docker-build: build ## Build the manager, executor and toolbox images (static binaries FROM scratch).
+	for t in manager executor toolbox; do DOCKER_BUILDKIT=0 docker build -q --target $$t -t runservice-$$t:dev -f Dockerfile . || exit 1; done
 
 .PHONY: deploy
-deploy: ## Install CRDs, RBAC and the manager into the current cluster.
+deploy: ## Install CRDs, RBAC and the manager into the current cluster, and executors into the default namespace.
 	kubectl apply -k config/default
+	kubectl apply -k config/executor
 
 .PHONY: help
 help: ## Show this help.

@@ -61,7 +61,7 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.setReady(ex, metav1.ConditionFalse, "NoLease", "the executor holds no Lease")
 	case err != nil:
 		return ctrl.Result{}, fmt.Errorf("reading lease: %w", err)
-	case leaseLive(lease, now):
+	case leaseLive(lease, ex.Name, now):
 		r.setReady(ex, metav1.ConditionTrue, "LeaseRenewed", "the executor renews its Lease")
 		result.RequeueAfter = leaseExpiry(lease).Sub(now) + 100*time.Millisecond
 	default:

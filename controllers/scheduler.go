@@ -140,11 +140,15 @@ func (s *Scheduler) live(ctx context.Context, ex *rsv1.Executor, now time.Time) 
 		}
 		return false, fmt.Errorf("reading lease of executor %s: %w", ex.Name, err)
 	}
-	return leaseLive(&lease, now), nil
+	return leaseLive(&lease, ex.Name, now), nil
 }
 
-// leaseLive reports whether a Lease was renewed within its duration.
-func leaseLive(lease *coordinationv1.Lease, now time.Time) bool {
+// leaseLive reports whether the executor holds its Lease and renewed it within its duration. A Lease
+// held by someone else is a sibling cleaning up after a dead executor.
+func leaseLive(lease *coordinationv1.Lease, executor string, now time.Time) bool {
+	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != executor {
+		return false
+	}
 	return !leaseExpiry(lease).IsZero() && now.Before(leaseExpiry(lease))
 }
 

@@ -54,3 +54,16 @@ type State struct {
 	// Message says what went wrong with the container itself (OOM killed, runtime error).
 	Message string
 }
+
+// Mirrorer is implemented by drivers whose containers share no directory with the executor: Mirror
+// copies the toolbox's reports of a task into dir while it runs, and returns once the task ended
+// and everything it reported is in dir.
+type Mirrorer interface {
+	Mirror(ctx context.Context, uid, dir string) error
+}
+
+// GroupRemover is implemented by drivers whose executors form a group: RemoveExecutor removes
+// every container of another executor of the group, and returns once they are gone.
+type GroupRemover interface {
+	RemoveExecutor(ctx context.Context, name string) error
+}

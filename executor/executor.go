@@ -149,6 +149,9 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	if e.token, err = EnsureToken(ctx, mgr.GetAPIReader(), mgr.GetClient(), opts.Namespace); err != nil {
 		return err
 	}
+	if err := e.waitUnclaimed(ctx); err != nil {
+		return err
+	}
 	if err := e.register(ctx); err != nil {
 		return err
 	}
@@ -245,9 +248,13 @@ func (e *Executor) heartbeat(ctx context.Context) error {
 			e.removeAll(ctx)
 			return errRemoved
 		}
-		if err := e.renew(ctx); err != nil {
+		if err := e.renew(ctx); errors.Is(err, errRemoved) {
+			e.removeAll(ctx)
+			return err
+		} else if err != nil {
 			ctrl.LoggerFrom(ctx).Error(err, "renewing lease")
 		}
+		e.reapGroup(ctx)
 	}
 }
 
@@ -261,6 +268,9 @@ func (e *Executor) renew(ctx context.Context) error {
 			lease = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace}}
 		} else if err != nil {
 			return err
+		}
+		if by, claimed := claimedBy(lease, e.opts.Name); claimed && !leaseExpired(lease, time.Now()) {
+			return fmt.Errorf("%w: %s is removing this executor", errRemoved, by)
 		}
 		lease.Spec.HolderIdentity = ptr.To(e.opts.Name)
 		lease.Spec.LeaseDurationSeconds = ptr.To(int32(e.opts.LeaseDuration.Seconds()))
@@ -482,6 +492,16 @@ func (e *Executor) finish(ctx context.Context, et *rsv1.ExecutorTask, phase rsv1
 			st.Steps = steps
 		}
 	})
+}
+
+// Token returns the namespace's executor token (creating it when missing) with a client of its own,
+// for drivers that need it before the executor runs.
+func Token(ctx context.Context, cfg *rest.Config, namespace string) (string, error) {
+	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
+	if err != nil {
+		return "", err
+	}
+	return EnsureToken(ctx, c, c, namespace)
 }
 
 // EnsureToken returns the bearer token that guards executors' HTTP endpoints in the namespace,

@@ -84,6 +84,13 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		}
 	}
 
+	mirrored := make(chan error, 1)
+	if m, ok := r.e.driver.(Mirrorer); ok {
+		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir) }()
+	} else {
+		mirrored <- nil
+	}
+
 	var timeout <-chan time.Time
 	if t := r.et.Spec.Task.TimeoutSeconds; t != nil && r.et.Status.StartTime != nil {
 		deadline := r.et.Status.StartTime.Add(time.Duration(*t) * time.Second)
@@ -119,6 +126,17 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			}
 		case w := <-done:
 			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// What the task reported last must be in its directory before its status is final.
+			select {
+			case err := <-mirrored:
+				if err != nil && ctx.Err() == nil {
+					ctrl.LoggerFrom(ctx).Error(err, "mirroring the task's reports", "executorTask", r.et.Name)
+				}
+			case <-time.After(30 * time.Second):
+				ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.et.Name)
+			case <-ctx.Done():
 				return ctx.Err()
 			}
 			return r.end(ctx, w.st, w.err, stopRequested == nil && !timedOut, timedOut)

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -8,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -30,6 +33,8 @@ func randomToken() string {
 //
 //	GET /v1/tasks/{name}/steps/{i}/log[?follow=true]  a step's log, followed until the step ends
 //	GET /v1/tasks/{name}/archives/{i}                 the archive of saveToWorkspace step i
+//	GET /v1/tasks/{name}/workspace                    the parents' archives for the task's pod, as a tar
+//	                                                  of <source>/<i>.tar (drivers without a shared dir)
 func (e *Executor) serve(ctx context.Context) error {
 	if e.opts.Listen == "" {
 		<-ctx.Done()
@@ -38,6 +43,7 @@ func (e *Executor) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/tasks/{name}/steps/{i}/log", e.auth(e.serveLog))
 	mux.HandleFunc("GET /v1/tasks/{name}/archives/{i}", e.auth(e.serveArchive))
+	mux.HandleFunc("GET /v1/tasks/{name}/workspace", e.auth(e.serveWorkspace))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	ln, err := net.Listen("tcp", e.opts.Listen)
 	if err != nil {
@@ -99,6 +105,41 @@ func (e *Executor) serveArchive(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/x-tar")
 	_, _ = io.Copy(w, f)
+}
+
+func (e *Executor) serveWorkspace(w http.ResponseWriter, r *http.Request) {
+	et := &rsv1.ExecutorTask{}
+	if err := e.client.Get(r.Context(), types.NamespacedName{Namespace: e.opts.Namespace, Name: r.PathValue("name")}, et); err != nil {
+		http.Error(w, "no such task on this executor", http.StatusNotFound)
+		return
+	}
+	root := filepath.Join(e.taskDir(et.UID), toolbox.WorkspaceDir)
+	w.Header().Set("Content-Type", "application/x-tar")
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		if err := tw.WriteHeader(&tar.Header{Name: filepath.ToSlash(rel), Mode: 0o644, Size: info.Size(), ModTime: info.ModTime()}); err != nil {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return // the client sees a truncated tar and fails
+	}
+	_ = tw.Close()
 }
 
 func (e *Executor) serveLog(w http.ResponseWriter, r *http.Request) {

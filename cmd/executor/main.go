@@ -1,5 +1,7 @@
-// Command executor runs tasks scheduled on it by the runservice manager, with the Docker driver:
-// containers on the local Docker daemon. It registers a permanent Executor named after --name.
+// Command executor runs tasks scheduled on it by the runservice manager. With --driver=Docker (the
+// default) tasks are containers on the local Docker daemon and the executor registers a permanent
+// Executor named --name; with --driver=Kubernetes tasks are pods in --namespace and the executor is a
+// dynamic member of --group, which removes what a dead member left behind.
 package main
 
 import (
@@ -7,23 +9,34 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/executor"
 	"runservice.dev/runservice/executor/driver/docker"
+	"runservice.dev/runservice/executor/driver/kubernetes"
 	"runservice.dev/runservice/internal/objectstore"
 )
 
 func main() {
 	host, _ := os.Hostname()
 	self, _ := os.Executable()
-	opts := executor.Options{Driver: rsv1.DriverDocker, Permanent: true}
-	var labels string
+	opts := executor.Options{}
+	var labels, driver, archs, pullPolicy string
+	var kopts kubernetes.Options
+	flag.StringVar(&driver, "driver", string(rsv1.DriverDocker), "Docker (containers on the local daemon, a permanent executor) or Kubernetes (pods, a member of --group).")
+	flag.StringVar(&opts.Group, "group", "default", "Kubernetes driver: the group of executors of the namespace.")
+	flag.StringVar(&kopts.ToolboxImage, "toolbox-image", "runservice-toolbox:dev", "Kubernetes driver: image with the static toolbox at /toolbox (the pods' init container).")
+	flag.StringVar(&kopts.NodeName, "node-name", "", "Kubernetes driver: bind pods to this node (clusters without a scheduler).")
+	flag.StringVar(&kopts.ExecutorURL, "pod-endpoint", "", "Kubernetes driver: URL pods reach this executor's HTTP server at (for workspaces; default: --endpoint).")
+	flag.StringVar(&pullPolicy, "image-pull-policy", "", "Kubernetes driver: imagePullPolicy of the pods' containers (default: Kubernetes').")
+	flag.StringVar(&archs, "archs", runtime.GOARCH, "Kubernetes driver: architectures of the cluster's nodes, comma separated.")
 	flag.StringVar(&opts.Name, "name", host, "Name of the Executor; keep it across restarts to keep the executor's identity.")
 	flag.StringVar(&opts.Namespace, "namespace", envOr("POD_NAMESPACE", "default"), "Namespace the executor takes tasks from.")
 	flag.StringVar(&labels, "labels", "", "Labels of the Executor, k=v,k=v (what tasks' executorSelector matches).")
@@ -59,17 +72,46 @@ func main() {
 		home, _ := os.UserHomeDir()
 		opts.DataDir = filepath.Join(home, ".local", "share", "runservice", "executor", opts.Name)
 	}
-	if _, err := os.Stat(opts.Toolbox); err != nil {
+	if _, err := os.Stat(opts.Toolbox); err != nil && driver == string(rsv1.DriverDocker) {
 		fmt.Fprintf(os.Stderr, "executor: toolbox binary %s: %v (build it with make build)\n", opts.Toolbox, err)
 		os.Exit(1)
 	}
-	drv, err := docker.New(opts.Name)
-	if err != nil {
-		log.Error(err, "connecting to docker")
-		os.Exit(1)
-	}
 	ctx := ctrl.SetupSignalHandler()
-	if err := executor.Run(ctx, ctrl.GetConfigOrDie(), drv, opts); err != nil {
+	cfg := ctrl.GetConfigOrDie()
+	var drv executor.Driver
+	switch rsv1.ExecutorDriver(driver) {
+	case rsv1.DriverDocker:
+		opts.Driver, opts.Permanent, opts.Group = rsv1.DriverDocker, true, ""
+		d, err := docker.New(opts.Name)
+		if err != nil {
+			log.Error(err, "connecting to docker")
+			os.Exit(1)
+		}
+		drv = d
+	case rsv1.DriverKubernetes:
+		opts.Driver, opts.Permanent = rsv1.DriverKubernetes, false
+		token, err := executor.Token(ctx, cfg, opts.Namespace)
+		if err != nil {
+			log.Error(err, "reading the executors' token")
+			os.Exit(1)
+		}
+		kopts.Namespace, kopts.Executor, kopts.Token = opts.Namespace, opts.Name, token
+		kopts.ImagePullPolicy = corev1.PullPolicy(pullPolicy)
+		kopts.Archs = strings.Split(archs, ",")
+		if kopts.ExecutorURL == "" {
+			kopts.ExecutorURL = opts.Endpoint
+		}
+		d, err := kubernetes.New(ctx, cfg, kopts)
+		if err != nil {
+			log.Error(err, "starting the kubernetes driver")
+			os.Exit(1)
+		}
+		drv = d
+	default:
+		fmt.Fprintf(os.Stderr, "executor: unknown --driver %q (Docker or Kubernetes)\n", driver)
+		os.Exit(2)
+	}
+	if err := executor.Run(ctx, cfg, drv, opts); err != nil {
 		log.Error(err, "executor failed")
 		os.Exit(1)
 	}

@@ -20,6 +20,24 @@
 // i is the index of the step in TaskFile.Steps, from 0. A step without steps/<i>.json was not
 // started; once a step fails or is stopped, no later step gets one.
 //
+// In a pod (the Kubernetes driver) the executor shares no directory with the toolbox. An init
+// container runs `toolbox install` (Install), which copies the toolbox into the pod's shared
+// volume, makes the directories above writable by any user and fetches workspace/ from the
+// executor. The main container runs `toolbox run --stream --task FILE`: the steps start at once,
+// the files above are written all the same, and the toolbox also writes them to its stdout as
+// frames, one per line, each FramePrefix followed by a JSON object:
+//
+//	{"t":"log","i":N,"d":"<base64>"}          the next bytes of steps/<N>.log
+//	{"t":"result","i":N,"r":{<StepResult>}}   steps/<N>.json was just written
+//	{"t":"archive","i":N,"d":"<base64>"}      the next bytes of archives/<N>.tar, before the final
+//	                                          result of saveToWorkspace step N
+//	{"t":"archive-end","i":N,"n":<size>}      archives/<N>.tar is complete
+//
+// The executor reads them back from the pod's log with Demux, which recreates the files in a
+// directory of its own. Nothing else goes to stdout (the toolbox's own log is on stderr), and on
+// exit the toolbox writes the steps' results to the container's termination message too
+// (ParseTermination), which Kubernetes keeps even once the log is gone.
+//
 // The toolbox exits 0 when every step succeeded, 1 when a step failed, 2 when it was stopped (while
 // waiting for start, too) and 3 when it could not run at all (task.json missing or invalid, shared
 // directory not writable); in that last case the reason is only in the container's log.

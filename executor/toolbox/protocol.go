@@ -16,6 +16,9 @@ import (
 // DefaultDir is where the executor mounts the shared directory in the main container.
 const DefaultDir = "/.runservice"
 
+// DefaultTerminationLog is where Kubernetes reads a container's termination message from.
+const DefaultTerminationLog = "/dev/termination-log"
+
 // DefaultShell runs a run step that names no shell.
 const DefaultShell = "/bin/sh -e"
 
@@ -172,7 +175,11 @@ func WriteTaskFile(dir string, tf *TaskFile) error {
 
 // ReadTaskFile reads task.json.
 func ReadTaskFile(dir string) (*TaskFile, error) {
-	data, err := os.ReadFile(filepath.Join(dir, TaskFileName))
+	return readTaskFile(filepath.Join(dir, TaskFileName))
+}
+
+func readTaskFile(path string) (*TaskFile, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading task file: %w", err)
 	}

@@ -2,6 +2,7 @@ package toolbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,42 +52,96 @@ type runner struct {
 	workDir string // absolute working directory of the steps
 	tf      *TaskFile
 	log     *slog.Logger
+	// results are the last results written, nil for steps not started; they make the
+	// termination message.
+	results []*StepResult
+	// frames and tail are nil unless the toolbox streams.
+	frames *frameWriter
+	tail   *tailer
+}
+
+// An Option changes how Run runs.
+type Option func(*runOptions)
+
+type runOptions struct {
+	taskFile       string
+	stream         io.Writer
+	terminationLog string
+}
+
+// WithTaskFile reads the TaskFile from path instead of task.json in the shared directory: in a
+// pod it comes from a Secret, which cannot be mounted into a writable directory.
+func WithTaskFile(path string) Option {
+	return func(o *runOptions) { o.taskFile = path }
+}
+
+// WithStream is the toolbox of a pod, whose executor shares no directory with it: the steps start
+// at once (the start file is not waited for, services are already running) and everything written
+// to steps/ and archives/ is also written to w as frames (see Demux). Nothing else goes to w.
+func WithStream(w io.Writer) Option {
+	return func(o *runOptions) { o.stream = w }
+}
+
+// WithTerminationLog writes the termination message (see ParseTermination) to path when Run
+// returns, however it ends.
+func WithTerminationLog(path string) Option {
+	return func(o *runOptions) { o.terminationLog = path }
 }
 
 // Run is the toolbox: it reads dir/task.json, waits for dir/start, runs the steps in order and
 // reports each through dir/steps/. Cancelling ctx stops it like the stop file does (cmd/toolbox
 // cancels it on SIGTERM and SIGINT). It returns the toolbox's exit code: ExitSuccess, ExitFailed,
-// ExitStopped or ExitSetup.
-func Run(ctx context.Context, dir string) (exitCode int) {
+// ExitStopped or ExitSetup. In a pod, opts change where the task comes from and how the toolbox
+// reports (WithTaskFile, WithStream, WithTerminationLog).
+func Run(ctx context.Context, dir string, opts ...Option) (exitCode int) {
+	var o runOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	r := &runner{log: log}
+	if o.terminationLog != "" {
+		// Registered first so that it runs last, once the results are final.
+		defer r.writeTermination(o.terminationLog)
+	}
 
 	absDir, err := filepath.Abs(dir)
 	if err != nil {
 		log.Error("resolving the shared directory", "dir", dir, "err", err)
 		return ExitSetup
 	}
-	tf, err := ReadTaskFile(absDir)
+	taskPath := filepath.Join(absDir, TaskFileName)
+	if o.taskFile != "" {
+		taskPath = o.taskFile
+	}
+	tf, err := readTaskFile(taskPath)
 	if err != nil {
-		log.Error("reading the task", "dir", absDir, "err", err)
+		log.Error("reading the task", "file", taskPath, "err", err)
 		return ExitSetup
 	}
+	r.dir, r.tf, r.results = absDir, tf, make([]*StepResult, len(tf.Steps))
 	for _, d := range []string{StepsDir, ArchivesDir} {
 		if err := os.MkdirAll(filepath.Join(absDir, d), 0o755); err != nil {
 			log.Error("preparing the shared directory", "dir", absDir, "err", err)
 			return ExitSetup
 		}
 	}
+	if o.stream != nil {
+		r.frames = &frameWriter{w: o.stream, log: log}
+		r.tail = newTailer(r.frames)
+		defer r.frames.close()
+		defer r.tail.close()
+	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go watchStopFile(ctx, cancel, filepath.Join(absDir, StopFile))
 
-	if !waitForStart(ctx, filepath.Join(absDir, StartFile)) {
+	if o.stream == nil && !waitForStart(ctx, filepath.Join(absDir, StartFile)) {
 		log.Info("stopped before start", "reason", context.Cause(ctx))
 		return ExitStopped
 	}
 
-	r := &runner{dir: absDir, tf: tf, log: log}
 	if err := r.prepareWorkDir(); err != nil {
 		log.Error("preparing the working directory", "err", err)
 		if len(tf.Steps) == 0 {
@@ -118,7 +173,7 @@ func Run(ctx context.Context, dir string) (exitCode int) {
 // and logs a summary. ok is false when the toolbox must exit with code.
 func (r *runner) report(ctx context.Context, i int, s Step, run func(context.Context, io.Writer) outcome) (code int, ok bool) {
 	res := &StepResult{Phase: v1alpha1.StepPhaseRunning, StartTime: time.Now()}
-	if err := writeResult(r.dir, i, res); err != nil {
+	if err := r.writeResult(i, res); err != nil {
 		r.log.Error("reporting a step", "step", i, "err", err)
 		return ExitSetup, false
 	}
@@ -127,16 +182,30 @@ func (r *runner) report(ctx context.Context, i int, s Step, run func(context.Con
 		r.log.Error("creating a step log", "step", i, "err", err)
 		return ExitSetup, false
 	}
+	if err := r.tail.add(i, StepLogPath(r.dir, i)); err != nil {
+		_ = logFile.Close()
+		r.log.Error("following a step log", "step", i, "err", err)
+		return ExitSetup, false
+	}
 	out := run(ctx, logFile)
+	if out.phase == v1alpha1.StepPhaseSuccess && s.Kind == StepKindSaveToWorkspace && r.frames != nil {
+		// Before the final result, so that whoever sees Success has the whole archive.
+		if err := r.streamArchive(i); err != nil {
+			out = failed("streaming the archive: %v", err)
+		}
+	}
 	if out.message != "" {
 		// Step statuses carry no message: the log is where people will see it.
 		fmt.Fprintln(logFile, out.message)
 	}
 	_ = logFile.Close()
+	// Everything the step wrote before it ended is in the stream before its final result; what
+	// processes it left behind write later still follows.
+	r.tail.drain(i)
 
 	res.Phase, res.ExitCode, res.Message = out.phase, out.exitCode, out.message
 	res.EndTime = time.Now()
-	if err := writeResult(r.dir, i, res); err != nil {
+	if err := r.writeResult(i, res); err != nil {
 		r.log.Error("reporting a step", "step", i, "err", err)
 		return ExitSetup, false
 	}
@@ -159,6 +228,21 @@ func (r *runner) report(ctx context.Context, i int, s Step, run func(context.Con
 	default:
 		return ExitFailed, false
 	}
+}
+
+// writeResult writes steps/<i>.json, remembers it for the termination message and streams it.
+func (r *runner) writeResult(i int, res *StepResult) error {
+	snapshot := *res
+	r.results[i] = &snapshot
+	data, err := json.Marshal(res)
+	if err != nil {
+		return fmt.Errorf("encoding result of step %d: %w", i, err)
+	}
+	if err := writeFileAtomic(StepResultPath(r.dir, i), data); err != nil {
+		return err
+	}
+	r.frames.write(frame{T: FrameResult, I: &i, R: data})
+	return nil
 }
 
 func (r *runner) runStep(ctx context.Context, i int, s Step, w io.Writer) outcome {

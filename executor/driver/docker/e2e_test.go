@@ -635,7 +635,6 @@ func restartDockerd(t *testing.T) {
 	}
 }
 
-
 // TestFollowLiveLog: runctl logs -f streams a running step's log from the executor to its end.
 func TestFollowLiveLog(t *testing.T) {
 	ns := newNamespace(t)

@@ -1,0 +1,507 @@
+// Package kubernetes is the executor's Kubernetes driver: a task runs as a pod (and a Secret with its
+// environment and task file) in the executor's namespace. An init container copies the toolbox into
+// an emptyDir (and fetches the parents' workspaces from the executor); the main container runs the
+// steps through it, reporting each step as frames in the pod's log and its results in the
+// termination message; services run as native sidecars. Pods are owned by nothing a cascade could
+// delete early: the executor, or a sibling of its group, removes them.
+package kubernetes
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor"
+	"runservice.dev/runservice/executor/toolbox"
+)
+
+// The Kubernetes driver's permissions, in the executor's namespace (config/rbac/executor).
+// +kubebuilder:rbac:groups="",namespace=system,resources=pods,verbs=get;list;watch;create;patch;delete;deletecollection
+// +kubebuilder:rbac:groups="",namespace=system,resources=pods/log,verbs=get
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;list;create;delete;deletecollection
+
+// Options configure the driver.
+type Options struct {
+	// Namespace of the pods: the executor's.
+	Namespace string
+	// Executor is the executor's name.
+	Executor string
+	// ToolboxImage holds the static toolbox at /toolbox; it runs as the pods' init container.
+	ToolboxImage string
+	// ImagePullPolicy of the pods' containers ("" lets Kubernetes decide).
+	ImagePullPolicy corev1.PullPolicy
+	// NodeName, when set, binds the pods to that node directly (clusters without a scheduler).
+	NodeName string
+	// ExecutorURL is where pods reach the executor's HTTP server to fetch their parents' workspaces.
+	ExecutorURL string
+	// Token is the bearer token pods use with the executor.
+	Token string
+	// Archs are the architectures the cluster's nodes run.
+	Archs []string
+	// UnschedulableAfter fails a task whose pod stays unschedulable that long.
+	UnschedulableAfter time.Duration
+}
+
+// Driver runs tasks as pods.
+type Driver struct {
+	opts   Options
+	client kubernetes.Interface
+	pods   corelisters.PodLister
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever a pod of this executor changes
+}
+
+var (
+	_ executor.Driver       = (*Driver)(nil)
+	_ executor.Mirrorer     = (*Driver)(nil)
+	_ executor.GroupRemover = (*Driver)(nil)
+)
+
+// New starts the driver's pod informer (pods labelled with the executor's name) and waits for it to sync.
+func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
+	if opts.UnschedulableAfter == 0 {
+		opts.UnschedulableAfter = 5 * time.Minute
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{opts: opts, client: c, changed: make(chan struct{})}
+	factory := informers.NewSharedInformerFactoryWithOptions(c, 10*time.Minute, informers.WithNamespace(opts.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = labels.SelectorFromSet(labels.Set{rsv1.LabelExecutor: opts.Executor}).String()
+		}))
+	inf := factory.Core().V1().Pods()
+	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { d.notify() },
+		UpdateFunc: func(any, any) { d.notify() },
+		DeleteFunc: func(any) { d.notify() },
+	}); err != nil {
+		return nil, err
+	}
+	d.pods = inf.Lister()
+	factory.Start(ctx.Done())
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return nil, fmt.Errorf("syncing the %v informer", typ)
+		}
+	}
+	return d, nil
+}
+
+func (d *Driver) notify() {
+	d.mu.Lock()
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.mu.Unlock()
+}
+
+func (d *Driver) changes() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.changed
+}
+
+// Archs implements executor.Driver.
+func (d *Driver) Archs(context.Context) ([]string, error) { return d.opts.Archs, nil }
+
+// names of a task's objects: the pod and its Secret share one.
+func podName(et *rsv1.ExecutorTask) string {
+	name := "rs-" + string(et.UID)[:8] + "-" + et.Spec.TaskName
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	return strings.TrimRight(name, "-")
+}
+
+const (
+	sharedDir  = toolbox.DefaultDir
+	taskDir    = "/.runservice-task"
+	mainName   = "main"
+	envPrefix  = "env."
+	tokenKey   = "token"
+	taskKey    = "task.json"
+	toolboxBin = sharedDir + "/toolbox"
+)
+
+// Start implements executor.Driver: the task's Secret, then its pod.
+func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
+	et := t.ExecutorTask
+	spec := &et.Spec.Task
+	tf, err := toolbox.ReadTaskFile(t.Dir)
+	if err != nil {
+		return err
+	}
+	taskJSON, err := json.Marshal(tf)
+	if err != nil {
+		return err
+	}
+	name := podName(et)
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.opts.Namespace, Labels: t.Labels},
+		Data:       map[string][]byte{taskKey: taskJSON, tokenKey: []byte(d.opts.Token)},
+	}
+	var env []corev1.EnvVar
+	for i, kv := range t.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		key := fmt.Sprintf("%s%d.%s", envPrefix, i, k) // keeps the order and allows a name twice
+		secret.Data[key] = []byte(v)
+		env = append(env, corev1.EnvVar{Name: k, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: key,
+		}}})
+	}
+	if _, err := d.client.CoreV1().Secrets(d.opts.Namespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating the task's secret: %w", err)
+	}
+
+	main := spec.Containers[0]
+	mainSC, err := securityContext(&main)
+	if err != nil {
+		return err
+	}
+	mounts := []corev1.VolumeMount{{Name: "runservice", MountPath: sharedDir}}
+	install := []string{"/toolbox", "install", "--to", sharedDir}
+	if hasRestore(tf) && len(tf.WorkspaceSources) > 0 {
+		if d.opts.ExecutorURL == "" {
+			return errors.New("the task restores a workspace, but the executor has no URL pods can reach it at (--pod-endpoint)")
+		}
+		install = append(install, "--workspace-url", fmt.Sprintf("%s/v1/tasks/%s/workspace", d.opts.ExecutorURL, et.Name))
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.opts.Namespace, Labels: t.Labels},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			AutomountServiceAccountToken:  ptr.To(false),
+			EnableServiceLinks:            ptr.To(false),
+			NodeName:                      d.opts.NodeName,
+			TerminationGracePeriodSeconds: ptr.To[int64](10),
+			Volumes: []corev1.Volume{
+				{Name: "runservice", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "task", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName: name, Items: []corev1.KeyToPath{{Key: taskKey, Path: taskKey}},
+				}}},
+			},
+			InitContainers: []corev1.Container{{
+				Name:            "toolbox",
+				Image:           d.opts.ToolboxImage,
+				ImagePullPolicy: d.opts.ImagePullPolicy,
+				Command:         install,
+				Env: []corev1.EnvVar{{Name: "RUNSERVICE_TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: tokenKey,
+				}}}},
+				VolumeMounts:    mounts,
+				SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false)},
+			}},
+			Containers: []corev1.Container{{
+				Name:            mainName,
+				Image:           main.Image,
+				ImagePullPolicy: d.opts.ImagePullPolicy,
+				Command:         []string{toolboxBin, "run", "--stream", "--dir", sharedDir, "--task", taskDir + "/" + taskKey},
+				Env:             env,
+				VolumeMounts:    append(slices.Clone(mounts), corev1.VolumeMount{Name: "task", MountPath: taskDir, ReadOnly: true}),
+				SecurityContext: mainSC,
+			}},
+		},
+	}
+	for i, svc := range spec.Containers[1:] {
+		sc, err := securityContext(&svc)
+		if err != nil {
+			return err
+		}
+		c := corev1.Container{
+			Name:            fmt.Sprintf("service-%d", i+1),
+			Image:           svc.Image,
+			ImagePullPolicy: d.opts.ImagePullPolicy,
+			Command:         svc.Command,
+			RestartPolicy:   ptr.To(corev1.ContainerRestartPolicyAlways), // a native sidecar
+			SecurityContext: sc,
+		}
+		for _, e := range append(slices.Clone(et.Spec.Environment), svc.Env...) {
+			c.Env = append(c.Env, corev1.EnvVar{Name: e.Name, Value: e.Value})
+		}
+		pod.Spec.InitContainers = append(pod.Spec.InitContainers, c)
+	}
+	if _, err := d.client.CoreV1().Pods(d.opts.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating the task's pod: %w", err)
+	}
+	return t.Started()
+}
+
+func hasRestore(tf *toolbox.TaskFile) bool {
+	return slices.ContainsFunc(tf.Steps, func(s toolbox.Step) bool { return s.Kind == toolbox.StepKindRestoreWorkspace })
+}
+
+// securityContext maps a container's user and privileged request; Kubernetes needs numeric ids.
+func securityContext(c *rsv1.Container) (*corev1.SecurityContext, error) {
+	sc := &corev1.SecurityContext{Privileged: ptr.To(c.IsPrivileged())}
+	if !c.IsPrivileged() {
+		sc.AllowPrivilegeEscalation = ptr.To(false)
+	}
+	if c.User != nil {
+		uid, gid, hasGID := strings.Cut(*c.User, ":")
+		u, err := strconv.ParseInt(uid, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("user %q: the Kubernetes driver needs a numeric uid[:gid]", *c.User)
+		}
+		sc.RunAsUser = &u
+		if hasGID {
+			g, err := strconv.ParseInt(gid, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("user %q: the Kubernetes driver needs a numeric uid[:gid]", *c.User)
+			}
+			sc.RunAsGroup = &g
+		}
+	}
+	return sc, nil
+}
+
+// pod finds a task's pod, from the informer or, when it has not seen it yet, live.
+func (d *Driver) pod(ctx context.Context, uid string) (*corev1.Pod, error) {
+	sel := labels.SelectorFromSet(labels.Set{rsv1.LabelExecutorTaskUID: uid})
+	pods, err := d.pods.Pods(d.opts.Namespace).List(sel)
+	if err != nil {
+		return nil, err
+	}
+	if len(pods) == 0 {
+		list, err := d.client.CoreV1().Pods(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+		if err != nil {
+			return nil, fmt.Errorf("listing the pod of task %s: %w", uid, err)
+		}
+		if len(list.Items) == 0 {
+			return nil, executor.ErrNotFound
+		}
+		return &list.Items[0], nil
+	}
+	return pods[0], nil
+}
+
+// Inspect implements executor.Driver. A pod that can never run (its image cannot be pulled, it
+// cannot be scheduled, its node rejected it) counts as ended, with the reason as the message.
+func (d *Driver) Inspect(ctx context.Context, uid string) (*executor.State, error) {
+	pod, err := d.pod(ctx, uid)
+	if err != nil {
+		return nil, err
+	}
+	return d.state(pod), nil
+}
+
+// pullErrors are waiting reasons a pod does not recover from by itself.
+var pullErrors = []string{"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+
+func (d *Driver) state(pod *corev1.Pod) *executor.State {
+	for _, cs := range append(slices.Clone(pod.Status.InitContainerStatuses), pod.Status.ContainerStatuses...) {
+		if cs.Name == mainName && cs.State.Terminated != nil {
+			t := cs.State.Terminated
+			st := &executor.State{ExitCode: int(t.ExitCode), Message: ""}
+			if t.Reason == "OOMKilled" {
+				st.Message = "the container ran out of memory"
+			}
+			return st
+		}
+		if w := cs.State.Waiting; w != nil && slices.Contains(pullErrors, w.Reason) {
+			return &executor.State{ExitCode: -1, Message: fmt.Sprintf("container %s (image %s) cannot start: %s: %s", cs.Name, cs.Image, w.Reason, w.Message)}
+		}
+		if t := cs.State.Terminated; t != nil && cs.Name == "toolbox" && t.ExitCode != 0 {
+			return &executor.State{ExitCode: -1, Message: fmt.Sprintf("the toolbox init container failed (exit code %d): %s", t.ExitCode, strings.TrimSpace(t.Message))}
+		}
+	}
+	switch pod.Status.Phase {
+	case corev1.PodFailed, corev1.PodSucceeded:
+		msg := strings.TrimSpace(pod.Status.Reason + ": " + pod.Status.Message)
+		return &executor.State{ExitCode: -1, Message: "the pod ended before its main container ran: " + strings.Trim(msg, ": ")}
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable &&
+			time.Since(pod.CreationTimestamp.Time) > d.opts.UnschedulableAfter {
+			return &executor.State{ExitCode: -1, Message: "the pod cannot be scheduled: " + c.Message}
+		}
+	}
+	return &executor.State{Running: true}
+}
+
+// Wait implements executor.Driver.
+func (d *Driver) Wait(ctx context.Context, uid string) (*executor.State, error) {
+	for {
+		changed := d.changes()
+		st, err := d.Inspect(ctx, uid)
+		if err != nil || !st.Running {
+			return st, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
+		case <-time.After(5 * time.Second): // unschedulable pods change by time, not events
+		}
+	}
+}
+
+// Stop implements executor.Driver: the pod's deadline is cut so that the kubelet stops its containers
+// (SIGTERM, then SIGKILL after the pod's grace period) and the pod stays to report how they ended.
+func (d *Driver) Stop(ctx context.Context, uid string, _ time.Duration) error {
+	pod, err := d.pod(ctx, uid)
+	if errors.Is(err, executor.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if pod.Spec.NodeName == "" {
+		return d.Remove(ctx, uid) // never ran: nothing to report
+	}
+	patch := []byte(`{"spec":{"activeDeadlineSeconds":1}}`)
+	_, err = d.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("stopping pod %s: %w", pod.Name, err)
+	}
+	return nil
+}
+
+// Remove implements executor.Driver: the task's pod and Secret.
+func (d *Driver) Remove(ctx context.Context, uid string) error {
+	return d.removeSelected(ctx, labels.Set{rsv1.LabelExecutorTaskUID: uid})
+}
+
+// RemoveExecutor implements executor.GroupRemover: every pod and Secret of another executor of the
+// group, waiting until they are gone.
+func (d *Driver) RemoveExecutor(ctx context.Context, name string) error {
+	set := labels.Set{rsv1.LabelExecutor: name}
+	if err := d.removeSelected(ctx, set); err != nil {
+		return err
+	}
+	for {
+		pods, err := d.client.CoreV1().Pods(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: set.String()})
+		if err != nil {
+			return err
+		}
+		secrets, err := d.client.CoreV1().Secrets(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: set.String()})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) == 0 && len(secrets.Items) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (d *Driver) removeSelected(ctx context.Context, set labels.Set) error {
+	opts := metav1.ListOptions{LabelSelector: set.String()}
+	del := metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}
+	if err := d.client.CoreV1().Pods(d.opts.Namespace).DeleteCollection(ctx, del, opts); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting pods %s: %w", set, err)
+	}
+	if err := d.client.CoreV1().Secrets(d.opts.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, opts); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting secrets %s: %w", set, err)
+	}
+	return nil
+}
+
+// Tasks implements executor.Driver.
+func (d *Driver) Tasks(context.Context) ([]string, error) {
+	pods, err := d.pods.Pods(d.opts.Namespace).List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	var uids []string
+	for _, p := range pods {
+		if uid := p.Labels[rsv1.LabelExecutorTaskUID]; uid != "" {
+			uids = append(uids, uid)
+		}
+	}
+	return uids, nil
+}
+
+// Mirror implements executor.Mirrorer: it follows the main container's log into dir (the toolbox's
+// frames become the step logs, results and archives), from the start again after a restart, and
+// once the container ended takes the step results from its termination message.
+func (d *Driver) Mirror(ctx context.Context, uid, dir string) error {
+	for ctx.Err() == nil {
+		pod, err := d.pod(ctx, uid)
+		if err != nil {
+			return err
+		}
+		st := d.state(pod)
+		if err := d.follow(ctx, pod, dir); err == nil && !st.Running {
+			return d.terminationResults(pod, dir)
+		}
+		if !st.Running {
+			return d.terminationResults(pod, dir)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return ctx.Err()
+}
+
+func (d *Driver) follow(ctx context.Context, pod *corev1.Pod, dir string) error {
+	req := d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: true})
+	stream, err := req.Stream(ctx)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	return toolbox.Demux(stream, dir)
+}
+
+// terminationResults writes the step results of the main container's termination message, which
+// the kubelet keeps even when the log stream was cut.
+func (d *Driver) terminationResults(pod *corev1.Pod, dir string) error {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name != mainName || cs.State.Terminated == nil || cs.State.Terminated.Message == "" {
+			continue
+		}
+		results, err := toolbox.ParseTermination(cs.State.Terminated.Message)
+		if err != nil {
+			return nil // not the toolbox's message (a simulated pod, an image that replaced it)
+		}
+		for i, r := range results {
+			if r == nil {
+				continue
+			}
+			if have, err := toolbox.ReadResult(dir, i); err == nil && have.Phase != rsv1.StepPhaseRunning {
+				continue // the log's copy is whole; the message may have been cut
+			}
+			b, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			path := toolbox.StepResultPath(dir, i)
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

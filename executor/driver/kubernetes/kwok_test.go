@@ -1,0 +1,398 @@
+package kubernetes_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/testenv"
+)
+
+// These tests run Kubernetes-driver executor processes against a real apiserver + etcd, with kwok
+// simulating the node and the pods' lives (no container runs): scale and group behaviour.
+
+var (
+	env        *testenv.Env
+	k8s        client.Client
+	kube       kubernetes.Interface
+	kwok       *testenv.Kwok
+	bins       string
+	kubeconfig string
+	nsCount    int
+)
+
+func TestMain(m *testing.M) { os.Exit(testMain(m)) }
+
+func testMain(m *testing.M) int {
+	level := zapcore.ErrorLevel
+	if os.Getenv("TEST_LOG") != "" {
+		level = zapcore.DebugLevel
+	}
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
+	var err error
+	if env, err = testenv.Start(); err != nil {
+		return fail(err)
+	}
+	defer func() { _ = env.Stop() }()
+	tmp, err := os.MkdirTemp("", "runservice-kwok-")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	bins = filepath.Join(tmp, "bin")
+	build := exec.Command("go", "build", "-o", bins+"/", "./cmd/executor")
+	build.Dir, build.Env, build.Stderr = env.Root, append(os.Environ(), "CGO_ENABLED=0"), os.Stderr
+	if err := build.Run(); err != nil {
+		return fail(fmt.Errorf("building the executor: %w", err))
+	}
+	kubeconfig = filepath.Join(tmp, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, env.Kubeconfig, 0o600); err != nil {
+		return fail(err)
+	}
+	if k8s, err = client.New(env.Config, client.Options{Scheme: manager.Scheme()}); err != nil {
+		return fail(err)
+	}
+	if kube, err = kubernetes.NewForConfig(env.Config); err != nil {
+		return fail(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if kwok, err = env.StartKwok(ctx, filepath.Join(tmp, "kwok")); err != nil {
+		return fail(err)
+	}
+	defer kwok.Stop()
+	opts := env.ManagerOptions()
+	opts.ObjectStore = "" // no logs to fetch from simulated pods
+	mgr, err := manager.New(ctx, env.Config, opts)
+	if err != nil {
+		return fail(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = mgr.Start(ctx)
+	}()
+	code := m.Run()
+	cancel()
+	<-done
+	return code
+}
+
+func fail(err error) int {
+	fmt.Fprintln(os.Stderr, "kwok e2e:", err)
+	return 1
+}
+
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	nsCount++
+	name := fmt.Sprintf("k%d-%d", time.Now().Unix()%100000, nsCount)
+	ctx := context.Background()
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// No controller creates it here, and the ServiceAccount admission wants it.
+	if _, err := kube.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", timeout, what)
+}
+
+type executorProc struct {
+	t    *testing.T
+	name string
+	ns   string
+	args []string
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+}
+
+func startExecutor(t *testing.T, ns, name string) *executorProc {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	p := &executorProc{t: t, name: name, ns: ns, args: []string{
+		"--driver", "Kubernetes", "--group", "kwok", "--name", name, "--namespace", ns,
+		"--node-name", kwok.Node, "--listen", addr, "--endpoint", "http://" + addr,
+		"--data-dir", filepath.Join(t.TempDir(), "data"), "--object-store", "",
+		"--lease-duration", "4s", "--renew-interval", "1s",
+	}}
+	p.start()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("executor %s output (tail):\n%s", name, tail(p.out.String(), 4000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (p *executorProc) start() {
+	p.t.Helper()
+	p.out = &bytes.Buffer{}
+	p.cmd = exec.Command(filepath.Join(bins, "executor"), p.args...)
+	p.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	eventually(p.t, 30*time.Second, "executor "+p.name+" ready", func() bool {
+		ex := &rsv1.Executor{}
+		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: p.ns, Name: p.name}, ex); err != nil {
+			return false
+		}
+		for _, c := range ex.Status.Conditions {
+			if c.Type == rsv1.ConditionReady && c.Status == metav1.ConditionTrue {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func (p *executorProc) kill() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Wait()
+		p.cmd = nil
+	}
+}
+
+// podWatch records, for the whole test, every pod created per task (run/task).
+type podWatch struct {
+	mu      sync.Mutex
+	created map[string]map[string]bool // run/task -> pod uids
+}
+
+func watchPods(t *testing.T, ns string) *podWatch {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw := &podWatch{created: map[string]map[string]bool{}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range w.ResultChan() {
+			pod, ok := ev.Object.(*corev1.Pod)
+			if !ok || ev.Type != watch.Added {
+				continue
+			}
+			key := pod.Labels[rsv1.LabelRun] + "/" + pod.Labels[rsv1.LabelTask]
+			pw.mu.Lock()
+			if pw.created[key] == nil {
+				pw.created[key] = map[string]bool{}
+			}
+			pw.created[key][string(pod.UID)] = true
+			pw.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return pw
+}
+
+// checkOnePodPerTask fails the test if any task had more than one pod, and returns how many had one.
+func (pw *podWatch) checkOnePodPerTask(t *testing.T) int {
+	t.Helper()
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	for key, uids := range pw.created {
+		if len(uids) > 1 {
+			t.Fatalf("task %s had %d pods", key, len(uids))
+		}
+	}
+	return len(pw.created)
+}
+
+func task(name string) rsv1.Task {
+	return rsv1.Task{
+		Name:       name,
+		Containers: []rsv1.Container{{Image: "busybox:1.36"}},
+		Steps:      []rsv1.Step{{Run: &rsv1.RunStep{Name: ptr.To(name), Command: "true"}}},
+	}
+}
+
+func getRun(t *testing.T, ns, name string) *rsv1.Run {
+	t.Helper()
+	run := &rsv1.Run{}
+	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, run); err != nil {
+		t.Fatal(err)
+	}
+	return run
+}
+
+// TestThousandTasksAcrossThreeExecutors: 1,000 tasks through three executors of one group complete
+// with exactly one pod each.
+func TestThousandTasksAcrossThreeExecutors(t *testing.T) {
+	const runs, perRun = 100, 10
+	ns := newNamespace(t)
+	pw := watchPods(t, ns)
+	for i := range 3 {
+		startExecutor(t, ns, fmt.Sprintf("kx-%d", i))
+	}
+	start := time.Now()
+	for i := range runs {
+		run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("scale-%03d", i), Namespace: ns}}
+		for j := range perRun {
+			run.Spec.Tasks = append(run.Spec.Tasks, task(fmt.Sprintf("t%d", j)))
+		}
+		if err := k8s.Create(context.Background(), run); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 8*time.Minute, "every run Finished", func() bool {
+		var list rsv1.RunList
+		if err := k8s.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+			return false
+		}
+		n := 0
+		for _, r := range list.Items {
+			if r.Status.Phase == rsv1.RunPhaseFinished {
+				if r.Status.Result != rsv1.RunResultSuccess {
+					t.Fatalf("run %s: %s %+v", r.Name, r.Status.Result, r.Status.Tasks)
+				}
+				n++
+			}
+		}
+		return n == runs
+	})
+	t.Logf("%d tasks in %v (%.1f tasks/s)", runs*perRun, time.Since(start).Round(time.Millisecond), float64(runs*perRun)/time.Since(start).Seconds())
+	time.Sleep(time.Second)
+	if n := pw.checkOnePodPerTask(t); n != runs*perRun {
+		t.Fatalf("%d tasks had a pod, want %d", n, runs*perRun)
+	}
+	perExecutor := map[string]int{}
+	var ets rsv1.ExecutorTaskList
+	if err := k8s.List(context.Background(), &ets, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, et := range ets.Items {
+		perExecutor[et.Spec.Executor]++
+	}
+	if len(perExecutor) != 3 {
+		t.Fatalf("tasks per executor %v, want all three used", perExecutor)
+	}
+	eventually(t, time.Minute, "every pod and secret removed", func() bool {
+		pods, _ := kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+		secrets, _ := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutorTaskUID})
+		return len(pods.Items) == 0 && len(secrets.Items) == 0
+	})
+}
+
+// TestGroupCleansUpAfterADeadMember: a member killed mid-task has its pods and secrets deleted by a
+// sibling, then its Executor; its tasks fail with ExecutorRemoved; no task ever had two pods. A member
+// restarted with the same identity before its Lease expires re-adopts its pods.
+func TestGroupCleansUpAfterADeadMember(t *testing.T) {
+	ns := newNamespace(t)
+	pw := watchPods(t, ns)
+	procs := map[string]*executorProc{}
+	for _, name := range []string{"ga", "gb", "gc"} {
+		procs[name] = startExecutor(t, ns, name)
+	}
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: testenv.SlowRun, Namespace: ns}}
+	for _, name := range []string{"t1", "t2", "t3"} {
+		run.Spec.Tasks = append(run.Spec.Tasks, task(name))
+	}
+	if err := k8s.Create(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	onExecutor := map[string]string{}
+	eventually(t, time.Minute, "the three tasks running, one per executor", func() bool {
+		run := getRun(t, ns, testenv.SlowRun)
+		for _, ts := range run.Status.Tasks {
+			if ts.Phase != rsv1.TaskPhaseRunning {
+				return false
+			}
+			onExecutor[ts.Executor] = ts.Name
+		}
+		return len(onExecutor) == 3
+	})
+	victim, survivorRestart := "gb", "gc"
+
+	procs[victim].kill()
+	killedAt := time.Now()
+	// Meanwhile, gc restarts with its identity, before its Lease can expire.
+	procs[survivorRestart].kill()
+	procs[survivorRestart].start()
+
+	eventually(t, time.Minute, "the dead member's Executor removed by a sibling", func() bool {
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: victim}, &rsv1.Executor{})
+		return client.IgnoreNotFound(err) == nil && err != nil
+	})
+	pods, err := kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
+	if err != nil || len(pods.Items) != 0 {
+		t.Fatalf("the dead member's pods are still there after its Executor was removed: %d (%v)", len(pods.Items), err)
+	}
+	secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
+	if err != nil || len(secrets.Items) != 0 {
+		t.Fatalf("the dead member's secrets are still there: %d (%v)", len(secrets.Items), err)
+	}
+	t.Logf("cleanup done %v after the kill", time.Since(killedAt).Round(time.Millisecond))
+
+	final := getRun(t, ns, testenv.SlowRun)
+	eventually(t, time.Minute, "the run finished", func() bool {
+		final = getRun(t, ns, testenv.SlowRun)
+		return final.Status.Phase == rsv1.RunPhaseFinished
+	})
+	for _, ts := range final.Status.Tasks {
+		switch ts.Executor {
+		case victim:
+			if ts.Phase != rsv1.TaskPhaseFailed || ts.Reason != rsv1.ReasonExecutorRemoved {
+				t.Errorf("task %s of the dead member: %s %s", ts.Name, ts.Phase, ts.Reason)
+			}
+		default: // including the restarted member, which re-adopted its pod
+			if ts.Phase != rsv1.TaskPhaseSuccess {
+				t.Errorf("task %s on %s: %s %s", ts.Name, ts.Executor, ts.Phase, ts.Message)
+			}
+		}
+	}
+	if final.Status.Result != rsv1.RunResultFailed {
+		t.Fatalf("result %s, want Failed (a task's executor was removed)", final.Status.Result)
+	}
+	pw.checkOnePodPerTask(t)
+}

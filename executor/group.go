@@ -1,0 +1,133 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+)
+
+// cleanupHolder is the Lease holder of a dead executor while a sibling removes what it left.
+func cleanupHolder(by string) string { return "cleanup-by-" + by }
+
+// leaseExpired reports whether a Lease was not renewed within its duration.
+func leaseExpired(l *coordinationv1.Lease, now time.Time) bool {
+	if l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+		return true
+	}
+	return now.After(l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second))
+}
+
+// reapGroup looks for members of the executor's group whose Lease expired, and removes each one's
+// pods and secrets, waits until they are gone, and only then deletes its Executor (which fails its
+// unfinished tasks with ExecutorRemoved): no task of a dead executor can still run when its run moves
+// on. Exactly one live member acts on each dead one: it takes the dead one's Lease with a
+// compare-and-swap first.
+func (e *Executor) reapGroup(ctx context.Context) {
+	remover, ok := e.driver.(GroupRemover)
+	if !ok || e.opts.Group == "" || e.opts.Permanent {
+		return
+	}
+	log := ctrl.LoggerFrom(ctx)
+	var list rsv1.ExecutorList
+	if err := e.reader.List(ctx, &list, client.InNamespace(e.opts.Namespace)); err != nil {
+		log.Error(err, "listing the group's executors")
+		return
+	}
+	now := time.Now()
+	for i := range list.Items {
+		ex := &list.Items[i]
+		if ex.Name == e.opts.Name || ex.Spec.Group != e.opts.Group || ex.Spec.Permanent {
+			continue
+		}
+		lease := &coordinationv1.Lease{}
+		err := e.reader.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: ex.Name}, lease)
+		if err != nil && !apierrors.IsNotFound(err) {
+			log.Error(err, "reading a sibling's lease", "sibling", ex.Name)
+			continue
+		}
+		if err == nil && !leaseExpired(lease, now) {
+			continue
+		}
+		if apierrors.IsNotFound(err) && now.Sub(ex.CreationTimestamp.Time) < e.opts.LeaseDuration {
+			continue // registered a moment ago; its first Lease is on its way
+		}
+		if err := e.claim(ctx, ex.Name, lease); err != nil {
+			log.V(1).Info("another member cleans up after the sibling", "sibling", ex.Name, "reason", err.Error())
+			continue
+		}
+		log.Info("a sibling's lease expired: removing its pods and secrets, then its Executor", "sibling", ex.Name)
+		if err := remover.RemoveExecutor(ctx, ex.Name); err != nil {
+			log.Error(err, "removing a dead sibling's pods and secrets", "sibling", ex.Name)
+			continue // the claim expires and someone tries again
+		}
+		if err := e.client.Delete(ctx, ex, client.Preconditions{UID: &ex.UID}); client.IgnoreNotFound(err) != nil {
+			log.Error(err, "deleting a dead sibling's Executor", "sibling", ex.Name)
+			continue
+		}
+		_ = e.client.Delete(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: ex.Name, Namespace: ex.Namespace}})
+	}
+}
+
+// claim takes a dead sibling's expired Lease for the cleanup: the update is conditional on the
+// version read, so of several members only one gets it. The claim lasts one lease duration: a member
+// that dies while cleaning up leaves it to expire, and another takes over.
+func (e *Executor) claim(ctx context.Context, sibling string, lease *coordinationv1.Lease) error {
+	now := metav1.NowMicro()
+	l := lease.DeepCopy()
+	if l.Name == "" {
+		l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: sibling, Namespace: e.opts.Namespace}}
+	}
+	l.Spec.HolderIdentity = ptr.To(cleanupHolder(e.opts.Name))
+	l.Spec.LeaseDurationSeconds = ptr.To(int32(e.opts.LeaseDuration.Seconds()))
+	l.Spec.RenewTime = &now
+	if l.ResourceVersion == "" {
+		return e.client.Create(ctx, l)
+	}
+	return e.client.Update(ctx, l)
+}
+
+// claimedBy says who is cleaning up after this executor, if a sibling took its Lease.
+func claimedBy(l *coordinationv1.Lease, self string) (string, bool) {
+	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || *l.Spec.HolderIdentity == self {
+		return "", false
+	}
+	return strings.TrimPrefix(*l.Spec.HolderIdentity, "cleanup-by-"), true
+}
+
+// waitUnclaimed waits, at start, until no sibling is cleaning up after this executor: a restart
+// during the cleanup must not adopt pods being deleted. It returns once the claim expired (the
+// sibling died; this executor re-adopts) or the Executor is gone (it registers anew).
+func (e *Executor) waitUnclaimed(ctx context.Context) error {
+	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
+	for {
+		lease := &coordinationv1.Lease{}
+		err := e.reader.Get(ctx, key, lease)
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading own lease: %w", err)
+		}
+		by, claimed := claimedBy(lease, e.opts.Name)
+		if !claimed || leaseExpired(lease, time.Now()) {
+			return nil
+		}
+		ctrl.LoggerFrom(ctx).Info("a sibling is cleaning up after this executor's earlier life; waiting", "by", by)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

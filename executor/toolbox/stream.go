@@ -1,0 +1,390 @@
+package toolbox
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// FramePrefix starts every line the toolbox writes to its stdout when it streams; what follows is
+// one frame as compact JSON, up to the end of the line.
+const FramePrefix = "@@runservice@@ "
+
+// Kinds of frame, in the "t" field. "i" is always the step's index.
+const (
+	// FrameLog carries in "d" the next bytes of steps/<i>.log.
+	FrameLog = "log"
+	// FrameResult carries in "r" the StepResult just written to steps/<i>.json.
+	FrameResult = "result"
+	// FrameArchive carries in "d" the next bytes of archives/<i>.tar.
+	FrameArchive = "archive"
+	// FrameArchiveEnd ends archive i; "n" is its size in bytes.
+	FrameArchiveEnd = "archive-end"
+)
+
+// frame is one line of the stream. "d" is base64, as encoding/json writes a []byte.
+type frame struct {
+	T string          `json:"t"`
+	I *int            `json:"i"`
+	D []byte          `json:"d,omitempty"`
+	R json.RawMessage `json:"r,omitempty"`
+	N *int64          `json:"n,omitempty"`
+}
+
+const (
+	// maxChunk bounds the data of a log or archive frame. A line of the container log longer than
+	// 16 KiB is split by the runtime (containerd's and Docker's default), and a line of stderr can
+	// then land between the pieces; 11 KiB is 15,020 bytes of base64, so a whole frame stays
+	// under that.
+	maxChunk = 11 << 10
+	// streamInterval is how often the step logs are read for new output: a line written by a step
+	// reaches the stream within it.
+	streamInterval = 100 * time.Millisecond
+	// maxFrameLine is the longest frame Demux reads; longer lines are not frames.
+	maxFrameLine = 1 << 20
+)
+
+// frameWriter writes whole frames, one Write each, from any goroutine.
+type frameWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	log    *slog.Logger
+	closed bool
+	failed bool
+}
+
+// write writes f; a nil frameWriter writes nothing. A failed write is logged once: nothing more
+// can go out, but the steps still run and the files are still written.
+func (fw *frameWriter) write(f frame) {
+	if fw == nil {
+		return
+	}
+	data, err := json.Marshal(f)
+	if err != nil {
+		fw.log.Error("encoding a frame", "kind", f.T, "err", err)
+		return
+	}
+	line := make([]byte, 0, len(FramePrefix)+len(data)+1)
+	line = append(append(append(line, FramePrefix...), data...), '\n')
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed || fw.failed {
+		return
+	}
+	if _, err := fw.w.Write(line); err != nil {
+		fw.failed = true
+		fw.log.Error("writing frames", "err", err)
+	}
+}
+
+// close makes later writes do nothing: Run's writer is no longer its own once it returned.
+func (fw *frameWriter) close() {
+	fw.mu.Lock()
+	fw.closed = true
+	fw.mu.Unlock()
+}
+
+// tailer streams the step logs as they grow. A step's shell writes straight into its log file, as
+// when the toolbox does not stream, so the log file is the one source of truth and the stream
+// repeats it. Logs stay followed until Run returns: processes a step left behind can still write.
+type tailer struct {
+	frames *frameWriter
+	mu     sync.Mutex
+	logs   map[int]*os.File
+	order  []int
+	buf    []byte
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func newTailer(fw *frameWriter) *tailer {
+	t := &tailer{
+		frames: fw,
+		logs:   make(map[int]*os.File),
+		buf:    make([]byte, maxChunk),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go t.loop()
+	return t
+}
+
+func (t *tailer) loop() {
+	defer close(t.done)
+	tick := time.NewTicker(streamInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			t.drainAll()
+		}
+	}
+}
+
+// add follows the log of step i, from its start; a nil tailer does nothing.
+func (t *tailer) add(i int, path string) error {
+	if t == nil {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old := t.logs[i]; old != nil {
+		_ = old.Close()
+	} else {
+		t.order = append(t.order, i)
+	}
+	t.logs[i] = f
+	return nil
+}
+
+// drain streams what step i's log has that was not streamed yet.
+func (t *tailer) drain(i int) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.drainLocked(i)
+}
+
+func (t *tailer) drainAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, i := range t.order {
+		t.drainLocked(i)
+	}
+}
+
+func (t *tailer) drainLocked(i int) {
+	f := t.logs[i]
+	if f == nil {
+		return
+	}
+	for {
+		n, err := f.Read(t.buf)
+		if n > 0 {
+			t.frames.write(frame{T: FrameLog, I: &i, D: t.buf[:n]})
+		}
+		if err != nil || n == 0 {
+			// io.EOF until the step writes more; another error is not worth stopping the steps for.
+			return
+		}
+	}
+}
+
+// close streams the logs' last bytes and stops following them.
+func (t *tailer) close() {
+	close(t.stop)
+	<-t.done
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, i := range t.order {
+		t.drainLocked(i)
+		_ = t.logs[i].Close()
+	}
+	t.logs, t.order = nil, nil
+}
+
+// streamArchive writes archives/<i>.tar as frames.
+func (r *runner) streamArchive(i int) error {
+	f, err := os.Open(ArchivePath(r.dir, i))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, maxChunk)
+	var size int64
+	for {
+		n, err := io.ReadFull(f, buf)
+		if n > 0 {
+			r.frames.write(frame{T: FrameArchive, I: &i, D: buf[:n]})
+			size += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	r.frames.write(frame{T: FrameArchiveEnd, I: &i, N: &size})
+	return nil
+}
+
+// Demux reads the log of a streaming toolbox (its stdout, mixed with other lines) and writes into
+// dir what the toolbox wrote into its own shared directory: steps/<i>.log, appended to as the
+// output arrives; steps/<i>.json, replaced atomically; archives/<i>.tar, written to
+// archives/<i>.tar.tmp and renamed into place when complete. It returns nil at the end of r,
+// ignoring a last line without a newline, which the toolbox may not have finished writing.
+//
+// Every file is truncated the first time a call sees it, so after an interruption Demux can be
+// called again, from the start of the same log, into the same dir. Lines that are not frames,
+// and frames that cannot be decoded, are skipped; so is an archive whose size does not match its
+// end frame.
+func Demux(r io.Reader, dir string) (err error) {
+	for _, d := range []string{StepsDir, ArchivesDir} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return fmt.Errorf("creating %s: %w", d, err)
+		}
+	}
+	d := &demuxer{dir: dir, logs: make(map[int]*os.File), archives: make(map[int]*partArchive)}
+	defer func() {
+		if cerr := d.close(); err == nil {
+			err = cerr
+		}
+	}()
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	tooLong := false
+	for {
+		chunk, rerr := br.ReadSlice('\n')
+		if !tooLong && len(line)+len(chunk) <= maxFrameLine {
+			line = append(line, chunk...)
+		} else {
+			tooLong, line = true, line[:0]
+		}
+		switch {
+		case errors.Is(rerr, bufio.ErrBufferFull):
+			continue
+		case rerr == io.EOF:
+			return nil
+		case rerr != nil:
+			return fmt.Errorf("reading the toolbox's log: %w", rerr)
+		}
+		if !tooLong {
+			if err := d.line(line[:len(line)-1]); err != nil {
+				return err
+			}
+		}
+		line, tooLong = line[:0], false
+	}
+}
+
+// maxStep bounds the step index of a frame: an index past any real task's steps is a bad frame.
+const maxStep = 1 << 16
+
+type demuxer struct {
+	dir      string
+	logs     map[int]*os.File
+	archives map[int]*partArchive
+}
+
+type partArchive struct {
+	f    *os.File
+	size int64
+}
+
+func (d *demuxer) line(line []byte) error {
+	payload, ok := bytes.CutPrefix(line, []byte(FramePrefix))
+	if !ok {
+		return nil
+	}
+	var f frame
+	if err := json.Unmarshal(payload, &f); err != nil || f.I == nil || *f.I < 0 || *f.I >= maxStep {
+		return nil
+	}
+	i := *f.I
+	switch f.T {
+	case FrameLog:
+		w, err := d.log(i)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(f.D); err != nil {
+			return fmt.Errorf("writing the log of step %d: %w", i, err)
+		}
+	case FrameResult:
+		var res StepResult
+		if len(f.R) == 0 || json.Unmarshal(f.R, &res) != nil {
+			return nil
+		}
+		// The toolbox creates the log when a step starts, so a step with no output has an empty one.
+		if _, err := d.log(i); err != nil {
+			return err
+		}
+		if err := writeResult(d.dir, i, &res); err != nil {
+			return fmt.Errorf("writing the result of step %d: %w", i, err)
+		}
+	case FrameArchive:
+		a := d.archives[i]
+		if a == nil {
+			tmp, err := os.Create(ArchivePath(d.dir, i) + ".tmp")
+			if err != nil {
+				return fmt.Errorf("creating the archive of step %d: %w", i, err)
+			}
+			a = &partArchive{f: tmp}
+			d.archives[i] = a
+		}
+		n, err := a.f.Write(f.D)
+		a.size += int64(n)
+		if err != nil {
+			return fmt.Errorf("writing the archive of step %d: %w", i, err)
+		}
+	case FrameArchiveEnd:
+		a := d.archives[i]
+		if a == nil {
+			return nil // its chunks were not in this log
+		}
+		delete(d.archives, i)
+		tmp := a.f.Name()
+		if err := a.f.Close(); err != nil {
+			_ = os.Remove(tmp)
+			return fmt.Errorf("writing the archive of step %d: %w", i, err)
+		}
+		if f.N == nil || *f.N != a.size {
+			// Chunks went missing: no archive is better than a corrupt one.
+			_ = os.Remove(tmp)
+			return nil
+		}
+		if err := os.Rename(tmp, ArchivePath(d.dir, i)); err != nil {
+			_ = os.Remove(tmp)
+			return fmt.Errorf("writing the archive of step %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// log is step i's log, truncated when this call first opens it.
+func (d *demuxer) log(i int) (*os.File, error) {
+	if f := d.logs[i]; f != nil {
+		return f, nil
+	}
+	f, err := os.OpenFile(StepLogPath(d.dir, i), os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("creating the log of step %d: %w", i, err)
+	}
+	d.logs[i] = f
+	return f, nil
+}
+
+// close closes the logs and drops the archives the log did not finish.
+func (d *demuxer) close() error {
+	var errs []error
+	for i, f := range d.logs {
+		if err := f.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("writing the log of step %d: %w", i, err))
+		}
+	}
+	for _, a := range d.archives {
+		_ = a.f.Close()
+		if err := os.Remove(a.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
