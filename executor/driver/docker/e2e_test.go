@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
 	"runservice.dev/runservice/internal/testenv"
 )
@@ -41,6 +42,7 @@ var (
 	bins       string // executor, toolbox, runctl
 	kubeconfig string
 	storeURL   string
+	h          *e2e.Harness
 	nsCount    int
 	nsMu       sync.Mutex
 )
@@ -107,6 +109,10 @@ func testMain(m *testing.M) int {
 		os.Setenv(k, v) // for the manager here, and the executors and runctl it starts
 	}
 	storeURL = s3.URL
+	h = &e2e.Harness{
+		Client: k8s, Root: root, Kubectl: env.Kubectl(), Kubeconfig: kubeconfig,
+		Runctl: filepath.Join(bins, "runctl"), ObjectStore: storeURL, Timeout: 2 * time.Minute,
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	opts := env.ManagerOptions()
@@ -234,76 +240,6 @@ func (p *executorProc) kill() {
 	}
 }
 
-func kubectl(t *testing.T, ns string, args ...string) (string, error) {
-	t.Helper()
-	cmd := exec.Command(env.Kubectl(), append([]string{"--kubeconfig", kubeconfig, "-n", ns}, args...)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-func runctl(t *testing.T, ns string, args ...string) (string, error) {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(bins, "runctl"), append([]string{"logs"}, append(args, "-n", ns, "--kubeconfig", kubeconfig, "--object-store", storeURL)...)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-func getRun(t *testing.T, ns, name string) *rsv1.Run {
-	t.Helper()
-	run := &rsv1.Run{}
-	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, run); err != nil {
-		t.Fatalf("reading run %s: %v", name, err)
-	}
-	return run
-}
-
-func waitRun(t *testing.T, ns, name string, phase rsv1.RunPhase, timeout time.Duration) *rsv1.Run {
-	t.Helper()
-	var run *rsv1.Run
-	eventually(t, timeout, fmt.Sprintf("run %s %s", name, phase), func() bool {
-		run = getRun(t, ns, name)
-		return run.Status.Phase == phase
-	})
-	return run
-}
-
-func taskStatus(run *rsv1.Run, name string) rsv1.TaskStatus {
-	for _, ts := range run.Status.Tasks {
-		if ts.Name == name {
-			return ts
-		}
-	}
-	return rsv1.TaskStatus{}
-}
-
-func shellTask(name, command string, opts ...func(*rsv1.Task)) rsv1.Task {
-	t := rsv1.Task{
-		Name:       name,
-		Containers: []rsv1.Container{{Image: "busybox:1.36"}},
-		Steps:      []rsv1.Step{{Run: &rsv1.RunStep{Name: ptr.To(name), Command: command}}},
-	}
-	for _, o := range opts {
-		o(&t)
-	}
-	return t
-}
-
-func after(parents ...string) func(*rsv1.Task) {
-	return func(t *rsv1.Task) {
-		for _, p := range parents {
-			t.Depends = append(t.Depends, rsv1.TaskDependency{Task: p})
-		}
-	}
-}
-
-func createRun(t *testing.T, ns, name string, tasks ...rsv1.Task) {
-	t.Helper()
-	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: rsv1.RunSpec{Tasks: tasks}}
-	if err := k8s.Create(context.Background(), run); err != nil {
-		t.Fatalf("creating run %s: %v", name, err)
-	}
-}
-
 // containersOf lists the containers of an executor's tasks.
 func containersOf(t *testing.T, executor string) []container.Summary {
 	t.Helper()
@@ -321,160 +257,52 @@ func waitNoContainers(t *testing.T, executor string) {
 	eventually(t, 30*time.Second, "the containers of "+executor+" removed", func() bool { return len(containersOf(t, executor)) == 0 })
 }
 
-// TestSampleDiamondEndToEnd applies the README's sample diamond with kubectl and reads its logs with
-// runctl: it passes files through workspaces (checkout saves, build and test restore).
+// The scenarios every driver passes unchanged (internal/e2e), here on Docker; each leaves no container.
+
 func TestSampleDiamondEndToEnd(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "docker-1")
-	if out, err := kubectl(t, ns, "apply", "-f", filepath.Join(env.Root, "config", "samples", "run_diamond.yaml")); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
-	run := waitRun(t, ns, "diamond", rsv1.RunPhaseFinished, 2*time.Minute)
-	if run.Status.Result != rsv1.RunResultSuccess {
-		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
-	}
-	for _, ts := range run.Status.Tasks {
-		for _, s := range ts.Steps {
-			if s.Phase != rsv1.StepPhaseSuccess || s.StartTime == nil || s.EndTime == nil {
-				t.Errorf("task %s step %s: %+v", ts.Name, s.Name, s)
-			}
-		}
-	}
-	out, err := kubectl(t, ns, "get", "runs")
-	if err != nil || !strings.Contains(out, "Finished") || !strings.Contains(out, "4/4") {
-		t.Fatalf("kubectl get runs: %v\n%s", err, out)
-	}
-	eventually(t, 30*time.Second, "logs fetched into the object store", func() bool {
-		run = getRun(t, ns, "diamond")
-		for _, ts := range run.Status.Tasks {
-			for _, s := range ts.Steps {
-				if s.LogKey == "" {
-					return false
-				}
-			}
-		}
-		return true
-	})
-	log, err := runctl(t, ns, "diamond", "build", "build")
-	if err != nil || !strings.Contains(log, "main.c") {
-		t.Fatalf("runctl logs diamond build build: %v\n%s", err, log)
-	}
-	log, err = runctl(t, ns, "diamond", "package")
-	if err != nil || !strings.Contains(log, "packaged") {
-		t.Fatalf("runctl logs diamond package: %v\n%s", err, log)
-	}
+	e2e.SampleDiamond(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 
 func TestFailingStepFailsTheRun(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "docker-1")
-	createRun(t, ns, "fails",
-		shellTask("ok", "echo fine"),
-		shellTask("bad", "echo about to fail; exit 3"),
-		shellTask("notfound", "no-such-command --help"),
-		shellTask("after", "echo never", after("bad")))
-	run := waitRun(t, ns, "fails", rsv1.RunPhaseFinished, 2*time.Minute)
-	if run.Status.Result != rsv1.RunResultFailed {
-		t.Fatalf("result %s", run.Status.Result)
-	}
-	bad := taskStatus(run, "bad")
-	if bad.Phase != rsv1.TaskPhaseFailed || len(bad.Steps) != 1 || bad.Steps[0].ExitCode == nil || *bad.Steps[0].ExitCode != 3 {
-		t.Fatalf("bad task: %+v", bad)
-	}
-	if !strings.Contains(bad.Message, "exit code 3") {
-		t.Fatalf("bad task message %q does not give the exit code", bad.Message)
-	}
-	nf := taskStatus(run, "notfound")
-	if nf.Phase != rsv1.TaskPhaseFailed || nf.Steps[0].ExitCode == nil || *nf.Steps[0].ExitCode != 127 {
-		t.Fatalf("command not found: %+v", nf)
-	}
-	if taskStatus(run, "after").Phase != rsv1.TaskPhaseSkipped || taskStatus(run, "ok").Phase != rsv1.TaskPhaseSuccess {
-		t.Fatalf("tasks: %+v", run.Status.Tasks)
-	}
-	eventually(t, 30*time.Second, "logs fetched", func() bool {
-		return taskStatus(getRun(t, ns, "fails"), "notfound").Steps[0].LogKey != ""
-	})
-	log, err := runctl(t, ns, "fails", "notfound")
-	if err != nil || !strings.Contains(log, "not found") {
-		t.Fatalf("runctl logs fails notfound: %v\n%s", err, log)
-	}
+	e2e.FailingStep(t, h, ns)
+	waitNoContainers(t, "docker-1")
 }
 
 func TestWorkspaceFanIn(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "docker-1")
-	save := func(file, content string) func(*rsv1.Task) {
-		return func(t *rsv1.Task) {
-			t.Steps = []rsv1.Step{
-				{Run: &rsv1.RunStep{Command: fmt.Sprintf("mkdir -p out && echo %s > out/%s", content, file)}},
-				{SaveToWorkspace: &rsv1.SaveToWorkspaceStep{Contents: []rsv1.SaveContent{{SourceDir: "out", DestDir: "shared", Paths: []string{file}}}}},
-			}
-		}
-	}
-	child := shellTask("child", "cat shared/a.txt shared/b.txt && test \"$(cat shared/a.txt)\" = from-a && test \"$(cat shared/b.txt)\" = from-b", after("pa", "pb"))
-	child.Steps = append([]rsv1.Step{{RestoreWorkspace: &rsv1.RestoreWorkspaceStep{DestDir: "."}}}, child.Steps...)
-	workdir := func(t *rsv1.Task) { t.WorkingDir = ptr.To("/work") }
-	pa := shellTask("pa", "", save("a.txt", "from-a"), workdir)
-	pb := shellTask("pb", "", save("b.txt", "from-b"), workdir)
-	workdir(&child)
-	createRun(t, ns, "fanin", pa, pb, child)
-	run := waitRun(t, ns, "fanin", rsv1.RunPhaseFinished, 2*time.Minute)
-	if run.Status.Result != rsv1.RunResultSuccess {
-		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
-	}
-	log, err := runctl(t, ns, "fanin", "child", "1")
-	if err != nil || !strings.Contains(log, "from-a") || !strings.Contains(log, "from-b") {
-		t.Fatalf("child log: %v\n%s", err, log)
-	}
-}
-
-func TestServiceContainerIsReachable(t *testing.T) {
-	ns := newNamespace(t)
-	startExecutor(t, ns, "docker-1")
-	task := shellTask("with-service", "for i in $(seq 1 20); do wget -q -O- http://127.0.0.1:8080/ && exit 0; sleep 0.25; done; exit 1")
-	task.Containers = append(task.Containers, rsv1.Container{
-		Image:   "busybox:1.36",
-		Command: []string{"/bin/sh", "-c", "mkdir -p /www && echo hello-from-service > /www/index.html && exec httpd -f -p 8080 -h /www"},
-	})
-	createRun(t, ns, "svc", task)
-	run := waitRun(t, ns, "svc", rsv1.RunPhaseFinished, 2*time.Minute)
-	if run.Status.Result != rsv1.RunResultSuccess {
-		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
-	}
-	log, err := runctl(t, ns, "svc", "with-service")
-	if err != nil || !strings.Contains(log, "hello-from-service") {
-		t.Fatalf("log: %v\n%s", err, log)
-	}
+	e2e.WorkspaceFanIn(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 
 func TestStopAndTimeout(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "docker-1")
-	createRun(t, ns, "stopme", shellTask("sleeper", "echo sleeping; sleep 120"), shellTask("later", "echo later", after("sleeper")))
-	createRun(t, ns, "slow", shellTask("hang", "sleep 120", func(t *rsv1.Task) { t.TimeoutSeconds = ptr.To[int64](2) }))
-	eventually(t, time.Minute, "the sleeper step running", func() bool {
-		ts := taskStatus(getRun(t, ns, "stopme"), "sleeper")
-		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
+	e2e.StopAndTimeout(t, h, ns)
+	waitNoContainers(t, "docker-1")
+}
+
+func TestServiceContainerIsReachable(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "docker-1")
+	task := e2e.ShellTask("with-service", "for i in $(seq 1 20); do wget -q -O- http://127.0.0.1:8080/ && exit 0; sleep 0.25; done; exit 1")
+	task.Containers = append(task.Containers, rsv1.Container{
+		Image:   "busybox:1.36",
+		Command: []string{"/bin/sh", "-c", "mkdir -p /www && echo hello-from-service > /www/index.html && exec httpd -f -p 8080 -h /www"},
 	})
-	run := getRun(t, ns, "stopme")
-	run.Spec.Stop = ptr.To(true)
-	if err := k8s.Update(context.Background(), run); err != nil {
-		t.Fatal(err)
+	h.Create(t, ns, "svc", task)
+	run := h.WaitRun(t, ns, "svc", rsv1.RunPhaseFinished)
+	if run.Status.Result != rsv1.RunResultSuccess {
+		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
 	}
-	stopped := time.Now()
-	run = waitRun(t, ns, "stopme", rsv1.RunPhaseFinished, time.Minute)
-	if took := time.Since(stopped); took > 30*time.Second {
-		t.Fatalf("stop took %v", took)
-	}
-	if run.Status.Result != rsv1.RunResultStopped || taskStatus(run, "sleeper").Phase != rsv1.TaskPhaseStopped || taskStatus(run, "later").Phase != rsv1.TaskPhaseCancelled {
-		t.Fatalf("stopped run: %s %+v", run.Status.Result, run.Status.Tasks)
-	}
-	run = waitRun(t, ns, "slow", rsv1.RunPhaseFinished, time.Minute)
-	hang := taskStatus(run, "hang")
-	if run.Status.Result != rsv1.RunResultFailed || hang.Phase != rsv1.TaskPhaseFailed || !strings.Contains(hang.Message, "timed out after 2s") {
-		t.Fatalf("timed out run: %s %+v", run.Status.Result, hang)
+	log, err := h.Logs(ns, "svc", "with-service")
+	if err != nil || !strings.Contains(log, "hello-from-service") {
+		t.Fatalf("log: %v\n%s", err, log)
 	}
 	waitNoContainers(t, "docker-1")
 }
@@ -482,21 +310,21 @@ func TestStopAndTimeout(t *testing.T) {
 func TestBadInputFailsClearly(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "docker-1")
-	noImage := shellTask("noimage", "true", func(t *rsv1.Task) { t.Containers[0].Image = "no-such-image.invalid/nothing:1" })
-	priv := shellTask("priv", "true", func(t *rsv1.Task) { t.Containers[0].Privileged = ptr.To(true) })
-	noShell := shellTask("noshell", "true", func(t *rsv1.Task) { t.Steps[0].Run.Shell = ptr.To("/bin/bash") })
-	createRun(t, ns, "bad", noImage, noShell)
+	noImage := e2e.ShellTask("noimage", "true", func(t *rsv1.Task) { t.Containers[0].Image = "no-such-image.invalid/nothing:1" })
+	priv := e2e.ShellTask("priv", "true", func(t *rsv1.Task) { t.Containers[0].Privileged = ptr.To(true) })
+	noShell := e2e.ShellTask("noshell", "true", func(t *rsv1.Task) { t.Steps[0].Run.Shell = ptr.To("/bin/bash") })
+	h.Create(t, ns, "bad", noImage, noShell)
 	// A privileged task finds no executor that allows it: the run says so and waits.
-	createRun(t, ns, "privileged", priv)
-	run := waitRun(t, ns, "bad", rsv1.RunPhaseFinished, 2*time.Minute)
-	if ts := taskStatus(run, "noimage"); ts.Phase != rsv1.TaskPhaseFailed || !strings.Contains(ts.Message, "no-such-image.invalid/nothing:1") {
+	h.Create(t, ns, "privileged", priv)
+	run := h.WaitRun(t, ns, "bad", rsv1.RunPhaseFinished)
+	if ts := e2e.TaskStatus(run, "noimage"); ts.Phase != rsv1.TaskPhaseFailed || !strings.Contains(ts.Message, "no-such-image.invalid/nothing:1") {
 		t.Fatalf("missing image: %+v", ts)
 	}
-	if ts := taskStatus(run, "noshell"); ts.Phase != rsv1.TaskPhaseFailed || ts.Steps[0].ExitCode == nil || *ts.Steps[0].ExitCode != 127 || !strings.Contains(ts.Message, "/bin/bash") {
+	if ts := e2e.TaskStatus(run, "noshell"); ts.Phase != rsv1.TaskPhaseFailed || ts.Steps[0].ExitCode == nil || *ts.Steps[0].ExitCode != 127 || !strings.Contains(ts.Message, "/bin/bash") {
 		t.Fatalf("missing shell: %+v", ts)
 	}
 	eventually(t, 30*time.Second, "the privileged run explains why it waits", func() bool {
-		for _, c := range getRun(t, ns, "privileged").Status.Conditions {
+		for _, c := range h.Run(t, ns, "privileged").Status.Conditions {
 			if c.Type == "Scheduled" && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "privileged containers not allowed") {
 				return true
 			}
@@ -545,18 +373,18 @@ func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
 	defer cancel()
 	starts := countStarts(ctx, "phoenix")
 	p := startExecutor(t, ns, "phoenix")
-	createRun(t, ns, "adopt", shellTask("long", "echo begin; sleep 6; echo end"))
+	h.Create(t, ns, "adopt", e2e.ShellTask("long", "echo begin; sleep 6; echo end"))
 	eventually(t, time.Minute, "the step running", func() bool {
-		ts := taskStatus(getRun(t, ns, "adopt"), "long")
+		ts := e2e.TaskStatus(h.Run(t, ns, "adopt"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
 	p.kill()
 	time.Sleep(2 * time.Second)
-	if ts := taskStatus(getRun(t, ns, "adopt"), "long"); ts.Phase != rsv1.TaskPhaseRunning {
+	if ts := e2e.TaskStatus(h.Run(t, ns, "adopt"), "long"); ts.Phase != rsv1.TaskPhaseRunning {
 		t.Fatalf("while the executor is down the task is %s, want Running", ts.Phase)
 	}
 	p.start()
-	run := waitRun(t, ns, "adopt", rsv1.RunPhaseFinished, time.Minute)
+	run := h.WaitRun(t, ns, "adopt", rsv1.RunPhaseFinished)
 	if run.Status.Result != rsv1.RunResultSuccess {
 		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
 	}
@@ -570,8 +398,8 @@ func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
 			t.Fatalf("task %s started %d times", uid, n)
 		}
 	}
-	eventually(t, 30*time.Second, "logs fetched", func() bool { return taskStatus(getRun(t, ns, "adopt"), "long").Steps[0].LogKey != "" })
-	log, err := runctl(t, ns, "adopt", "long")
+	eventually(t, 30*time.Second, "logs fetched", func() bool { return e2e.TaskStatus(h.Run(t, ns, "adopt"), "long").Steps[0].LogKey != "" })
+	log, err := h.Logs(ns, "adopt", "long")
 	if err != nil || !strings.Contains(log, "begin") || !strings.Contains(log, "end") {
 		t.Fatalf("log: %v\n%s", err, log)
 	}
@@ -582,17 +410,17 @@ func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
 func TestExecutorKilledThenDeleted(t *testing.T) {
 	ns := newNamespace(t)
 	p := startExecutor(t, ns, "gone")
-	createRun(t, ns, "orphan", shellTask("long", "sleep 120"))
+	h.Create(t, ns, "orphan", e2e.ShellTask("long", "sleep 120"))
 	eventually(t, time.Minute, "the step running", func() bool {
-		ts := taskStatus(getRun(t, ns, "orphan"), "long")
+		ts := e2e.TaskStatus(h.Run(t, ns, "orphan"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
 	p.kill()
-	if out, err := kubectl(t, ns, "delete", "executor", "gone"); err != nil {
+	if out, err := h.KubectlRun(ns, "delete", "executor", "gone"); err != nil {
 		t.Fatalf("kubectl delete executor: %v\n%s", err, out)
 	}
-	run := waitRun(t, ns, "orphan", rsv1.RunPhaseFinished, time.Minute)
-	if ts := taskStatus(run, "long"); ts.Phase != rsv1.TaskPhaseFailed || ts.Reason != rsv1.ReasonExecutorRemoved {
+	run := h.WaitRun(t, ns, "orphan", rsv1.RunPhaseFinished)
+	if ts := e2e.TaskStatus(run, "long"); ts.Phase != rsv1.TaskPhaseFailed || ts.Reason != rsv1.ReasonExecutorRemoved {
 		t.Fatalf("task: %+v", ts)
 	}
 	p.start()
@@ -604,18 +432,18 @@ func TestExecutorKilledThenDeleted(t *testing.T) {
 func TestDockerDaemonRestart(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "survivor")
-	createRun(t, ns, "interrupted", shellTask("long", "sleep 120"))
+	h.Create(t, ns, "interrupted", e2e.ShellTask("long", "sleep 120"))
 	eventually(t, time.Minute, "the step running", func() bool {
-		ts := taskStatus(getRun(t, ns, "interrupted"), "long")
+		ts := e2e.TaskStatus(h.Run(t, ns, "interrupted"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
 	restartDockerd(t)
-	run := waitRun(t, ns, "interrupted", rsv1.RunPhaseFinished, 2*time.Minute)
-	if ts := taskStatus(run, "long"); ts.Phase != rsv1.TaskPhaseFailed || !strings.Contains(ts.Message, "long") {
+	run := h.WaitRun(t, ns, "interrupted", rsv1.RunPhaseFinished)
+	if ts := e2e.TaskStatus(run, "long"); ts.Phase != rsv1.TaskPhaseFailed || !strings.Contains(ts.Message, "long") {
 		t.Fatalf("interrupted task: %+v", ts)
 	}
-	createRun(t, ns, "afterwards", shellTask("quick", "echo still working"))
-	if run := waitRun(t, ns, "afterwards", rsv1.RunPhaseFinished, 2*time.Minute); run.Status.Result != rsv1.RunResultSuccess {
+	h.Create(t, ns, "afterwards", e2e.ShellTask("quick", "echo still working"))
+	if run := h.WaitRun(t, ns, "afterwards", rsv1.RunPhaseFinished); run.Status.Result != rsv1.RunResultSuccess {
 		t.Fatalf("after the restart: %s %+v", run.Status.Result, run.Status.Tasks)
 	}
 }
@@ -639,12 +467,12 @@ func restartDockerd(t *testing.T) {
 func TestFollowLiveLog(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "docker-1")
-	createRun(t, ns, "live", shellTask("ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done"))
+	h.Create(t, ns, "live", e2e.ShellTask("ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done"))
 	eventually(t, time.Minute, "the step running", func() bool {
-		ts := taskStatus(getRun(t, ns, "live"), "ticker")
+		ts := e2e.TaskStatus(h.Run(t, ns, "live"), "ticker")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
-	log, err := runctl(t, ns, "live", "ticker", "ticker", "-f")
+	log, err := h.Logs(ns, "live", "ticker", "ticker", "-f")
 	if err != nil {
 		t.Fatalf("runctl logs -f: %v\n%s", err, log)
 	}
@@ -653,7 +481,7 @@ func TestFollowLiveLog(t *testing.T) {
 			t.Fatalf("followed log misses tick-%d:\n%s", i, log)
 		}
 	}
-	if run := getRun(t, ns, "live"); taskStatus(run, "ticker").Phase != rsv1.TaskPhaseSuccess && taskStatus(run, "ticker").Phase != rsv1.TaskPhaseRunning {
-		t.Fatalf("task %s", taskStatus(run, "ticker").Phase)
+	if run := h.Run(t, ns, "live"); e2e.TaskStatus(run, "ticker").Phase != rsv1.TaskPhaseSuccess && e2e.TaskStatus(run, "ticker").Phase != rsv1.TaskPhaseRunning {
+		t.Fatalf("task %s", e2e.TaskStatus(run, "ticker").Phase)
 	}
 }

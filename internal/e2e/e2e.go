@@ -1,0 +1,258 @@
+// Package e2e holds the end-to-end scenarios that every executor driver must pass unchanged: the
+// Docker suite and the real-node Kubernetes suite run the same functions against their own
+// control plane, manager and executors.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+)
+
+// Harness is what a suite gives the scenarios.
+type Harness struct {
+	// Client talks to the apiserver as an admin.
+	Client client.Client
+	// Root is the repository root (for config/samples).
+	Root string
+	// Kubectl and Kubeconfig run the real kubectl.
+	Kubectl, Kubeconfig string
+	// Runctl is the built runctl; ObjectStore the store URL the manager writes.
+	Runctl, ObjectStore string
+	// Timeout bounds each wait (pods start slower than containers).
+	Timeout time.Duration
+}
+
+// Eventually polls cond until it holds or the harness's timeout passes.
+func (h *Harness) Eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(h.Timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", h.Timeout, what)
+}
+
+// KubectlRun runs kubectl in a namespace.
+func (h *Harness) KubectlRun(ns string, args ...string) (string, error) {
+	out, err := exec.Command(h.Kubectl, append([]string{"--kubeconfig", h.Kubeconfig, "-n", ns}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Logs runs `runctl logs` in a namespace.
+func (h *Harness) Logs(ns string, args ...string) (string, error) {
+	args = append(append([]string{"logs"}, args...), "-n", ns, "--kubeconfig", h.Kubeconfig, "--object-store", h.ObjectStore)
+	out, err := exec.Command(h.Runctl, args...).CombinedOutput()
+	return string(out), err
+}
+
+// Run reads a run.
+func (h *Harness) Run(t *testing.T, ns, name string) *rsv1.Run {
+	t.Helper()
+	run := &rsv1.Run{}
+	if err := h.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, run); err != nil {
+		t.Fatalf("reading run %s: %v", name, err)
+	}
+	return run
+}
+
+// WaitRun waits for a run's phase.
+func (h *Harness) WaitRun(t *testing.T, ns, name string, phase rsv1.RunPhase) *rsv1.Run {
+	t.Helper()
+	var run *rsv1.Run
+	h.Eventually(t, fmt.Sprintf("run %s %s", name, phase), func() bool {
+		run = h.Run(t, ns, name)
+		return run.Status.Phase == phase
+	})
+	return run
+}
+
+// Create creates a run of the given tasks.
+func (h *Harness) Create(t *testing.T, ns, name string, tasks ...rsv1.Task) {
+	t.Helper()
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: rsv1.RunSpec{Tasks: tasks}}
+	if err := h.Client.Create(context.Background(), run); err != nil {
+		t.Fatalf("creating run %s: %v", name, err)
+	}
+}
+
+// TaskStatus finds a task's status in a run.
+func TaskStatus(run *rsv1.Run, name string) rsv1.TaskStatus {
+	for _, ts := range run.Status.Tasks {
+		if ts.Name == name {
+			return ts
+		}
+	}
+	return rsv1.TaskStatus{}
+}
+
+// ShellTask is a one-step busybox task.
+func ShellTask(name, command string, opts ...func(*rsv1.Task)) rsv1.Task {
+	t := rsv1.Task{
+		Name:       name,
+		Containers: []rsv1.Container{{Image: "busybox:1.36"}},
+		Steps:      []rsv1.Step{{Run: &rsv1.RunStep{Name: ptr.To(name), Command: command}}},
+	}
+	for _, o := range opts {
+		o(&t)
+	}
+	return t
+}
+
+// After makes a task depend on parents (OnSuccess).
+func After(parents ...string) func(*rsv1.Task) {
+	return func(t *rsv1.Task) {
+		for _, p := range parents {
+			t.Depends = append(t.Depends, rsv1.TaskDependency{Task: p})
+		}
+	}
+}
+
+// WaitStepRunning waits until a one-step task's step runs.
+func (h *Harness) WaitStepRunning(t *testing.T, ns, run, task string) {
+	t.Helper()
+	h.Eventually(t, "step of "+task+" running", func() bool {
+		ts := TaskStatus(h.Run(t, ns, run), task)
+		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
+	})
+}
+
+// waitLogsFetched waits until every started step of a run points at its log in the object store.
+func (h *Harness) waitLogsFetched(t *testing.T, ns, name string) {
+	t.Helper()
+	h.Eventually(t, "the logs of "+name+" fetched", func() bool {
+		for _, ts := range h.Run(t, ns, name).Status.Tasks {
+			for _, s := range ts.Steps {
+				if s.Phase != rsv1.StepPhaseNotStarted && s.LogKey == "" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// SampleDiamond applies the README's sample diamond with kubectl: checkout saves a workspace, build
+// and test restore it, package fans in; every step's log is then read with runctl.
+func SampleDiamond(t *testing.T, h *Harness, ns string) {
+	if out, err := h.KubectlRun(ns, "apply", "-f", filepath.Join(h.Root, "config", "samples", "run_diamond.yaml")); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	run := h.WaitRun(t, ns, "diamond", rsv1.RunPhaseFinished)
+	if run.Status.Result != rsv1.RunResultSuccess {
+		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
+	}
+	for _, ts := range run.Status.Tasks {
+		for _, s := range ts.Steps {
+			if s.Phase != rsv1.StepPhaseSuccess || s.StartTime == nil || s.EndTime == nil {
+				t.Errorf("task %s step %s: %+v", ts.Name, s.Name, s)
+			}
+		}
+	}
+	out, err := h.KubectlRun(ns, "get", "runs")
+	if err != nil || !strings.Contains(out, "Finished") || !strings.Contains(out, "4/4") {
+		t.Fatalf("kubectl get runs: %v\n%s", err, out)
+	}
+	h.waitLogsFetched(t, ns, "diamond")
+	if log, err := h.Logs(ns, "diamond", "build", "build"); err != nil || !strings.Contains(log, "main.c") {
+		t.Fatalf("runctl logs diamond build build: %v\n%s", err, log)
+	}
+	if log, err := h.Logs(ns, "diamond", "package"); err != nil || !strings.Contains(log, "packaged") {
+		t.Fatalf("runctl logs diamond package: %v\n%s", err, log)
+	}
+}
+
+// FailingStep: a failing step's exit code reaches the run's status and fails the run; a command
+// that is not found gives 127; the failed task's child is skipped; the logs say why.
+func FailingStep(t *testing.T, h *Harness, ns string) {
+	h.Create(t, ns, "fails",
+		ShellTask("ok", "echo fine"),
+		ShellTask("bad", "echo about to fail; exit 3"),
+		ShellTask("notfound", "no-such-command --help"),
+		ShellTask("after", "echo never", After("bad")))
+	run := h.WaitRun(t, ns, "fails", rsv1.RunPhaseFinished)
+	if run.Status.Result != rsv1.RunResultFailed {
+		t.Fatalf("result %s", run.Status.Result)
+	}
+	bad := TaskStatus(run, "bad")
+	if bad.Phase != rsv1.TaskPhaseFailed || len(bad.Steps) != 1 || bad.Steps[0].ExitCode == nil || *bad.Steps[0].ExitCode != 3 {
+		t.Fatalf("bad task: %+v", bad)
+	}
+	if !strings.Contains(bad.Message, "exit code 3") {
+		t.Fatalf("bad task message %q does not give the exit code", bad.Message)
+	}
+	nf := TaskStatus(run, "notfound")
+	if nf.Phase != rsv1.TaskPhaseFailed || nf.Steps[0].ExitCode == nil || *nf.Steps[0].ExitCode != 127 {
+		t.Fatalf("command not found: %+v", nf)
+	}
+	if TaskStatus(run, "after").Phase != rsv1.TaskPhaseSkipped || TaskStatus(run, "ok").Phase != rsv1.TaskPhaseSuccess {
+		t.Fatalf("tasks: %+v", run.Status.Tasks)
+	}
+	h.waitLogsFetched(t, ns, "fails")
+	if log, err := h.Logs(ns, "fails", "notfound"); err != nil || !strings.Contains(log, "not found") {
+		t.Fatalf("runctl logs fails notfound: %v\n%s", err, log)
+	}
+}
+
+// WorkspaceFanIn: two parents save different files; the child restores both.
+func WorkspaceFanIn(t *testing.T, h *Harness, ns string) {
+	save := func(file, content string) func(*rsv1.Task) {
+		return func(t *rsv1.Task) {
+			t.Steps = []rsv1.Step{
+				{Run: &rsv1.RunStep{Command: fmt.Sprintf("mkdir -p out && echo %s > out/%s", content, file)}},
+				{SaveToWorkspace: &rsv1.SaveToWorkspaceStep{Contents: []rsv1.SaveContent{{SourceDir: "out", DestDir: "shared", Paths: []string{file}}}}},
+			}
+		}
+	}
+	workdir := func(t *rsv1.Task) { t.WorkingDir = ptr.To("/work") }
+	child := ShellTask("child", "cat shared/a.txt shared/b.txt && test \"$(cat shared/a.txt)\" = from-a && test \"$(cat shared/b.txt)\" = from-b", After("pa", "pb"), workdir)
+	child.Steps = append([]rsv1.Step{{RestoreWorkspace: &rsv1.RestoreWorkspaceStep{DestDir: "."}}}, child.Steps...)
+	h.Create(t, ns, "fanin", ShellTask("pa", "", save("a.txt", "from-a"), workdir), ShellTask("pb", "", save("b.txt", "from-b"), workdir), child)
+	run := h.WaitRun(t, ns, "fanin", rsv1.RunPhaseFinished)
+	if run.Status.Result != rsv1.RunResultSuccess {
+		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
+	}
+	h.waitLogsFetched(t, ns, "fanin")
+	if log, err := h.Logs(ns, "fanin", "child", "1"); err != nil || !strings.Contains(log, "from-a") || !strings.Contains(log, "from-b") {
+		t.Fatalf("child log: %v\n%s", err, log)
+	}
+}
+
+// StopAndTimeout: stopping a run stops its running task (Stopped) and cancels the rest; a hanging
+// step fails its task once timeoutSeconds passed.
+func StopAndTimeout(t *testing.T, h *Harness, ns string) {
+	h.Create(t, ns, "stopme", ShellTask("sleeper", "echo sleeping; sleep 120"), ShellTask("later", "echo later", After("sleeper")))
+	h.Create(t, ns, "slow", ShellTask("hang", "sleep 120", func(t *rsv1.Task) { t.TimeoutSeconds = ptr.To[int64](3) }))
+	h.WaitStepRunning(t, ns, "stopme", "sleeper")
+	run := h.Run(t, ns, "stopme")
+	run.Spec.Stop = ptr.To(true)
+	if err := h.Client.Update(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	run = h.WaitRun(t, ns, "stopme", rsv1.RunPhaseFinished)
+	if took := time.Since(stopped); took > 30*time.Second {
+		t.Fatalf("stop took %v", took)
+	}
+	if run.Status.Result != rsv1.RunResultStopped || TaskStatus(run, "sleeper").Phase != rsv1.TaskPhaseStopped || TaskStatus(run, "later").Phase != rsv1.TaskPhaseCancelled {
+		t.Fatalf("stopped run: %s %+v", run.Status.Result, run.Status.Tasks)
+	}
+	run = h.WaitRun(t, ns, "slow", rsv1.RunPhaseFinished)
+	hang := TaskStatus(run, "hang")
+	if run.Status.Result != rsv1.RunResultFailed || hang.Phase != rsv1.TaskPhaseFailed || !strings.Contains(hang.Message, "timed out after 3s") {
+		t.Fatalf("timed out run: %s %+v", run.Status.Result, hang)
+	}
+}
