@@ -204,6 +204,9 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 		endRunning(rsv1.StepPhaseStopped)
 	case failedStep() != "":
 		phase, msg = rsv1.TaskPhaseFailed, failedStep()
+	case st.ExitCode < 0 && st.Message != "":
+		// The main container never ran (its image, its pod): the driver says why.
+		phase, msg = rsv1.TaskPhaseFailed, st.Message
 	case st.ExitCode != 0 || running >= 0 || st.Message != "":
 		phase = rsv1.TaskPhaseFailed
 		msg = fmt.Sprintf("the task's container exited with code %d", st.ExitCode)

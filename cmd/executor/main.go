@@ -35,6 +35,8 @@ func main() {
 	flag.StringVar(&kopts.ToolboxImage, "toolbox-image", "runservice-toolbox:dev", "Kubernetes driver: image with the static toolbox at /toolbox (the pods' init container).")
 	flag.StringVar(&kopts.NodeName, "node-name", "", "Kubernetes driver: bind pods to this node (clusters without a scheduler).")
 	flag.StringVar(&kopts.ExecutorURL, "pod-endpoint", "", "Kubernetes driver: URL pods reach this executor's HTTP server at (for workspaces; default: --endpoint).")
+	var nodeSelector string
+	flag.StringVar(&nodeSelector, "pod-node-selector", "", "Kubernetes driver: nodeSelector of the pods, k=v,k=v.")
 	flag.StringVar(&pullPolicy, "image-pull-policy", "", "Kubernetes driver: imagePullPolicy of the pods' containers (default: Kubernetes').")
 	flag.StringVar(&archs, "archs", runtime.GOARCH, "Kubernetes driver: architectures of the cluster's nodes, comma separated.")
 	flag.StringVar(&opts.Name, "name", host, "Name of the Executor; keep it across restarts to keep the executor's identity.")
@@ -57,13 +59,8 @@ func main() {
 	log := ctrl.Log.WithName("executor")
 
 	opts.ActiveTasksLimit = int32(limit)
-	if labels != "" {
-		opts.Labels = map[string]string{}
-		for _, kv := range strings.Split(labels, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			opts.Labels[k] = v
-		}
-	}
+	opts.Labels = keyValues(labels)
+	kopts.NodeSelector = keyValues(nodeSelector)
 	if opts.Endpoint == "" {
 		_, port, _ := strings.Cut(opts.Listen, ":")
 		opts.Endpoint = "http://127.0.0.1:" + port
@@ -115,6 +112,19 @@ func main() {
 		log.Error(err, "executor failed")
 		os.Exit(1)
 	}
+}
+
+// keyValues parses k=v,k=v; "" is nil.
+func keyValues(s string) map[string]string {
+	if s == "" {
+		return nil
+	}
+	m := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
 }
 
 func envOr(k, def string) string {

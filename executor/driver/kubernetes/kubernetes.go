@@ -53,6 +53,8 @@ type Options struct {
 	ImagePullPolicy corev1.PullPolicy
 	// NodeName, when set, binds the pods to that node directly (clusters without a scheduler).
 	NodeName string
+	// NodeSelector is put on every pod: the nodes the executor's tasks may run on.
+	NodeSelector map[string]string
 	// ExecutorURL is where pods reach the executor's HTTP server to fetch their parents' workspaces.
 	ExecutorURL string
 	// Token is the bearer token pods use with the executor.
@@ -196,6 +198,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 			AutomountServiceAccountToken:  ptr.To(false),
 			EnableServiceLinks:            ptr.To(false),
 			NodeName:                      d.opts.NodeName,
+			NodeSelector:                  d.opts.NodeSelector,
 			TerminationGracePeriodSeconds: ptr.To[int64](10),
 			Volumes: []corev1.Volume{
 				{Name: "runservice", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
