@@ -162,7 +162,11 @@ func WorkspaceArchivePath(dir, source string, i int) string {
 // before starting the container. The directories must also be writable by the container's user.
 func WriteTaskFile(dir string, tf *TaskFile) error {
 	for _, d := range []string{StepsDir, ArchivesDir, WorkspaceDir} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+		// World-writable: the container's user (any uid) writes the steps' logs and archives here.
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o777); err != nil {
+			return fmt.Errorf("creating %s: %w", d, err)
+		}
+		if err := os.Chmod(filepath.Join(dir, d), 0o777); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
 	}

@@ -256,3 +256,27 @@ func StopAndTimeout(t *testing.T, h *Harness, ns string) {
 		t.Fatalf("timed out run: %s %+v", run.Status.Result, hang)
 	}
 }
+
+// UserAndEnvironment: a task runs as the container's user, with the run's environment, then the
+// container's, then the step's.
+func UserAndEnvironment(t *testing.T, h *Harness, ns string) {
+	task := ShellTask("who", `echo "uid=$(id -u) A=$A B=$B C=$C"`, func(t *rsv1.Task) {
+		t.Containers[0].User = ptr.To("1000")
+		t.Containers[0].Env = []rsv1.EnvVar{{Name: "B", Value: "container"}, {Name: "C", Value: "container"}}
+		t.Steps[0].Run.Env = []rsv1.EnvVar{{Name: "C", Value: "step"}}
+	})
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "who", Namespace: ns}, Spec: rsv1.RunSpec{
+		Environment: []rsv1.EnvVar{{Name: "A", Value: "run"}, {Name: "B", Value: "run"}, {Name: "C", Value: "run"}},
+		Tasks:       []rsv1.Task{task},
+	}}
+	if err := h.Client.Create(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	if run := h.WaitRun(t, ns, "who", rsv1.RunPhaseFinished); run.Status.Result != rsv1.RunResultSuccess {
+		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
+	}
+	h.waitLogsFetched(t, ns, "who")
+	if log, err := h.Logs(ns, "who", "who"); err != nil || !strings.Contains(log, "uid=1000 A=run B=container C=step") {
+		t.Fatalf("log: %v\n%s", err, log)
+	}
+}

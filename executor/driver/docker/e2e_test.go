@@ -485,3 +485,9 @@ func TestFollowLiveLog(t *testing.T) {
 		t.Fatalf("task %s", e2e.TaskStatus(run, "ticker").Phase)
 	}
 }
+
+func TestUserAndEnvironment(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "docker-1")
+	e2e.UserAndEnvironment(t, h, ns)
+}

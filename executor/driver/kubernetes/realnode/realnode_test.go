@@ -293,3 +293,9 @@ func TestBadInputOnRealPods(t *testing.T) {
 	})
 	nothingLeft(t, ns)
 }
+
+func TestUserAndEnvironmentOnRealPods(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "node-1")
+	e2e.UserAndEnvironment(t, h, ns)
+}
