@@ -259,7 +259,6 @@ func (e *Executor) heartbeat(ctx context.Context) error {
 }
 
 func (e *Executor) renew(ctx context.Context) error {
-	now := metav1.NowMicro()
 	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
 	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		lease := &coordinationv1.Lease{}
@@ -272,6 +271,7 @@ func (e *Executor) renew(ctx context.Context) error {
 		if by, claimed := claimedBy(lease, e.opts.Name); claimed && !leaseExpired(lease, time.Now()) {
 			return fmt.Errorf("%w: %s is removing this executor", errRemoved, by)
 		}
+		now := metav1.NowMicro() // as late as possible: siblings judge liveness by it
 		lease.Spec.HolderIdentity = ptr.To(e.opts.Name)
 		lease.Spec.LeaseDurationSeconds = ptr.To(int32(e.opts.LeaseDuration.Seconds()))
 		lease.Spec.RenewTime = &now

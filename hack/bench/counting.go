@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"sort"
@@ -20,10 +21,11 @@ type requests struct {
 	writes    map[string]int
 	conflicts map[string]int // writes answered 409 Conflict, also counted in writes
 	reads     int            // GET and LIST, not WATCH
+	readKinds map[string]int // the reads by kind, e.g. "GET leases", "LIST pods", "GET pods/log"
 }
 
 func newRequests() *requests {
-	return &requests{writes: map[string]int{}, conflicts: map[string]int{}}
+	return &requests{writes: map[string]int{}, conflicts: map[string]int{}, readKinds: map[string]int{}}
 }
 
 // requestCounts is a point-in-time copy of a requests, to subtract from a later one.
@@ -31,12 +33,16 @@ type requestCounts struct {
 	writes    map[string]int
 	conflicts map[string]int
 	reads     int
+	readKinds map[string]int
 }
 
 func (r *requests) snapshot() requestCounts {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c := requestCounts{writes: map[string]int{}, conflicts: map[string]int{}, reads: r.reads}
+	c := requestCounts{writes: map[string]int{}, conflicts: map[string]int{}, reads: r.reads, readKinds: map[string]int{}}
+	for k, v := range r.readKinds {
+		c.readKinds[k] = v
+	}
 	for k, v := range r.writes {
 		c.writes[k] = v
 	}
@@ -48,7 +54,12 @@ func (r *requests) snapshot() requestCounts {
 
 // since returns the requests made after the earlier snapshot.
 func (c requestCounts) since(earlier requestCounts) requestCounts {
-	d := requestCounts{writes: map[string]int{}, conflicts: map[string]int{}, reads: c.reads - earlier.reads}
+	d := requestCounts{writes: map[string]int{}, conflicts: map[string]int{}, reads: c.reads - earlier.reads, readKinds: map[string]int{}}
+	for k, v := range c.readKinds {
+		if n := v - earlier.readKinds[k]; n != 0 {
+			d.readKinds[k] = n
+		}
+	}
 	for k, v := range c.writes {
 		if n := v - earlier.writes[k]; n != 0 {
 			d.writes[k] = n
@@ -101,6 +112,43 @@ func (c requestCounts) breakdown(tasks int) []string {
 	return lines
 }
 
+// resourceWrites is the writes to one resource ("pods", "executortasks/status"), all verbs.
+type resourceWrites struct {
+	resource string
+	writes   int
+}
+
+// byResource sums the writes by resource, most first.
+func (c requestCounts) byResource() []resourceWrites {
+	sums := map[string]int{}
+	for k, v := range c.writes {
+		_, res, _ := strings.Cut(k, " ")
+		sums[res] += v
+	}
+	out := make([]resourceWrites, 0, len(sums))
+	for res, n := range sums {
+		out = append(out, resourceWrites{resource: res, writes: n})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].writes != out[j].writes {
+			return out[i].writes > out[j].writes
+		}
+		return out[i].resource < out[j].resource
+	})
+	return out
+}
+
+// printRequests prints one party's requests: the totals, then the writes by kind, per task.
+func printRequests(out io.Writer, party string, rc requestCounts, tasks int) {
+	fmt.Fprintf(out, "  %s: %d writes (%d conflicts), %d reads (GET/LIST, not watches)\n", party, rc.totalWrites(), rc.totalConflicts(), rc.reads)
+	for _, l := range rc.breakdown(tasks) {
+		fmt.Fprintf(out, "    %s\n", l)
+	}
+	if rc.reads > 0 {
+		fmt.Fprintf(out, "    reads per task: %s\n", rc.readBreakdown(tasks))
+	}
+}
+
 type countingTransport struct {
 	next http.RoundTripper
 	reqs *requests
@@ -119,6 +167,7 @@ func (r *requests) count(req *http.Request, resp *http.Response) {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		if req.URL.Query().Get("watch") != "true" && req.URL.Query().Get("watch") != "1" {
 			r.reads++
+			r.readKinds[readKind(req.URL)]++
 		}
 		return
 	}
@@ -127,6 +176,43 @@ func (r *requests) count(req *http.Request, resp *http.Response) {
 	if resp != nil && resp.StatusCode == http.StatusConflict {
 		r.conflicts[kind]++
 	}
+}
+
+// readKind names a read "GET <resource>" for one object (or its subresource), "LIST <resource>"
+// for a collection.
+func readKind(u *url.URL) string {
+	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if len(parts) > 0 && parts[0] == "api" {
+		parts = parts[min(2, len(parts)):]
+	} else if len(parts) > 0 && parts[0] == "apis" {
+		parts = parts[min(3, len(parts)):]
+	}
+	if len(parts) > 2 && parts[0] == "namespaces" {
+		parts = parts[2:]
+	}
+	if len(parts) <= 1 {
+		return "LIST " + resourceOf(u)
+	}
+	return "GET " + resourceOf(u)
+}
+
+// readBreakdown lists the reads by kind, most first, as "kind n/task".
+func (c requestCounts) readBreakdown(tasks int) string {
+	kinds := make([]string, 0, len(c.readKinds))
+	for k := range c.readKinds {
+		kinds = append(kinds, k)
+	}
+	sort.Slice(kinds, func(i, j int) bool {
+		if c.readKinds[kinds[i]] != c.readKinds[kinds[j]] {
+			return c.readKinds[kinds[i]] > c.readKinds[kinds[j]]
+		}
+		return kinds[i] < kinds[j]
+	})
+	parts := make([]string, 0, len(kinds))
+	for _, k := range kinds {
+		parts = append(parts, fmt.Sprintf("%s %.2f", k, float64(c.readKinds[k])/float64(tasks)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // resourceOf returns "resource" or "resource/subresource" from an API path like

@@ -4,6 +4,10 @@
 //   - baseline: ExecutorTask create + status update, with the executors' concurrency;
 //   - service: runs of three tasks driven to Finished by fake executors that play a fast executor
 //     through the API (Executor + Lease, a watch on their ExecutorTasks, Running then Success);
+//   - kwok (-kwok): three Kubernetes-driver executors of one group, in this process, run fan-out
+//     runs as pods on a node kwok simulates, against the raw pod create rate of the same apiserver;
+//   - docker (-docker): a Docker executor's per-task overhead against raw containers, and fan-out runs/s;
+//   - node (-node, as root): the Kubernetes driver on the real node of hack/node against bare pods;
 //
 // and prints throughput, scheduling latency and API writes per task, by writer.
 package main
@@ -44,6 +48,9 @@ type config struct {
 	profile     string
 	docker      bool
 	dockerTasks int
+	kwok        bool
+	kwokRuns    int
+	node        bool
 }
 
 func main() {
@@ -60,17 +67,23 @@ func main() {
 	flag.StringVar(&c.profile, "profile", "", "write CPU, mutex and block profiles of the service benchmark (manager included) into this directory")
 	flag.BoolVar(&c.docker, "docker", true, "also measure the Docker executor against raw containers (needs a Docker daemon)")
 	flag.IntVar(&c.dockerTasks, "docker-tasks", 20, "one-step tasks timed through the Docker executor, and raw containers timed")
+	flag.BoolVar(&c.kwok, "kwok", true, "also measure the Kubernetes driver: 3 executors in this process, pods on a node kwok simulates, against the raw pod create rate")
+	flag.BoolVar(&c.node, "node", true, "also measure the Kubernetes driver on a real single-node Kubernetes (hack/node; needs root) against bare pods")
+	flag.IntVar(&c.kwokRuns, "kwok-runs", 50, "runs of 10 parallel tasks through the Kubernetes-driver executors (10 with -quick)")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if c.quick && !set["runs"] {
 		c.runs = 20
 	}
+	if c.quick && !set["kwok-runs"] {
+		c.kwokRuns = 10
+	}
 	if c.baselineN == 0 {
 		c.baselineN = max(200, 3*c.runs)
 	}
-	if c.runs < 1 || c.executors < 1 || c.concurrency < 1 || c.submitters < 1 || c.rate < 0 || c.baselineN < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -runs, -executors, -concurrency, -submitters and -baseline-objects must be positive, -rate not negative")
+	if c.runs < 1 || c.executors < 1 || c.concurrency < 1 || c.submitters < 1 || c.rate < 0 || c.baselineN < 1 || c.kwokRuns < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -runs, -executors, -concurrency, -submitters, -baseline-objects and -kwok-runs must be positive, -rate not negative")
 		os.Exit(2)
 	}
 	if err := run(c, os.Stdout); err != nil {
@@ -171,6 +184,14 @@ func run(c config, out io.Writer) (err error) {
 		return err
 	}
 	printService(out, c, svc, before, after)
+	if c.kwok {
+		if err := (&kwokBench{
+			env: env, kube: kube, suffix: suffix, runs: c.kwokRuns, submitters: c.submitters,
+			managerReq: mgrReq, managerExited: mgr.exited,
+		}).run(ctx, out); err != nil {
+			return fmt.Errorf("kwok benchmark: %w", err)
+		}
+	}
 	if c.docker {
 		dns, err := newNamespace(ctx, kube, "bench-docker-"+suffix)
 		if err != nil {
@@ -182,6 +203,15 @@ func run(c config, out io.Writer) (err error) {
 		}
 		if err := (&dockerBench{env: env, ns: dns, tasks: c.dockerTasks, fanRuns: fanRuns}).run(ctx, out); err != nil {
 			return fmt.Errorf("docker benchmark: %w", err)
+		}
+	}
+	if c.node {
+		nns, err := newNamespace(ctx, kube, "bench-node-"+suffix)
+		if err != nil {
+			return err
+		}
+		if err := (&nodeBench{env: env, ns: nns, tasks: c.dockerTasks}).run(ctx, out); err != nil {
+			return fmt.Errorf("real-node benchmark: %w", err)
 		}
 	}
 	return nil
@@ -289,15 +319,9 @@ func printService(out io.Writer, c config, s *serviceResult, before, after *base
 		per(mgrW), per(exW), per(mgrW+exW+subW), per(subW), mgrW+exW+subW)
 	fmt.Fprintf(out, "apiserver write load during the service: %.0f writes/s (the baseline sustained %.0f writes/s)\n",
 		float64(mgrW+exW+subW)/secs, base.writeRate())
-	section := func(title string, rc requestCounts) {
-		fmt.Fprintf(out, "  %s: %d writes (%d conflicts), %d reads (GET/LIST, not watches)\n", title, rc.totalWrites(), rc.totalConflicts(), rc.reads)
-		for _, l := range rc.breakdown(s.tasks) {
-			fmt.Fprintf(out, "    %s\n", l)
-		}
-	}
-	section("manager", s.manager)
-	section("executors", s.executors)
-	section("run submitter", s.submitter)
+	printRequests(out, "manager", s.manager, s.tasks)
+	printRequests(out, "executors", s.executors, s.tasks)
+	printRequests(out, "run submitter", s.submitter, s.tasks)
 
 	names := make([]string, 0, len(s.reconciles))
 	for n := range s.reconciles {

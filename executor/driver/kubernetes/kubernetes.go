@@ -446,23 +446,40 @@ func (d *Driver) Tasks(context.Context) ([]string, error) {
 // once the container ended takes the step results from its termination message.
 func (d *Driver) Mirror(ctx context.Context, uid, dir string) error {
 	for ctx.Err() == nil {
+		changed := d.changes()
 		pod, err := d.pod(ctx, uid)
 		if err != nil {
 			return err
 		}
 		st := d.state(pod)
-		if err := d.follow(ctx, pod, dir); err == nil && !st.Running {
-			return d.terminationResults(pod, dir)
+		if mainStarted(pod) {
+			// Follows to the end of the log; an error (a dropped stream) is retried below.
+			_ = d.follow(ctx, pod, dir)
+			if pod, err = d.pod(ctx, uid); err != nil {
+				return err
+			}
+			st = d.state(pod)
 		}
 		if !st.Running {
 			return d.terminationResults(pod, dir)
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-changed:
+		case <-time.After(2 * time.Second):
 		}
 	}
 	return ctx.Err()
+}
+
+// mainStarted says whether the main container has a log to follow.
+func mainStarted(pod *corev1.Pod) bool {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name == mainName {
+			return cs.State.Running != nil || cs.State.Terminated != nil
+		}
+	}
+	return false
 }
 
 func (d *Driver) follow(ctx context.Context, pod *corev1.Pod, dir string) error {
