@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -158,6 +159,26 @@ type Container struct {
 	// privileged asks for a privileged container; only executors that allow it accept the task.
 	// +optional
 	Privileged *bool `json:"privileged,omitempty"`
+
+	// resources are the container's compute resources (cpu, memory): requests and limits of the pod's
+	// container with the Kubernetes driver, limits of the container with the Docker driver.
+	// +optional
+	Resources *ContainerResources `json:"resources,omitempty"`
+}
+
+// ContainerResources are a container's compute resources.
+type ContainerResources struct {
+	// requests are what the container is guaranteed.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=2
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k == 'cpu' || k == 'memory')",message="only cpu and memory"
+	Requests corev1.ResourceList `json:"requests,omitempty"`
+
+	// limits are the most the container may use.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=2
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k == 'cpu' || k == 'memory')",message="only cpu and memory"
+	Limits corev1.ResourceList `json:"limits,omitempty"`
 }
 
 // IsPrivileged reports whether the container asks to be privileged.

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -257,13 +259,17 @@ func StopAndTimeout(t *testing.T, h *Harness, ns string) {
 	}
 }
 
-// UserAndEnvironment: a task runs as the container's user, with the run's environment, then the
-// container's, then the step's.
+// UserAndEnvironment: a task runs as the container's user, within its resources, with the run's
+// environment, then the container's, then the step's.
 func UserAndEnvironment(t *testing.T, h *Harness, ns string) {
 	task := ShellTask("who", `echo "uid=$(id -u) A=$A B=$B C=$C"`, func(t *rsv1.Task) {
 		t.Containers[0].User = ptr.To("1000")
 		t.Containers[0].Env = []rsv1.EnvVar{{Name: "B", Value: "container"}, {Name: "C", Value: "container"}}
 		t.Steps[0].Run.Env = []rsv1.EnvVar{{Name: "C", Value: "step"}}
+		t.Containers[0].Resources = &rsv1.ContainerResources{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("32Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		}
 	})
 	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "who", Namespace: ns}, Spec: rsv1.RunSpec{
 		Environment: []rsv1.EnvVar{{Name: "A", Value: "run"}, {Name: "B", Value: "run"}, {Name: "C", Value: "run"}},

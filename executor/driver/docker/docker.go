@@ -17,6 +17,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -98,7 +99,8 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		},
 		Privileged: main.IsPrivileged(),
 		// An init as PID 1 reaps what the steps leave behind.
-		Init: ptr.To(true),
+		Init:      ptr.To(true),
+		Resources: limits(&main),
 	}
 	created, err := d.client.ContainerCreate(ctx, cfg, host, nil, nil, containerName(t.ExecutorTask, 0))
 	if err != nil {
@@ -120,7 +122,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		if svc.User != nil {
 			cfg.User = *svc.User
 		}
-		host := &container.HostConfig{NetworkMode: container.NetworkMode("container:" + created.ID), Privileged: svc.IsPrivileged()}
+		host := &container.HostConfig{NetworkMode: container.NetworkMode("container:" + created.ID), Privileged: svc.IsPrivileged(), Resources: limits(&svc)}
 		sc, err := d.client.ContainerCreate(ctx, cfg, host, nil, nil, containerName(t.ExecutorTask, i+1))
 		if err != nil {
 			return fmt.Errorf("creating service container %d (image %s): %w", i+1, svc.Image, err)
@@ -130,6 +132,21 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		}
 	}
 	return t.Started()
+}
+
+// limits maps a container's cpu and memory limits to Docker's.
+func limits(c *rsv1.Container) container.Resources {
+	var r container.Resources
+	if c.Resources == nil {
+		return r
+	}
+	if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+		r.Memory = q.Value()
+	}
+	if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+		r.NanoCPUs = q.MilliValue() * 1_000_000
+	}
+	return r
 }
 
 func containerName(et *rsv1.ExecutorTask, i int) string {

@@ -225,6 +225,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 				Env:             env,
 				VolumeMounts:    append(slices.Clone(mounts), corev1.VolumeMount{Name: "task", MountPath: taskDir, ReadOnly: true}),
 				SecurityContext: mainSC,
+				Resources:       resources(&main),
 			}},
 		},
 	}
@@ -240,6 +241,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 			Command:         svc.Command,
 			RestartPolicy:   ptr.To(corev1.ContainerRestartPolicyAlways), // a native sidecar
 			SecurityContext: sc,
+			Resources:       resources(&svc),
 		}
 		for _, e := range append(slices.Clone(et.Spec.Environment), svc.Env...) {
 			c.Env = append(c.Env, corev1.EnvVar{Name: e.Name, Value: e.Value})
@@ -250,6 +252,13 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		return fmt.Errorf("creating the task's pod: %w", err)
 	}
 	return t.Started()
+}
+
+func resources(c *rsv1.Container) corev1.ResourceRequirements {
+	if c.Resources == nil {
+		return corev1.ResourceRequirements{}
+	}
+	return corev1.ResourceRequirements{Requests: c.Resources.Requests, Limits: c.Resources.Limits}
 }
 
 func hasRestore(tf *toolbox.TaskFile) bool {
