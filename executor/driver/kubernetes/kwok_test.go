@@ -18,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -210,7 +212,17 @@ type podWatch struct {
 func watchPods(t *testing.T, ns string) *podWatch {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w, err := kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
+	// A retry watcher resumes where it was if the apiserver closes the watch (under load it drops
+	// watchers that fall behind): the count must see every pod of the test.
+	list, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, &cache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return kube.CoreV1().Pods(ns).Watch(ctx, o)
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +244,7 @@ func watchPods(t *testing.T, ns string) *podWatch {
 			pw.mu.Unlock()
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); w.Stop(); <-done })
 	return pw
 }
 
