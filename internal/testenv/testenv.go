@@ -83,6 +83,7 @@ func Start() (*Env, error) {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		_ = env.Stop() // a failed CRD or webhook install leaves etcd and the apiserver running
 		return nil, fmt.Errorf("starting the control plane: %w", err)
 	}
 	admin, err := env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, cfg)
