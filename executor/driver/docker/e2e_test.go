@@ -1,16 +1,13 @@
 package docker_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -163,81 +160,16 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	t.Fatalf("timed out after %v waiting for %s", timeout, what)
 }
 
-// executorProc is an executor process.
-type executorProc struct {
-	t       *testing.T
-	name    string
-	ns      string
-	args    []string
-	cmd     *exec.Cmd
-	out     *bytes.Buffer
-	dataDir string
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// startExecutor starts an executor process and waits until its Executor is Ready.
-func startExecutor(t *testing.T, ns, name string, extra ...string) *executorProc {
+// startExecutor starts a Docker executor process and waits until its Executor is Ready.
+func startExecutor(t *testing.T, ns, name string, extra ...string) *e2e.Executor {
 	t.Helper()
-	port := freePort(t)
-	p := &executorProc{t: t, name: name, ns: ns, dataDir: filepath.Join(t.TempDir(), "data")}
-	p.args = append([]string{
-		"--name", name, "--namespace", ns,
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"--data-dir", p.dataDir,
+	return h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name, append([]string{
+		"--listen", e2e.FreeAddr(t, "127.0.0.1"),
+		"--data-dir", filepath.Join(t.TempDir(), "data"),
 		"--toolbox", filepath.Join(bins, "toolbox"),
 		"--object-store", storeURL,
 		"--lease-duration", "4s", "--renew-interval", "1s",
-	}, extra...)
-	p.start()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("executor %s output:\n%s", name, p.out.String())
-		}
-	})
-	return p
-}
-
-func (p *executorProc) start() {
-	p.t.Helper()
-	p.out = &bytes.Buffer{}
-	p.cmd = exec.Command(filepath.Join(bins, "executor"), p.args...)
-	p.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-	eventually(p.t, 30*time.Second, "executor "+p.name+" registered", func() bool {
-		ex := &rsv1.Executor{}
-		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: p.ns, Name: p.name}, ex)
-		return err == nil && ex.DeletionTimestamp == nil && readyExecutor(ex)
-	})
-}
-
-func readyExecutor(ex *rsv1.Executor) bool {
-	for _, c := range ex.Status.Conditions {
-		if c.Type == rsv1.ConditionReady && c.Status == metav1.ConditionTrue {
-			return true
-		}
-	}
-	return false
-}
-
-// kill kills the executor with SIGKILL, as a crash would.
-func (p *executorProc) kill() {
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		_ = p.cmd.Wait()
-		p.cmd = nil
-	}
+	}, extra...)...)
 }
 
 // containersOf lists the containers of an executor's tasks.
@@ -378,12 +310,12 @@ func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
 		ts := e2e.TaskStatus(h.Run(t, ns, "adopt"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
-	p.kill()
+	p.Kill()
 	time.Sleep(2 * time.Second)
 	if ts := e2e.TaskStatus(h.Run(t, ns, "adopt"), "long"); ts.Phase != rsv1.TaskPhaseRunning {
 		t.Fatalf("while the executor is down the task is %s, want Running", ts.Phase)
 	}
-	p.start()
+	p.Start()
 	run := h.WaitRun(t, ns, "adopt", rsv1.RunPhaseFinished)
 	if run.Status.Result != rsv1.RunResultSuccess {
 		t.Fatalf("result %s: %+v", run.Status.Result, run.Status.Tasks)
@@ -415,7 +347,7 @@ func TestExecutorKilledThenDeleted(t *testing.T) {
 		ts := e2e.TaskStatus(h.Run(t, ns, "orphan"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
-	p.kill()
+	p.Kill()
 	if out, err := h.KubectlRun(ns, "delete", "executor", "gone"); err != nil {
 		t.Fatalf("kubectl delete executor: %v\n%s", err, out)
 	}
@@ -423,7 +355,7 @@ func TestExecutorKilledThenDeleted(t *testing.T) {
 	if ts := e2e.TaskStatus(run, "long"); ts.Phase != rsv1.TaskPhaseFailed || ts.Reason != rsv1.ReasonExecutorRemoved {
 		t.Fatalf("task: %+v", ts)
 	}
-	p.start()
+	p.Start()
 	waitNoContainers(t, "gone")
 }
 

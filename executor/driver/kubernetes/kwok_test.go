@@ -1,15 +1,12 @@
 package kubernetes_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
 	"runservice.dev/runservice/internal/testenv"
 )
@@ -40,6 +38,7 @@ var (
 	kwok       *testenv.Kwok
 	bins       string
 	kubeconfig string
+	h          *e2e.Harness
 	nsCount    int
 )
 
@@ -77,6 +76,7 @@ func testMain(m *testing.M) int {
 	if kube, err = kubernetes.NewForConfig(env.Config); err != nil {
 		return fail(err)
 	}
+	h = &e2e.Harness{Client: k8s, Kubeconfig: kubeconfig, Timeout: time.Minute}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if kwok, err = env.StartKwok(ctx, filepath.Join(tmp, "kwok")); err != nil {
@@ -132,75 +132,14 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	t.Fatalf("timed out after %v waiting for %s", timeout, what)
 }
 
-type executorProc struct {
-	t    *testing.T
-	name string
-	ns   string
-	args []string
-	cmd  *exec.Cmd
-	out  *bytes.Buffer
-}
-
-func startExecutor(t *testing.T, ns, name string) *executorProc {
+func startExecutor(t *testing.T, ns, name string) *e2e.Executor {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	p := &executorProc{t: t, name: name, ns: ns, args: []string{
-		"--driver", "Kubernetes", "--group", "kwok", "--name", name, "--namespace", ns,
-		"--node-name", kwok.Node, "--listen", addr, "--endpoint", "http://" + addr,
+	addr := e2e.FreeAddr(t, "127.0.0.1")
+	return h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name,
+		"--driver", "Kubernetes", "--group", "kwok", "--node-name", kwok.Node,
+		"--listen", addr, "--endpoint", "http://"+addr,
 		"--data-dir", filepath.Join(t.TempDir(), "data"), "--object-store", "",
-		"--lease-duration", "4s", "--renew-interval", "1s",
-	}}
-	p.start()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("executor %s output (tail):\n%s", name, tail(p.out.String(), 4000))
-		}
-	})
-	return p
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-func (p *executorProc) start() {
-	p.t.Helper()
-	p.out = &bytes.Buffer{}
-	p.cmd = exec.Command(filepath.Join(bins, "executor"), p.args...)
-	p.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-	eventually(p.t, 30*time.Second, "executor "+p.name+" ready", func() bool {
-		ex := &rsv1.Executor{}
-		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: p.ns, Name: p.name}, ex); err != nil {
-			return false
-		}
-		for _, c := range ex.Status.Conditions {
-			if c.Type == rsv1.ConditionReady && c.Status == metav1.ConditionTrue {
-				return true
-			}
-		}
-		return false
-	})
-}
-
-func (p *executorProc) kill() {
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		_ = p.cmd.Wait()
-		p.cmd = nil
-	}
+		"--lease-duration", "4s", "--renew-interval", "1s")
 }
 
 // podWatch records, for the whole test, every pod created per task (run/task).
@@ -342,7 +281,7 @@ func TestThousandTasksAcrossThreeExecutors(t *testing.T) {
 func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	ns := newNamespace(t)
 	pw := watchPods(t, ns)
-	procs := map[string]*executorProc{}
+	procs := map[string]*e2e.Executor{}
 	for _, name := range []string{"ga", "gb", "gc"} {
 		procs[name] = startExecutor(t, ns, name)
 	}
@@ -366,11 +305,11 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	})
 	victim, survivorRestart := "gb", "gc"
 
-	procs[victim].kill()
+	procs[victim].Kill()
 	killedAt := time.Now()
 	// Meanwhile, gc restarts with its identity, before its Lease can expire.
-	procs[survivorRestart].kill()
-	procs[survivorRestart].start()
+	procs[survivorRestart].Kill()
+	procs[survivorRestart].Start()
 
 	eventually(t, time.Minute, "the dead member's Executor removed by a sibling", func() bool {
 		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: victim}, &rsv1.Executor{})

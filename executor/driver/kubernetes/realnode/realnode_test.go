@@ -4,7 +4,6 @@
 package realnode_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -172,50 +170,15 @@ func newNamespace(t *testing.T) string {
 // startExecutor starts a Kubernetes-driver executor process for the namespace and waits until it is Ready.
 func startExecutor(t *testing.T, ns, name string, extra ...string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	args := append([]string{
-		"--driver", "Kubernetes", "--group", "real", "--name", name, "--namespace", ns,
+	addr := e2e.FreeAddr(t, "0.0.0.0")
+	_, port, _ := net.SplitHostPort(addr)
+	h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name, append([]string{
+		"--driver", "Kubernetes", "--group", "real",
 		"--node-name", nodeName, "--image-pull-policy", "Never", "--toolbox-image", "runservice-toolbox:dev",
-		"--listen", fmt.Sprintf("0.0.0.0:%d", port), "--endpoint", fmt.Sprintf("http://127.0.0.1:%d", port),
-		"--pod-endpoint", fmt.Sprintf("http://%s:%d", podGateway, port),
+		"--listen", addr, "--endpoint", "http://127.0.0.1:" + port, "--pod-endpoint", "http://" + podGateway + ":" + port,
 		"--data-dir", filepath.Join(t.TempDir(), "data"), "--object-store", storeURL,
 		"--lease-duration", "6s", "--renew-interval", "1s",
-	}, extra...)
-	out := &bytes.Buffer{}
-	cmd := exec.Command(filepath.Join(bins, "executor"), args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			s := out.String()
-			if len(s) > 6000 {
-				s = s[len(s)-6000:]
-			}
-			t.Logf("executor %s output (tail):\n%s", name, s)
-		}
-	})
-	h.Eventually(t, "executor "+name+" ready", func() bool {
-		ex := &rsv1.Executor{}
-		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, ex); err != nil {
-			return false
-		}
-		for _, c := range ex.Status.Conditions {
-			if c.Type == rsv1.ConditionReady && c.Status == metav1.ConditionTrue {
-				return true
-			}
-		}
-		return false
-	})
+	}, extra...)...)
 }
 
 // nothingLeft checks that the namespace has no task pods or secrets once its runs ended.

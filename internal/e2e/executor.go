@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+)
+
+// Executor is an executor process started from the built binary, as a user would run it.
+type Executor struct {
+	t    *testing.T
+	h    *Harness
+	bin  string
+	args []string
+	Name string
+	NS   string
+
+	mu  sync.Mutex
+	out *bytes.Buffer
+	cmd *exec.Cmd
+}
+
+// StartExecutor starts the executor binary bin as --name name --namespace ns with args, and waits
+// until its Executor is Ready. The test's cleanup kills it, and shows the tail of its log if the
+// test failed.
+func (h *Harness) StartExecutor(t *testing.T, bin, ns, name string, args ...string) *Executor {
+	t.Helper()
+	e := &Executor{t: t, h: h, bin: bin, Name: name, NS: ns, args: append([]string{"--name", name, "--namespace", ns}, args...)}
+	e.Start()
+	t.Cleanup(func() {
+		e.Kill()
+		if t.Failed() {
+			s := e.out.String()
+			if len(s) > 6000 {
+				s = s[len(s)-6000:]
+			}
+			t.Logf("executor %s log (tail):\n%s", name, s)
+		}
+	})
+	return e
+}
+
+// Start (re)starts the process and waits until its Executor is Ready.
+func (e *Executor) Start() {
+	e.t.Helper()
+	e.mu.Lock()
+	e.out = &bytes.Buffer{}
+	e.cmd = exec.Command(e.bin, e.args...)
+	e.cmd.Env = append(os.Environ(), "KUBECONFIG="+e.h.Kubeconfig)
+	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
+	err := e.cmd.Start()
+	e.mu.Unlock()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.h.Eventually(e.t, "executor "+e.Name+" ready", func() bool {
+		ex := &rsv1.Executor{}
+		if err := e.h.Client.Get(context.Background(), client.ObjectKey{Namespace: e.NS, Name: e.Name}, ex); err != nil || ex.DeletionTimestamp != nil {
+			return false
+		}
+		for _, c := range ex.Status.Conditions {
+			if c.Type == rsv1.ConditionReady && c.Status == metav1.ConditionTrue {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// Kill kills the process with SIGKILL, as a crash would.
+func (e *Executor) Kill() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cmd != nil && e.cmd.Process != nil {
+		_ = e.cmd.Process.Signal(syscall.SIGKILL)
+		_ = e.cmd.Wait()
+		e.cmd = nil
+	}
+}
+
+// FreeAddr returns host:port of a free TCP port on host.
+func FreeAddr(t *testing.T, host string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
