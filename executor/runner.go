@@ -191,6 +191,10 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 		}
 	}
 	switch {
+	case errors.Is(waitErr, ErrNotFound) && stopped:
+		// Stopped before it ran anywhere (a pod not yet on a node is simply removed).
+		phase, msg = rsv1.TaskPhaseStopped, "stopped"
+		endRunning(rsv1.StepPhaseStopped)
 	case errors.Is(waitErr, ErrNotFound):
 		phase, msg = rsv1.TaskPhaseFailed, "container lost: the task's container disappeared while it ran"
 		endRunning(rsv1.StepPhaseFailed)
