@@ -251,7 +251,7 @@ func (e *Executor) heartbeat(ctx context.Context) error {
 		if err := e.renew(ctx); errors.Is(err, errRemoved) {
 			e.removeAll(ctx)
 			return err
-		} else if err != nil {
+		} else if err != nil && ctx.Err() == nil {
 			ctrl.LoggerFrom(ctx).Error(err, "renewing lease")
 		}
 		e.reapGroup(ctx)

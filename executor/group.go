@@ -41,7 +41,9 @@ func (e *Executor) reapGroup(ctx context.Context) {
 	log := ctrl.LoggerFrom(ctx)
 	var list rsv1.ExecutorList
 	if err := e.reader.List(ctx, &list, client.InNamespace(e.opts.Namespace)); err != nil {
-		log.Error(err, "listing the group's executors")
+		if ctx.Err() == nil {
+			log.Error(err, "listing the group's executors")
+		}
 		return
 	}
 	now := time.Now()
