@@ -215,21 +215,35 @@ func TestExecutorSelectionAndNoExecutor(t *testing.T) {
 	sel := task("fast", func(t *rsv1.Task) {
 		t.ExecutorSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "fast"}}
 	})
-	priv := task("priv", func(t *rsv1.Task) { t.Containers[0].Privileged = ptr.To(true) })
-	createRun(t, newRun(ns, "sel", sel, priv))
+	createRun(t, newRun(ns, "sel", sel))
 	eventually(t, 30*time.Second, "Scheduled=False with a reason", func() (bool, error) {
 		c := meta.FindStatusCondition(getRun(t, ns, "sel").Status.Conditions, controllers.ConditionScheduled)
-		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == rsv1.ReasonNoExecutor, nil
+		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == rsv1.ReasonNoExecutor &&
+			strings.Contains(c.Message, "executorSelector does not match"), nil
 	})
 	noTask(t, ns, "sel", "fast")
-	noTask(t, ns, "sel", "priv")
 	startExecutor(t, ns, "fast-1", func(e *rsv1.Executor) { e.Labels = map[string]string{"pool": "fast"} })
-	startExecutor(t, ns, "priv-1", func(e *rsv1.Executor) { e.Spec.AllowPrivilegedContainers = true })
 	if et := waitTask(t, ns, "sel", "fast"); et.Spec.Executor != "fast-1" {
 		t.Fatalf("fast task on %s, want fast-1", et.Spec.Executor)
 	}
-	if et := waitTask(t, ns, "sel", "priv"); et.Spec.Executor != "priv-1" {
-		t.Fatalf("privileged task on %s, want priv-1", et.Spec.Executor)
+}
+
+// TestPrivilegedTasks: a privileged task goes to an executor that allows privileged containers; when
+// none does, it goes to one that refuses it, where it fails with a clear message, instead of waiting.
+func TestPrivilegedTasks(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "plain")
+	priv := func(name string) rsv1.Task {
+		return task(name, func(t *rsv1.Task) { t.Containers[0].Privileged = ptr.To(true) })
+	}
+	createRun(t, newRun(ns, "refused", priv("priv")))
+	if et := waitTask(t, ns, "refused", "priv"); et.Spec.Executor != "plain" {
+		t.Fatalf("privileged task on %s, want the only executor, plain", et.Spec.Executor)
+	}
+	startExecutor(t, ns, "priv-1", func(e *rsv1.Executor) { e.Spec.AllowPrivilegedContainers = true })
+	createRun(t, newRun(ns, "allowed", priv("priv")))
+	if et := waitTask(t, ns, "allowed", "priv"); et.Spec.Executor != "priv-1" {
+		t.Fatalf("privileged task on %s, want priv-1 which allows it", et.Spec.Executor)
 	}
 }
 

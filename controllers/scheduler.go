@@ -81,8 +81,11 @@ func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task)
 	}
 	privileged := slices.ContainsFunc(task.Containers, func(c rsv1.Container) bool { return c.IsPrivileged() })
 	now := time.Now()
-	var best *rsv1.Executor
-	bestLoad := 0
+	// Executors that refuse privileged containers are the fallback of a privileged task: when no live
+	// executor allows them, the task goes to one that refuses it, and fails there with the executor's
+	// clear message instead of waiting for an executor that may never come.
+	var best, fallback *rsv1.Executor
+	bestLoad, fallbackLoad := 0, 0
 	rejected := map[string]int{}
 	for i := range list.Items {
 		ex := &list.Items[i]
@@ -96,10 +99,8 @@ func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task)
 		case sel != nil && !sel.Matches(labels.Set(ex.Labels)):
 			rejected["executorSelector does not match"]++
 			continue
-		case privileged && !ex.Spec.AllowPrivilegedContainers:
-			rejected["privileged containers not allowed"]++
-			continue
 		}
+		refuses := privileged && !ex.Spec.AllowPrivilegedContainers
 		live, err := s.live(ctx, ex, now)
 		if err != nil {
 			return nil, err
@@ -116,9 +117,17 @@ func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task)
 			rejected["at activeTasksLimit"]++
 			continue
 		}
-		if best == nil || load < bestLoad || load == bestLoad && ex.Name < best.Name {
+		switch {
+		case refuses:
+			if fallback == nil || load < fallbackLoad || load == fallbackLoad && ex.Name < fallback.Name {
+				fallback, fallbackLoad = ex, load
+			}
+		case best == nil || load < bestLoad || load == bestLoad && ex.Name < best.Name:
 			best, bestLoad = ex, load
 		}
+	}
+	if best == nil && fallback != nil {
+		return fallback, nil
 	}
 	if best == nil {
 		var why []string

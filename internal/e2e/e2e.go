@@ -286,3 +286,19 @@ func UserAndEnvironment(t *testing.T, h *Harness, ns string) {
 		t.Fatalf("log: %v\n%s", err, log)
 	}
 }
+
+// PrivilegedRefused: a privileged task on an executor that does not allow privileged containers (the
+// only one there is) fails with a message that says so, and starts nothing.
+func PrivilegedRefused(t *testing.T, h *Harness, ns, executor string, opts ...func(*rsv1.Task)) {
+	opts = append(opts, func(t *rsv1.Task) { t.Containers[0].Privileged = ptr.To(true) })
+	h.Create(t, ns, "privileged", ShellTask("priv", "true", opts...))
+	run := h.WaitRun(t, ns, "privileged", rsv1.RunPhaseFinished)
+	ts := TaskStatus(run, "priv")
+	if run.Status.Result != rsv1.RunResultFailed || ts.Phase != rsv1.TaskPhaseFailed ||
+		!strings.Contains(ts.Message, "privileged containers are not allowed on executor "+executor) {
+		t.Fatalf("privileged task: %s %+v", run.Status.Result, ts)
+	}
+	if len(ts.Steps) > 0 && ts.Steps[0].Phase != rsv1.StepPhaseNotStarted {
+		t.Fatalf("the refused task ran a step: %+v", ts.Steps)
+	}
+}

@@ -243,11 +243,8 @@ func TestBadInputFailsClearly(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "docker-1")
 	noImage := e2e.ShellTask("noimage", "true", func(t *rsv1.Task) { t.Containers[0].Image = "no-such-image.invalid/nothing:1" })
-	priv := e2e.ShellTask("priv", "true", func(t *rsv1.Task) { t.Containers[0].Privileged = ptr.To(true) })
 	noShell := e2e.ShellTask("noshell", "true", func(t *rsv1.Task) { t.Steps[0].Run.Shell = ptr.To("/bin/bash") })
 	h.Create(t, ns, "bad", noImage, noShell)
-	// A privileged task finds no executor that allows it: the run says so and waits.
-	h.Create(t, ns, "privileged", priv)
 	run := h.WaitRun(t, ns, "bad", rsv1.RunPhaseFinished)
 	if ts := e2e.TaskStatus(run, "noimage"); ts.Phase != rsv1.TaskPhaseFailed || !strings.Contains(ts.Message, "no-such-image.invalid/nothing:1") {
 		t.Fatalf("missing image: %+v", ts)
@@ -255,14 +252,7 @@ func TestBadInputFailsClearly(t *testing.T) {
 	if ts := e2e.TaskStatus(run, "noshell"); ts.Phase != rsv1.TaskPhaseFailed || ts.Steps[0].ExitCode == nil || *ts.Steps[0].ExitCode != 127 || !strings.Contains(ts.Message, "/bin/bash") {
 		t.Fatalf("missing shell: %+v", ts)
 	}
-	eventually(t, 30*time.Second, "the privileged run explains why it waits", func() bool {
-		for _, c := range h.Run(t, ns, "privileged").Status.Conditions {
-			if c.Type == "Scheduled" && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "privileged containers not allowed") {
-				return true
-			}
-		}
-		return false
-	})
+	e2e.PrivilegedRefused(t, h, ns, "docker-1")
 	waitNoContainers(t, "docker-1")
 }
 

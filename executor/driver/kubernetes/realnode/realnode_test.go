@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -221,8 +220,8 @@ func TestStopAndTimeoutOnRealPods(t *testing.T) {
 	nothingLeft(t, ns)
 }
 
-// TestBadInputOnRealPods: an image that cannot be pulled and a pod its node refuses (impossible node
-// selector) are clear task failures; a privileged task finds no executor that allows it. Nothing is
+// TestBadInputOnRealPods: an image that cannot be pulled, a pod its node refuses (impossible node
+// selector) and a privileged task on an executor that refuses it are clear task failures. Nothing is
 // left behind.
 func TestBadInputOnRealPods(t *testing.T) {
 	ns := newNamespace(t)
@@ -236,8 +235,6 @@ func TestBadInputOnRealPods(t *testing.T) {
 		t.ExecutorSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "nowhere"}}
 	})
 	h.Create(t, ns, "bad", noImage, nowhere)
-	priv := e2e.ShellTask("priv", "true", func(t *rsv1.Task) { t.Containers[0].Privileged = ptr.To(true) })
-	h.Create(t, ns, "privileged", priv)
 	run := h.WaitRun(t, ns, "bad", rsv1.RunPhaseFinished)
 	if ts := e2e.TaskStatus(run, "noimage"); ts.Phase != rsv1.TaskPhaseFailed || !strings.Contains(ts.Message, "no-such-image.invalid/nothing:1") {
 		t.Fatalf("missing image: %+v", ts)
@@ -246,13 +243,8 @@ func TestBadInputOnRealPods(t *testing.T) {
 		t.Fatalf("impossible node selector: %+v", ts)
 	}
 	t.Logf("missing image: %q; impossible node selector: %q", e2e.TaskStatus(run, "noimage").Message, e2e.TaskStatus(run, "nowhere").Message)
-	h.Eventually(t, "the privileged run explains why it waits", func() bool {
-		for _, c := range h.Run(t, ns, "privileged").Status.Conditions {
-			if c.Type == "Scheduled" && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "privileged containers not allowed") {
-				return true
-			}
-		}
-		return false
+	e2e.PrivilegedRefused(t, h, ns, "node-1", func(t *rsv1.Task) {
+		t.ExecutorSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "main"}}
 	})
 	nothingLeft(t, ns)
 }
