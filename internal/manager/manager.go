@@ -6,20 +6,25 @@ package manager
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/controllers"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/webhookcert"
 )
 
 // Options configure the manager process.
@@ -37,6 +42,12 @@ type Options struct {
 	ObjectStore string
 	// SkipNameValidation allows several managers in one process (tests restart the manager).
 	SkipNameValidation bool
+	// WebhookCertSecret, when set, makes the manager keep the webhook's certificate itself (in that
+	// Secret of Namespace, for WebhookService) instead of reading one provided in WebhookCertDir.
+	WebhookCertSecret    string
+	WebhookService       string
+	WebhookConfiguration string
+	Namespace            string
 }
 
 // Scheme returns the scheme of every kind the manager uses.
@@ -62,7 +73,25 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		RenewDeadline:                 &renewDeadline,
 		Controller:                    config.Controller{SkipNameValidation: &opts.SkipNameValidation},
 	}
+	var certs *webhookcert.Manager
 	if opts.WebhookPort != 0 {
+		if opts.WebhookCertSecret != "" {
+			if opts.WebhookCertDir == "" {
+				opts.WebhookCertDir = filepath.Join(os.TempDir(), "runservice-webhook-certs")
+			}
+			c, err := client.New(cfg, client.Options{Scheme: Scheme()})
+			if err != nil {
+				return nil, err
+			}
+			certs = &webhookcert.Manager{
+				Client: c, Namespace: opts.Namespace, Secret: opts.WebhookCertSecret, Service: opts.WebhookService,
+				WebhookConfiguration: opts.WebhookConfiguration, CertDir: opts.WebhookCertDir,
+			}
+			// Before the webhook server starts: it needs the files.
+			if err := certs.Ensure(ctx); err != nil {
+				return nil, fmt.Errorf("providing the webhook certificate: %w", err)
+			}
+		}
 		mopts.WebhookServer = webhook.NewServer(webhook.Options{Host: opts.WebhookHost, Port: opts.WebhookPort, CertDir: opts.WebhookCertDir})
 		opts.Controllers.Webhook = true
 	}
@@ -81,6 +110,13 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 	if err := controllers.SetupWithManager(ctx, mgr, opts.Controllers); err != nil {
 		return nil, err
 	}
+	if certs != nil {
+		// Every replica renews: the webhook server of each one serves.
+		renew := manager.RunnableFunc(func(ctx context.Context) error { return certs.Run(ctx, 12*time.Hour) })
+		if err := mgr.Add(nonLeader{renew}); err != nil {
+			return nil, err
+		}
+	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return nil, fmt.Errorf("adding health check: %w", err)
 	}
@@ -93,3 +129,8 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 	}
 	return mgr, nil
 }
+
+// nonLeader runs a runnable on every replica, not only the leader.
+type nonLeader struct{ manager.Runnable }
+
+func (nonLeader) NeedLeaderElection() bool { return false }

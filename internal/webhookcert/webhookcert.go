@@ -1,0 +1,261 @@
+// Package webhookcert lets the manager serve its webhook without cert-manager: it keeps a CA and a
+// serving certificate in a Secret (shared by all replicas, created by the first), writes them where
+// the webhook server reads them (controller-runtime reloads changed files), points the
+// ValidatingWebhookConfiguration's caBundle at the CA, and renews the certificates before they expire.
+package webhookcert
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Keys of the Secret.
+const (
+	caCertKey = "ca.crt"
+	caKeyKey  = "ca.key"
+	certKey   = corev1.TLSCertKey
+	keyKey    = corev1.TLSPrivateKeyKey
+)
+
+// Validity of the certificates, and how long before their end they are renewed.
+const (
+	validity    = 365 * 24 * time.Hour
+	renewBefore = 30 * 24 * time.Hour
+)
+
+// Manager keeps the webhook's certificates.
+type Manager struct {
+	// Client reads live and writes.
+	Client client.Client
+	// Namespace and Secret hold the certificates; Service is the webhook's Service in Namespace.
+	Namespace, Secret, Service string
+	// WebhookConfiguration is the ValidatingWebhookConfiguration whose caBundle is kept.
+	WebhookConfiguration string
+	// CertDir is where tls.crt and tls.key are written for the webhook server.
+	CertDir string
+}
+
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;create;update
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;list;watch;update;patch
+
+// Ensure makes the certificates valid, written and trusted. It is safe to run from every replica.
+func (m *Manager) Ensure(ctx context.Context) error {
+	secret, err := m.secret(ctx)
+	if err != nil {
+		return err
+	}
+	for k, name := range map[string]string{certKey: "tls.crt", keyKey: "tls.key"} {
+		if err := writeIfChanged(filepath.Join(m.CertDir, name), secret.Data[k]); err != nil {
+			return err
+		}
+	}
+	return m.patchCABundle(ctx, secret.Data[caCertKey])
+}
+
+// Run renews the certificates (Ensure) every interval until ctx ends.
+func (m *Manager) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := m.Ensure(ctx); err != nil {
+				ctrl.LoggerFrom(ctx).Error(err, "renewing the webhook certificate")
+			}
+		}
+	}
+}
+
+// secret returns the Secret with valid certificates, creating or renewing it.
+func (m *Manager) secret(ctx context.Context) (*corev1.Secret, error) {
+	key := types.NamespacedName{Namespace: m.Namespace, Name: m.Secret}
+	s := &corev1.Secret{}
+	err := m.Client.Get(ctx, key, s)
+	switch {
+	case apierrors.IsNotFound(err):
+		s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: m.Secret, Namespace: m.Namespace}, Type: corev1.SecretTypeTLS}
+		if s.Data, err = m.issue(nil); err != nil {
+			return nil, err
+		}
+		if err := m.Client.Create(ctx, s); apierrors.IsAlreadyExists(err) {
+			return m.secret(ctx) // another replica was first: use its certificates
+		} else if err != nil {
+			return nil, fmt.Errorf("creating secret %s: %w", key, err)
+		}
+		return s, nil
+	case err != nil:
+		return nil, fmt.Errorf("reading secret %s: %w", key, err)
+	}
+	if m.valid(s.Data) {
+		return s, nil
+	}
+	if s.Data, err = m.issue(s.Data); err != nil {
+		return nil, err
+	}
+	if err := m.Client.Update(ctx, s); apierrors.IsConflict(err) {
+		return m.secret(ctx)
+	} else if err != nil {
+		return nil, fmt.Errorf("renewing secret %s: %w", key, err)
+	}
+	return s, nil
+}
+
+func (m *Manager) dnsNames() []string {
+	return []string{m.Service + "." + m.Namespace + ".svc", m.Service + "." + m.Namespace + ".svc.cluster.local"}
+}
+
+// valid reports whether the serving certificate is signed by the CA, names the Service, and is far
+// from its end.
+func (m *Manager) valid(data map[string][]byte) bool {
+	pair, err := tls.X509KeyPair(data[certKey], data[keyKey])
+	if err != nil {
+		return false
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return false
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(data[caCertKey]) {
+		return false
+	}
+	_, err = cert.Verify(x509.VerifyOptions{DNSName: m.dnsNames()[0], Roots: roots, CurrentTime: time.Now().Add(renewBefore)})
+	return err == nil
+}
+
+// issue makes a serving certificate, signed by the existing CA when it is still good, else by a new one.
+func (m *Manager) issue(old map[string][]byte) (map[string][]byte, error) {
+	caCert, caKey, err := parseCA(old)
+	if err != nil || time.Until(caCert.NotAfter) < renewBefore {
+		if caCert, caKey, err = newCA(); err != nil {
+			return nil, err
+		}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: m.dnsNames()[0]},
+		DNSNames:     m.dnsNames(),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("signing the serving certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	caKeyDER, err := x509.MarshalECPrivateKey(caKey)
+	if err != nil {
+		return nil, err
+	}
+	return map[string][]byte{
+		caCertKey: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}),
+		caKeyKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: caKeyDER}),
+		certKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		keyKey:    pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+	}, nil
+}
+
+func newCA() (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "runservice webhook CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(2 * validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("making the webhook CA: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	return cert, key, err
+}
+
+func parseCA(data map[string][]byte) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	cb, _ := pem.Decode(data[caCertKey])
+	kb, _ := pem.Decode(data[caKeyKey])
+	if cb == nil || kb == nil {
+		return nil, nil, fmt.Errorf("no CA")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := x509.ParseECPrivateKey(kb.Bytes)
+	return cert, key, err
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126)) // crypto/rand does not fail
+	return n
+}
+
+// patchCABundle sets the caBundle of the configuration's webhooks that call the Service.
+func (m *Manager) patchCABundle(ctx context.Context, ca []byte) error {
+	cfg := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	if err := m.Client.Get(ctx, types.NamespacedName{Name: m.WebhookConfiguration}, cfg); err != nil {
+		return fmt.Errorf("reading webhook configuration %s: %w", m.WebhookConfiguration, err)
+	}
+	patched := cfg.DeepCopy()
+	for i := range patched.Webhooks {
+		svc := patched.Webhooks[i].ClientConfig.Service
+		if svc != nil && svc.Name == m.Service && svc.Namespace == m.Namespace {
+			patched.Webhooks[i].ClientConfig.CABundle = ca
+		}
+	}
+	if err := m.Client.Patch(ctx, patched, client.MergeFrom(cfg)); err != nil {
+		return fmt.Errorf("setting the caBundle of %s: %w", m.WebhookConfiguration, err)
+	}
+	return nil
+}
+
+func writeIfChanged(path string, data []byte) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
