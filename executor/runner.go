@@ -50,6 +50,7 @@ func (e *Executor) startRunner(ctx context.Context, et *rsv1.ExecutorTask, fresh
 			cancel()
 			e.mu.Lock()
 			delete(e.runners, et.UID)
+			delete(e.names, et.Name) // its containers are gone or followed again by a new runner
 			e.mu.Unlock()
 		}()
 		if err := r.run(rctx, fresh); err != nil && rctx.Err() == nil {

@@ -189,23 +189,8 @@ func (b *kwokBench) service(ctx context.Context, ns, node, tmp string) (*kwokRes
 		return nil, err
 	}
 	t := newTracker(b.runs)
-	factory := externalversions.NewSharedInformerFactoryWithOptions(sub, 0, externalversions.WithNamespace(ns))
-	runs := factory.Runservice().V1alpha1().Runs().Informer()
-	if _, err := runs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
-		UpdateFunc: func(_, obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
-	}); err != nil {
-		return nil, fmt.Errorf("watching runs: %w", err)
-	}
-	factory.Start(ctx.Done())
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		factory.Shutdown()
-	}()
-	if !cache.WaitForCacheSync(ctx.Done(), runs.HasSynced) {
-		return nil, errors.New("the watch on runs did not sync")
+	if err := watchRuns(ctx, sub, ns, t, &wg); err != nil {
+		return nil, err
 	}
 
 	mgrBefore, exBefore, subBefore := b.managerReq.snapshot(), exReq.snapshot(), subReq.snapshot()

@@ -231,23 +231,8 @@ func (b *serviceBench) run(ctx context.Context) (*serviceResult, error) {
 	if err := waitExecutorsReady(ctx, sub, b.ns, b.executors); err != nil {
 		return nil, err
 	}
-	factory := externalversions.NewSharedInformerFactoryWithOptions(sub, 0, externalversions.WithNamespace(b.ns))
-	runs := factory.Runservice().V1alpha1().Runs().Informer()
-	if _, err := runs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
-		UpdateFunc: func(_, obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
-	}); err != nil {
-		return nil, fmt.Errorf("watching runs: %w", err)
-	}
-	factory.Start(ctx.Done())
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		factory.Shutdown() // waits for the informer, which stops with ctx
-	}()
-	if !cache.WaitForCacheSync(ctx.Done(), runs.HasSynced) {
-		return nil, errors.New("the watch on runs did not sync")
+	if err := watchRuns(ctx, sub, b.ns, t, &wg); err != nil {
+		return nil, err
 	}
 
 	mgrBefore, exBefore, subBefore := b.managerReq.snapshot(), exReq.snapshot(), subReq.snapshot()
@@ -429,4 +414,28 @@ func sortedCopy(ds ...[]time.Duration) []time.Duration {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
+}
+
+// watchRuns feeds every change of the namespace's runs to the tracker until ctx ends (wg waits for
+// the informer to stop), and returns once the watch has synced.
+func watchRuns(ctx context.Context, sub versioned.Interface, ns string, t *tracker, wg *sync.WaitGroup) error {
+	factory := externalversions.NewSharedInformerFactoryWithOptions(sub, 0, externalversions.WithNamespace(ns))
+	runs := factory.Runservice().V1alpha1().Runs().Informer()
+	if _, err := runs.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
+		UpdateFunc: func(_, obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
+	}); err != nil {
+		return fmt.Errorf("watching runs: %w", err)
+	}
+	factory.Start(ctx.Done())
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		factory.Shutdown() // waits for the informer, which stops with ctx
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), runs.HasSynced) {
+		return errors.New("the watch on runs did not sync")
+	}
+	return nil
 }

@@ -85,12 +85,7 @@ spec:
   delay: {durationMilliseconds: 300}
   next:
     statusTemplate: |
-      {{ $now := Now }}
-      phase: Succeeded
-      containerStatuses:
-      {{ range .spec.containers }}
-      - {name: {{ .name | Quote }}, image: {{ .image | Quote }}, ready: false, started: false, restartCount: 0, state: {terminated: {exitCode: 0, reason: Completed, startedAt: {{ $now | Quote }}, finishedAt: {{ $now | Quote }}}}}
-      {{ end }}
+      ${COMPLETED}
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -105,12 +100,7 @@ spec:
   delay: {durationMilliseconds: 20000}
   next:
     statusTemplate: |
-      {{ $now := Now }}
-      phase: Succeeded
-      containerStatuses:
-      {{ range .spec.containers }}
-      - {name: {{ .name | Quote }}, image: {{ .image | Quote }}, ready: false, started: false, restartCount: 0, state: {terminated: {exitCode: 0, reason: Completed, startedAt: {{ $now | Quote }}, finishedAt: {{ $now | Quote }}}}}
-      {{ end }}
+      ${COMPLETED}
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -124,6 +114,14 @@ spec:
   next:
     delete: true
 `
+
+// completedStatus is the status of a pod whose containers all exited 0 (both complete stages).
+const completedStatus = `{{ $now := Now }}
+      phase: Succeeded
+      containerStatuses:
+      {{ range .spec.containers }}
+      - {name: {{ .name | Quote }}, image: {{ .image | Quote }}, ready: false, started: false, restartCount: 0, state: {terminated: {exitCode: 0, reason: Completed, startedAt: {{ $now | Quote }}, finishedAt: {{ $now | Quote }}}}}
+      {{ end }}`
 
 // StartKwok builds (once, hack/kwok.sh) and starts kwok against the control plane, managing one
 // simulated node it creates.
@@ -141,7 +139,7 @@ func (e *Env) StartKwok(ctx context.Context, dir string) (*Kwok, error) {
 	if err := os.WriteFile(kubeconfig, e.Kubeconfig, 0o600); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(stages, []byte(kwokStages), 0o644); err != nil {
+	if err := os.WriteFile(stages, []byte(strings.ReplaceAll(kwokStages, "${COMPLETED}", completedStatus)), 0o644); err != nil {
 		return nil, err
 	}
 	kube, err := kubernetes.NewForConfig(e.Config)
