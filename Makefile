@@ -49,8 +49,13 @@ control-plane: ## Build (once) the etcd, kube-apiserver and kubectl binaries use
 	@hack/control-plane.sh
 
 .PHONY: test
-test: ## Run all tests against a real control plane (built on first use).
+test: ## Run all tests: the Go suites against a real control plane (built on first use), then test-cluster.
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test $(GOTEST_FLAGS) -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) test-cluster
+
+.PHONY: test-cluster
+test-cluster: ## Deploy the README's way onto a real single-node cluster here (hack/cluster.sh) and check it (root).
+	hack/cluster-e2e.sh
 
 .PHONY: bench
 bench: ## Run the benchmarks and print their figures.
@@ -71,9 +76,11 @@ run: ## Run the manager: against the current cluster if reachable, else on a loc
 docker-build: build ## Build the manager, executor and toolbox images (static binaries FROM scratch).
 	for t in manager executor toolbox; do DOCKER_BUILDKIT=0 docker build -q --target $$t -t runservice-$$t:dev -f Dockerfile . || exit 1; done
 
+DEPLOY_CONFIG ?= config/selfsigned
+
 .PHONY: deploy
-deploy: ## Install CRDs, RBAC and the manager into the current cluster, and executors into the default namespace.
-	kubectl apply -k config/default
+deploy: ## Install CRDs, RBAC and the manager (DEPLOY_CONFIG: config/selfsigned, or config/default with cert-manager) and executors in default.
+	kubectl apply -k $(DEPLOY_CONFIG)
 	kubectl apply -k config/executor
 
 .PHONY: help

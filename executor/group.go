@@ -28,6 +28,10 @@ func leaseExpired(l *coordinationv1.Lease, now time.Time) bool {
 	return now.After(l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second))
 }
 
+// A member removes a dead sibling's Executor and Lease (its pods and secrets: the driver's markers).
+// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executors,verbs=delete
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=system,resources=leases,verbs=delete
+
 // reapGroup looks for members of the executor's group whose Lease expired, and removes each one's
 // pods and secrets, waits until they are gone, and only then deletes its Executor (which fails its
 // unfinished tasks with ExecutorRemoved): no task of a dead executor can still run when its run moves

@@ -42,7 +42,7 @@ func main() {
 	fs := flag.NewFlagSet("logs", flag.ExitOnError)
 	follow := fs.Bool("f", false, "Follow the log while the step runs.")
 	namespace := fs.String("n", "", "Namespace of the run (default: the kubeconfig's).")
-	store := fs.String("object-store", envOr("RUNSERVICE_OBJECT_STORE", objectstore.DefaultURL()), "Object store URL (as the manager's).")
+	store := fs.String("object-store", objectstore.DefaultURL(), "Object store URL (as the manager's; default $"+objectstore.EnvURL+" or the local directory).")
 	kubeconfig := fs.String("kubeconfig", "", "Path of the kubeconfig (default: KUBECONFIG or ~/.kube/config).")
 	var args []string
 	rest := os.Args[2:]
@@ -73,13 +73,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "runctl:", err)
 		os.Exit(1)
 	}
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }
 
 type logs struct {

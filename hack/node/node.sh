@@ -3,14 +3,15 @@
 # is already running (e.g. envtest's, see internal/testenv): containerd + runc + CNI + kubelet.
 #
 #   node.sh build                       builds (once, cached) kubelet, containerd, crictl and the two test
-#                                       images (pause, busybox); prints the cache dir
+#                                       images (pause, busybox), and for hack/cluster.sh kube-controller-
+#                                       manager, kube-scheduler and kube-proxy; prints the cache dir
 #   node.sh up KUBECONFIG STATE_DIR     starts containerd and the kubelet, registers the node and
 #                                       waits until it is Ready
 #   node.sh down STATE_DIR              stops everything, removes the pods' containers and mounts and
 #                                       undoes the host changes the kubelet made (idempotent)
 #   node.sh import STATE_DIR TAR...     loads more OCI image archives (hack/node/ocipack) into the node
 #
-# No scheduler and no controller-manager run, so pods must set
+# No scheduler and no controller-manager run (hack/cluster.sh adds them), so pods must set
 #   spec.nodeName                       `up` prints it (default: the host name)
 #   imagePullPolicy: Never              images: busybox:1.36 and registry.k8s.io/pause:3.10.2 only
 #   automountServiceAccountToken: false the token volume needs the kube-root-ca.crt ConfigMap, which
@@ -39,6 +40,8 @@ KUBELET_PORT=${KUBELET_PORT:-10250}
 POD_SUBNET=${POD_SUBNET:-10.88.0.0/16}
 CNI_BRIDGE=${CNI_BRIDGE:-rsnode0}
 SYSCTLS="kernel.panic kernel.panic_on_oops vm.overcommit_memory"
+# kubelet for every node; the others for hack/cluster.sh's control plane
+K8S_BINARIES="kubelet kube-controller-manager kube-scheduler kube-proxy"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 data_dir=${XDG_DATA_HOME:-$HOME/.local/share}
@@ -51,7 +54,7 @@ die() { log "$*"; exit 1; }
 
 have_all() {
   local f
-  for f in kubelet containerd containerd-shim-runc-v2 ctr crictl; do [ -x "$cache/bin/$f" ] || return 1; done
+  for f in $K8S_BINARIES containerd containerd-shim-runc-v2 ctr crictl; do [ -x "$cache/bin/$f" ] || return 1; done
   [ -s "$cache/images/pause.tar" ] && [ -s "$cache/images/busybox.tar" ]
 }
 
@@ -84,8 +87,10 @@ build() {
   mkdir -p "$cache/bin" "$cache/images"
   export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
-  if [ ! -x "$cache/bin/kubelet" ]; then
-    log "building kubelet v$K8S_VERSION (first time only)"
+  local missing_k8s="" b
+  for b in $K8S_BINARIES; do [ -x "$cache/bin/$b" ] || missing_k8s="$missing_k8s $b"; done
+  if [ -n "$missing_k8s" ]; then
+    log "building$missing_k8s v$K8S_VERSION (first time only)"
     mkdir -p "$work/k8s" && cd "$work/k8s"
     go mod init kubeletbuild >/dev/null 2>&1
     local gomod m
@@ -96,13 +101,17 @@ build() {
       go mod edit -replace "$m=$m@v$STAGING_VERSION"
     done
     go mod edit -require "k8s.io/kubernetes@v$K8S_VERSION"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kubelet"\n' > tools.go
+    { printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for b in $missing_k8s; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+      printf ')\n'; } > tools.go
     go mod tidy >&2
     local pkg=k8s.io/component-base/version ldflags
     ldflags="-s -w -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=${K8S_VERSION%%.*} -X $pkg.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $pkg.gitTreeState=clean"
     ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION"
-    go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$cache/bin/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet >&2
-    mv "$cache/bin/kubelet.tmp" "$cache/bin/kubelet"
+    for b in $missing_k8s; do
+      go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$cache/bin/$b.tmp" "k8s.io/kubernetes/cmd/$b" >&2
+      mv "$cache/bin/$b.tmp" "$cache/bin/$b"
+    done
   fi
 
   if [ ! -x "$cache/bin/containerd" ] || [ ! -x "$cache/bin/containerd-shim-runc-v2" ] || [ ! -x "$cache/bin/ctr" ]; then

@@ -24,8 +24,16 @@ type Store struct {
 	bucket *blob.Bucket
 }
 
-// DefaultURL is the embedded default: a directory under the user's data dir.
+// EnvURL is the environment variable that, when set, replaces the embedded default URL for the
+// manager, the executors and runctl alike (in a cluster: from a Secret, with the AWS_* credentials).
+const EnvURL = "RUNSERVICE_OBJECT_STORE"
+
+// DefaultURL is $RUNSERVICE_OBJECT_STORE, else the embedded default: a directory under the user's
+// data dir.
 func DefaultURL() string {
+	if u := os.Getenv(EnvURL); u != "" {
+		return u
+	}
 	dir := os.Getenv("XDG_DATA_HOME")
 	if dir == "" {
 		home, _ := os.UserHomeDir()
