@@ -186,6 +186,9 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 		log.Info("the executor was removed: its tasks' containers are gone; exiting")
 		return nil
 	}
+	if err == nil {
+		e.leaveIfIdle(ctx)
+	}
 	return err
 }
 

@@ -137,3 +137,42 @@ func (e *Executor) waitUnclaimed(ctx context.Context) error {
 		}
 	}
 }
+
+// leaveIfIdle is a dynamic member's graceful exit. With no unfinished task of its own it deletes its
+// Executor and Lease at once, rather than leaving them to a sibling once the Lease expires (a pod a
+// Deployment replaces never comes back under the same name). A task scheduled on it meanwhile fails
+// with ExecutorRemoved and never runs. With unfinished tasks it leaves everything as it is: a restart
+// under the same name re-adopts them, or a sibling cleans up after it.
+func (e *Executor) leaveIfIdle(ctx context.Context) {
+	if e.opts.Permanent || e.uid == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	log := ctrl.LoggerFrom(ctx)
+	var tasks rsv1.ExecutorTaskList
+	if err := e.reader.List(ctx, &tasks, client.InNamespace(e.opts.Namespace), client.MatchingLabels{rsv1.LabelExecutor: e.opts.Name}); err != nil {
+		log.Error(err, "listing tasks before leaving the group: staying registered")
+		return
+	}
+	for _, et := range tasks.Items {
+		if et.Spec.ExecutorUID == string(e.uid) && !et.Status.Phase.IsFinal() {
+			log.Info("unfinished tasks: staying registered", "task", et.Name)
+			return
+		}
+	}
+	ex := &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: e.opts.Name, Namespace: e.opts.Namespace}}
+	if err := e.client.Delete(ctx, ex, client.Preconditions{UID: &e.uid}); client.IgnoreNotFound(err) != nil {
+		log.Error(err, "deleting the Executor on leaving the group")
+		return
+	}
+	lease := &coordinationv1.Lease{}
+	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
+	if err := e.reader.Get(ctx, key, lease); err == nil && ptr.Deref(lease.Spec.HolderIdentity, "") == e.opts.Name {
+		err = e.client.Delete(ctx, lease, client.Preconditions{UID: &lease.UID, ResourceVersion: &lease.ResourceVersion})
+		if client.IgnoreNotFound(err) != nil {
+			log.Error(err, "deleting the Lease on leaving the group")
+		}
+	}
+	log.Info("left the group: no unfinished tasks")
+}

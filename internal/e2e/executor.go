@@ -88,6 +88,19 @@ func (e *Executor) Kill() {
 	}
 }
 
+// Stop stops the process with SIGTERM, as a pod's deletion would, and waits until it exited.
+func (e *Executor) Stop() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cmd != nil && e.cmd.Process != nil {
+		_ = e.cmd.Process.Signal(syscall.SIGTERM)
+		if err := e.cmd.Wait(); err != nil {
+			e.t.Errorf("executor %s exited with %v after SIGTERM", e.Name, err)
+		}
+		e.cmd = nil
+	}
+}
+
 // FreeAddr returns host:port of a free TCP port on host.
 func FreeAddr(t *testing.T, host string) string {
 	t.Helper()

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -132,14 +134,15 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	t.Fatalf("timed out after %v waiting for %s", timeout, what)
 }
 
-func startExecutor(t *testing.T, ns, name string) *e2e.Executor {
+// startExecutor starts a member of the group "kwok"; extra flags override the defaults.
+func startExecutor(t *testing.T, ns, name string, extra ...string) *e2e.Executor {
 	t.Helper()
 	addr := e2e.FreeAddr(t, "127.0.0.1")
-	return h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name,
+	return h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name, append([]string{
 		"--driver", "Kubernetes", "--group", "kwok", "--node-name", kwok.Node,
-		"--listen", addr, "--endpoint", "http://"+addr,
+		"--listen", addr, "--endpoint", "http://" + addr,
 		"--data-dir", filepath.Join(t.TempDir(), "data"), "--object-store", "",
-		"--lease-duration", "4s", "--renew-interval", "1s")
+		"--lease-duration", "4s", "--renew-interval", "1s"}, extra...)...)
 }
 
 // podWatch records, for the whole test, every pod created per task (run/task).
@@ -346,4 +349,41 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 		t.Fatalf("result %s, want Failed (a task's executor was removed)", final.Status.Result)
 	}
 	pw.checkOnePodPerTask(t)
+}
+
+// TestAStoppedMemberLeavesWhenIdle: SIGTERM (a pod deleted, a Deployment scaled down) with a task
+// still running leaves the member registered, so that a restart under the same name re-adopts the
+// task; once idle, SIGTERM removes its Executor and Lease at once instead of leaving them to expire.
+func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	// A long Lease: whatever disappears here was removed by the member itself, not found expired.
+	ex := startExecutor(t, ns, "sa", "--lease-duration", "5m")
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: testenv.SlowRun, Namespace: ns}}
+	run.Spec.Tasks = []rsv1.Task{task("t")}
+	if err := k8s.Create(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the task running", func() bool {
+		ts := getRun(t, ns, testenv.SlowRun).Status.Tasks
+		return len(ts) == 1 && ts[0].Phase == rsv1.TaskPhaseRunning
+	})
+	ex.Stop()
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "sa"}, &rsv1.Executor{}); err != nil {
+		t.Fatalf("stopped with a running task, the member's Executor should stay: %v", err)
+	}
+	ex.Start()
+	eventually(t, time.Minute, "the run finished", func() bool {
+		return getRun(t, ns, testenv.SlowRun).Status.Phase == rsv1.RunPhaseFinished
+	})
+	if r := getRun(t, ns, testenv.SlowRun); r.Status.Result != rsv1.RunResultSuccess {
+		t.Fatalf("result %s, want Success (the restarted member re-adopts its pod): %+v", r.Status.Result, r.Status.Tasks)
+	}
+	ex.Stop()
+	for _, obj := range []client.Object{&rsv1.Executor{}, &coordinationv1.Lease{}} {
+		err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "sa"}, obj)
+		if !apierrors.IsNotFound(err) {
+			t.Errorf("stopped while idle, the member's %T should be gone: %v", obj, err)
+		}
+	}
 }
