@@ -43,6 +43,8 @@ type Task struct {
 	Labels map[string]string
 	// Env is the main container's environment: the run's, then the task container's.
 	Env []string
+	// Builtin is what the executor adds after Env (RUNSERVICE_RUN, RUNSERVICE_TASK): not the user's.
+	Builtin []string
 	// Started is called once the containers run, so the toolbox may begin.
 	Started func() error
 }

@@ -74,6 +74,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			Toolbox:      r.e.opts.Toolbox,
 			Labels:       r.labels(),
 			Env:          r.env(),
+			Builtin:      []string{"RUNSERVICE_RUN=" + r.et.Spec.RunName, "RUNSERVICE_TASK=" + r.et.Spec.TaskName},
 			Started:      func() error { return toolbox.Start(r.dir) },
 		})
 		if err != nil {
@@ -275,7 +276,7 @@ func (r *runner) labels() map[string]string {
 	}
 }
 
-// env is the main container's environment: the run's, then the container's, then ours.
+// env is the main container's environment: the run's, then the container's.
 func (r *runner) env() []string {
 	var env []string
 	for _, e := range r.et.Spec.Environment {
@@ -284,7 +285,7 @@ func (r *runner) env() []string {
 	for _, e := range r.et.Spec.Task.Containers[0].Env {
 		env = append(env, e.Name+"="+e.Value)
 	}
-	return append(env, "RUNSERVICE_RUN="+r.et.Spec.RunName, "RUNSERVICE_TASK="+r.et.Spec.TaskName)
+	return env
 }
 
 // prepare writes the task's directory: task.json and the parents' workspace archives.

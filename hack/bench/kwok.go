@@ -459,15 +459,12 @@ func rawKey(i int) string {
 	return fmt.Sprintf("raw-%05d/t%d", i/kwokTasksPerRun, i%kwokTasksPerRun)
 }
 
-// rawPod is a pod of the driver's shape (toolbox init container, main container, the task's Secret
-// as a volume and environment), of a task that does not exist. No Secret is created: the apiserver
-// does not check, and kwok runs nothing.
+// rawPod is a pod of the driver's shape for a task without environment (toolbox init container, main
+// container, the task file in an annotation mounted through the downward API), of a task that does
+// not exist.
 func rawPod(ns, node string, i int) *corev1.Pod {
 	name := fmt.Sprintf("raw-%05d", i)
 	run, task, _ := strings.Cut(rawKey(i), "/")
-	secretKey := func(key string) *corev1.EnvVarSource {
-		return &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: key}}
-	}
 	mounts := []corev1.VolumeMount{{Name: "runservice", MountPath: "/.runservice"}}
 	noEscalation := &corev1.SecurityContext{Privileged: ptr.To(false), AllowPrivilegeEscalation: ptr.To(false)}
 	return &corev1.Pod{
@@ -476,6 +473,8 @@ func rawPod(ns, node string, i int) *corev1.Pod {
 			rsv1.LabelRun:             run,
 			rsv1.LabelTask:            task,
 			rsv1.LabelExecutorTaskUID: fmt.Sprintf("00000000-0000-0000-0000-%012d", i),
+		}, Annotations: map[string]string{
+			"runservice.dev/task": `{"steps":[{"name":"` + task + `","kind":"run","command":"true"}]}`,
 		}},
 		Spec: corev1.PodSpec{
 			RestartPolicy:                 corev1.RestartPolicyNever,
@@ -485,15 +484,14 @@ func rawPod(ns, node string, i int) *corev1.Pod {
 			TerminationGracePeriodSeconds: ptr.To[int64](10),
 			Volumes: []corev1.Volume{
 				{Name: "runservice", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-				{Name: "task", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-					SecretName: name, Items: []corev1.KeyToPath{{Key: "task.json", Path: "task.json"}},
-				}}},
+				{Name: "task", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{{
+					Path: "task.json", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['runservice.dev/task']"},
+				}}}}},
 			},
 			InitContainers: []corev1.Container{{
 				Name:            "toolbox",
 				Image:           kwokToolboxImage,
 				Command:         []string{"/toolbox", "install", "--to", "/.runservice"},
-				Env:             []corev1.EnvVar{{Name: "RUNSERVICE_TOKEN", ValueFrom: secretKey("token")}},
 				VolumeMounts:    mounts,
 				SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false)},
 			}},
@@ -502,8 +500,8 @@ func rawPod(ns, node string, i int) *corev1.Pod {
 				Image:   "busybox:1.36",
 				Command: []string{"/.runservice/toolbox", "run", "--stream", "--dir", "/.runservice", "--task", "/.runservice-task/task.json"},
 				Env: []corev1.EnvVar{
-					{Name: "RUNSERVICE_RUN", ValueFrom: secretKey("env.0.RUNSERVICE_RUN")},
-					{Name: "RUNSERVICE_TASK", ValueFrom: secretKey("env.1.RUNSERVICE_TASK")},
+					{Name: "RUNSERVICE_RUN", Value: run},
+					{Name: "RUNSERVICE_TASK", Value: task},
 				},
 				VolumeMounts:    append(slices.Clone(mounts), corev1.VolumeMount{Name: "task", MountPath: "/.runservice-task", ReadOnly: true}),
 				SecurityContext: noEscalation,
@@ -745,7 +743,7 @@ func printKwok(out io.Writer, r *kwokResult) error {
 
 	names := [moments + 1]string{
 		"run created -> ExecutorTask seen (manager)",
-		"-> pod seen (executor: Running write, secret, pod)",
+		"-> pod seen (executor: Running write, pod, and a Secret if the task has an environment)",
 		"-> pod Succeeded (kwok: 400ms)",
 		"-> ExecutorTask final (executor)",
 		"-> run Finished (manager)",

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -86,7 +87,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		Image:      main.Image,
 		Entrypoint: []string{toolbox.DefaultDir + "/toolbox", "run"},
 		Cmd:        []string{},
-		Env:        t.Env,
+		Env:        append(slices.Clone(t.Env), t.Builtin...),
 		Labels:     labels,
 	}
 	if main.User != nil {

@@ -1,5 +1,5 @@
-// Package kubernetes is the executor's Kubernetes driver: a task runs as a pod (and a Secret with its
-// environment and task file) in the executor's namespace. An init container copies the toolbox into
+// Package kubernetes is the executor's Kubernetes driver: a task runs as a pod in the executor's
+// namespace, with a Secret when it has an environment or fetches workspaces. An init container copies the toolbox into
 // an emptyDir (and fetches the parents' workspaces from the executor); the main container runs the
 // steps through it, reporting each step as frames in the pod's log and its results in the
 // termination message; services run as native sidecars. Pods are owned by nothing a cascade could
@@ -146,6 +146,9 @@ const (
 	tokenKey   = "token"
 	taskKey    = "task.json"
 	toolboxBin = sharedDir + "/toolbox"
+	// annotationTask holds the task file of a pod without a Secret; annotations may take 256 KiB in all.
+	annotationTask    = "runservice.dev/task"
+	maxTaskAnnotation = 128 << 10
 )
 
 // Start implements executor.Driver: the task's Secret, then its pod.
@@ -161,21 +164,46 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		return err
 	}
 	name := podName(et)
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.opts.Namespace, Labels: t.Labels},
-		Data:       map[string][]byte{taskKey: taskJSON, tokenKey: []byte(d.opts.Token)},
-	}
-	var env []corev1.EnvVar
-	for i, kv := range t.Env {
+	fetch := hasRestore(tf) && len(tf.WorkspaceSources) > 0
+	// What stays out of the pod spec goes into the task's Secret: the containers' environment, and the
+	// executor's token for the init container's workspace fetch. A task with neither gets none (two
+	// writes fewer): its task file travels in a pod annotation, mounted through the downward API.
+	sec := &taskSecret{name: name, data: map[string][]byte{}}
+	env := sec.env(0, t.Env)
+	for _, kv := range t.Builtin {
 		k, v, _ := strings.Cut(kv, "=")
-		key := fmt.Sprintf("%s%d.%s", envPrefix, i, k) // keeps the order and allows a name twice
-		secret.Data[key] = []byte(v)
-		env = append(env, corev1.EnvVar{Name: k, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: key,
-		}}})
+		env = append(env, corev1.EnvVar{Name: k, Value: v})
 	}
-	if _, err := d.client.CoreV1().Secrets(d.opts.Namespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating the task's secret: %w", err)
+	svcEnv := make([][]corev1.EnvVar, len(spec.Containers))
+	for i, svc := range spec.Containers[1:] {
+		var kvs []string
+		for _, e := range append(slices.Clone(et.Spec.Environment), svc.Env...) {
+			kvs = append(kvs, e.Name+"="+e.Value)
+		}
+		svcEnv[i+1] = sec.env(i+1, kvs)
+	}
+	var installEnv []corev1.EnvVar
+	if fetch {
+		sec.data[tokenKey] = []byte(d.opts.Token)
+		installEnv = []corev1.EnvVar{{Name: "RUNSERVICE_TOKEN", ValueFrom: sec.ref(tokenKey)}}
+	}
+	withSecret := len(sec.data) > 0 || len(taskJSON) > maxTaskAnnotation ||
+		slices.ContainsFunc(tf.Steps, func(s toolbox.Step) bool { return len(s.Env) > 0 })
+	taskVolume := corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{{
+		Path: taskKey, FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['" + annotationTask + "']"},
+	}}}}
+	if withSecret {
+		sec.data[taskKey] = taskJSON
+		secret := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.opts.Namespace, Labels: t.Labels},
+			Data:       sec.data,
+		}
+		if _, err := d.client.CoreV1().Secrets(d.opts.Namespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("creating the task's secret: %w", err)
+		}
+		taskVolume = corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: name, Items: []corev1.KeyToPath{{Key: taskKey, Path: taskKey}},
+		}}
 	}
 
 	main := spec.Containers[0]
@@ -185,7 +213,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 	}
 	mounts := []corev1.VolumeMount{{Name: "runservice", MountPath: sharedDir}}
 	install := []string{"/toolbox", "install", "--to", sharedDir}
-	if hasRestore(tf) && len(tf.WorkspaceSources) > 0 {
+	if fetch {
 		if d.opts.ExecutorURL == "" {
 			return errors.New("the task restores a workspace, but the executor has no URL pods can reach it at (--pod-endpoint)")
 		}
@@ -202,18 +230,14 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 			TerminationGracePeriodSeconds: ptr.To[int64](10),
 			Volumes: []corev1.Volume{
 				{Name: "runservice", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-				{Name: "task", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-					SecretName: name, Items: []corev1.KeyToPath{{Key: taskKey, Path: taskKey}},
-				}}},
+				{Name: "task", VolumeSource: taskVolume},
 			},
 			InitContainers: []corev1.Container{{
 				Name:            "toolbox",
 				Image:           d.opts.ToolboxImage,
 				ImagePullPolicy: d.opts.ImagePullPolicy,
 				Command:         install,
-				Env: []corev1.EnvVar{{Name: "RUNSERVICE_TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-					LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: tokenKey,
-				}}}},
+				Env:             installEnv,
 				VolumeMounts:    mounts,
 				SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false)},
 			}},
@@ -229,6 +253,9 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 			}},
 		},
 	}
+	if !withSecret {
+		pod.Annotations = map[string]string{annotationTask: string(taskJSON)}
+	}
 	for i, svc := range spec.Containers[1:] {
 		sc, err := securityContext(&svc)
 		if err != nil {
@@ -242,9 +269,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 			RestartPolicy:   ptr.To(corev1.ContainerRestartPolicyAlways), // a native sidecar
 			SecurityContext: sc,
 			Resources:       resources(&svc),
-		}
-		for _, e := range append(slices.Clone(et.Spec.Environment), svc.Env...) {
-			c.Env = append(c.Env, corev1.EnvVar{Name: e.Name, Value: e.Value})
+			Env:             svcEnv[i+1],
 		}
 		pod.Spec.InitContainers = append(pod.Spec.InitContainers, c)
 	}
@@ -252,6 +277,29 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		return fmt.Errorf("creating the task's pod: %w", err)
 	}
 	return t.Started()
+}
+
+// taskSecret collects the data of a task's Secret.
+type taskSecret struct {
+	name string
+	data map[string][]byte
+}
+
+// env puts container c's environment (NAME=value, in order) into the Secret, and returns the
+// container's variables that refer to it.
+func (s *taskSecret) env(c int, kvs []string) []corev1.EnvVar {
+	var env []corev1.EnvVar
+	for i, kv := range kvs {
+		k, v, _ := strings.Cut(kv, "=")
+		key := fmt.Sprintf("%s%d.%d.%s", envPrefix, c, i, k) // keeps the order and allows a name twice
+		s.data[key] = []byte(v)
+		env = append(env, corev1.EnvVar{Name: k, ValueFrom: s.ref(key)})
+	}
+	return env
+}
+
+func (s *taskSecret) ref(key string) *corev1.EnvVarSource {
+	return &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: s.name}, Key: key}}
 }
 
 func resources(c *rsv1.Container) corev1.ResourceRequirements {

@@ -289,6 +289,8 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 		procs[name] = startExecutor(t, ns, name)
 	}
 	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: testenv.SlowRun, Namespace: ns}}
+	// An environment: each task has a Secret too, which the cleanup must remove with its pod.
+	run.Spec.Environment = []rsv1.EnvVar{{Name: "TOKEN", Value: "s3cr3t"}}
 	for _, name := range []string{"t1", "t2", "t3"} {
 		run.Spec.Tasks = append(run.Spec.Tasks, task(name))
 	}
@@ -307,6 +309,10 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 		return len(onExecutor) == 3
 	})
 	victim, survivorRestart := "gb", "gc"
+	secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
+	if err != nil || len(secrets.Items) != 1 {
+		t.Fatalf("the victim's task should have a Secret (its environment): %d (%v)", len(secrets.Items), err)
+	}
 
 	procs[victim].Kill()
 	killedAt := time.Now()
@@ -322,7 +328,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	if err != nil || len(pods.Items) != 0 {
 		t.Fatalf("the dead member's pods are still there after its Executor was removed: %d (%v)", len(pods.Items), err)
 	}
-	secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
+	secrets, err = kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
 	if err != nil || len(secrets.Items) != 0 {
 		t.Fatalf("the dead member's secrets are still there: %d (%v)", len(secrets.Items), err)
 	}
@@ -368,6 +374,14 @@ func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
 		ts := getRun(t, ns, testenv.SlowRun).Status.Tasks
 		return len(ts) == 1 && ts[0].Phase == rsv1.TaskPhaseRunning
 	})
+	// No environment, no workspace to fetch: no Secret, the task file is in a pod annotation.
+	pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=sa"})
+	if err != nil || len(pods.Items) != 1 || pods.Items[0].Annotations["runservice.dev/task"] == "" {
+		t.Fatalf("want one pod with the task file annotation: %v", err)
+	}
+	if secrets, err := kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=sa"}); err != nil || len(secrets.Items) != 0 {
+		t.Fatalf("a task without environment should have no Secret: %d (%v)", len(secrets.Items), err)
+	}
 	ex.Stop()
 	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "sa"}, &rsv1.Executor{}); err != nil {
 		t.Fatalf("stopped with a running task, the member's Executor should stay: %v", err)
