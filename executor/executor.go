@@ -274,6 +274,12 @@ func (e *Executor) renew(ctx context.Context) error {
 		if by, claimed := claimedBy(lease, e.opts.Name); claimed && !leaseExpired(lease, time.Now()) {
 			return fmt.Errorf("%w: %s is removing this executor", errRemoved, by)
 		}
+		if e.opts.Group != "" && lease.Labels[rsv1.LabelExecutorGroup] != e.opts.Group {
+			if lease.Labels == nil {
+				lease.Labels = map[string]string{}
+			}
+			lease.Labels[rsv1.LabelExecutorGroup] = e.opts.Group
+		}
 		now := metav1.NowMicro() // as late as possible: siblings judge liveness by it
 		lease.Spec.HolderIdentity = ptr.To(e.opts.Name)
 		lease.Spec.LeaseDurationSeconds = ptr.To(int32(e.opts.LeaseDuration.Seconds()))

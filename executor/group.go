@@ -50,23 +50,42 @@ func (e *Executor) reapGroup(ctx context.Context) {
 		}
 		return
 	}
+	// The siblings' Leases in one list (each member renews its own, labelled with the group): every
+	// member reads the group once per renewal, rather than each sibling's Lease.
+	var leases coordinationv1.LeaseList
+	if err := e.reader.List(ctx, &leases, client.InNamespace(e.opts.Namespace), client.MatchingLabels{rsv1.LabelExecutorGroup: e.opts.Group}); err != nil {
+		if ctx.Err() == nil {
+			log.Error(err, "listing the group's leases")
+		}
+		return
+	}
+	byName := make(map[string]*coordinationv1.Lease, len(leases.Items))
+	for i := range leases.Items {
+		byName[leases.Items[i].Name] = &leases.Items[i]
+	}
 	now := time.Now()
 	for i := range list.Items {
 		ex := &list.Items[i]
 		if ex.Name == e.opts.Name || ex.Spec.Group != e.opts.Group || ex.Spec.Permanent {
 			continue
 		}
-		lease := &coordinationv1.Lease{}
-		err := e.reader.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: ex.Name}, lease)
-		if err != nil && !apierrors.IsNotFound(err) {
-			log.Error(err, "reading a sibling's lease", "sibling", ex.Name)
+		lease, found := byName[ex.Name]
+		if found && !leaseExpired(lease, now) {
 			continue
 		}
-		if err == nil && !leaseExpired(lease, now) {
-			continue
-		}
-		if apierrors.IsNotFound(err) && now.Sub(ex.CreationTimestamp.Time) < e.opts.LeaseDuration {
+		if !found && now.Sub(ex.CreationTimestamp.Time) < e.opts.LeaseDuration {
 			continue // registered a moment ago; its first Lease is on its way
+		}
+		if !found { // none, or one written without the label: read it by name
+			lease = &coordinationv1.Lease{}
+			err := e.reader.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: ex.Name}, lease)
+			if err != nil && !apierrors.IsNotFound(err) {
+				log.Error(err, "reading a sibling's lease", "sibling", ex.Name)
+				continue
+			}
+			if err == nil && !leaseExpired(lease, now) {
+				continue
+			}
 		}
 		if err := e.claim(ctx, ex.Name, lease); err != nil {
 			log.V(1).Info("another member cleans up after the sibling", "sibling", ex.Name, "reason", err.Error())
@@ -94,6 +113,10 @@ func (e *Executor) claim(ctx context.Context, sibling string, lease *coordinatio
 	if l.Name == "" {
 		l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: sibling, Namespace: e.opts.Namespace}}
 	}
+	if l.Labels == nil {
+		l.Labels = map[string]string{}
+	}
+	l.Labels[rsv1.LabelExecutorGroup] = e.opts.Group // so that the claim is seen, and taken over if it expires
 	l.Spec.HolderIdentity = ptr.To(cleanupHolder(e.opts.Name))
 	l.Spec.LeaseDurationSeconds = ptr.To(int32(e.opts.LeaseDuration.Seconds()))
 	l.Spec.RenewTime = &now

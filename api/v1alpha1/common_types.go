@@ -10,6 +10,9 @@ const (
 	LabelExecutor = "runservice.dev/executor"
 	// LabelExecutorTaskUID carries the uid of the ExecutorTask on containers and pods.
 	LabelExecutorTaskUID = "runservice.dev/executortask-uid"
+	// LabelExecutorGroup names the group on the Leases of dynamic executors, so that a member reads
+	// its siblings' Leases in one list.
+	LabelExecutorGroup = "runservice.dev/executor-group"
 
 	// AnnotationUpdateToken carries a change-group update token on a mutating Run request.
 	AnnotationUpdateToken = "runservice.dev/changegroups-update-token"

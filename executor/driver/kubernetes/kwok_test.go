@@ -309,6 +309,11 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 		return len(onExecutor) == 3
 	})
 	victim, survivorRestart := "gb", "gc"
+	// Members find each other's Leases by the group label, in one list.
+	leases, err := kube.CoordinationV1().Leases(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutorGroup + "=kwok"})
+	if err != nil || len(leases.Items) != 3 {
+		t.Fatalf("want the 3 members' Leases labelled with the group: %v", err)
+	}
 	secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
 	if err != nil || len(secrets.Items) != 1 {
 		t.Fatalf("the victim's task should have a Secret (its environment): %d (%v)", len(secrets.Items), err)
