@@ -105,7 +105,11 @@ up() {
   mkdir -p "$1"
   state=$(cd "$1" && pwd)
   if alive kube-apiserver || alive etcd; then die "a cluster already runs from $state (cluster.sh down $state first)"; fi
-  command -v openssl >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2; }
+  if ! command -v openssl >/dev/null; then
+    log "installing openssl from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq openssl >&2
+  fi
   local assets nodebin node_ip
   assets=$("$here/control-plane.sh")
   nodebin=$("$here/node/node.sh" build)/bin
