@@ -441,7 +441,13 @@ func (d *Driver) Stop(ctx context.Context, uid string, _ time.Duration) error {
 
 // Remove implements executor.Driver: the task's pod and Secret.
 func (d *Driver) Remove(ctx context.Context, uid string) error {
-	return d.removeSelected(ctx, labels.Set{rsv1.LabelExecutorTaskUID: uid})
+	set := labels.Set{rsv1.LabelExecutorTaskUID: uid}
+	pods, err := d.pods.Pods(d.opts.Namespace).List(labels.SelectorFromSet(set))
+	if err == nil && len(pods) == 1 && !slices.ContainsFunc(pods[0].Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil }) {
+		// A pod known to have no Secret: the secrets' delete would be a write for nothing.
+		return d.deletePods(ctx, set)
+	}
+	return d.removeSelected(ctx, set)
 }
 
 // RemoveExecutor implements executor.GroupRemover: every pod and Secret of another executor of the
@@ -471,12 +477,20 @@ func (d *Driver) RemoveExecutor(ctx context.Context, name string) error {
 	}
 }
 
-func (d *Driver) removeSelected(ctx context.Context, set labels.Set) error {
+func (d *Driver) deletePods(ctx context.Context, set labels.Set) error {
 	opts := metav1.ListOptions{LabelSelector: set.String()}
 	del := metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}
 	if err := d.client.CoreV1().Pods(d.opts.Namespace).DeleteCollection(ctx, del, opts); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting pods %s: %w", set, err)
 	}
+	return nil
+}
+
+func (d *Driver) removeSelected(ctx context.Context, set labels.Set) error {
+	if err := d.deletePods(ctx, set); err != nil {
+		return err
+	}
+	opts := metav1.ListOptions{LabelSelector: set.String()}
 	if err := d.client.CoreV1().Secrets(d.opts.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, opts); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting secrets %s: %w", set, err)
 	}
