@@ -264,7 +264,10 @@ func TestActiveTasksLimit(t *testing.T) {
 					active = append(active, et)
 				}
 			}
-			return len(active) == min(2, 6-done), nil
+			if want := min(2, 6-done); len(active) != want {
+				return false, fmt.Errorf("%d active tasks, want %d", len(active), want)
+			}
+			return true, nil
 		})
 		time.Sleep(300 * time.Millisecond) // a wrongly over-scheduled task would show up meanwhile
 		if n := countActive(ex.tasks()); n > 2 {

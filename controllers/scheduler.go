@@ -25,12 +25,22 @@ type Scheduler struct {
 	client client.Client
 
 	mu      sync.Mutex
-	assumed map[string]map[string]struct{} // executor -> ExecutorTask names created but maybe not cached yet
+	assumed map[types.NamespacedName]assumption // ExecutorTasks created but maybe not cached yet
 }
+
+type assumption struct {
+	executor *rsv1.Executor
+	at       time.Time
+}
+
+// assumeFor bounds how long a created ExecutorTask counts as assumed. The cache shows a new task
+// within milliseconds; one deleted before it did (its run deleted at once) must not hold a slot
+// forever.
+const assumeFor = 10 * time.Second
 
 // NewScheduler returns a Scheduler reading executors, leases and tasks through c (a cached client).
 func NewScheduler(c client.Client) *Scheduler {
-	return &Scheduler{client: c, assumed: map[string]map[string]struct{}{}}
+	return &Scheduler{client: c, assumed: map[types.NamespacedName]assumption{}}
 }
 
 // NoExecutorError says that no executor can take the task now.
@@ -41,24 +51,28 @@ func (e *NoExecutorError) Error() string { return "no executor available: " + e.
 // Schedule picks an executor for the task and creates its ExecutorTask (named etName) there with
 // create. The slot is reserved under the scheduler's lock and the create runs outside it, so that
 // concurrent run reconciles neither book one free slot twice nor wait on each other's round trips.
-// create returns false when the ExecutorTask already existed (it then holds no new slot).
+// create returns false when the ExecutorTask already existed (it then holds no new slot). A task
+// created a moment ago and not cached yet keeps its executor: create then finds it and adopts it.
 func (s *Scheduler) Schedule(ctx context.Context, namespace string, task *rsv1.Task, etName string, create func(*rsv1.Executor) (bool, error)) error {
+	key := types.NamespacedName{Namespace: namespace, Name: etName}
 	s.mu.Lock()
-	ex, err := s.pick(ctx, namespace, task)
-	if err == nil {
-		if s.assumed[ex.Name] == nil {
-			s.assumed[ex.Name] = map[string]struct{}{}
+	ex, ours := s.assumed[key].executor, false
+	var err error
+	if ex == nil {
+		if ex, err = s.pick(ctx, namespace, task); err == nil {
+			ex = ex.DeepCopy()
+			s.assumed[key] = assumption{executor: ex, at: time.Now()}
+			ours = true
 		}
-		s.assumed[ex.Name][etName] = struct{}{}
 	}
 	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	created, err := create(ex)
-	if err != nil || !created {
+	if ours && (err != nil || !created) {
 		s.mu.Lock()
-		delete(s.assumed[ex.Name], etName)
+		delete(s.assumed, key)
 		s.mu.Unlock()
 	}
 	return err
@@ -170,23 +184,34 @@ func leaseExpiry(lease *coordinationv1.Lease) time.Time {
 }
 
 // load counts the executor's active tasks: those in the cache plus those created and not cached yet.
+// The assumed tasks are checked against the cache before it is listed: a task that reaches the cache
+// in between is then counted twice (a slot left free a moment longer), never not at all.
 func (s *Scheduler) load(ctx context.Context, ex *rsv1.Executor) (int, error) {
+	n := 0
+	now := time.Now()
+	for key, a := range s.assumed {
+		if now.Sub(a.at) > assumeFor {
+			delete(s.assumed, key)
+			continue
+		}
+		if a.executor.UID != ex.UID {
+			continue
+		}
+		// Once the cache has the task (active, so counted below, or already final), it is no longer assumed.
+		if err := s.client.Get(ctx, key, &rsv1.ExecutorTask{}); err == nil {
+			delete(s.assumed, key)
+			continue
+		}
+		n++
+	}
 	var tasks rsv1.ExecutorTaskList
 	if err := s.client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexActiveOnExecutor: ex.Name}); err != nil {
 		return 0, fmt.Errorf("listing tasks of executor %s: %w", ex.Name, err)
 	}
-	assumed := s.assumed[ex.Name]
-	for name := range assumed {
-		// Once the cache has the task (active, so counted below, or already final), it is no longer assumed.
-		if err := s.client.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: name}, &rsv1.ExecutorTask{}); err == nil {
-			delete(assumed, name)
-		}
-	}
-	n := 0
 	for i := range tasks.Items {
 		if tasks.Items[i].Spec.ExecutorUID == string(ex.UID) {
 			n++
 		}
 	}
-	return n + len(assumed), nil
+	return n, nil
 }
