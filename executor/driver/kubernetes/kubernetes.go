@@ -523,9 +523,10 @@ func (d *Driver) Mirror(ctx context.Context, uid, dir string) error {
 			return err
 		}
 		st := d.state(pod)
+		var followErr error
 		if mainStarted(pod) {
 			// Follows to the end of the log; an error (a dropped stream) is retried below.
-			_ = d.follow(ctx, pod, dir)
+			followErr = d.follow(ctx, pod, dir)
 			if pod, err = d.pod(ctx, uid); err != nil {
 				return err
 			}
@@ -533,6 +534,15 @@ func (d *Driver) Mirror(ctx context.Context, uid, dir string) error {
 		}
 		if !st.Running {
 			return d.terminationResults(pod, dir)
+		}
+		if followErr != nil {
+			// A node that serves no log (or a stream that keeps failing) is retried once a second,
+			// not on every change of every pod.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
 		}
 		select {
 		case <-ctx.Done():
