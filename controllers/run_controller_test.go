@@ -228,6 +228,29 @@ func TestExecutorSelectionAndNoExecutor(t *testing.T) {
 	}
 }
 
+// TestUnschedulableExecutor: a cordoned (or draining) executor gets no new tasks; uncordoned, it does.
+func TestUnschedulableExecutor(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "cordoned", func(e *rsv1.Executor) { e.Spec.Unschedulable = true })
+	createRun(t, newRun(ns, "wait", task("a")))
+	eventually(t, 30*time.Second, "Scheduled=False naming the cordon", func() (bool, error) {
+		c := meta.FindStatusCondition(getRun(t, ns, "wait").Status.Conditions, controllers.ConditionScheduled)
+		return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "unschedulable"), nil
+	})
+	noTask(t, ns, "wait", "a")
+	ex := &rsv1.Executor{}
+	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "cordoned"}, ex); err != nil {
+		t.Fatal(err)
+	}
+	ex.Spec.Unschedulable = false
+	if err := k8s.Update(context.Background(), ex); err != nil {
+		t.Fatal(err)
+	}
+	if et := waitTask(t, ns, "wait", "a"); et.Spec.Executor != "cordoned" {
+		t.Fatalf("task on %s, want the uncordoned executor", et.Spec.Executor)
+	}
+}
+
 // TestPrivilegedTasks: a privileged task goes to an executor that allows privileged containers; when
 // none does, it goes to one that refuses it, where it fails with a clear message, instead of waiting.
 func TestPrivilegedTasks(t *testing.T) {

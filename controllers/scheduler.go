@@ -107,6 +107,9 @@ func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task)
 		case ex.DeletionTimestamp != nil:
 			rejected["being removed"]++
 			continue
+		case ex.Spec.Unschedulable:
+			rejected["unschedulable (draining or cordoned)"]++
+			continue
 		case task.Arch != nil && len(ex.Spec.Archs) > 0 && !slices.Contains(ex.Spec.Archs, *task.Arch):
 			rejected["arch "+*task.Arch+" not supported"]++
 			continue

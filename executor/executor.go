@@ -64,6 +64,9 @@ type Options struct {
 	StopGrace time.Duration
 	// MaxConcurrentReconciles bounds how many tasks are started at once.
 	MaxConcurrentReconciles int
+	// DrainTimeout is how long a dynamic executor, told to stop, keeps following its running tasks
+	// (taking no new ones) before it exits; 0 exits at once.
+	DrainTimeout time.Duration
 }
 
 func (o *Options) defaults() {
@@ -166,7 +169,9 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 		return fmt.Errorf("setting up the task controller: %w", err)
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
+	// The executor's own context outlives ctx while it drains.
+	stop := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	e.baseCtx = ctx
 	errc := make(chan error, 3)
@@ -179,7 +184,11 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 		}
 	}()
 	log.Info("executor running", "uid", e.uid, "endpoint", opts.Endpoint)
-	err = <-errc
+	select {
+	case err = <-errc:
+	case <-stop.Done():
+		err = e.drain(ctx, errc)
+	}
 	cancel()
 	e.wait()
 	if errors.Is(err, errRemoved) {

@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -161,6 +162,71 @@ func (e *Executor) waitUnclaimed(ctx context.Context) error {
 	}
 }
 
+// drain is a dynamic member's graceful stop: it marks its Executor unschedulable and keeps following
+// its running tasks until they are finished, or DrainTimeout passed, or errc reports the end (the
+// Executor removed). A Deployment replaces a pod under a new name, so tasks not finished by then are
+// lost to this member: its siblings clean up after it once its Lease expires.
+func (e *Executor) drain(ctx context.Context, errc <-chan error) error {
+	if e.opts.Permanent || e.opts.DrainTimeout <= 0 {
+		return nil
+	}
+	log := ctrl.LoggerFrom(ctx)
+	if err := e.cordon(ctx); err != nil {
+		log.Error(err, "marking the Executor unschedulable: not draining")
+		return nil
+	}
+	log.Info("draining: no new tasks, following the running ones", "timeout", e.opts.DrainTimeout)
+	timeout := time.After(e.opts.DrainTimeout)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select { // first a tick: the manager must have seen the cordon before "no tasks" means anything
+		case err := <-errc:
+			return err
+		case <-timeout:
+			log.Info("drain timed out with tasks still running")
+			return nil
+		case <-tick.C:
+		}
+		if task, err := e.unfinishedTask(ctx); err == nil && task == "" {
+			log.Info("drained")
+			return nil
+		}
+	}
+}
+
+// cordon sets the Executor's spec.unschedulable.
+func (e *Executor) cordon(ctx context.Context) error {
+	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		ex := &rsv1.Executor{}
+		if err := e.reader.Get(ctx, types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}, ex); err != nil {
+			return err
+		}
+		if ex.UID != e.uid {
+			return fmt.Errorf("executor %s was registered anew", e.opts.Name)
+		}
+		if ex.Spec.Unschedulable {
+			return nil
+		}
+		ex.Spec.Unschedulable = true
+		return e.client.Update(ctx, ex)
+	})
+}
+
+// unfinishedTask names one unfinished task of this registration of the executor, or "" if none.
+func (e *Executor) unfinishedTask(ctx context.Context) (string, error) {
+	var tasks rsv1.ExecutorTaskList
+	if err := e.reader.List(ctx, &tasks, client.InNamespace(e.opts.Namespace), client.MatchingLabels{rsv1.LabelExecutor: e.opts.Name}); err != nil {
+		return "", err
+	}
+	for _, et := range tasks.Items {
+		if et.Spec.ExecutorUID == string(e.uid) && !et.Status.Phase.IsFinal() {
+			return et.Name, nil
+		}
+	}
+	return "", nil
+}
+
 // leaveIfIdle is a dynamic member's graceful exit. With no unfinished task of its own it deletes its
 // Executor and Lease at once, rather than leaving them to a sibling once the Lease expires (a pod a
 // Deployment replaces never comes back under the same name). A task scheduled on it meanwhile fails
@@ -173,16 +239,12 @@ func (e *Executor) leaveIfIdle(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	log := ctrl.LoggerFrom(ctx)
-	var tasks rsv1.ExecutorTaskList
-	if err := e.reader.List(ctx, &tasks, client.InNamespace(e.opts.Namespace), client.MatchingLabels{rsv1.LabelExecutor: e.opts.Name}); err != nil {
+	if task, err := e.unfinishedTask(ctx); err != nil {
 		log.Error(err, "listing tasks before leaving the group: staying registered")
 		return
-	}
-	for _, et := range tasks.Items {
-		if et.Spec.ExecutorUID == string(e.uid) && !et.Status.Phase.IsFinal() {
-			log.Info("unfinished tasks: staying registered", "task", et.Name)
-			return
-		}
+	} else if task != "" {
+		log.Info("unfinished tasks: staying registered", "task", task)
+		return
 	}
 	ex := &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: e.opts.Name, Namespace: e.opts.Namespace}}
 	if err := e.client.Delete(ctx, ex, client.Preconditions{UID: &e.uid}); client.IgnoreNotFound(err) != nil {

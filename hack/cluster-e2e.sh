@@ -90,7 +90,31 @@ kubectl get executor "$victim" >/dev/null 2>&1 && fail "the dead executor's Exec
 kubectl rollout status deployment/runservice-executor --timeout=2m >/dev/null
 log "group cleanup: $victim's task pod and Executor removed, task Failed/ExecutorRemoved, replaced ($((SECONDS - t0)) s)"
 
-# 4. Nothing was forbidden: the RBAC in config/ covers what the processes do.
+# 4. A rollout restart drains: the executor pod running a task takes no new ones, follows its task
+#    to the end, then leaves the group; the task succeeds.
+kubectl apply -f - <<'YAML'
+apiVersion: runservice.dev/v1alpha1
+kind: Run
+metadata: {name: drain}
+spec:
+  tasks:
+  - name: sleep
+    containers: [{image: busybox:1.36}]
+    steps: [{run: {command: "sleep 15 && echo slept"}}]
+YAML
+kubectl wait executortask/drain-sleep --for=jsonpath='{.status.phase}'=Running --timeout=2m >/dev/null
+kubectl rollout restart deployment/runservice-executor >/dev/null
+kubectl wait run/drain --for=jsonpath='{.status.phase}'=Finished --timeout=3m >/dev/null
+[ "$(kubectl get run drain -o jsonpath='{.status.result}')" = Success ] || fail "the task running during the rollout did not succeed: $(kubectl get run drain -o jsonpath='{.status.tasks}')"
+kubectl rollout status deployment/runservice-executor --timeout=3m >/dev/null
+for _ in $(seq 1 120); do
+  [ "$(kubectl get executors --no-headers | wc -l)" = 3 ] && break
+  sleep 0.5
+done
+[ "$(kubectl get executors --no-headers | wc -l)" = 3 ] || fail "after the rollout, the old executors did not leave: $(kubectl get executors --no-headers)"
+log "rollout restart: the running task finished on its draining executor, the old executors left ($((SECONDS - t0)) s)"
+
+# 5. Nothing was forbidden: the RBAC in config/ covers what the processes do.
 for ns in runservice-system default; do
   for p in $(kubectl -n "$ns" get pods -o name -l 'app.kubernetes.io/name in (runservice-manager,runservice-executor)'); do
     if kubectl -n "$ns" logs "$p" | grep -i forbidden >&2; then fail "$ns/$p was refused something"; fi

@@ -48,6 +48,12 @@ type ExecutorSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	Endpoint string `json:"endpoint,omitempty"`
+
+	// unschedulable keeps new tasks off the executor while its running tasks go on. A dynamic
+	// executor sets it while it drains on shutdown; an administrator may set it to cordon one (until
+	// the executor registers again).
+	// +optional
+	Unschedulable bool `json:"unschedulable,omitempty"`
 }
 
 // ExecutorStatus is what the manager observed of an executor.
@@ -78,6 +84,7 @@ type ExecutorStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Active",type=integer,JSONPath=`.status.activeTasks`
 // +kubebuilder:printcolumn:name="Limit",type=integer,JSONPath=`.spec.activeTasksLimit`
+// +kubebuilder:printcolumn:name="Unschedulable",type=boolean,JSONPath=`.spec.unschedulable`,priority=1
 // +kubebuilder:printcolumn:name="Permanent",type=boolean,JSONPath=`.spec.permanent`,priority=1
 // +kubebuilder:printcolumn:name="Group",type=string,JSONPath=`.spec.group`,priority=1
 // +kubebuilder:printcolumn:name="Heartbeat",type=date,JSONPath=`.status.lastHeartbeatTime`,priority=1

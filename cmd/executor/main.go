@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -51,6 +52,7 @@ func main() {
 	flag.StringVar(&opts.Toolbox, "toolbox", filepath.Join(filepath.Dir(self), "toolbox"), "Path of the static toolbox binary.")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:// or s3://) parents' workspaces are read from.")
 	flag.DurationVar(&opts.LeaseDuration, "lease-duration", 15*time.Second, "Duration of the executor's Lease.")
+	flag.DurationVar(&opts.DrainTimeout, "drain-timeout", 0, "With a dynamic executor (--group): on SIGTERM, how long to take no new tasks and follow the running ones before exiting; 0 exits at once (set the pod's terminationGracePeriodSeconds above it).")
 	flag.DurationVar(&opts.RenewInterval, "renew-interval", 3*time.Second, "How often the Lease is renewed.")
 	zopts := zap.Options{}
 	zopts.BindFlags(flag.CommandLine)
@@ -98,7 +100,8 @@ func main() {
 		if kopts.ExecutorURL == "" {
 			kopts.ExecutorURL = opts.Endpoint
 		}
-		d, err := kubernetes.New(ctx, cfg, kopts)
+		// The driver's informer outlives the signal: a draining executor still follows its pods.
+		d, err := kubernetes.New(context.WithoutCancel(ctx), cfg, kopts)
 		if err != nil {
 			log.Error(err, "starting the kubernetes driver")
 			os.Exit(1)

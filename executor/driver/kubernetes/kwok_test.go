@@ -406,3 +406,53 @@ func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
 		}
 	}
 }
+
+// TestAStoppedMemberDrains: with --drain-timeout, SIGTERM marks the member unschedulable, new tasks
+// go to its siblings, its running task is followed to its end, and then it leaves the group.
+func TestAStoppedMemberDrains(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	da := startExecutor(t, ns, "da", "--drain-timeout", "1m", "--lease-duration", "5m")
+	slow := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: testenv.SlowRun, Namespace: ns}}
+	slow.Spec.Tasks = []rsv1.Task{task("t")}
+	if err := k8s.Create(ctx, slow); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the slow task running on da", func() bool {
+		ts := getRun(t, ns, testenv.SlowRun).Status.Tasks
+		return len(ts) == 1 && ts[0].Phase == rsv1.TaskPhaseRunning
+	})
+	startExecutor(t, ns, "db")
+
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); da.Stop() }()
+	eventually(t, 30*time.Second, "da marked unschedulable", func() bool {
+		ex := &rsv1.Executor{}
+		return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "da"}, ex) == nil && ex.Spec.Unschedulable
+	})
+	next := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "next", Namespace: ns}}
+	next.Spec.Tasks = []rsv1.Task{task("n")}
+	if err := k8s.Create(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "both runs finished", func() bool {
+		return getRun(t, ns, testenv.SlowRun).Status.Phase == rsv1.RunPhaseFinished && getRun(t, ns, "next").Status.Phase == rsv1.RunPhaseFinished
+	})
+	for _, name := range []string{testenv.SlowRun, "next"} {
+		r := getRun(t, ns, name)
+		if r.Status.Result != rsv1.RunResultSuccess {
+			t.Errorf("run %s: %s %+v", name, r.Status.Result, r.Status.Tasks)
+		}
+	}
+	if ex := getRun(t, ns, "next").Status.Tasks[0].Executor; ex != "db" {
+		t.Errorf("the task submitted during the drain went to %q, want db", ex)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("da did not exit after its task finished")
+	}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "da"}, &rsv1.Executor{}); !apierrors.IsNotFound(err) {
+		t.Errorf("drained, da should have left the group: %v", err)
+	}
+}
