@@ -75,9 +75,17 @@ func run(forceLocal, samples bool) error {
 	if err != nil {
 		return err
 	}
+	// The manager and the executor stop together, and before the control plane (whose teardown
+	// removes the webhook's serving certificate under the manager).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errc := make(chan error, 2)
+	running := 1
 	go func() { errc <- mgr.Start(ctx) }()
 	withExecutor := startExecutor(ctx, env, bin, store, errc)
+	if withExecutor {
+		running++
+	}
 	fmt.Printf(`
 local control plane is up; from another terminal:
 
@@ -96,7 +104,12 @@ Ctrl-C stops the manager, the executor and the control plane.
 			}
 		}()
 	}
-	return <-errc
+	err = <-errc
+	cancel()
+	for running--; running > 0; running-- {
+		<-errc
+	}
+	return err
 }
 
 // startExecutor builds the toolbox and runctl and starts a Docker executor in this process, when a
