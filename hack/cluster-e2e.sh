@@ -50,6 +50,11 @@ echo "$out" | tail -5 >&2
 [ "$(echo "$out" | tail -1)" = packaged ] || fail "runctl logs diamond package did not print the step's output"
 log "README walkthrough: diamond Success, logs read from S3 ($((SECONDS - t0)) s)"
 
+# The manager's metrics, through their Service.
+metrics=$(kubectl get --raw /api/v1/namespaces/runservice-system/services/runservice-manager-metrics:metrics/proxy/metrics) ||
+  fail "the manager's metrics Service does not answer"
+echo "$metrics" | grep -q '^controller_runtime_reconcile_total' || fail "the manager's metrics lack controller_runtime_reconcile_total"
+
 # 2. Bad input is refused at apply time, through the webhook Service.
 bad=$(kubectl apply -f - 2>&1 <<'YAML' || true
 apiVersion: runservice.dev/v1alpha1
