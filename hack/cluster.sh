@@ -175,6 +175,8 @@ YAML
   wait_for "the default ServiceAccount" 60 "$assets/kubectl" --kubeconfig "$kc" -n default get serviceaccount default
   wait_for "the kube-root-ca.crt ConfigMap" 60 "$assets/kubectl" --kubeconfig "$kc" -n default get configmap kube-root-ca.crt
   wait_for "kube-proxy's rules" 60 sh -c "iptables-save -t nat | grep -q -- '-d $SERVICE_IP/32'"
+  # Run with sudo: the user who asked may read what they need.
+  [ -n "${SUDO_USER:-}" ] && chown "$SUDO_USER" "$kc" "$state/object-store.env"
   trap - EXIT
   log "cluster up in $((SECONDS - t0)) s: export KUBECONFIG=$kc"
   echo "$kc"
