@@ -32,6 +32,15 @@ dump() {
     done
   done
 }
+# exists OBJECT: waits (up to a minute) until it exists; kubectl wait needs an object to wait on.
+exists() {
+  for _ in $(seq 1 300); do
+    kubectl get "$1" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  fail "$1 was not created"
+}
+
 trap 'rc=$?; [ $rc -eq 0 ] || dump; hack/cluster.sh down "$state" >/dev/null 2>&1 || log "teardown failed (see $state)"; exit $rc' EXIT
 
 t0=$SECONDS
@@ -82,6 +91,7 @@ spec:
     containers: [{image: busybox:1.36}]
     steps: [{run: {command: "sleep 600"}}]
 YAML
+exists executortask/long-sleep
 kubectl wait executortask/long-sleep --for=jsonpath='{.status.phase}'=Running --timeout=2m >/dev/null
 victim=$(kubectl get executortask long-sleep -o jsonpath='{.spec.executor}')
 uid=$(kubectl get executortask long-sleep -o jsonpath='{.metadata.uid}')
@@ -107,6 +117,7 @@ spec:
     containers: [{image: busybox:1.36}]
     steps: [{run: {command: "sleep 15 && echo slept"}}]
 YAML
+exists executortask/drain-sleep
 kubectl wait executortask/drain-sleep --for=jsonpath='{.status.phase}'=Running --timeout=2m >/dev/null
 kubectl rollout restart deployment/runservice-executor >/dev/null
 kubectl wait run/drain --for=jsonpath='{.status.phase}'=Finished --timeout=3m >/dev/null
