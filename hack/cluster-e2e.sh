@@ -59,10 +59,14 @@ echo "$out" | tail -5 >&2
 [ "$(echo "$out" | tail -1)" = packaged ] || fail "runctl logs diamond package did not print the step's output"
 log "README walkthrough: diamond Success, logs read from S3 ($((SECONDS - t0)) s)"
 
-# The manager's metrics, through their Service.
+# The manager's metrics: through their Service (either replica), and the leader's runservice figures.
 metrics=$(kubectl get --raw /api/v1/namespaces/runservice-system/services/runservice-manager-metrics:metrics/proxy/metrics) ||
   fail "the manager's metrics Service does not answer"
-echo "$metrics" | grep -q '^controller_runtime_reconcile_total' || fail "the manager's metrics lack controller_runtime_reconcile_total"
+echo "$metrics" | grep -q '^process_start_time_seconds' || fail "the manager's metrics Service answers without metrics"
+leader=$(kubectl -n runservice-system get lease runservice-manager.runservice.dev -o jsonpath='{.spec.holderIdentity}')
+leader=${leader%%_*}
+metrics=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$leader:8080/proxy/metrics") || fail "the leader $leader serves no metrics"
+echo "$metrics" | grep -q '^runservice_runs{phase="Finished"} [1-9]' || fail "the leader's metrics do not count the finished run: $(echo "$metrics" | grep '^runservice_')"
 
 # 2. Bad input is refused at apply time, through the webhook Service.
 bad=$(kubectl apply -f - 2>&1 <<'YAML' || true
