@@ -159,10 +159,15 @@ func TestStop(t *testing.T) {
 		err := k8s.Get(context.Background(), client.ObjectKeyFromObject(et), et)
 		return err == nil && et.Spec.Stop, err
 	})
-	// The run has its result but is not Finished while the executor still runs the task.
-	run := getRun(t, ns, "stop")
-	if run.Status.Result != rsv1.RunResultStopped || run.Status.Phase != rsv1.RunPhaseRunning {
-		t.Fatalf("phase %s result %s, want Running Stopped", run.Status.Phase, run.Status.Result)
+	// The run has its result but is not Finished while the executor still runs the task. (The same
+	// reconcile stops the task, then writes the run's status: wait for the write.)
+	var run *rsv1.Run
+	eventually(t, 30*time.Second, "the run's result Stopped", func() (bool, error) {
+		run = getRun(t, ns, "stop")
+		return run.Status.Result == rsv1.RunResultStopped, nil
+	})
+	if run.Status.Phase != rsv1.RunPhaseRunning {
+		t.Fatalf("phase %s, want Running while task a still runs", run.Status.Phase)
 	}
 	report(t, ns, et.Name, rsv1.TaskPhaseStopped, "stopped")
 	run = waitRunPhase(t, ns, "stop", rsv1.RunPhaseFinished)
