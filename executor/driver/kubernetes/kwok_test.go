@@ -314,10 +314,11 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	if err != nil || len(leases.Items) != 3 {
 		t.Fatalf("want the 3 members' Leases labelled with the group: %v", err)
 	}
-	secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
-	if err != nil || len(secrets.Items) != 1 {
-		t.Fatalf("the victim's task should have a Secret (its environment): %d (%v)", len(secrets.Items), err)
-	}
+	// Its task has a Secret (its environment), created after the task was marked Running.
+	eventually(t, 30*time.Second, "the victim's task's Secret", func() bool {
+		secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
+		return err == nil && len(secrets.Items) == 1
+	})
 
 	procs[victim].Kill()
 	killedAt := time.Now()
@@ -333,7 +334,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	if err != nil || len(pods.Items) != 0 {
 		t.Fatalf("the dead member's pods are still there after its Executor was removed: %d (%v)", len(pods.Items), err)
 	}
-	secrets, err = kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
+	secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
 	if err != nil || len(secrets.Items) != 0 {
 		t.Fatalf("the dead member's secrets are still there: %d (%v)", len(secrets.Items), err)
 	}
@@ -379,10 +380,16 @@ func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
 		ts := getRun(t, ns, testenv.SlowRun).Status.Tasks
 		return len(ts) == 1 && ts[0].Phase == rsv1.TaskPhaseRunning
 	})
-	// No environment, no workspace to fetch: no Secret, the task file is in a pod annotation.
-	pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=sa"})
-	if err != nil || len(pods.Items) != 1 || pods.Items[0].Annotations["runservice.dev/task"] == "" {
-		t.Fatalf("want one pod with the task file annotation: %v", err)
+	// No environment, no workspace to fetch: no Secret, the task file is in a pod annotation. (The
+	// task is Running before its pod is created: wait for the pod.)
+	var pods *corev1.PodList
+	eventually(t, 30*time.Second, "the task's pod", func() bool {
+		var err error
+		pods, err = kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=sa"})
+		return err == nil && len(pods.Items) == 1
+	})
+	if pods.Items[0].Annotations["runservice.dev/task"] == "" {
+		t.Fatal("want the task file annotation on the pod")
 	}
 	if secrets, err := kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=sa"}); err != nil || len(secrets.Items) != 0 {
 		t.Fatalf("a task without environment should have no Secret: %d (%v)", len(secrets.Items), err)
