@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,14 +39,38 @@ type Harness struct {
 // Eventually polls cond until it holds or the harness's timeout passes.
 func (h *Harness) Eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(h.Timeout)
+	Eventually(t, h.Timeout, what, cond)
+}
+
+// Eventually polls cond until it holds, or fails the test once timeout passed.
+func Eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if cond() {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("timed out after %v waiting for %s", h.Timeout, what)
+	t.Fatalf("timed out after %v waiting for %s", timeout, what)
+}
+
+var namespaces atomic.Int64
+
+// NewNamespace creates a namespace for one test, named prefix and a number unique in the process,
+// with the ServiceAccount "default" that no controller creates here (the ServiceAccount admission
+// plugin, where it runs, refuses pods without it).
+func NewNamespace(t *testing.T, c client.Client, prefix string) string {
+	t.Helper()
+	name := fmt.Sprintf("%s%d-%d", prefix, time.Now().Unix()%100000, namespaces.Add(1))
+	ctx := context.Background()
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: name}}); err != nil {
+		t.Fatal(err)
+	}
+	return name
 }
 
 // KubectlRun runs kubectl in a namespace.

@@ -16,8 +16,6 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	dockerclient "github.com/docker/docker/client"
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -40,8 +38,6 @@ var (
 	kubeconfig string
 	storeURL   string
 	h          *e2e.Harness
-	nsCount    int
-	nsMu       sync.Mutex
 )
 
 func TestMain(m *testing.M) {
@@ -136,30 +132,6 @@ func fail(err error) int {
 	return 1
 }
 
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	nsMu.Lock()
-	nsCount++
-	name := fmt.Sprintf("d%d-%d", time.Now().Unix()%100000, nsCount)
-	nsMu.Unlock()
-	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
-		t.Fatal(err)
-	}
-	return name
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s", timeout, what)
-}
-
 // startExecutor starts a Docker executor process and waits until its Executor is Ready.
 func startExecutor(t *testing.T, ns, name string, extra ...string) *e2e.Executor {
 	t.Helper()
@@ -186,41 +158,41 @@ func containersOf(t *testing.T, executor string) []container.Summary {
 
 func waitNoContainers(t *testing.T, executor string) {
 	t.Helper()
-	eventually(t, 30*time.Second, "the containers of "+executor+" removed", func() bool { return len(containersOf(t, executor)) == 0 })
+	e2e.Eventually(t, 30*time.Second, "the containers of "+executor+" removed", func() bool { return len(containersOf(t, executor)) == 0 })
 }
 
 // The scenarios every driver passes unchanged (internal/e2e), here on Docker; each leaves no container.
 
 func TestSampleDiamondEndToEnd(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	e2e.SampleDiamond(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 
 func TestFailingStepFailsTheRun(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	e2e.FailingStep(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 
 func TestWorkspaceFanIn(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	e2e.WorkspaceFanIn(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 
 func TestStopAndTimeout(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	e2e.StopAndTimeout(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 
 func TestServiceContainerIsReachable(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	task := e2e.ShellTask("with-service", "for i in $(seq 1 20); do wget -q -O- http://127.0.0.1:8080/ && exit 0; sleep 0.25; done; exit 1")
 	task.Containers = append(task.Containers, rsv1.Container{
@@ -240,7 +212,7 @@ func TestServiceContainerIsReachable(t *testing.T) {
 }
 
 func TestBadInputFailsClearly(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	noImage := e2e.ShellTask("noimage", "true", func(t *rsv1.Task) { t.Containers[0].Image = "no-such-image.invalid/nothing:1" })
 	noShell := e2e.ShellTask("noshell", "true", func(t *rsv1.Task) { t.Steps[0].Run.Shell = ptr.To("/bin/bash") })
@@ -290,13 +262,13 @@ func countStarts(ctx context.Context, executor string) func() map[string]int {
 // TestExecutorKilledAndRestartedAdopts: an executor killed mid-task leaves the task Running while it
 // is down; restarted, it re-adopts the container and finishes the task, which started exactly once.
 func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	starts := countStarts(ctx, "phoenix")
 	p := startExecutor(t, ns, "phoenix")
 	h.Create(t, ns, "adopt", e2e.ShellTask("long", "echo begin; sleep 6; echo end"))
-	eventually(t, time.Minute, "the step running", func() bool {
+	e2e.Eventually(t, time.Minute, "the step running", func() bool {
 		ts := e2e.TaskStatus(h.Run(t, ns, "adopt"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
@@ -320,7 +292,7 @@ func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
 			t.Fatalf("task %s started %d times", uid, n)
 		}
 	}
-	eventually(t, 30*time.Second, "logs fetched", func() bool { return e2e.TaskStatus(h.Run(t, ns, "adopt"), "long").Steps[0].LogKey != "" })
+	e2e.Eventually(t, 30*time.Second, "logs fetched", func() bool { return e2e.TaskStatus(h.Run(t, ns, "adopt"), "long").Steps[0].LogKey != "" })
 	log, err := h.Logs(ns, "adopt", "long")
 	if err != nil || !strings.Contains(log, "begin") || !strings.Contains(log, "end") {
 		t.Fatalf("log: %v\n%s", err, log)
@@ -330,10 +302,10 @@ func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
 // TestExecutorKilledThenDeleted: its task becomes Failed/ExecutorRemoved, and when the executor comes
 // back under the same name it removes the old task's containers instead of running them.
 func TestExecutorKilledThenDeleted(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	p := startExecutor(t, ns, "gone")
 	h.Create(t, ns, "orphan", e2e.ShellTask("long", "sleep 120"))
-	eventually(t, time.Minute, "the step running", func() bool {
+	e2e.Eventually(t, time.Minute, "the step running", func() bool {
 		ts := e2e.TaskStatus(h.Run(t, ns, "orphan"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
@@ -352,10 +324,10 @@ func TestExecutorKilledThenDeleted(t *testing.T) {
 // TestDockerDaemonRestart: the daemon restarts under a running executor; the running task ends (its
 // container died with the daemon) with a clear message, and the executor goes on running new tasks.
 func TestDockerDaemonRestart(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "survivor")
 	h.Create(t, ns, "interrupted", e2e.ShellTask("long", "sleep 120"))
-	eventually(t, time.Minute, "the step running", func() bool {
+	e2e.Eventually(t, time.Minute, "the step running", func() bool {
 		ts := e2e.TaskStatus(h.Run(t, ns, "interrupted"), "long")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
@@ -376,7 +348,7 @@ func restartDockerd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stopping dockerd: %v %s", err, out)
 	}
-	eventually(t, 60*time.Second, "dockerd stopped", func() bool {
+	e2e.Eventually(t, 60*time.Second, "dockerd stopped", func() bool {
 		return exec.Command("pgrep", "-x", "dockerd").Run() != nil
 	})
 	setup := exec.Command(filepath.Join(env.Root, "hack", "docker.sh"))
@@ -387,10 +359,10 @@ func restartDockerd(t *testing.T) {
 
 // TestFollowLiveLog: runctl logs -f streams a running step's log from the executor to its end.
 func TestFollowLiveLog(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	h.Create(t, ns, "live", e2e.ShellTask("ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done"))
-	eventually(t, time.Minute, "the step running", func() bool {
+	e2e.Eventually(t, time.Minute, "the step running", func() bool {
 		ts := e2e.TaskStatus(h.Run(t, ns, "live"), "ticker")
 		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
 	})
@@ -409,7 +381,7 @@ func TestFollowLiveLog(t *testing.T) {
 }
 
 func TestUserAndEnvironment(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	e2e.UserAndEnvironment(t, h, ns)
 }

@@ -41,7 +41,6 @@ var (
 	bins       string
 	kubeconfig string
 	h          *e2e.Harness
-	nsCount    int
 )
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
@@ -105,33 +104,6 @@ func testMain(m *testing.M) int {
 func fail(err error) int {
 	fmt.Fprintln(os.Stderr, "kwok e2e:", err)
 	return 1
-}
-
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	nsCount++
-	name := fmt.Sprintf("k%d-%d", time.Now().Unix()%100000, nsCount)
-	ctx := context.Background()
-	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// No controller creates it here, and the ServiceAccount admission wants it.
-	if _, err := kube.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return name
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s", timeout, what)
 }
 
 // startExecutor starts a member of the group "kwok"; extra flags override the defaults.
@@ -224,7 +196,7 @@ func getRun(t *testing.T, ns, name string) *rsv1.Run {
 // with exactly one pod each.
 func TestThousandTasksAcrossThreeExecutors(t *testing.T) {
 	const runs, perRun = 100, 10
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "k")
 	pw := watchPods(t, ns)
 	for i := range 3 {
 		startExecutor(t, ns, fmt.Sprintf("kx-%d", i))
@@ -239,7 +211,7 @@ func TestThousandTasksAcrossThreeExecutors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 8*time.Minute, "every run Finished", func() bool {
+	e2e.Eventually(t, 8*time.Minute, "every run Finished", func() bool {
 		var list rsv1.RunList
 		if err := k8s.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
 			return false
@@ -271,7 +243,7 @@ func TestThousandTasksAcrossThreeExecutors(t *testing.T) {
 	if len(perExecutor) != 3 {
 		t.Fatalf("tasks per executor %v, want all three used", perExecutor)
 	}
-	eventually(t, time.Minute, "every pod and secret removed", func() bool {
+	e2e.Eventually(t, time.Minute, "every pod and secret removed", func() bool {
 		pods, _ := kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
 		secrets, _ := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutorTaskUID})
 		return len(pods.Items) == 0 && len(secrets.Items) == 0
@@ -282,7 +254,7 @@ func TestThousandTasksAcrossThreeExecutors(t *testing.T) {
 // sibling, then its Executor; its tasks fail with ExecutorRemoved; no task ever had two pods. A member
 // restarted with the same identity before its Lease expires re-adopts its pods.
 func TestGroupCleansUpAfterADeadMember(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "k")
 	pw := watchPods(t, ns)
 	procs := map[string]*e2e.Executor{}
 	for _, name := range []string{"ga", "gb", "gc"} {
@@ -298,7 +270,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	onExecutor := map[string]string{}
-	eventually(t, time.Minute, "the three tasks running, one per executor", func() bool {
+	e2e.Eventually(t, time.Minute, "the three tasks running, one per executor", func() bool {
 		run := getRun(t, ns, testenv.SlowRun)
 		for _, ts := range run.Status.Tasks {
 			if ts.Phase != rsv1.TaskPhaseRunning {
@@ -315,7 +287,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 		t.Fatalf("want the 3 members' Leases labelled with the group: %v", err)
 	}
 	// Its task has a Secret (its environment), created after the task was marked Running.
-	eventually(t, 30*time.Second, "the victim's task's Secret", func() bool {
+	e2e.Eventually(t, 30*time.Second, "the victim's task's Secret", func() bool {
 		secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
 		return err == nil && len(secrets.Items) == 1
 	})
@@ -326,7 +298,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	procs[survivorRestart].Kill()
 	procs[survivorRestart].Start()
 
-	eventually(t, time.Minute, "the dead member's Executor removed by a sibling", func() bool {
+	e2e.Eventually(t, time.Minute, "the dead member's Executor removed by a sibling", func() bool {
 		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: victim}, &rsv1.Executor{})
 		return client.IgnoreNotFound(err) == nil && err != nil
 	})
@@ -341,7 +313,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	t.Logf("cleanup done %v after the kill", time.Since(killedAt).Round(time.Millisecond))
 
 	final := getRun(t, ns, testenv.SlowRun)
-	eventually(t, time.Minute, "the run finished", func() bool {
+	e2e.Eventually(t, time.Minute, "the run finished", func() bool {
 		final = getRun(t, ns, testenv.SlowRun)
 		return final.Status.Phase == rsv1.RunPhaseFinished
 	})
@@ -367,7 +339,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 // still running leaves the member registered, so that a restart under the same name re-adopts the
 // task; once idle, SIGTERM removes its Executor and Lease at once instead of leaving them to expire.
 func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "k")
 	ctx := context.Background()
 	// A long Lease: whatever disappears here was removed by the member itself, not found expired.
 	ex := startExecutor(t, ns, "sa", "--lease-duration", "5m")
@@ -376,14 +348,14 @@ func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
 	if err := k8s.Create(ctx, run); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "the task running", func() bool {
+	e2e.Eventually(t, time.Minute, "the task running", func() bool {
 		ts := getRun(t, ns, testenv.SlowRun).Status.Tasks
 		return len(ts) == 1 && ts[0].Phase == rsv1.TaskPhaseRunning
 	})
 	// No environment, no workspace to fetch: no Secret, the task file is in a pod annotation. (The
 	// task is Running before its pod is created: wait for the pod.)
 	var pods *corev1.PodList
-	eventually(t, 30*time.Second, "the task's pod", func() bool {
+	e2e.Eventually(t, 30*time.Second, "the task's pod", func() bool {
 		var err error
 		pods, err = kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=sa"})
 		return err == nil && len(pods.Items) == 1
@@ -399,7 +371,7 @@ func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
 		t.Fatalf("stopped with a running task, the member's Executor should stay: %v", err)
 	}
 	ex.Start()
-	eventually(t, time.Minute, "the run finished", func() bool {
+	e2e.Eventually(t, time.Minute, "the run finished", func() bool {
 		return getRun(t, ns, testenv.SlowRun).Status.Phase == rsv1.RunPhaseFinished
 	})
 	if r := getRun(t, ns, testenv.SlowRun); r.Status.Result != rsv1.RunResultSuccess {
@@ -417,7 +389,7 @@ func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
 // TestAStoppedMemberDrains: with --drain-timeout, SIGTERM marks the member unschedulable, new tasks
 // go to its siblings, its running task is followed to its end, and then it leaves the group.
 func TestAStoppedMemberDrains(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "k")
 	ctx := context.Background()
 	da := startExecutor(t, ns, "da", "--drain-timeout", "1m", "--lease-duration", "5m")
 	slow := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: testenv.SlowRun, Namespace: ns}}
@@ -425,7 +397,7 @@ func TestAStoppedMemberDrains(t *testing.T) {
 	if err := k8s.Create(ctx, slow); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "the slow task running on da", func() bool {
+	e2e.Eventually(t, time.Minute, "the slow task running on da", func() bool {
 		ts := getRun(t, ns, testenv.SlowRun).Status.Tasks
 		return len(ts) == 1 && ts[0].Phase == rsv1.TaskPhaseRunning
 	})
@@ -433,7 +405,7 @@ func TestAStoppedMemberDrains(t *testing.T) {
 
 	stopped := make(chan struct{})
 	go func() { defer close(stopped); da.Stop() }()
-	eventually(t, 30*time.Second, "da marked unschedulable", func() bool {
+	e2e.Eventually(t, 30*time.Second, "da marked unschedulable", func() bool {
 		ex := &rsv1.Executor{}
 		return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "da"}, ex) == nil && ex.Spec.Unschedulable
 	})
@@ -442,7 +414,7 @@ func TestAStoppedMemberDrains(t *testing.T) {
 	if err := k8s.Create(ctx, next); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "both runs finished", func() bool {
+	e2e.Eventually(t, time.Minute, "both runs finished", func() bool {
 		return getRun(t, ns, testenv.SlowRun).Status.Phase == rsv1.RunPhaseFinished && getRun(t, ns, "next").Status.Phase == rsv1.RunPhaseFinished
 	})
 	for _, name := range []string{testenv.SlowRun, "next"} {

@@ -39,7 +39,6 @@ var (
 	kubeconfig string
 	storeURL   string
 	nodeName   string
-	nsCount    int
 )
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
@@ -156,16 +155,6 @@ func fail(err error) int {
 	return 1
 }
 
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	nsCount++
-	name := fmt.Sprintf("n%d-%d", time.Now().Unix()%100000, nsCount)
-	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
-		t.Fatal(err)
-	}
-	return name
-}
-
 // startExecutor starts a Kubernetes-driver executor process for the namespace and waits until it is Ready.
 func startExecutor(t *testing.T, ns, name string, extra ...string) {
 	t.Helper()
@@ -193,28 +182,28 @@ func nothingLeft(t *testing.T, ns string) {
 }
 
 func TestSampleDiamondOnRealPods(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "n")
 	startExecutor(t, ns, "node-1")
 	e2e.SampleDiamond(t, h, ns)
 	nothingLeft(t, ns)
 }
 
 func TestWorkspaceFanInOnRealPods(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "n")
 	startExecutor(t, ns, "node-1")
 	e2e.WorkspaceFanIn(t, h, ns)
 	nothingLeft(t, ns)
 }
 
 func TestFailingStepOnRealPods(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "n")
 	startExecutor(t, ns, "node-1")
 	e2e.FailingStep(t, h, ns)
 	nothingLeft(t, ns)
 }
 
 func TestStopAndTimeoutOnRealPods(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "n")
 	startExecutor(t, ns, "node-1")
 	e2e.StopAndTimeout(t, h, ns)
 	nothingLeft(t, ns)
@@ -224,7 +213,7 @@ func TestStopAndTimeoutOnRealPods(t *testing.T) {
 // selector) and a privileged task on an executor that refuses it are clear task failures. Nothing is
 // left behind.
 func TestBadInputOnRealPods(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "n")
 	startExecutor(t, ns, "node-1", "--labels", "pool=main")
 	startExecutor(t, ns, "nowhere", "--labels", "pool=nowhere", "--pod-node-selector", "pool=nowhere")
 	noImage := e2e.ShellTask("noimage", "true", func(t *rsv1.Task) {
@@ -250,7 +239,7 @@ func TestBadInputOnRealPods(t *testing.T) {
 }
 
 func TestUserAndEnvironmentOnRealPods(t *testing.T) {
-	ns := newNamespace(t)
+	ns := e2e.NewNamespace(t, k8s, "n")
 	startExecutor(t, ns, "node-1")
 	e2e.UserAndEnvironment(t, h, ns)
 }
