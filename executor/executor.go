@@ -181,6 +181,7 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	go func() {
 		if mgr.GetCache().WaitForCacheSync(ctx) {
 			e.sweep(ctx)
+			e.sweepDirs(ctx, dirSweepInterval)
 		}
 	}()
 	log.Info("executor running", "uid", e.uid, "endpoint", opts.Endpoint)
@@ -351,6 +352,70 @@ func (e *Executor) sweep(ctx context.Context) {
 	}
 }
 
+// dirSweepInterval is how often the task directories of tasks that no longer exist are removed.
+const dirSweepInterval = 5 * time.Minute
+
+// sweepDirs removes, now and then every interval until ctx ends, the directories of tasks that no
+// longer exist (deleted while the executor was down, or after their runner ended): a deleted
+// ExecutorTask's logs and archives have nobody left to fetch them.
+func (e *Executor) sweepDirs(ctx context.Context, interval time.Duration) {
+	for {
+		if err := e.removeOrphanDirs(ctx); err != nil && ctx.Err() == nil {
+			ctrl.LoggerFrom(ctx).Error(err, "removing the directories of deleted tasks")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+func (e *Executor) removeOrphanDirs(ctx context.Context) error {
+	root := filepath.Join(e.opts.DataDir, "tasks")
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return err
+	}
+	var list rsv1.ExecutorTaskList
+	if err := e.client.List(ctx, &list, client.InNamespace(e.opts.Namespace)); err != nil {
+		return fmt.Errorf("listing executor tasks: %w", err)
+	}
+	exists := make(map[types.UID]bool, len(list.Items))
+	for i := range list.Items {
+		exists[list.Items[i].UID] = true
+	}
+	e.mu.Lock()
+	for uid := range e.runners {
+		exists[uid] = true
+	}
+	e.mu.Unlock()
+	var orphans []types.UID
+	for _, d := range entries {
+		if uid := types.UID(d.Name()); !exists[uid] {
+			orphans = append(orphans, uid)
+		}
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	// Double-check live: the cache may not show a task created a moment ago.
+	var live rsv1.ExecutorTaskList
+	if err := e.reader.List(ctx, &live, client.InNamespace(e.opts.Namespace), client.MatchingLabels{rsv1.LabelExecutor: e.opts.Name}); err != nil {
+		return fmt.Errorf("listing executor tasks: %w", err)
+	}
+	for _, uid := range orphans {
+		if slices.ContainsFunc(live.Items, func(et rsv1.ExecutorTask) bool { return et.UID == uid }) {
+			continue
+		}
+		ctrl.LoggerFrom(ctx).Info("removing the directory of a deleted task", "uid", uid)
+		if err := os.RemoveAll(e.taskDir(uid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // wait waits for the runners to end.
 func (e *Executor) wait() {
 	for {
@@ -469,6 +534,10 @@ func (e *Executor) forget(ctx context.Context, name string) {
 		r.cancel()
 	}
 	_ = e.driver.Remove(ctx, string(uid))
+	// Nobody fetches what a deleted task left.
+	if err := os.RemoveAll(e.taskDir(uid)); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "removing a deleted task's directory", "executorTask", name)
+	}
 }
 
 // updateStatus applies change to a fresh copy of the task's status, retrying on conflict.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,6 +85,8 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			_ = r.e.driver.Remove(ctx, r.uid())
 			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, err.Error(), nil)
 		}
+	} else if err := r.release(ctx); err != nil {
+		return err
 	}
 
 	mirrored := make(chan error, 1)
@@ -144,6 +147,25 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			return r.end(ctx, w.st, w.err, stopRequested == nil && !timedOut, timedOut)
 		}
 	}
+}
+
+// release lets the toolbox of an adopted task begin when the executor died after starting its
+// containers and before letting it: no step has run (the toolbox waits for the start file before the
+// first), so the steps run now, once. A main container that is not running never saw the start file
+// either; it ends as a task that ran no step (see end).
+func (r *runner) release(ctx context.Context) error {
+	if _, err := os.Lstat(filepath.Join(r.dir, toolbox.StartFile)); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	st, err := r.e.driver.Inspect(ctx, r.uid())
+	if err != nil || !st.Running {
+		return nil // Wait and end tell what happened
+	}
+	ctrl.LoggerFrom(ctx).Info("the executor stopped before letting the adopted task begin: releasing its steps now", "executorTask", r.et.Name)
+	if err := toolbox.Start(r.dir); err != nil {
+		return fmt.Errorf("releasing the adopted task's steps: %w", err)
+	}
+	return nil
 }
 
 // halt asks the toolbox to stop, then stops the containers.
@@ -225,6 +247,11 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 			msg += ": the toolbox could not set the task up (see the container's log)"
 		}
 		endRunning(rsv1.StepPhaseFailed)
+	case len(steps) > 0 && !slices.ContainsFunc(steps, func(s rsv1.StepStatus) bool { return s.Phase != rsv1.StepPhaseNotStarted }):
+		// Never Success without a step run: a container that exited (or never started) before the
+		// toolbox began its first step did nothing of the task.
+		phase = rsv1.TaskPhaseFailed
+		msg = fmt.Sprintf("the task's container ended before any step ran (exit code %d)", st.ExitCode)
 	}
 	if err := r.e.finish(ctx, r.et, phase, msg, steps); err != nil {
 		return err

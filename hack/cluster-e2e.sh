@@ -140,4 +140,14 @@ for ns in runservice-system default; do
     if kubectl -n "$ns" logs "$p" | grep -i forbidden >&2; then fail "$ns/$p was refused something"; fi
   done
 done
+# 6. Every emptyDir of the manager's and the executors' pods is bounded (a task writing without end
+#    must not fill the node's disk through the executor's copy of its logs).
+for ns in runservice-system default; do
+  for p in $(kubectl -n "$ns" get pods -o name -l 'app.kubernetes.io/name in (runservice-manager,runservice-executor)'); do
+    unbounded=$(kubectl -n "$ns" get "$p" -o jsonpath='{range .spec.volumes[?(@.emptyDir)]}{.name}={.emptyDir.sizeLimit}{"\n"}{end}' | grep '=$' || true)
+    [ -z "$unbounded" ] || fail "$ns/$p has an emptyDir without sizeLimit: $unbounded"
+  done
+done
+log "every emptyDir of the manager and the executors has a sizeLimit"
+
 log "PASS in $((SECONDS - t0)) s"

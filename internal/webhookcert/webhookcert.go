@@ -33,8 +33,12 @@ import (
 const (
 	caCertKey = "ca.crt"
 	caKeyKey  = "ca.key"
-	certKey   = corev1.TLSCertKey
-	keyKey    = corev1.TLSPrivateKeyKey
+	// previousCAKey is the CA that signed the serving certificate before the CA was replaced: the
+	// caBundle trusts it too until it expires, because the other replicas serve the certificate it
+	// signed until they next read the Secret.
+	previousCAKey = "ca-previous.crt"
+	certKey       = corev1.TLSCertKey
+	keyKey        = corev1.TLSPrivateKeyKey
 )
 
 // Validity of the certificates, and how long before their end they are renewed.
@@ -69,7 +73,20 @@ func (m *Manager) Ensure(ctx context.Context) error {
 			return err
 		}
 	}
-	return m.patchCABundle(ctx, secret.Data[caCertKey])
+	return m.patchCABundle(ctx, caBundle(secret.Data))
+}
+
+// caBundle is what the apiserver trusts: the CA, and the previous one while it is valid.
+func caBundle(data map[string][]byte) []byte {
+	bundle := bytes.Clone(data[caCertKey])
+	if prev, ok := data[previousCAKey]; ok {
+		if b, _ := pem.Decode(prev); b != nil {
+			if c, err := x509.ParseCertificate(b.Bytes); err == nil && time.Now().Before(c.NotAfter) {
+				bundle = append(bundle, prev...)
+			}
+		}
+	}
+	return bundle
 }
 
 // Run renews the certificates (Ensure) every interval until ctx ends.
@@ -148,10 +165,16 @@ func (m *Manager) valid(data map[string][]byte) bool {
 // issue makes a serving certificate, signed by the existing CA when it is still good, else by a new one.
 func (m *Manager) issue(old map[string][]byte) (map[string][]byte, error) {
 	caCert, caKey, err := parseCA(old)
+	var previous []byte
 	if err != nil || time.Until(caCert.NotAfter) < renewBefore {
+		if err == nil && time.Now().Before(caCert.NotAfter) {
+			previous = old[caCertKey]
+		}
 		if caCert, caKey, err = newCA(); err != nil {
 			return nil, err
 		}
+	} else {
+		previous = old[previousCAKey]
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -178,12 +201,16 @@ func (m *Manager) issue(old map[string][]byte) (map[string][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string][]byte{
+	data := map[string][]byte{
 		caCertKey: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}),
 		caKeyKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: caKeyDER}),
 		certKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		keyKey:    pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-	}, nil
+	}
+	if previous != nil {
+		data[previousCAKey] = previous
+	}
+	return data, nil
 }
 
 func newCA() (*x509.Certificate, *ecdsa.PrivateKey, error) {
