@@ -86,6 +86,9 @@ func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) a
 }
 
 func (v *RunValidator) update(ctx context.Context, old, run *rsv1.Run, dryRun bool) admission.Response {
+	if errs := dag.ValidateApprovedTasks(&run.Spec, old.Spec.ApprovedTasks, field.NewPath("spec")); len(errs) > 0 {
+		return invalid(run, errs)
+	}
 	if len(run.Spec.ChangeGroups) == 0 || run.DeletionTimestamp != nil {
 		return admission.Allowed("")
 	}
