@@ -13,6 +13,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -360,4 +361,237 @@ func TestPhantomAdmissionIsDropped(t *testing.T) {
 	if waited := time.Since(written); waited < 4*time.Second {
 		t.Fatalf("phantom dropped after %v, before the 5s grace", waited)
 	}
+}
+
+// withToken sets the update token annotation on run, keeping its other annotations.
+func withToken(run *rsv1.Run, token string) *rsv1.Run {
+	if run.Annotations == nil {
+		run.Annotations = map[string]string{}
+	}
+	run.Annotations[rsv1.AnnotationUpdateToken] = token
+	return run
+}
+
+// expectGroupConflict checks that err is a 409 Conflict whose message names the group.
+func expectGroupConflict(t *testing.T, err error, group string) {
+	t.Helper()
+	if !apierrors.IsConflict(err) || !strings.Contains(err.Error(), fmt.Sprintf("change group %q", group)) {
+		t.Fatalf("got %v, want 409 Conflict naming change group %q", err, group)
+	}
+}
+
+// settledToken waits until the manager has counted the group's queued runs, so that its own ledger
+// write does not change the token under the test, and returns the group's token.
+func settledToken(t *testing.T, ns, group string, queued int32) string {
+	t.Helper()
+	cg := &rsv1.ChangeGroup{}
+	eventually(t, 30*time.Second, fmt.Sprintf("group %s counting %d queued runs", group, queued), func() (bool, error) {
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: group}, cg)
+		return err == nil && cg.Status.QueuedRuns == queued, client.IgnoreNotFound(err)
+	})
+	return rsv1.UpdateToken(cg)
+}
+
+// stale makes the group's current token stale by creating a suspended run in it with that token (a
+// compare-and-swap that bumps the group), and returns the now stale token.
+func stale(t *testing.T, ns, group string) string {
+	t.Helper()
+	token := rsv1.UpdateToken(getGroup(t, ns, group))
+	createRun(t, withToken(inGroup(ns, "spends-"+token, group, true), token))
+	if now := rsv1.UpdateToken(getGroup(t, ns, group)); now == token {
+		t.Fatalf("the group's token %s did not change after a request spent it", token)
+	}
+	return token
+}
+
+// TestSameTokenSuspendedCreates: eight clients create suspended runs with the same token at once.
+// Creating a suspended run admits nothing, but a request with a token is a compare-and-swap on the
+// group whatever it changes: exactly one create succeeds, the others get 409 naming the group and
+// their runs do not exist.
+func TestSameTokenSuspendedCreates(t *testing.T) {
+	const clients = 8
+	ns := newNamespace(t)
+	if err := k8s.Create(context.Background(), &rsv1.ChangeGroup{ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	token := rsv1.UpdateToken(getGroup(t, ns, "nightly"))
+	errs := make([]error, clients)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run := withToken(inGroup(ns, fmt.Sprintf("client%d", i), "nightly", true), token)
+			<-start
+			errs[i] = k8s.Create(context.Background(), run)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		name := fmt.Sprintf("client%d", i)
+		if err == nil {
+			won++
+			continue
+		}
+		expectGroupConflict(t, err, "nightly")
+		if getErr := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &rsv1.Run{}); !apierrors.IsNotFound(getErr) {
+			t.Errorf("the losing run %s exists (get: %v)", name, getErr)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d of %d same-token creates succeeded, want exactly one (%v)", won, clients, errs)
+	}
+}
+
+// TestStaleTokenIsRefused: a token that another request has spent is refused with 409 on every
+// mutating request that carries it, and the request changes nothing.
+func TestStaleTokenIsRefused(t *testing.T) {
+	ns := newNamespace(t)
+	createRun(t, inGroup(ns, "waiting", "prod", true, task("build"), task("deploy", dependsOn("build"), needsApproval())))
+	eventually(t, 30*time.Second, "the group to exist", func() (bool, error) {
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "prod"}, &rsv1.ChangeGroup{})
+		return err == nil, client.IgnoreNotFound(err)
+	})
+	token := stale(t, ns, "prod")
+
+	t.Run("suspended create", func(t *testing.T) {
+		err := k8s.Create(context.Background(), withToken(inGroup(ns, "late", "prod", true), token))
+		expectGroupConflict(t, err, "prod")
+		if getErr := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "late"}, &rsv1.Run{}); !apierrors.IsNotFound(getErr) {
+			t.Fatalf("the refused run exists (get: %v)", getErr)
+		}
+	})
+	for _, tc := range []struct {
+		name   string
+		change func(*rsv1.Run)
+	}{
+		{name: "approve", change: func(r *rsv1.Run) { r.Spec.ApprovedTasks = []string{"deploy"} }},
+		{name: "stop", change: func(r *rsv1.Run) { r.Spec.Stop = ptr.To(true) }},
+		{name: "environment change", change: func(r *rsv1.Run) { r.Spec.Environment = []rsv1.EnvVar{{Name: "TARGET", Value: "eu"}} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A merge patch without the run's resourceVersion, so that the manager's status writes
+			// cannot make it fail for another reason.
+			before := getRun(t, ns, "waiting")
+			run := before.DeepCopy()
+			tc.change(withToken(run, token))
+			expectGroupConflict(t, k8s.Patch(context.Background(), run, client.MergeFrom(before)), "prod")
+			expectRunUnchanged(t, before)
+		})
+	}
+}
+
+// TestSameTokenApproves: two clients approve a task of two runs of one group with the same token:
+// exactly one approval is stored, the other gets 409 naming the group.
+func TestSameTokenApproves(t *testing.T) {
+	ns := newNamespace(t)
+	for _, name := range []string{"blue", "green"} {
+		createRun(t, inGroup(ns, name, "rollout", true, task("deploy", needsApproval())))
+	}
+	token := settledToken(t, ns, "rollout", 2)
+	runs := []*rsv1.Run{getRun(t, ns, "blue"), getRun(t, ns, "green")}
+	errs := make([]error, len(runs))
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i, run := range runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A merge patch without the run's resourceVersion: only the group's token orders them.
+			patch := client.MergeFrom(run.DeepCopy())
+			withToken(run, token).Spec.ApprovedTasks = []string{"deploy"}
+			<-start
+			errs[i] = k8s.Patch(context.Background(), run, patch)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	approved := 0
+	for i, err := range errs {
+		name := runs[i].Name
+		if err != nil {
+			expectGroupConflict(t, err, "rollout")
+		}
+		if stored := getRun(t, ns, name); len(stored.Spec.ApprovedTasks) > 0 {
+			approved++
+			if err != nil {
+				t.Errorf("run %s: the approval was refused (%v) but is stored", name, err)
+			}
+		}
+	}
+	if approved != 1 {
+		t.Fatalf("%d runs approved with one token, want exactly one (%v)", approved, errs)
+	}
+}
+
+// TestStoredTokenDoesNotBlockLaterWrites: the annotation stays on the run after the request that
+// carried it. The manager's own writes (it adds its finalizer with an Update) and a plain patch that
+// does not send a new token are not compare-and-swaps and are not refused; removing the annotation is
+// allowed; a fresh token is a compare-and-swap again.
+func TestStoredTokenDoesNotBlockLaterWrites(t *testing.T) {
+	ns := newNamespace(t)
+	if err := k8s.Create(context.Background(), &rsv1.ChangeGroup{ObjectMeta: metav1.ObjectMeta{Name: "train", Namespace: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	token := rsv1.UpdateToken(getGroup(t, ns, "train"))
+	createRun(t, withToken(inGroup(ns, "carriage", "train", true, task("build"), task("deploy", dependsOn("build"), needsApproval())), token))
+	eventually(t, 30*time.Second, "the manager's finalizer on the run", func() (bool, error) {
+		return slices.Contains(getRun(t, ns, "carriage").Finalizers, rsv1.FinalizerChangeGroupLedger), nil
+	})
+
+	plain := func(body string) error {
+		return k8s.Patch(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "carriage", Namespace: ns}},
+			client.RawPatch(types.MergePatchType, []byte(body)))
+	}
+	out, err := newValidationKubectl(t).run(t, "--namespace", ns, "patch", "run", "carriage", "--type=merge", "-p", `{"spec":{"approvedTasks":["deploy"]}}`)
+	if err != nil {
+		t.Fatalf("kubectl patch of approvedTasks on a run that stores a spent token: %v\n%s", err, out)
+	}
+	// It is told that the token it kept made no compare-and-swap.
+	if !strings.Contains(out, "Warning: metadata.annotations["+rsv1.AnnotationUpdateToken+"] is the token the run already stores") {
+		t.Errorf("kubectl patch did not warn about the spent token:\n%s", out)
+	}
+	fresh := settledToken(t, ns, "train", 1)
+	seq := getGroup(t, ns, "train").Status.Sequence
+	if err := plain(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}},"spec":{"environment":[{"name":"A","value":"1"}]}}`, rsv1.AnnotationUpdateToken, fresh)); err != nil {
+		t.Fatalf("patch with a fresh token: %v", err)
+	}
+	// Nothing else changes the settled group: a new sequence is the compare-and-swap's write.
+	if now := getGroup(t, ns, "train").Status.Sequence; now == seq {
+		t.Fatalf("a fresh token was not a compare-and-swap: the group's sequence is still %d", seq)
+	}
+	if err := plain(fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, rsv1.AnnotationUpdateToken)); err != nil {
+		t.Fatalf("removing the annotation: %v", err)
+	}
+	if _, ok := getRun(t, ns, "carriage").Annotations[rsv1.AnnotationUpdateToken]; ok {
+		t.Fatalf("the annotation is still there after a patch removed it")
+	}
+}
+
+// TestTokenWithoutChangeGroups: a token on a run without change groups has no group to compare and
+// swap; it is refused with 422 naming the annotation, at create and on update.
+func TestTokenWithoutChangeGroups(t *testing.T) {
+	ns := newNamespace(t)
+	check := func(t *testing.T, err error) {
+		t.Helper()
+		if !apierrors.IsInvalid(err) {
+			t.Fatalf("got %v, want 422 Invalid", err)
+		}
+		expectFieldError(t, err.Error(), "metadata.annotations["+rsv1.AnnotationUpdateToken+"]", "spec.changeGroups")
+	}
+	t.Run("create", func(t *testing.T) {
+		check(t, k8s.Create(context.Background(), withToken(newRun(ns, "loner", task("build")), "42")))
+		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "loner"}, &rsv1.Run{}); !apierrors.IsNotFound(err) {
+			t.Fatalf("the refused run exists (get: %v)", err)
+		}
+	})
+	t.Run("update", func(t *testing.T) {
+		createRun(t, newRun(ns, "single", task("build")))
+		before := getRun(t, ns, "single")
+		check(t, k8s.Patch(context.Background(), withToken(before.DeepCopy(), "42"), client.MergeFrom(before)))
+		expectRunUnchanged(t, before)
+	})
 }

@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -671,6 +672,63 @@ spec:
 		phrase: `Duplicate value: "duplicate-group"`,
 	},
 	{
+		name: "approval of a task that does not exist",
+		manifest: `
+apiVersion: runservice.dev/v1alpha1
+kind: Run
+metadata:
+  name: approve-typo
+spec:
+  changeGroups:
+  - approve-typo
+  approvedTasks:
+  - deploy
+  - deplyo
+  tasks:
+  - name: deploy
+    needsApproval: true
+    containers:
+    - image: busybox:1.36
+    steps:
+    - run:
+        command: ./deploy.sh
+`,
+		path:   "spec.approvedTasks[1]",
+		phrase: `Not found: "deplyo"`,
+	},
+	{
+		name: "approval of a task that needs none",
+		manifest: `
+apiVersion: runservice.dev/v1alpha1
+kind: Run
+metadata:
+  name: approve-unneeded
+spec:
+  changeGroups:
+  - approve-unneeded
+  approvedTasks:
+  - build
+  tasks:
+  - name: build
+    containers:
+    - image: golang:1.26
+    steps:
+    - run:
+        command: go build ./...
+  - name: deploy
+    needsApproval: true
+    depends:
+    - task: build
+    containers:
+    - image: busybox:1.36
+    steps:
+    - run:
+        command: ./deploy.sh
+`,
+		path:   "spec.approvedTasks[0]",
+		phrase: "task build does not have needsApproval",
+	},
+	{
 		// The manager names ExecutorTasks <run>-<task>, and a task name may have 63 characters.
 		name: "run name too long for its task names",
 		manifest: `
@@ -983,6 +1041,50 @@ func TestImmutableFieldsOnUpdate(t *testing.T) {
 	})
 }
 
+// TestBadApprovalsOnPatch: a patch of approvedTasks naming a task that does not exist or needs no
+// approval is refused with the entry named, through the Go client and kubectl patch, and the run
+// keeps its approvals; entries approved before are not judged again.
+func TestBadApprovalsOnPatch(t *testing.T) {
+	kubectl := newValidationKubectl(t)
+	ns := newNamespace(t)
+	createRun(t, newRun(ns, "gated", task("build"), task("deploy", dependsOn("build"), needsApproval()),
+		task("notify", dependsOn("deploy"), needsApproval())))
+	cases := []struct {
+		name, patch, path, phrase string
+	}{
+		{name: "unknown task", patch: `{"spec":{"approvedTasks":["deplyo"]}}`, path: "spec.approvedTasks[0]", phrase: `Not found: "deplyo"`},
+		{name: "task without needsApproval", patch: `{"spec":{"approvedTasks":["deploy","build"]}}`, path: "spec.approvedTasks[1]", phrase: "task build does not have needsApproval"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Run("go client", func(t *testing.T) {
+				before := getRun(t, ns, "gated")
+				err := k8s.Patch(context.Background(), before.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(tc.patch)))
+				if !apierrors.IsInvalid(err) {
+					t.Fatalf("got %v, want 422 Invalid", err)
+				}
+				expectFieldError(t, err.Error(), tc.path, tc.phrase)
+				expectRunUnchanged(t, before)
+			})
+			t.Run("kubectl", func(t *testing.T) {
+				before := getRun(t, ns, "gated")
+				out, err := kubectl.run(t, "--namespace", ns, "patch", "run", "gated", "--type=merge", "-p", tc.patch)
+				if err == nil {
+					t.Fatalf("kubectl patch succeeded, want it rejected; output:\n%s", out)
+				}
+				expectFieldError(t, out, tc.path, tc.phrase)
+				expectRunUnchanged(t, before)
+			})
+		})
+	}
+	// A valid approval is accepted, and adding another one later judges only the new entry.
+	for _, approved := range []string{`["deploy"]`, `["deploy","notify"]`} {
+		if out, err := kubectl.run(t, "--namespace", ns, "patch", "run", "gated", "--type=merge", "-p", `{"spec":{"approvedTasks":`+approved+`}}`); err != nil {
+			t.Fatalf("approving %s: %v\n%s", approved, err, out)
+		}
+	}
+}
+
 // updateUnstructuredRun applies change to the live run and updates it, retrying when the manager's
 // status writes got in between.
 func updateUnstructuredRun(ctx context.Context, u *unstructured.Unstructured, change func(*unstructured.Unstructured)) error {
@@ -1097,10 +1199,15 @@ func (k *validationKubectl) apply(t *testing.T, ns, manifest string) (string, er
 	if err := os.WriteFile(file, []byte(manifest), 0o600); err != nil {
 		t.Fatalf("writing manifest: %v", err)
 	}
+	return k.run(t, "--namespace", ns, "apply", "-f", file)
+}
+
+// run runs kubectl with args and returns its combined output.
+func (k *validationKubectl) run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, env.Kubectl(), "--kubeconfig", k.kubeconfig, "--cache-dir", k.cacheDir,
-		"--namespace", ns, "apply", "-f", file)
+	cmd := exec.CommandContext(ctx, env.Kubectl(), append([]string{"--kubeconfig", k.kubeconfig, "--cache-dir", k.cacheDir}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -72,7 +72,10 @@ func (l *Ledger) Admit(ctx context.Context, namespace, run string, groups []stri
 }
 
 // Touch bumps each group at the token's version without changing what it counts: the
-// compare-and-swap of a mutating request that does not change admission (stop).
+// compare-and-swap of a request that carries a token and does not start the run (a suspended create,
+// an approval, a stop, any other change). The groups are written one by one: when a later group
+// conflicts, the earlier ones stay bumped, which spends their tokens but changes no count, so other
+// holders of those tokens only have to read them again.
 func (l *Ledger) Touch(ctx context.Context, namespace string, groups []string, tokens map[string]string) error {
 	for _, g := range groups {
 		if err := l.compareAndSwap(ctx, namespace, g, tokens[g], func(*rsv1.ChangeGroupStatus) {}); err != nil {

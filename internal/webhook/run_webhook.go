@@ -5,10 +5,12 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,7 +33,8 @@ const RunPath = "/validate-runservice-dev-v1alpha1-run"
 // +kubebuilder:rbac:groups=runservice.dev,resources=changegroups,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=runservice.dev,resources=changegroups/status,verbs=get;update;patch
 
-// RunValidator validates Runs and performs the change-group admission of the requests that start a run.
+// RunValidator validates Runs, admits the requests that start a run into its change groups, and makes
+// every request that carries an update token a compare-and-swap on the groups.
 type RunValidator struct {
 	Ledger *ledger.Ledger
 	// Reader reads live from the apiserver.
@@ -70,71 +73,111 @@ func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) a
 	if len(run.Name)+1+63 > 253 {
 		errs = append(errs, field.TooLong(field.NewPath("metadata", "name"), run.Name, 253-64))
 	}
-	if len(errs) > 0 {
+	token, carried := carriedToken(nil, run)
+	tokens, terrs := parseToken(run, token, carried)
+	if errs = append(errs, terrs...); len(errs) > 0 {
 		return invalid(run, errs)
 	}
-	if len(run.Spec.ChangeGroups) == 0 || run.IsSuspended() || run.IsStopped() {
+	starting := !run.IsSuspended() && !run.IsStopped()
+	if len(run.Spec.ChangeGroups) == 0 || (!starting && !carried) {
 		return admission.Allowed("")
 	}
 	// A create that will fail with AlreadyExists must not touch the ledger.
 	if err := v.Reader.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: run.Name}, &rsv1.Run{}); err == nil {
 		return admission.Allowed("")
 	} else if !apierrors.IsNotFound(err) {
-		return admission.Errored(http.StatusInternalServerError, err)
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("reading run %s: %w", run.Name, err))
 	}
-	return v.admit(ctx, run, dryRun)
+	if starting {
+		return v.admit(ctx, run, tokens, dryRun)
+	}
+	return v.touch(ctx, run, tokens, dryRun)
 }
 
 func (v *RunValidator) update(ctx context.Context, old, run *rsv1.Run, dryRun bool) admission.Response {
-	if len(run.Spec.ChangeGroups) == 0 || run.DeletionTimestamp != nil {
+	errs := dag.ValidateApprovedTasks(&run.Spec, old.Spec.ApprovedTasks, field.NewPath("spec"))
+	token, carried := carriedToken(old, run)
+	tokens, terrs := parseToken(run, token, carried)
+	if errs = append(errs, terrs...); len(errs) > 0 {
+		return invalid(run, errs)
+	}
+	if len(run.Spec.ChangeGroups) == 0 {
 		return admission.Allowed("")
 	}
-	starting := old.IsSuspended() && !run.IsSuspended() && !run.IsStopped() &&
+	starting := run.DeletionTimestamp == nil && old.IsSuspended() && !run.IsSuspended() && !run.IsStopped() &&
 		(old.Status.Phase == "" || old.Status.Phase == rsv1.RunPhaseQueued)
-	stopping := !old.IsStopped() && run.IsStopped()
+	resp := admission.Allowed("")
 	switch {
 	case starting:
-		return v.admit(ctx, run, dryRun)
-	case stopping:
-		token, ok := run.Annotations[rsv1.AnnotationUpdateToken]
-		if !ok {
-			return admission.Allowed("")
-		}
-		tokens, err := rsv1.ParseUpdateToken(token, run.Spec.ChangeGroups)
-		if err != nil {
-			return badToken(err)
-		}
-		if dryRun {
-			return admission.Allowed("")
-		}
-		if err := v.Ledger.Touch(ctx, run.Namespace, run.Spec.ChangeGroups, tokens); err != nil {
-			return ledgerError(err)
-		}
+		resp = v.admit(ctx, run, tokens, dryRun)
+	case carried:
+		resp = v.touch(ctx, run, tokens, dryRun)
 	}
-	return admission.Allowed("")
+	// A client that changes the spec and keeps the stored token may believe it made a
+	// compare-and-swap; the manager's writes leave the spec alone and get no warning.
+	if resp.Allowed && spentToken(old, run) && !equality.Semantic.DeepEqual(old.Spec, run.Spec) {
+		resp = resp.WithWarnings(fmt.Sprintf("metadata.annotations[%s] is the token the run already stores, spent by the request that set it: "+
+			"this update was not a compare-and-swap; send a token read from the change groups now, or remove the annotation",
+			rsv1.AnnotationUpdateToken))
+	}
+	return resp
 }
 
-// admit records a run that is about to start in its groups' ledgers. Groups with maxActiveRuns are
-// left to the changegroup controller, which starts their runs oldest first.
-func (v *RunValidator) admit(ctx context.Context, run *rsv1.Run, dryRun bool) admission.Response {
+// carriedToken returns the update token the request sends, and whether it sends one. A create sends
+// the annotation when it has it. An update sends it only when the annotation's value differs from the
+// stored run's: the annotation stays on the run after the request that carried it, so the manager's
+// own writes (its finalizer) and a client's patch that does not mention the annotation leave it as it
+// was, and must not be refused. A value equal to the stored one cannot be a valid token anyway:
+// the request that stored it was a compare-and-swap, and every ledger write bumps the group's
+// status.sequence and so its resourceVersion, which spends the token. Removing the annotation carries
+// nothing.
+func carriedToken(old, run *rsv1.Run) (string, bool) {
+	token, ok := run.Annotations[rsv1.AnnotationUpdateToken]
+	if !ok || old == nil {
+		return token, ok
+	}
+	prev, had := old.Annotations[rsv1.AnnotationUpdateToken]
+	return token, !had || prev != token
+}
+
+// spentToken reports whether the update keeps the token the run already stores.
+func spentToken(old, run *rsv1.Run) bool {
+	_, ok := run.Annotations[rsv1.AnnotationUpdateToken]
+	_, carried := carriedToken(old, run)
+	return ok && !carried
+}
+
+// parseToken returns the resourceVersion a carried token holds for each of the run's groups (nil
+// when the request carries none), or the errors that refuse it.
+func parseToken(run *rsv1.Run, token string, carried bool) (map[string]string, field.ErrorList) {
+	if !carried {
+		return nil, nil
+	}
+	p := field.NewPath("metadata", "annotations").Key(rsv1.AnnotationUpdateToken)
+	if len(run.Spec.ChangeGroups) == 0 {
+		return nil, field.ErrorList{field.Forbidden(p, "the run has no spec.changeGroups, so there is no change group to compare and swap: "+
+			"name the groups in spec.changeGroups (at create; they are immutable), or remove the annotation")}
+	}
+	tokens, err := rsv1.ParseUpdateToken(token, run.Spec.ChangeGroups)
+	if err != nil {
+		return nil, field.ErrorList{field.Invalid(p, token, err.Error())}
+	}
+	return tokens, nil
+}
+
+// admit records a run that is about to start in its groups' ledgers, as a compare-and-swap at the
+// tokens when the request carries them. Groups with maxActiveRuns are left to the changegroup
+// controller, which starts their runs oldest first.
+func (v *RunValidator) admit(ctx context.Context, run *rsv1.Run, tokens map[string]string, dryRun bool) admission.Response {
 	for _, g := range run.Spec.ChangeGroups {
 		cg := &rsv1.ChangeGroup{}
 		err := v.Reader.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: g}, cg)
 		if err == nil && cg.Spec.MaxActiveRuns != nil {
-			if _, ok := run.Annotations[rsv1.AnnotationUpdateToken]; ok {
-				return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &metav1.Status{
-					Code: http.StatusUnprocessableEntity, Reason: metav1.StatusReasonInvalid,
-					Message: fmt.Sprintf("change group %q has maxActiveRuns: the manager starts its runs; drop the %s annotation", g, rsv1.AnnotationUpdateToken),
-				}}}
+			if tokens != nil {
+				return invalid(run, field.ErrorList{field.Forbidden(field.NewPath("metadata", "annotations").Key(rsv1.AnnotationUpdateToken),
+					fmt.Sprintf("change group %q has maxActiveRuns: the manager starts its runs; drop the annotation", g))})
 			}
 			return admission.Allowed("queued: change group " + g + " starts its runs itself")
-		}
-	}
-	var tokens map[string]string
-	if token, ok := run.Annotations[rsv1.AnnotationUpdateToken]; ok {
-		var err error
-		if tokens, err = rsv1.ParseUpdateToken(token, run.Spec.ChangeGroups); err != nil {
-			return badToken(err)
 		}
 	}
 	if dryRun {
@@ -146,23 +189,29 @@ func (v *RunValidator) admit(ctx context.Context, run *rsv1.Run, dryRun bool) ad
 	return admission.Allowed("")
 }
 
+// touch is the compare-and-swap of a request that carries a token but does not start the run: it
+// bumps each group at the token's version without changing what the group counts.
+func (v *RunValidator) touch(ctx context.Context, run *rsv1.Run, tokens map[string]string, dryRun bool) admission.Response {
+	if dryRun {
+		return admission.Allowed("")
+	}
+	if err := v.Ledger.Touch(ctx, run.Namespace, run.Spec.ChangeGroups, tokens); err != nil {
+		return ledgerError(err)
+	}
+	return admission.Allowed("")
+}
+
 func invalid(run *rsv1.Run, errs field.ErrorList) admission.Response {
 	st := apierrors.NewInvalid(rsv1.GroupVersion.WithKind("Run").GroupKind(), run.Name, errs).ErrStatus
 	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &st}}
 }
 
-func badToken(err error) admission.Response {
-	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &metav1.Status{
-		Code: http.StatusUnprocessableEntity, Reason: metav1.StatusReasonInvalid,
-		Message: fmt.Sprintf("metadata.annotations[%s]: %v", rsv1.AnnotationUpdateToken, err),
-	}}}
-}
-
 func ledgerError(err error) admission.Response {
-	if ledger.IsConflict(err) {
+	var conflict *ledger.ConflictError
+	if errors.As(err, &conflict) {
 		return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &metav1.Status{
 			Code: http.StatusConflict, Reason: metav1.StatusReasonConflict, Message: err.Error(),
-			Details: &metav1.StatusDetails{Group: rsv1.GroupVersion.Group, Kind: "changegroups"},
+			Details: &metav1.StatusDetails{Group: rsv1.GroupVersion.Group, Kind: "changegroups", Name: conflict.Group},
 		}}}
 	}
 	return admission.Errored(http.StatusInternalServerError, err)

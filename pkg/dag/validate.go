@@ -2,6 +2,7 @@ package dag
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -10,9 +11,9 @@ import (
 )
 
 // Validate does the graph checks that the CRD schema cannot: duplicate task names, dependencies on unknown
-// tasks, self dependencies, duplicate dependency entries, cycles, duplicate change groups, and a
-// restoreWorkspace step in a task without parents. Errors use field paths under path, so messages name
-// the field.
+// tasks, self dependencies, duplicate dependency entries, cycles, duplicate change groups, a
+// restoreWorkspace step in a task without parents, and approvals of tasks that do not exist or need no
+// approval. Errors use field paths under path, so messages name the field.
 func Validate(spec *v1alpha1.RunSpec, path *field.Path) field.ErrorList {
 	if spec == nil {
 		return nil
@@ -82,6 +83,32 @@ func Validate(spec *v1alpha1.RunSpec, path *field.Path) field.ErrorList {
 			errs = append(errs, field.Duplicate(path.Child("changeGroups").Index(i), cg))
 		}
 		seenGroups[cg] = true
+	}
+	return append(errs, ValidateApprovedTasks(spec, nil, path)...)
+}
+
+// ValidateApprovedTasks refuses the entries of spec.approvedTasks that are not in old and name a task
+// that does not exist or does not have needsApproval: such an approval approves nothing, and the
+// task the client meant keeps the run waiting. Only new entries are judged because tasks are
+// immutable, so an entry that passed once passes again; one stored without passing (by an older
+// manager, or with the webhook off) must not block every later update of the run, such as a stop.
+func ValidateApprovedTasks(spec *v1alpha1.RunSpec, old []string, path *field.Path) field.ErrorList {
+	if spec == nil {
+		return nil
+	}
+	var errs field.ErrorList
+	for i, name := range spec.ApprovedTasks {
+		if slices.Contains(old, name) {
+			continue
+		}
+		p := path.Child("approvedTasks").Index(i)
+		k := slices.IndexFunc(spec.Tasks, func(t v1alpha1.Task) bool { return t.Name == name })
+		switch {
+		case k < 0:
+			errs = append(errs, field.NotFound(p, name))
+		case !spec.Tasks[k].IsNeedsApproval():
+			errs = append(errs, field.Invalid(p, name, fmt.Sprintf("task %s does not have needsApproval, so there is nothing to approve", name)))
+		}
 	}
 	return errs
 }

@@ -86,9 +86,23 @@ func TestValidate(t *testing.T) {
 			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].steps[1].restoreWorkspace", detail: "no parent workspace"}},
 		},
 		{
+			name: "approvals of tasks that need approval",
+			spec: runSpec(tasks(task("a"), task("b", dependsOn("a"), needsApproval), task("c", needsApproval)), approved("c", "b")),
+		},
+		{
+			name: "approval of an unknown task",
+			spec: runSpec(tasks(task("a"), task("deploy", dependsOn("a"), needsApproval)), approved("deploy", "deplyo")),
+			want: []wantErr{{typ: field.ErrorTypeNotFound, field: "spec.approvedTasks[1]"}},
+		},
+		{
+			name: "approval of a task without needsApproval",
+			spec: runSpec(tasks(task("a"), task("deploy", dependsOn("a"), needsApproval)), approved("a")),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.approvedTasks[0]", detail: "task a does not have needsApproval"}},
+		},
+		{
 			name: "several errors at once, in field order",
 			spec: runSpec(tasks(task("a", dependsOn("a"), dependsOn("a")), task("a", dependsOn("nope")), task("b", restoreWorkspace)),
-				func(s *v1alpha1.RunSpec) { s.ChangeGroups = []string{"g", "g"} }),
+				func(s *v1alpha1.RunSpec) { s.ChangeGroups = []string{"g", "g"} }, approved("x")),
 			want: []wantErr{
 				{typ: field.ErrorTypeDuplicate, field: "spec.tasks[1].name"},
 				{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].depends[0].task"},
@@ -96,6 +110,7 @@ func TestValidate(t *testing.T) {
 				{typ: field.ErrorTypeNotFound, field: "spec.tasks[1].depends[0].task"},
 				{typ: field.ErrorTypeInvalid, field: "spec.tasks[2].steps[1].restoreWorkspace"},
 				{typ: field.ErrorTypeDuplicate, field: "spec.changeGroups[1]"},
+				{typ: field.ErrorTypeNotFound, field: "spec.approvedTasks[0]"},
 			},
 		},
 	}
@@ -114,6 +129,49 @@ func TestValidate(t *testing.T) {
 				// The message people read names the field.
 				if !strings.HasPrefix(e.Error(), w.field+":") {
 					t.Errorf("error %d message %q does not start with the field %q", i, e.Error(), w.field)
+				}
+			}
+		})
+	}
+}
+
+// TestValidateApprovedTasks: on an update only the entries the update adds are judged, so a run
+// stored with an approval that no longer passes (an older manager, or the webhook off) can still be
+// updated, while each new entry names its index.
+func TestValidateApprovedTasks(t *testing.T) {
+	spec := func(approvals ...string) *v1alpha1.RunSpec {
+		return runSpec(tasks(task("build"), task("deploy", dependsOn("build"), needsApproval)), approved(approvals...))
+	}
+	tests := []struct {
+		name string
+		spec *v1alpha1.RunSpec
+		old  []string
+		want []wantErr
+	}{
+		{name: "nothing new", spec: spec("deploy"), old: []string{"deploy"}},
+		{name: "an old bad entry is not judged again", spec: spec("typo", "deploy"), old: []string{"typo"}},
+		{
+			name: "a new bad entry after old ones",
+			spec: spec("typo", "deploy", "build"),
+			old:  []string{"typo", "deploy"},
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.approvedTasks[2]", detail: "task build does not have needsApproval"}},
+		},
+		{
+			name: "every entry is new at create",
+			spec: spec("deplyo"),
+			want: []wantErr{{typ: field.ErrorTypeNotFound, field: "spec.approvedTasks[0]"}},
+		},
+		{name: "nil spec", old: []string{"x"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := ValidateApprovedTasks(tt.spec, tt.old, field.NewPath("spec"))
+			if len(errs) != len(tt.want) {
+				t.Fatalf("got %d errors, want %d:\n%v", len(errs), len(tt.want), errs.ToAggregate())
+			}
+			for i, w := range tt.want {
+				if e := errs[i]; e.Type != w.typ || e.Field != w.field || !strings.Contains(e.Detail, w.detail) {
+					t.Errorf("error %d = %q, want type %q field %q detail containing %q", i, e.Error(), w.typ, w.field, w.detail)
 				}
 			}
 		})
