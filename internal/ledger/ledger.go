@@ -8,7 +8,6 @@ package ledger
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -31,12 +30,6 @@ type ConflictError struct {
 
 func (e *ConflictError) Error() string {
 	return fmt.Sprintf("change group %q: %s", e.Group, e.Reason)
-}
-
-// IsConflict reports whether err is a ConflictError.
-func IsConflict(err error) bool {
-	var c *ConflictError
-	return errors.As(err, &c)
 }
 
 // Ledger writes change-group ledgers.
