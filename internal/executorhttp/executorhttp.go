@@ -18,7 +18,8 @@ import (
 	"time"
 )
 
-// Timeouts bound each part of a request to an executor. Zero fields take the defaults.
+// Timeouts bound each part of a request to an executor. Zero fields take the defaults; a negative
+// ResponseHeader turns that bound off (for a followed log, whose headers wait for the step).
 type Timeouts struct {
 	// Dial bounds connecting (per address tried).
 	Dial time.Duration
