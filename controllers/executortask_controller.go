@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,14 +12,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/objectstore"
 )
 
@@ -34,8 +38,16 @@ const (
 type ExecutorTaskReconciler struct {
 	Client    client.Client
 	APIReader client.Reader
+	Recorder  recorder.EventRecorder
 	Store     *objectstore.Store
-	HTTP      *http.Client
+	// HTTP is the client of executors' endpoints (executorhttp.NewClient: address checks, timeouts).
+	HTTP *http.Client
+	// Stall fails a response body that sends nothing for this long; FetchTimeout bounds one task's
+	// whole fetch.
+	Stall, FetchTimeout time.Duration
+	// Workers is how many tasks are fetched at once in all; Slots bound those per executor.
+	Workers int
+	Slots   *fetchSlots
 
 	mu     sync.Mutex
 	tokens map[string]string // namespace -> executors' bearer token
@@ -45,6 +57,7 @@ var _ reconcile.Reconciler = (*ExecutorTaskReconciler)(nil)
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile implements reconcile.Reconciler.
 func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -66,12 +79,44 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if ex.Spec.Endpoint == "" {
 		return ctrl.Result{}, r.markFetched(ctx, et, fetchedLost)
 	}
-	if err := r.fetch(ctx, et, ex.Spec.Endpoint); err != nil {
-		ctrl.LoggerFrom(ctx).V(1).Info("fetching from the executor failed; trying again", "error", err.Error())
-		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
+	release, wait := r.Slots.acquire(ex.UID)
+	if release == nil {
+		return ctrl.Result{RequeueAfter: wait}, nil // the executor is busy or backing off
+	}
+	err = r.fetchWithin(ctx, et, ex.Spec.Endpoint)
+	if retry := release(err != nil); err != nil {
+		r.fetchFailed(ctx, et, ex, err)
+		return ctrl.Result{RequeueAfter: retry}, nil
 	}
 	return ctrl.Result{}, r.markFetched(ctx, et, time.Now().UTC().Format(time.RFC3339))
 }
+
+// fetchWithin fetches within FetchTimeout, so that an executor trickling bytes slower than the
+// stall timeout still cannot hold a worker for ever.
+func (r *ExecutorTaskReconciler) fetchWithin(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.FetchTimeout)
+	defer cancel()
+	return r.fetch(ctx, et, endpoint)
+}
+
+// fetchFailed makes a failed fetch visible, as a Warning event on the ExecutorTask and a log line:
+// a refused endpoint (EndpointRefused) needs its operator or the executor's owner to act.
+func (r *ExecutorTaskReconciler) fetchFailed(ctx context.Context, et *rsv1.ExecutorTask, ex *rsv1.Executor, err error) {
+	reason := rsv1.ReasonFetchFailed
+	if _, refused := errors.AsType[*executorhttp.RefusedError](err); refused {
+		reason = rsv1.ReasonEndpointRefused
+	}
+	ctrl.LoggerFrom(ctx).Info("fetching from the executor failed; trying again later",
+		"executor", klog.KObj(ex), "endpoint", ex.Spec.Endpoint, "reason", reason, "error", err.Error())
+	note := fmt.Sprintf("fetching logs and archives from executor %s: %v", ex.Name, err)
+	if len(note) > maxEventNote {
+		note = note[:maxEventNote-3] + "..."
+	}
+	r.Recorder.Eventf(et, ex, corev1.EventTypeWarning, reason, "Fetch", "%s", note)
+}
+
+// maxEventNote keeps an event's note under the API's limit of 1 kB.
+const maxEventNote = 1000
 
 func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) error {
 	token, err := r.token(ctx, et.Namespace)
@@ -97,6 +142,8 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 
 // copy streams url into the object store at key; a 404 (nothing was written) stores nothing.
 func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key string) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
@@ -107,12 +154,21 @@ func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key strin
 		return fmt.Errorf("fetching %s: %w", url, err)
 	}
 	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK:
-		return r.Store.Put(ctx, key, resp.Body)
-	case http.StatusNotFound:
-		_, _ = io.Copy(io.Discard, resp.Body)
+	body := executorhttp.WatchStall(resp.Body, r.Stall, cancel)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		if err := r.Store.Put(ctx, key, body); err != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, executorhttp.ErrStalled) {
+				err = cause // the store saw a cancelled context; the executor's silence is why
+			}
+			return fmt.Errorf("fetching %s: %w", url, err)
+		}
 		return nil
+	case resp.StatusCode == http.StatusNotFound:
+		_, _ = io.Copy(io.Discard, body)
+		return nil
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		return fmt.Errorf("fetching %s: %s to %q, not followed", url, resp.Status, resp.Header.Get("Location"))
 	}
 	return fmt.Errorf("fetching %s: %s", url, resp.Status)
 }
@@ -155,6 +211,6 @@ func (r *ExecutorTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("executortask").
 		For(&rsv1.ExecutorTask{}, builder.WithPredicates(final)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers}).
 		Complete(r)
 }

@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -11,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/webhook"
@@ -30,6 +30,18 @@ type Options struct {
 	// Store is the object store step logs and workspace archives are fetched into; nil turns the
 	// fetcher off.
 	Store *objectstore.Store
+	// EndpointAllow lists address ranges the fetcher may dial although they are denied by default
+	// (loopback, link-local, unspecified, multicast: see executorhttp).
+	EndpointAllow executorhttp.Allow
+	// FetchTimeouts bound each request to an executor; FetchTimeout bounds fetching one task.
+	FetchTimeouts executorhttp.Timeouts
+	FetchTimeout  time.Duration
+	// MaxConcurrentFetches is how many tasks are fetched at once, FetchesPerExecutor how many of
+	// them from one executor; FetchBackoff is the first wait after an executor's fetch failed
+	// (doubling up to five minutes).
+	MaxConcurrentFetches int
+	FetchesPerExecutor   int
+	FetchBackoff         time.Duration
 }
 
 func (o *Options) defaults() {
@@ -41,6 +53,19 @@ func (o *Options) defaults() {
 	}
 	if o.MaxConcurrentRuns == 0 {
 		o.MaxConcurrentRuns = 4
+	}
+	o.FetchTimeouts = o.FetchTimeouts.WithDefaults()
+	if o.FetchTimeout == 0 {
+		o.FetchTimeout = 15 * time.Minute // archives can be large; the stall timeout catches the stuck
+	}
+	if o.MaxConcurrentFetches == 0 {
+		o.MaxConcurrentFetches = 8
+	}
+	if o.FetchesPerExecutor == 0 {
+		o.FetchesPerExecutor = 2
+	}
+	if o.FetchBackoff == 0 {
+		o.FetchBackoff = 2 * time.Second
 	}
 }
 
@@ -101,7 +126,17 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		return err
 	}
 	if opts.Store != nil {
-		fetcher := &ExecutorTaskReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: opts.Store, HTTP: &http.Client{}}
+		fetcher := &ExecutorTaskReconciler{
+			Client:       mgr.GetClient(),
+			APIReader:    mgr.GetAPIReader(),
+			Recorder:     mgr.GetEventRecorder("fetcher"),
+			Store:        opts.Store,
+			HTTP:         executorhttp.NewClient(opts.FetchTimeouts, true, opts.EndpointAllow),
+			Stall:        opts.FetchTimeouts.Stall,
+			FetchTimeout: opts.FetchTimeout,
+			Workers:      opts.MaxConcurrentFetches,
+			Slots:        &fetchSlots{perExecutor: opts.FetchesPerExecutor, base: opts.FetchBackoff, max: 5 * time.Minute},
+		}
 		if err := fetcher.SetupWithManager(mgr); err != nil {
 			return err
 		}

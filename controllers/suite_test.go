@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -21,13 +22,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
 var (
-	env *testenv.Env
-	k8s client.Client // uncached, as a user would talk to the apiserver
+	env      *testenv.Env
+	k8s      client.Client // uncached, as a user would talk to the apiserver
+	storeURL string        // the object store the manager's fetcher writes
 
 	mgrMu     sync.Mutex
 	mgrCancel context.CancelFunc
@@ -41,7 +45,12 @@ func TestMain(m *testing.M) {
 		level = zapcore.DebugLevel
 	}
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
-	var err error
+	store, err := os.MkdirTemp("", "runservice-controllers-store-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	storeURL = objectstore.FileURL(store)
 	env, err = testenv.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -59,6 +68,7 @@ func TestMain(m *testing.M) {
 	}
 	stopManager()
 	_ = env.Stop()
+	_ = os.RemoveAll(store)
 	os.Exit(code)
 }
 
@@ -70,6 +80,12 @@ func startManager() error {
 	opts := env.ManagerOptions()
 	opts.Controllers.PhantomGrace = 5 * time.Second
 	opts.Controllers.NoExecutorRetry = 300 * time.Millisecond
+	opts.ObjectStore = storeURL
+	// The fake executors' endpoints listen on 127.0.0.1 only; fetcher_test.go uses 127.0.0.2 as
+	// an address the fetcher must not dial. Short timeouts let the tests see hung fetches end.
+	opts.Controllers.EndpointAllow = executorhttp.Allow{netip.MustParsePrefix("127.0.0.1/32")}
+	opts.Controllers.FetchTimeouts = executorhttp.Timeouts{ResponseHeader: time.Second, Stall: time.Second}
+	opts.Controllers.FetchBackoff = 500 * time.Millisecond
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		cancel()

@@ -1221,3 +1221,32 @@ func (k *validationKubectl) applyObject(t *testing.T, obj *unstructured.Unstruct
 	}
 	return k.apply(t, obj.GetNamespace(), string(data))
 }
+
+// TestExecutorEndpointMustBeHTTPURL: spec.endpoint is where the manager connects, so anything but
+// an http(s) URL with a host is refused at apply time, naming the field.
+func TestExecutorEndpointMustBeHTTPURL(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	executor := func(name, endpoint string) *rsv1.Executor {
+		return &rsv1.Executor{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec:       rsv1.ExecutorSpec{Driver: rsv1.DriverDocker, Endpoint: endpoint},
+		}
+	}
+	for i, bad := range []string{"file:///etc/passwd", "gopher://10.0.0.1:70/", "http://", "10.0.0.1:8090", "not a url", "http://10.0.0.1:8090/?a=b", "http://10.0.0.1:8090/#x"} {
+		err := k8s.Create(ctx, executor(fmt.Sprintf("bad-%d", i), bad))
+		if err == nil {
+			t.Errorf("endpoint %q was accepted, want it refused", bad)
+			continue
+		}
+		if !apierrors.IsInvalid(err) {
+			t.Errorf("endpoint %q: error %v, want Invalid", bad, err)
+		}
+		expectFieldError(t, err.Error(), "spec.endpoint", "http or https URL")
+	}
+	for i, good := range []string{"http://10.0.0.1:8090", "https://executor-0.executors.ns.svc:8443", "http://[fd00::1]:8090/prefix", ""} {
+		if err := k8s.Create(ctx, executor(fmt.Sprintf("good-%d", i), good)); err != nil {
+			t.Errorf("endpoint %q refused: %v", good, err)
+		}
+	}
+}

@@ -67,6 +67,22 @@ type Options struct {
 	// DrainTimeout is how long a dynamic executor, told to stop, keeps following its running tasks
 	// (taking no new ones) before it exits; 0 exits at once.
 	DrainTimeout time.Duration
+	// ServerTimeouts bound the HTTP server's connections; zero fields take the defaults.
+	ServerTimeouts ServerTimeouts
+}
+
+// ServerTimeouts bound what a client of the executor's HTTP server can hold: the manager's
+// fetcher, runctl and task pods are its clients, but anyone who reaches the port can connect.
+type ServerTimeouts struct {
+	// ReadHeader bounds reading a request's headers (a client trickling them is cut off).
+	ReadHeader time.Duration
+	// Read bounds reading a whole request (none has a body).
+	Read time.Duration
+	// Idle bounds a kept-alive connection's wait for its next request.
+	Idle time.Duration
+	// WriteStall cuts off a client that takes no data for this long. It bounds each write, not the
+	// response: a followed log streams as long as its step runs.
+	WriteStall time.Duration
 }
 
 func (o *Options) defaults() {
@@ -82,6 +98,15 @@ func (o *Options) defaults() {
 	if o.MaxConcurrentReconciles == 0 {
 		o.MaxConcurrentReconciles = 4
 	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&o.ServerTimeouts.ReadHeader, 10*time.Second)
+	def(&o.ServerTimeouts.Read, 30*time.Second)
+	def(&o.ServerTimeouts.Idle, 2*time.Minute)
+	def(&o.ServerTimeouts.WriteStall, time.Minute)
 }
 
 // Executor executes the tasks scheduled on it.

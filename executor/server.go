@@ -49,7 +49,14 @@ func (e *Executor) serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", e.opts.Listen, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	t := e.opts.ServerTimeouts
+	srv := &http.Server{
+		Handler:           writeStall(mux, t.WriteStall),
+		ReadHeaderTimeout: t.ReadHeader,
+		ReadTimeout:       t.Read,
+		IdleTimeout:       t.Idle,
+		MaxHeaderBytes:    64 << 10,
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -61,6 +68,39 @@ func (e *Executor) serve(ctx context.Context) error {
 	}
 	return nil
 }
+
+// writeStall gives each write of a response d to complete, instead of a WriteTimeout on the whole
+// response, which would cut followed logs short: a client that stops reading is cut off, one that
+// reads a long stream slowly is not.
+func writeStall(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &stallWriter{ResponseWriter: w, rc: http.NewResponseController(w), d: d}
+		h.ServeHTTP(sw, r)
+		sw.extend() // for the server's final flush of the buffered tail
+	})
+}
+
+type stallWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+	d  time.Duration
+}
+
+func (w *stallWriter) extend() { _ = w.rc.SetWriteDeadline(time.Now().Add(w.d)) }
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	w.extend()
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush keeps serveLog's follow mode flushing through the wrapper.
+func (w *stallWriter) Flush() {
+	w.extend()
+	_ = w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *stallWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (e *Executor) auth(h http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + e.token)

@@ -44,9 +44,12 @@ type ExecutorSpec struct {
 	// +optional
 	AllowPrivilegedContainers bool `json:"allowPrivilegedContainers,omitempty"`
 
-	// endpoint is the URL where the manager fetches logs and workspace archives.
+	// endpoint is the URL where the manager fetches logs and workspace archives: http or https,
+	// with a host; the request paths are appended to it. Which addresses the manager dials is its
+	// own policy (--executor-endpoint-allow), checked when it connects.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self == '' || (isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && size(url(self).getQuery()) == 0 && !self.contains('#'))",message="must be an http or https URL with a host and no query or fragment, like http://10.0.0.7:8090"
 	Endpoint string `json:"endpoint,omitempty"`
 
 	// unschedulable keeps new tasks off the executor while its running tasks go on. A dynamic

@@ -344,6 +344,15 @@ const (
 	ReasonInvalidGraph      = "InvalidGraph"
 )
 
+// Reasons of the fetcher's events on ExecutorTasks.
+const (
+	// ReasonEndpointRefused: the executor's endpoint resolves to an address the manager may not
+	// dial (loopback, link-local, ... not allowed by --executor-endpoint-allow).
+	ReasonEndpointRefused = "EndpointRefused"
+	// ReasonFetchFailed: fetching from the executor failed or timed out; it is tried again later.
+	ReasonFetchFailed = "FetchFailed"
+)
+
 // RunStatus is what the manager observed of a run.
 type RunStatus struct {
 	// phase of the run.

@@ -23,6 +23,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
@@ -199,8 +200,13 @@ func (l *logs) fromExecutor(ctx context.Context, et *rsv1.ExecutorTask, i int) e
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+string(secret.Data[rsv1.ExecutorTokenKey]))
-	client := &http.Client{}
-	if !l.follow {
+	// Dial and TLS timeouts always; without -f a bound on the whole request too. With -f the
+	// executor sends headers only once the step has started writing, and a step may then stay quiet
+	// for as long as it runs: no header or total bound.
+	client := executorhttp.NewClient(executorhttp.Timeouts{}, false, nil)
+	if l.follow {
+		client = executorhttp.NewClient(executorhttp.Timeouts{ResponseHeader: -1}, false, nil)
+	} else {
 		client.Timeout = time.Minute
 	}
 	resp, err := client.Do(req)

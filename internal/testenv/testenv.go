@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/manager"
 )
 
@@ -100,10 +101,12 @@ func Start() (*Env, error) {
 }
 
 // ManagerOptions are the manager options that serve the webhook where the control plane calls it.
-// Metrics and probes are off (several managers may run in one process).
+// Metrics and probes are off (several managers may run in one process). The executors run here
+// listen on loopback, so the fetcher is allowed to dial it, as an operator would allow a local
+// executor with --executor-endpoint-allow=loopback.
 func (e *Env) ManagerOptions() manager.Options {
 	w := e.WebhookInstallOptions
-	return manager.Options{
+	opts := manager.Options{
 		MetricsAddr:    "0",
 		ProbeAddr:      "0",
 		WebhookHost:    w.LocalServingHost,
@@ -112,6 +115,8 @@ func (e *Env) ManagerOptions() manager.Options {
 
 		SkipNameValidation: true,
 	}
+	opts.Controllers.EndpointAllow, _ = executorhttp.ParseAllow("loopback") // a constant: cannot fail
+	return opts
 }
 
 // Kubectl returns the path of the kubectl binary built with the control plane.

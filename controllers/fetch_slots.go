@@ -1,0 +1,93 @@
+package controllers
+
+import (
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// fetchSlots bounds the fetcher's work per executor, so that executors that hang cannot take every
+// worker: at most perExecutor fetches from one executor at a time, one while its last fetch
+// failed, and none while it backs off after failures (backoff doubling from base up to max).
+// A reconcile that gets no slot is requeued, never blocked, so its worker serves other executors.
+type fetchSlots struct {
+	perExecutor int
+	base, max   time.Duration
+
+	mu sync.Mutex
+	m  map[types.UID]*executorSlots // by executor UID: an executor registered anew starts afresh
+}
+
+type executorSlots struct {
+	busy      int
+	failures  int
+	notBefore time.Time
+}
+
+// busyRetry is when a reconcile that found its executor's slots taken looks again; jittered so the
+// tasks of one executor do not come back in step.
+const busyRetry = 500 * time.Millisecond
+
+// acquire takes a slot for executor uid. Without one it returns nil and how long to wait.
+func (s *fetchSlots) acquire(uid types.UID) (release func(failed bool) time.Duration, wait time.Duration) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[types.UID]*executorSlots{}
+	}
+	e := s.m[uid]
+	if e == nil {
+		e = &executorSlots{}
+		s.m[uid] = e
+	}
+	if now.Before(e.notBefore) {
+		return nil, e.notBefore.Sub(now) + jitter(busyRetry)
+	}
+	limit := s.perExecutor
+	if e.failures > 0 {
+		limit = 1 // a probe: the others wait for its outcome instead of hanging beside it
+	}
+	if e.busy >= limit {
+		return nil, jitter(busyRetry)
+	}
+	e.busy++
+	return func(failed bool) time.Duration { return s.release(uid, e, failed) }, 0
+}
+
+// release frees a slot and records the outcome; after a failure it returns the backoff.
+func (s *fetchSlots) release(uid types.UID, e *executorSlots, failed bool) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.busy--
+	if !failed {
+		e.failures, e.notBefore = 0, time.Time{}
+		if e.busy == 0 {
+			delete(s.m, uid)
+		}
+		return 0
+	}
+	e.failures++
+	backoff := s.max
+	if shift := e.failures - 1; shift < 30 && s.base<<shift < s.max {
+		backoff = s.base << shift
+	}
+	e.notBefore = time.Now().Add(backoff)
+	s.forgetIdle()
+	return backoff + jitter(busyRetry)
+}
+
+// forgetIdle drops failing executors nobody asked about for long (deleted ones, mostly), so the
+// map stays as large as the set of executors with recent trouble. Called with mu held.
+func (s *fetchSlots) forgetIdle() {
+	horizon := time.Now().Add(-2 * s.max)
+	for uid, e := range s.m {
+		if e.busy == 0 && e.notBefore.Before(horizon) {
+			delete(s.m, uid)
+		}
+	}
+}
+
+func jitter(d time.Duration) time.Duration { return d + rand.N(d) }

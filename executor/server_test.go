@@ -1,0 +1,191 @@
+package executor
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor/toolbox"
+	"runservice.dev/runservice/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	var err error
+	if env, err = testenv.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+// testServer is an executor's HTTP server with one real ExecutorTask whose step 0 has a log.
+type testServer struct {
+	addr, token string
+	client      client.Client
+	task        *rsv1.ExecutorTask
+	log         string // the step-0 log's path
+}
+
+// startServer serves a real ExecutorTask's step-0 log of size bytes with the executor's HTTP
+// server and timeouts t.
+func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	c, err := client.New(env.Config, client.Options{Scheme: Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := fmt.Sprintf("srv%d", time.Now().UnixNano()%1e9)
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	et := &rsv1.ExecutorTask{
+		ObjectMeta: metav1.ObjectMeta{Name: "run-a", Namespace: ns},
+		Spec: rsv1.ExecutorTaskSpec{RunName: "run", TaskName: "a", Executor: "ex", ExecutorUID: "uid",
+			Task: rsv1.Task{Name: "a", Containers: []rsv1.Container{{Image: "busybox:1.36"}},
+				Steps: []rsv1.Step{{Run: &rsv1.RunStep{Command: "yes"}}}}},
+	}
+	if err := c.Create(ctx, et); err != nil {
+		t.Fatalf("creating the executor task: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	e := &Executor{client: c, token: "tok", opts: Options{Namespace: ns, DataDir: t.TempDir(), Listen: addr, ServerTimeouts: timeouts}}
+	log := toolbox.StepLogPath(e.taskDir(et.UID), 0)
+	if err := os.MkdirAll(filepath.Dir(log), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	done := make(chan error, 1)
+	go func() { done <- e.serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = c.Close()
+			break
+		}
+		if i == 100 {
+			t.Fatalf("the server does not listen: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return &testServer{addr: addr, token: "tok", client: c, task: et, log: log}
+}
+
+// TestServerCutsOffSlowClients: a client that sends its headers a byte at a time, or asks for a
+// large log and then reads nothing, is disconnected by the server's timeouts instead of holding a
+// connection, a goroutine and an open file for ever.
+func TestServerCutsOffSlowClients(t *testing.T) {
+	timeouts := ServerTimeouts{ReadHeader: time.Second, WriteStall: time.Second}
+	const size = 64 << 20 // far more than the sockets' buffers
+	srv := startServer(t, size, timeouts)
+	addr, task, token := srv.addr, srv.task.Name, srv.token
+
+	t.Run("slow headers", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start := time.Now()
+		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		for time.Since(start) < 10*time.Second {
+			if _, err := io.WriteString(c, "X"); err != nil {
+				break // the server closed the connection
+			}
+			_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("a client trickling its headers was served for %v, want it cut off after about %v", d.Round(time.Millisecond), timeouts.ReadHeader)
+		}
+	})
+
+	t.Run("reader that stops reading", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /v1/tasks/%s/steps/0/log HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", task, token)
+		time.Sleep(3 * time.Second) // reads nothing for longer than the write stall timeout
+		_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		var n int64
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err == nil {
+			n, err = io.Copy(io.Discard, resp.Body)
+		}
+		if n >= size {
+			t.Fatalf("the server sent all %d bytes to a client that read nothing for 3s (error %v), want it cut off after about %v", n, err, timeouts.WriteStall)
+		}
+		t.Logf("cut off after %d of %d bytes (%v)", n, size, err)
+	})
+	t.Run("followed log outlives the write stall", func(t *testing.T) {
+		f := startServer(t, 0, timeouts)
+		et := f.task.DeepCopy()
+		et.Status.Phase = rsv1.TaskPhaseRunning
+		if err := f.client.Status().Update(context.Background(), et); err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://%s/v1/tasks/%s/steps/0/log?follow=true", f.addr, et.Name), nil)
+		req.Header.Set("Authorization", "Bearer "+f.token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		got := make(chan string, 1)
+		go func() { b, err := io.ReadAll(resp.Body); got <- fmt.Sprintf("%s (error %v)", b, err) }()
+		// Lines 1.5s apart, longer than the write stall timeout, as a quiet step writes them.
+		log, err := os.OpenFile(f.log, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer log.Close()
+		for i := range 3 {
+			fmt.Fprintf(log, "line %d\n", i)
+			time.Sleep(1500 * time.Millisecond)
+		}
+		et.Status.Phase = rsv1.TaskPhaseSuccess
+		if err := f.client.Status().Update(context.Background(), et); err != nil {
+			t.Fatal(err)
+		}
+		if s, want := <-got, "line 0\nline 1\nline 2\n (error <nil>)"; s != want {
+			t.Fatalf("followed log %q, want %q", s, want)
+		}
+	})
+}
