@@ -2,30 +2,30 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/objectstore"
-)
-
-// Values of the fetched annotation besides a time.
-const (
-	// fetchedLost says there was nothing to fetch: the task's executor is gone.
-	fetchedLost = "lost"
+	"runservice.dev/runservice/pkg/dag"
 )
 
 // ExecutorTaskReconciler is the fetcher: once an ExecutorTask is final it copies the task's step logs
@@ -36,6 +36,7 @@ type ExecutorTaskReconciler struct {
 	APIReader client.Reader
 	Store     *objectstore.Store
 	HTTP      *http.Client
+	Recorder  recorder.EventRecorder
 
 	mu     sync.Mutex
 	tokens map[string]string // namespace -> executors' bearer token
@@ -45,6 +46,7 @@ var _ reconcile.Reconciler = (*ExecutorTaskReconciler)(nil)
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile implements reconcile.Reconciler.
 func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -58,44 +60,113 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	ex := &rsv1.Executor{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}, ex)
 	if apierrors.IsNotFound(err) || err == nil && (ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID) {
-		return ctrl.Result{}, r.markFetched(ctx, et, fetchedLost)
+		return ctrl.Result{}, r.markLost(ctx, et, "its executor was removed before they were fetched")
 	}
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
 	}
 	if ex.Spec.Endpoint == "" {
-		return ctrl.Result{}, r.markFetched(ctx, et, fetchedLost)
+		return ctrl.Result{}, r.markLost(ctx, et, "its executor has no endpoint to fetch them from")
 	}
-	if err := r.fetch(ctx, et, ex.Spec.Endpoint); err != nil {
+	missing, err := r.fetch(ctx, et, ex.Spec.Endpoint)
+	if err != nil {
 		ctrl.LoggerFrom(ctx).V(1).Info("fetching from the executor failed; trying again", "error", err.Error())
 		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
+	}
+	if len(missing) > 0 {
+		return ctrl.Result{}, r.markArchivesMissing(ctx, et, missing)
 	}
 	return ctrl.Result{}, r.markFetched(ctx, et, time.Now().UTC().Format(time.RFC3339))
 }
 
-func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) error {
-	token, err := r.token(ctx, et.Namespace)
-	if err != nil {
-		return err
+// markLost records that none of the task's data will be stored; losing archives a descendant
+// restores is worth an event (the descendant fails on it).
+func (r *ExecutorTaskReconciler) markLost(ctx context.Context, et *rsv1.ExecutorTask, why string) error {
+	if saved := et.SavedArchives(); len(saved) > 0 {
+		ctrl.LoggerFrom(ctx).Error(nil, "workspace archives lost", "executorTask", klog.KObj(et), "steps", saved, "reason", why)
+		r.Recorder.Eventf(et, nil, corev1.EventTypeWarning, "ArchivesLost", "Fetch",
+			"the workspace archives of steps %v are lost: %s", saved, why)
 	}
-	for i, step := range et.Spec.Task.Steps {
-		if i < len(et.Status.Steps) && et.Status.Steps[i].Phase != rsv1.StepPhaseNotStarted {
-			url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", endpoint, et.Name, i)
-			if err := r.copy(ctx, url, token, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil {
-				return err
-			}
-		}
-		if step.SaveToWorkspace != nil && i < len(et.Status.Steps) && et.Status.Steps[i].Phase == rsv1.StepPhaseSuccess {
-			url := fmt.Sprintf("%s/v1/tasks/%s/archives/%d", endpoint, et.Name, i)
-			if err := r.copy(ctx, url, token, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return r.markFetched(ctx, et, rsv1.FetchedLost)
 }
 
-// copy streams url into the object store at key; a 404 (nothing was written) stores nothing.
+// markArchivesMissing records the successful saveToWorkspace steps whose archive the executor did
+// not have: not "saved nothing", the descendants that restore them fail.
+func (r *ExecutorTaskReconciler) markArchivesMissing(ctx context.Context, et *rsv1.ExecutorTask, steps []int) error {
+	ctrl.LoggerFrom(ctx).Error(nil, "the executor did not have workspace archives", "executorTask", klog.KObj(et), "steps", steps)
+	r.Recorder.Eventf(et, nil, corev1.EventTypeWarning, "ArchivesMissing", "Fetch",
+		"executor %s did not have the workspace archives of steps %v", et.Spec.Executor, steps)
+	idx := make([]string, len(steps))
+	for j, i := range steps {
+		idx[j] = strconv.Itoa(i)
+	}
+	return r.markFetched(ctx, et, rsv1.FetchedArchivesMissing+strings.Join(idx, ","))
+}
+
+// workspaceState says whether the manager is done with a task's archives, and which of its saved
+// archives will never be in the object store and why, from the fetched annotation. A task whose
+// executor was removed before it ended is never fetched: what it saved is gone with the executor.
+func workspaceState(et *rsv1.ExecutorTask, executorRemoved bool) (fetched bool, missing []dag.MissingArchive) {
+	v := et.Annotations[rsv1.AnnotationFetched]
+	if v == "" && executorRemoved && !et.Status.Phase.IsFinal() {
+		v = rsv1.FetchedLost
+	}
+	var steps []int
+	why := ""
+	switch {
+	case v == rsv1.FetchedLost:
+		steps, why = et.SavedArchives(), "its executor was removed before the archive was fetched"
+	case strings.HasPrefix(v, rsv1.FetchedArchivesMissing):
+		why = "its executor did not have the archive when the manager fetched it"
+		for f := range strings.SplitSeq(strings.TrimPrefix(v, rsv1.FetchedArchivesMissing), ",") {
+			if i, err := strconv.Atoi(f); err == nil {
+				steps = append(steps, i)
+			}
+		}
+	}
+	for _, i := range steps {
+		name := fmt.Sprintf("step-%d", i)
+		if i >= 0 && i < len(et.Status.Steps) {
+			name = et.Status.Steps[i].Name
+		}
+		missing = append(missing, dag.MissingArchive{Step: i, StepName: name, Why: why})
+	}
+	return v != "", missing
+}
+
+// fetch copies the task's logs and saved archives; it returns the saved archives the executor did
+// not have (a step that never wrote a log simply has none).
+func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) ([]int, error) {
+	token, err := r.token(ctx, et.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	for i := range et.Spec.Task.Steps {
+		if i < len(et.Status.Steps) && et.Status.Steps[i].Phase != rsv1.StepPhaseNotStarted {
+			url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", endpoint, et.Name, i)
+			if err := r.copy(ctx, url, token, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil && !errors.Is(err, errNotOnExecutor) {
+				return nil, err
+			}
+		}
+	}
+	var missing []int
+	for _, i := range et.SavedArchives() {
+		url := fmt.Sprintf("%s/v1/tasks/%s/archives/%d", endpoint, et.Name, i)
+		err := r.copy(ctx, url, token, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i))
+		switch {
+		case errors.Is(err, errNotOnExecutor):
+			missing = append(missing, i)
+		case err != nil:
+			return nil, err
+		}
+	}
+	return missing, nil
+}
+
+// errNotOnExecutor is a 404 from the executor: it has no such file.
+var errNotOnExecutor = errors.New("not on the executor")
+
+// copy streams url into the object store at key; a 404 stores nothing and returns errNotOnExecutor.
 func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -112,7 +183,7 @@ func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key strin
 		return r.Store.Put(ctx, key, resp.Body)
 	case http.StatusNotFound:
 		_, _ = io.Copy(io.Discard, resp.Body)
-		return nil
+		return fmt.Errorf("fetching %s: %w", url, errNotOnExecutor)
 	}
 	return fmt.Errorf("fetching %s: %s", url, resp.Status)
 }

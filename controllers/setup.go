@@ -101,7 +101,8 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		return err
 	}
 	if opts.Store != nil {
-		fetcher := &ExecutorTaskReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: opts.Store, HTTP: &http.Client{}}
+		fetcher := &ExecutorTaskReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: opts.Store, HTTP: &http.Client{},
+			Recorder: mgr.GetEventRecorder("fetcher")}
 		if err := fetcher.SetupWithManager(mgr); err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -33,6 +34,7 @@ var (
 	mgrCancel context.CancelFunc
 	mgrDone   chan struct{}
 	nsCounter atomic.Int64
+	storeDir  string // the manager's object store
 )
 
 func TestMain(m *testing.M) {
@@ -42,6 +44,10 @@ func TestMain(m *testing.M) {
 	}
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
 	var err error
+	if storeDir, err = os.MkdirTemp("", "runservice-controllers-store-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	env, err = testenv.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -59,6 +65,7 @@ func TestMain(m *testing.M) {
 	}
 	stopManager()
 	_ = env.Stop()
+	_ = os.RemoveAll(storeDir)
 	os.Exit(code)
 }
 
@@ -70,6 +77,9 @@ func startManager() error {
 	opts := env.ManagerOptions()
 	opts.Controllers.PhantomGrace = 5 * time.Second
 	opts.Controllers.NoExecutorRetry = 300 * time.Millisecond
+	// The fetcher runs, as in production: executors without an endpoint have their tasks marked
+	// lost at once; the workspace tests give theirs an endpoint they control.
+	opts.ObjectStore = objectstore.FileURL(storeDir)
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		cancel()
@@ -222,6 +232,8 @@ type fakeExecutor struct {
 type executorOpt func(*rsv1.Executor)
 
 func withLimit(n int32) executorOpt { return func(e *rsv1.Executor) { e.Spec.ActiveTasksLimit = n } }
+
+func withEndpoint(url string) executorOpt { return func(e *rsv1.Executor) { e.Spec.Endpoint = url } }
 
 // startExecutor registers an executor and keeps its Lease renewed until the test ends or stop.
 func startExecutor(t *testing.T, ns, name string, opts ...executorOpt) *fakeExecutor {
