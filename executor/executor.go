@@ -67,6 +67,10 @@ type Options struct {
 	// DrainTimeout is how long a dynamic executor, told to stop, keeps following its running tasks
 	// (taking no new ones) before it exits; 0 exits at once.
 	DrainTimeout time.Duration
+	// FetchWait is how long a dynamic executor, told to stop with no task running, waits at least for
+	// the manager to fetch its finished tasks' logs and archives (a drain waits up to DrainTimeout);
+	// past it the executor stays registered rather than have them recorded lost. 0 does not wait.
+	FetchWait time.Duration
 }
 
 func (o *Options) defaults() {
