@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,12 +26,7 @@ import (
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/objectstore"
-)
-
-// Values of the fetched annotation besides a time.
-const (
-	// fetchedLost says there was nothing to fetch: the task's executor is gone.
-	fetchedLost = "lost"
+	"runservice.dev/runservice/pkg/dag"
 )
 
 // ExecutorTaskReconciler is the fetcher: once an ExecutorTask is final it copies the task's step logs
@@ -71,29 +68,32 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	ex := &rsv1.Executor{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}, ex)
 	if apierrors.IsNotFound(err) || err == nil && (ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID) {
-		return ctrl.Result{}, r.markFetched(ctx, et, fetchedLost)
+		return ctrl.Result{}, r.markLost(ctx, et, "its executor was removed before they were fetched")
 	}
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
 	}
 	if ex.Spec.Endpoint == "" {
-		return ctrl.Result{}, r.markFetched(ctx, et, fetchedLost)
+		return ctrl.Result{}, r.markLost(ctx, et, "its executor has no endpoint to fetch them from")
 	}
 	release, wait := r.Slots.acquire(ex.UID)
 	if release == nil {
 		return ctrl.Result{RequeueAfter: wait}, nil // the executor is busy or backing off
 	}
-	err = r.fetchWithin(ctx, et, ex.Spec.Endpoint)
+	missing, err := r.fetchWithin(ctx, et, ex.Spec.Endpoint)
 	if retry := release(err != nil); err != nil {
 		r.fetchFailed(ctx, et, ex, err)
 		return ctrl.Result{RequeueAfter: retry}, nil
+	}
+	if len(missing) > 0 {
+		return ctrl.Result{}, r.markArchivesMissing(ctx, et, missing)
 	}
 	return ctrl.Result{}, r.markFetched(ctx, et, time.Now().UTC().Format(time.RFC3339))
 }
 
 // fetchWithin fetches within FetchTimeout, so that an executor trickling bytes slower than the
 // stall timeout still cannot hold a worker for ever.
-func (r *ExecutorTaskReconciler) fetchWithin(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) error {
+func (r *ExecutorTaskReconciler) fetchWithin(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) ([]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.FetchTimeout)
 	defer cancel()
 	return r.fetch(ctx, et, endpoint)
@@ -118,29 +118,94 @@ func (r *ExecutorTaskReconciler) fetchFailed(ctx context.Context, et *rsv1.Execu
 // maxEventNote keeps an event's note under the API's limit of 1 kB.
 const maxEventNote = 1000
 
-func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) error {
-	token, err := r.token(ctx, et.Namespace)
-	if err != nil {
-		return err
+// markLost records that none of the task's data will be stored; losing archives a descendant
+// restores is worth an event (the descendant fails on it).
+func (r *ExecutorTaskReconciler) markLost(ctx context.Context, et *rsv1.ExecutorTask, why string) error {
+	if saved := et.SavedArchives(); len(saved) > 0 {
+		ctrl.LoggerFrom(ctx).Error(nil, "workspace archives lost", "executorTask", klog.KObj(et), "steps", saved, "reason", why)
+		r.Recorder.Eventf(et, nil, corev1.EventTypeWarning, "ArchivesLost", "Fetch",
+			"the workspace archives of steps %v are lost: %s", saved, why)
 	}
-	for i, step := range et.Spec.Task.Steps {
-		if i < len(et.Status.Steps) && et.Status.Steps[i].Phase != rsv1.StepPhaseNotStarted {
-			url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", endpoint, et.Name, i)
-			if err := r.copy(ctx, url, token, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil {
-				return err
-			}
-		}
-		if step.SaveToWorkspace != nil && i < len(et.Status.Steps) && et.Status.Steps[i].Phase == rsv1.StepPhaseSuccess {
-			url := fmt.Sprintf("%s/v1/tasks/%s/archives/%d", endpoint, et.Name, i)
-			if err := r.copy(ctx, url, token, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return r.markFetched(ctx, et, rsv1.FetchedLost)
 }
 
-// copy streams url into the object store at key; a 404 (nothing was written) stores nothing.
+// markArchivesMissing records the successful saveToWorkspace steps whose archive the executor did
+// not have: not "saved nothing", the descendants that restore them fail.
+func (r *ExecutorTaskReconciler) markArchivesMissing(ctx context.Context, et *rsv1.ExecutorTask, steps []int) error {
+	ctrl.LoggerFrom(ctx).Error(nil, "the executor did not have workspace archives", "executorTask", klog.KObj(et), "steps", steps)
+	r.Recorder.Eventf(et, nil, corev1.EventTypeWarning, "ArchivesMissing", "Fetch",
+		"executor %s did not have the workspace archives of steps %v", et.Spec.Executor, steps)
+	idx := make([]string, len(steps))
+	for j, i := range steps {
+		idx[j] = strconv.Itoa(i)
+	}
+	return r.markFetched(ctx, et, rsv1.FetchedArchivesMissing+strings.Join(idx, ","))
+}
+
+// workspaceState says whether the manager is done with a task's archives, and which of its saved
+// archives will never be in the object store and why, from the fetched annotation. A task whose
+// executor was removed before it ended is never fetched: what it saved is gone with the executor.
+func workspaceState(et *rsv1.ExecutorTask, executorRemoved bool) (fetched bool, missing []dag.MissingArchive) {
+	v := et.Annotations[rsv1.AnnotationFetched]
+	if v == "" && executorRemoved && !et.Status.Phase.IsFinal() {
+		v = rsv1.FetchedLost
+	}
+	var steps []int
+	why := ""
+	switch {
+	case v == rsv1.FetchedLost:
+		steps, why = et.SavedArchives(), "its executor was removed before the archive was fetched"
+	case strings.HasPrefix(v, rsv1.FetchedArchivesMissing):
+		why = "its executor did not have the archive when the manager fetched it"
+		for f := range strings.SplitSeq(strings.TrimPrefix(v, rsv1.FetchedArchivesMissing), ",") {
+			if i, err := strconv.Atoi(f); err == nil {
+				steps = append(steps, i)
+			}
+		}
+	}
+	for _, i := range steps {
+		name := fmt.Sprintf("step-%d", i)
+		if i >= 0 && i < len(et.Status.Steps) {
+			name = et.Status.Steps[i].Name
+		}
+		missing = append(missing, dag.MissingArchive{Step: i, StepName: name, Why: why})
+	}
+	return v != "", missing
+}
+
+// fetch copies the task's logs and saved archives; it returns the saved archives the executor did
+// not have (a step that never wrote a log simply has none).
+func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) ([]int, error) {
+	token, err := r.token(ctx, et.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	for i := range et.Spec.Task.Steps {
+		if i < len(et.Status.Steps) && et.Status.Steps[i].Phase != rsv1.StepPhaseNotStarted {
+			url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", endpoint, et.Name, i)
+			if err := r.copy(ctx, url, token, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil && !errors.Is(err, errNotOnExecutor) {
+				return nil, err
+			}
+		}
+	}
+	var missing []int
+	for _, i := range et.SavedArchives() {
+		url := fmt.Sprintf("%s/v1/tasks/%s/archives/%d", endpoint, et.Name, i)
+		err := r.copy(ctx, url, token, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i))
+		switch {
+		case errors.Is(err, errNotOnExecutor):
+			missing = append(missing, i)
+		case err != nil:
+			return nil, err
+		}
+	}
+	return missing, nil
+}
+
+// errNotOnExecutor is a 404 from the executor: it has no such file.
+var errNotOnExecutor = errors.New("not on the executor")
+
+// copy streams url into the object store at key; a 404 stores nothing and returns errNotOnExecutor.
 func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -166,7 +231,7 @@ func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key strin
 		return nil
 	case resp.StatusCode == http.StatusNotFound:
 		_, _ = io.Copy(io.Discard, body)
-		return nil
+		return fmt.Errorf("fetching %s: %w", url, errNotOnExecutor)
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
 		return fmt.Errorf("fetching %s: %s to %q, not followed", url, resp.Status, resp.Header.Get("Location"))
 	}

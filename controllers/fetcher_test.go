@@ -105,7 +105,7 @@ func executorToken(t *testing.T, ns string) {
 	}
 }
 
-func withEndpoint(url string) executorOpt {
+func withFetchEndpoint(url string) executorOpt {
 	return func(e *rsv1.Executor) {
 		e.Spec.Endpoint = url
 		e.Labels = map[string]string{"fetch-test": e.Name}
@@ -160,7 +160,7 @@ func TestFetcherRefusesForbiddenEndpoints(t *testing.T) {
 	}
 	ets := map[string]string{}
 	for _, c := range cases {
-		startExecutor(t, ns, c.name, withEndpoint(c.endpoint))
+		startExecutor(t, ns, c.name, withFetchEndpoint(c.endpoint))
 		ets[c.name] = finishOn(t, ns, c.name, c.name)
 	}
 	for _, c := range cases {
@@ -189,7 +189,7 @@ func TestFetcherDoesNotFollowRedirects(t *testing.T) {
 		asked.Add(1)
 		http.Redirect(w, r, fmt.Sprintf("http://%s:%d%s", forbiddenHost, forbidden.port(), r.URL.Path), http.StatusFound)
 	})
-	startExecutor(t, ns, "redirector", withEndpoint(redirector.URL))
+	startExecutor(t, ns, "redirector", withFetchEndpoint(redirector.URL))
 	et := finishOn(t, ns, "redirected", "redirector")
 	eventually(t, 15*time.Second, "a failed fetch or a connection to the redirect's target", func() (bool, error) {
 		return forbidden.conns.Load() > 0 || len(events(t, ns, et, rsv1.ReasonFetchFailed)) > 0, nil
@@ -238,11 +238,11 @@ func TestHungExecutorsDoNotStarveOthers(t *testing.T) {
 		"stalling-0": stalling[0].conns.Load,
 		"stalling-1": stalling[1].conns.Load,
 	}
-	startExecutor(t, ns, "silent-0", withEndpoint(fmt.Sprintf("http://127.0.0.1:%d", silent[0].port())))
-	startExecutor(t, ns, "silent-1", withEndpoint(fmt.Sprintf("http://127.0.0.1:%d", silent[1].port())))
-	startExecutor(t, ns, "stalling-0", withEndpoint(stalling[0].URL))
-	startExecutor(t, ns, "stalling-1", withEndpoint(stalling[1].URL))
-	startExecutor(t, ns, "healthy", withEndpoint(healthy.URL))
+	startExecutor(t, ns, "silent-0", withFetchEndpoint(fmt.Sprintf("http://127.0.0.1:%d", silent[0].port())))
+	startExecutor(t, ns, "silent-1", withFetchEndpoint(fmt.Sprintf("http://127.0.0.1:%d", silent[1].port())))
+	startExecutor(t, ns, "stalling-0", withFetchEndpoint(stalling[0].URL))
+	startExecutor(t, ns, "stalling-1", withFetchEndpoint(stalling[1].URL))
+	startExecutor(t, ns, "healthy", withFetchEndpoint(healthy.URL))
 	hungTasks := map[string]string{}
 	for name := range hung {
 		hungTasks[name] = finishOn(t, ns, name, name)

@@ -123,9 +123,6 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	foldLogKeys(run, tasks)
 	var noExecutor []string
 	for _, name := range out.Schedule {
-		if waitsForWorkspace(run, name, tasks) {
-			continue // scheduled once its parents' archives are in the object store
-		}
 		err := r.schedule(ctx, run, name, tasks)
 		var ne *NoExecutorError
 		switch {
@@ -242,12 +239,16 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 			executors[et.Spec.Executor] = ex
 		}
 		tasks[et.Spec.TaskName] = et
+		removed := ex == nil || ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID
+		fetched, missing := workspaceState(et, removed)
 		states[et.Spec.TaskName] = dag.ExecutorTaskState{
 			Name:            et.Name,
 			Executor:        et.Spec.Executor,
 			Status:          et.Status,
 			StopRequested:   et.Spec.Stop,
-			ExecutorRemoved: ex == nil || ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID,
+			ExecutorRemoved: removed,
+			Fetched:         fetched,
+			MissingArchives: missing,
 		}
 	}
 	// A task the status says was scheduled, whose ExecutorTask is not in the cache: either the cache
@@ -285,7 +286,7 @@ func foldLogKeys(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) {
 	for i := range run.Status.Tasks {
 		ts := &run.Status.Tasks[i]
 		et := tasks[ts.Name]
-		if et == nil || et.Annotations[rsv1.AnnotationFetched] == "" || et.Annotations[rsv1.AnnotationFetched] == fetchedLost {
+		if et == nil || et.Annotations[rsv1.AnnotationFetched] == "" || et.Annotations[rsv1.AnnotationFetched] == rsv1.FetchedLost {
 			continue
 		}
 		for j := range ts.Steps {
@@ -294,21 +295,6 @@ func foldLogKeys(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) {
 			}
 		}
 	}
-}
-
-// waitsForWorkspace says whether a ready task restores a workspace whose archives are not all in the
-// object store yet.
-func waitsForWorkspace(run *rsv1.Run, name string, tasks map[string]*rsv1.ExecutorTask) bool {
-	i := slices.IndexFunc(run.Spec.Tasks, func(t rsv1.Task) bool { return t.Name == name })
-	if i < 0 || !slices.ContainsFunc(run.Spec.Tasks[i].Steps, func(s rsv1.Step) bool { return s.RestoreWorkspace != nil }) {
-		return false
-	}
-	for _, a := range dag.Ancestors(&run.Spec, name) {
-		if et := tasks[a]; et != nil && et.Annotations[rsv1.AnnotationFetched] == "" {
-			return true
-		}
-	}
-	return false
 }
 
 // ExecutorTaskName is the deterministic name of a task's ExecutorTask: creating it is the lock that

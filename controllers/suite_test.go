@@ -37,6 +37,7 @@ var (
 	mgrCancel context.CancelFunc
 	mgrDone   chan struct{}
 	nsCounter atomic.Int64
+	storeDir  string // the manager's object store
 )
 
 func TestMain(m *testing.M) {
@@ -238,6 +239,8 @@ type fakeExecutor struct {
 type executorOpt func(*rsv1.Executor)
 
 func withLimit(n int32) executorOpt { return func(e *rsv1.Executor) { e.Spec.ActiveTasksLimit = n } }
+
+func withEndpoint(url string) executorOpt { return func(e *rsv1.Executor) { e.Spec.Endpoint = url } }
 
 // startExecutor registers an executor and keeps its Lease renewed until the test ends or stop.
 func startExecutor(t *testing.T, ns, name string, opts ...executorOpt) *fakeExecutor {

@@ -69,6 +69,10 @@ type Options struct {
 	DrainTimeout time.Duration
 	// ServerTimeouts bound the HTTP server's connections; zero fields take the defaults.
 	ServerTimeouts ServerTimeouts
+	// FetchWait is how long a dynamic executor, told to stop with no task running, waits at least for
+	// the manager to fetch its finished tasks' logs and archives (a drain waits up to DrainTimeout);
+	// past it the executor stays registered rather than have them recorded lost. 0 does not wait.
+	FetchWait time.Duration
 }
 
 // ServerTimeouts bound what a client of the executor's HTTP server can hold: the manager's

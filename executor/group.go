@@ -7,6 +7,8 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,6 +30,39 @@ func leaseExpired(l *coordinationv1.Lease, now time.Time) bool {
 	}
 	return now.After(l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second))
 }
+
+// A member that stays registered with unfetched tasks says so with an event on its Executor.
+// +kubebuilder:rbac:groups=events.k8s.io,namespace=system,resources=events,verbs=create
+
+// warnUnfetched says, in the log and as a Warning event on the Executor, that the member stays
+// registered because the manager has not fetched a finished task. The event is created directly,
+// not through a recorder: the executor's manager, which owns the broadcaster, has stopped by now.
+func (e *Executor) warnUnfetched(ctx context.Context, task string) {
+	msg := fmt.Sprintf("stopping with task %s (and maybe others) not fetched by the manager within the drain: staying registered so that its logs and archives are not recorded as lost", task)
+	ctrl.LoggerFrom(ctx).Error(nil, msg, "task", task)
+	now := metav1.NowMicro()
+	ev := &eventsv1.Event{
+		ObjectMeta:          metav1.ObjectMeta{GenerateName: e.opts.Name + "-", Namespace: e.opts.Namespace},
+		EventTime:           now,
+		ReportingController: "runservice.dev/executor",
+		ReportingInstance:   e.opts.Name,
+		Action:              "Leave",
+		Reason:              ReasonUnfetchedTasks,
+		Type:                corev1.EventTypeWarning,
+		Note:                msg,
+		Regarding: corev1.ObjectReference{
+			APIVersion: rsv1.GroupVersion.String(), Kind: "Executor",
+			Namespace: e.opts.Namespace, Name: e.opts.Name, UID: e.uid,
+		},
+	}
+	if err := e.client.Create(ctx, ev); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "recording the unfetched-tasks event")
+	}
+}
+
+// ReasonUnfetchedTasks is the reason of the event a member records when it stops with finished
+// tasks the manager has not fetched, and stays registered.
+const ReasonUnfetchedTasks = "UnfetchedTasks"
 
 // A member removes a dead sibling's Executor and Lease (its pods and secrets: the driver's markers).
 // +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executors,verbs=delete
@@ -163,20 +198,30 @@ func (e *Executor) waitUnclaimed(ctx context.Context) error {
 }
 
 // drain is a dynamic member's graceful stop: it marks its Executor unschedulable and keeps following
-// its running tasks until they are finished, or DrainTimeout passed, or errc reports the end (the
-// Executor removed). A Deployment replaces a pod under a new name, so tasks not finished by then are
-// lost to this member: its siblings clean up after it once its Lease expires.
+// its running tasks until they are finished and the manager has fetched the logs and archives of
+// every finished one (they exist only in this member's data dir), or errc reports the end (the
+// Executor removed). Running tasks get DrainTimeout, fetches max(DrainTimeout, FetchWait). A
+// Deployment replaces a pod under a new name, so tasks not finished by then are lost to this member:
+// its siblings clean up after it once its Lease expires.
 func (e *Executor) drain(ctx context.Context, errc <-chan error) error {
-	if e.opts.Permanent || e.opts.DrainTimeout <= 0 {
+	if e.opts.Permanent || e.opts.DrainTimeout <= 0 && e.opts.FetchWait <= 0 {
 		return nil
 	}
 	log := ctrl.LoggerFrom(ctx)
+	if e.opts.DrainTimeout <= 0 {
+		// Told not to drain: wait for fetches only, and only with no task running.
+		if task, unfinished, err := e.pendingTask(ctx); err != nil || task == "" || unfinished {
+			return nil
+		}
+	}
 	if err := e.cordon(ctx); err != nil {
 		log.Error(err, "marking the Executor unschedulable: not draining")
 		return nil
 	}
-	log.Info("draining: no new tasks, following the running ones", "timeout", e.opts.DrainTimeout)
-	timeout := time.After(e.opts.DrainTimeout)
+	log.Info("draining: no new tasks, following the running ones and waiting for the manager to fetch the finished ones",
+		"timeout", e.opts.DrainTimeout, "fetchWait", e.opts.FetchWait)
+	start := time.Now()
+	timeout := time.After(max(e.opts.DrainTimeout, e.opts.FetchWait))
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -184,12 +229,18 @@ func (e *Executor) drain(ctx context.Context, errc <-chan error) error {
 		case err := <-errc:
 			return err
 		case <-timeout:
-			log.Info("drain timed out with tasks still running")
+			log.Info("drain timed out with tasks still running or not fetched")
 			return nil
 		case <-tick.C:
 		}
-		if task, err := e.unfinishedTask(ctx); err == nil && task == "" {
+		task, unfinished, err := e.pendingTask(ctx)
+		switch {
+		case err != nil:
+		case task == "":
 			log.Info("drained")
+			return nil
+		case unfinished && time.Since(start) >= e.opts.DrainTimeout:
+			log.Info("drain timed out with tasks still running", "task", task)
 			return nil
 		}
 	}
@@ -213,25 +264,35 @@ func (e *Executor) cordon(ctx context.Context) error {
 	})
 }
 
-// unfinishedTask names one unfinished task of this registration of the executor, or "" if none.
-func (e *Executor) unfinishedTask(ctx context.Context) (string, error) {
+// pendingTask names one task of this registration of the executor that keeps it from leaving, or
+// "" if none: an unfinished one (unfinished is true), else a finished one the manager has not fetched
+// yet (its logs and archives exist only here).
+func (e *Executor) pendingTask(ctx context.Context) (name string, unfinished bool, err error) {
 	var tasks rsv1.ExecutorTaskList
 	if err := e.reader.List(ctx, &tasks, client.InNamespace(e.opts.Namespace), client.MatchingLabels{rsv1.LabelExecutor: e.opts.Name}); err != nil {
-		return "", err
+		return "", false, err
 	}
 	for _, et := range tasks.Items {
-		if et.Spec.ExecutorUID == string(e.uid) && !et.Status.Phase.IsFinal() {
-			return et.Name, nil
+		if et.Spec.ExecutorUID != string(e.uid) {
+			continue
+		}
+		if !et.Status.Phase.IsFinal() {
+			return et.Name, true, nil
+		}
+		if name == "" && et.Annotations[rsv1.AnnotationFetched] == "" {
+			name = et.Name
 		}
 	}
-	return "", nil
+	return name, false, nil
 }
 
-// leaveIfIdle is a dynamic member's graceful exit. With no unfinished task of its own it deletes its
-// Executor and Lease at once, rather than leaving them to a sibling once the Lease expires (a pod a
-// Deployment replaces never comes back under the same name). A task scheduled on it meanwhile fails
-// with ExecutorRemoved and never runs. With unfinished tasks it leaves everything as it is: a restart
-// under the same name re-adopts them, or a sibling cleans up after it.
+// leaveIfIdle is a dynamic member's graceful exit. With no unfinished or unfetched task of its own it
+// deletes its Executor and Lease at once, rather than leaving them to a sibling once the Lease
+// expires (a pod a Deployment replaces never comes back under the same name). A task scheduled on it
+// meanwhile fails with ExecutorRemoved and never runs. With unfinished tasks it leaves everything as
+// it is: a restart under the same name re-adopts them, or a sibling cleans up after it. With a
+// finished task the manager has not fetched it stays too, loudly: leaving would make the manager
+// record the task's logs and archives as lost, and fail the tasks that restore its workspace.
 func (e *Executor) leaveIfIdle(ctx context.Context) {
 	if e.opts.Permanent || e.uid == "" {
 		return
@@ -239,11 +300,14 @@ func (e *Executor) leaveIfIdle(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	log := ctrl.LoggerFrom(ctx)
-	if task, err := e.unfinishedTask(ctx); err != nil {
+	if task, unfinished, err := e.pendingTask(ctx); err != nil {
 		log.Error(err, "listing tasks before leaving the group: staying registered")
 		return
-	} else if task != "" {
+	} else if unfinished {
 		log.Info("unfinished tasks: staying registered", "task", task)
+		return
+	} else if task != "" {
+		e.warnUnfetched(ctx, task)
 		return
 	}
 	ex := &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: e.opts.Name, Namespace: e.opts.Namespace}}

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -181,6 +183,20 @@ func (r *runner) halt(ctx context.Context) {
 // end writes the final status from the steps' results and the container's exit, then removes the
 // containers (logs and archives stay in the task's directory until the manager fetched them).
 func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, timedOut bool) error {
+	phase, msg, steps, err := r.outcome(st, waitErr, stopped, timedOut)
+	if err != nil {
+		return err
+	}
+	if err := r.e.finish(ctx, r.et, phase, msg, steps); err != nil {
+		return err
+	}
+	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.et.Name, "phase", phase, "message", msg)
+	return r.e.driver.Remove(ctx, r.uid())
+}
+
+// outcome decides the task's final phase, message and steps from what its directory holds and how
+// its container ended.
+func (r *runner) outcome(st *State, waitErr error, stopped, timedOut bool) (rsv1.TaskPhase, string, []rsv1.StepStatus, error) {
 	steps := r.steps()
 	phase, msg := rsv1.TaskPhaseSuccess, ""
 	// The step that was cut short: still Running (the container was killed), or Stopped by a
@@ -223,7 +239,7 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 		phase, msg = rsv1.TaskPhaseFailed, "container lost: the task's container disappeared while it ran"
 		endRunning(rsv1.StepPhaseFailed)
 	case waitErr != nil:
-		return waitErr
+		return "", "", nil, waitErr
 	case timedOut:
 		phase, msg = rsv1.TaskPhaseFailed, fmt.Sprintf("timed out after %ds", *r.et.Spec.Task.TimeoutSeconds)
 		endRunning(rsv1.StepPhaseFailed)
@@ -253,11 +269,31 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 		phase = rsv1.TaskPhaseFailed
 		msg = fmt.Sprintf("the task's container ended before any step ran (exit code %d)", st.ExitCode)
 	}
-	if err := r.e.finish(ctx, r.et, phase, msg, steps); err != nil {
-		return err
+	if m := r.failUnarrivedSaves(steps); m != "" && phase == rsv1.TaskPhaseSuccess {
+		phase, msg = rsv1.TaskPhaseFailed, m
 	}
-	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.et.Name, "phase", phase, "message", msg)
-	return r.e.driver.Remove(ctx, r.uid())
+	return phase, msg, steps, nil
+}
+
+// failUnarrivedSaves turns Failed the save steps reported Success whose archive is not in the task's
+// directory, and describes the first. A streaming driver's copy drops an archive that did not arrive
+// whole (the pod's log cut short, the mirror timed out): its step saved nothing the manager can
+// fetch, and a descendant must not restore a workspace without it.
+func (r *runner) failUnarrivedSaves(steps []rsv1.StepStatus) string {
+	msg := ""
+	for i, s := range r.et.Spec.Task.Steps {
+		if s.SaveToWorkspace == nil || i >= len(steps) || steps[i].Phase != rsv1.StepPhaseSuccess {
+			continue
+		}
+		if _, err := os.Stat(toolbox.ArchivePath(r.dir, i)); err == nil {
+			continue
+		}
+		steps[i].Phase = rsv1.StepPhaseFailed
+		if msg == "" {
+			msg = fmt.Sprintf("step %d (%s) reported Success, but its workspace archive did not arrive whole at the executor", i, steps[i].Name)
+		}
+	}
+	return msg
 }
 
 // report writes the steps' progress to the task's status when it changed.
@@ -331,19 +367,53 @@ func (r *runner) prepare(ctx context.Context) error {
 		return errors.New("the task restores a workspace but the executor has no object store configured")
 	}
 	for _, src := range tf.WorkspaceSources {
-		prefix := objectstore.TaskPrefix(r.et.Namespace, r.et.Spec.RunName, src) + "archives/"
-		keys, err := r.e.store.List(ctx, prefix)
+		if err := r.downloadWorkspace(ctx, src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// downloadWorkspace downloads the archives a workspace source saved: exactly those its ExecutorTask
+// reports saved, so that one missing from the object store fails the task, naming it, rather than
+// restoring a workspace with a hole (the manager does not schedule such a task; this is the
+// defense in depth). A source without an ExecutorTask (skipped, or deleted since) tells nothing of
+// what it saved: what its prefix lists is taken.
+func (r *runner) downloadWorkspace(ctx context.Context, src string) error {
+	parent := &rsv1.ExecutorTask{}
+	err := r.e.reader.Get(ctx, types.NamespacedName{Namespace: r.et.Namespace, Name: src}, parent)
+	if apierrors.IsNotFound(err) {
+		return r.downloadListed(ctx, src)
+	}
+	if err != nil {
+		return fmt.Errorf("reading workspace source %s: %w", src, err)
+	}
+	for _, i := range parent.SavedArchives() {
+		err := r.download(ctx, objectstore.ArchiveKey(r.et.Namespace, r.et.Spec.RunName, src, i), toolbox.WorkspaceArchivePath(r.dir, src, i))
+		if errors.Is(err, objectstore.ErrNotFound) {
+			return fmt.Errorf("workspace of task %q step %d (%s) is missing from the object store", parent.Spec.TaskName, i, parent.Status.Steps[i].Name)
+		}
 		if err != nil {
 			return err
 		}
-		for _, key := range keys {
-			i, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(key, prefix), ".tar"))
-			if err != nil {
-				continue
-			}
-			if err := r.download(ctx, key, toolbox.WorkspaceArchivePath(r.dir, src, i)); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+// downloadListed downloads the archives listed under a workspace source's prefix.
+func (r *runner) downloadListed(ctx context.Context, src string) error {
+	prefix := objectstore.TaskPrefix(r.et.Namespace, r.et.Spec.RunName, src) + "archives/"
+	keys, err := r.e.store.List(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	for _, key := range keys {
+		i, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(key, prefix), ".tar"))
+		if err != nil {
+			continue
+		}
+		if err := r.download(ctx, key, toolbox.WorkspaceArchivePath(r.dir, src, i)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -17,9 +17,16 @@ const (
 	// AnnotationUpdateToken carries a change-group update token on a mutating Run request.
 	AnnotationUpdateToken = "runservice.dev/changegroups-update-token"
 
-	// AnnotationFetched is set on an ExecutorTask by the manager once the task's logs and archives
-	// are in the object store; the executor then deletes its own copy.
+	// AnnotationFetched is set on an ExecutorTask by the manager once it is done copying the task's
+	// logs and archives into the object store: the time of a complete fetch, FetchedLost, or
+	// FetchedArchivesMissing. Any value lets the executor delete its own copy and leave its group.
 	AnnotationFetched = "runservice.dev/fetched"
+	// FetchedLost: the task's executor was gone (or had no endpoint) before the fetch, so none of
+	// the task's logs and archives are stored.
+	FetchedLost = "lost"
+	// FetchedArchivesMissing starts "archives-missing:<i>[,<j>...]": the logs are stored, but the
+	// executor had no archive for these successful saveToWorkspace steps.
+	FetchedArchivesMissing = "archives-missing:"
 
 	// ExecutorTokenSecret is the Secret of a namespace holding, under ExecutorTokenKey, the bearer
 	// token that guards its executors' HTTP endpoints (logs and archives).

@@ -78,6 +78,18 @@ type ExecutorTaskStatus struct {
 // IsActive reports whether the executor may still be running the task.
 func (s *ExecutorTaskStatus) IsActive() bool { return !s.Phase.IsFinal() }
 
+// SavedArchives are the indexes of the task's saveToWorkspace steps that succeeded: each wrote an
+// archive (a save that matches nothing fails), which the task's descendants restore.
+func (et *ExecutorTask) SavedArchives() []int {
+	var out []int
+	for i, s := range et.Spec.Task.Steps {
+		if s.SaveToWorkspace != nil && i < len(et.Status.Steps) && et.Status.Steps[i].Phase == StepPhaseSuccess {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 // ExecutorTask is a task scheduled on an executor.
 // +genclient
 // +kubebuilder:object:root=true

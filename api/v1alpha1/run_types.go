@@ -342,6 +342,10 @@ const (
 	ReasonRunStopped        = "RunStopped"
 	ReasonNoExecutor        = "NoExecutorAvailable"
 	ReasonInvalidGraph      = "InvalidGraph"
+	// ReasonWorkspaceMissing fails a task that restores a workspace one of whose archives will never
+	// be in the object store (its executor left first, or did not have it): it never runs on an
+	// empty workspace.
+	ReasonWorkspaceMissing = "WorkspaceMissing"
 )
 
 // Reasons of the fetcher's events on ExecutorTasks.

@@ -52,6 +52,7 @@ func main() {
 	flag.StringVar(&opts.Toolbox, "toolbox", filepath.Join(filepath.Dir(self), "toolbox"), "Path of the static toolbox binary.")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:// or s3://) parents' workspaces are read from.")
 	flag.DurationVar(&opts.LeaseDuration, "lease-duration", 15*time.Second, "Duration of the executor's Lease.")
+	flag.DurationVar(&opts.FetchWait, "fetch-wait", 30*time.Second, "With a dynamic executor (--group): on SIGTERM, how long at least to wait for the manager to fetch the finished tasks' logs and archives before leaving the group; past it (and --drain-timeout) the executor stays registered and records a Warning event.")
 	flag.DurationVar(&opts.DrainTimeout, "drain-timeout", 0, "With a dynamic executor (--group): on SIGTERM, how long to take no new tasks and follow the running ones before exiting; 0 exits at once (set the pod's terminationGracePeriodSeconds above it).")
 	flag.DurationVar(&opts.RenewInterval, "renew-interval", 3*time.Second, "How often the Lease is renewed.")
 	zopts := zap.Options{}

@@ -2,6 +2,7 @@ package dag
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -17,6 +18,19 @@ type ExecutorTaskState struct {
 	Status          v1alpha1.ExecutorTaskStatus
 	StopRequested   bool // the ExecutorTask's spec.stop is already true
 	ExecutorRemoved bool // its Executor is gone (deleted, being deleted, or re-registered with another uid)
+	// Fetched says the manager is done copying the task's logs and archives into the object store,
+	// whatever it got: a task that restores this one's workspace waits until then.
+	Fetched bool
+	// MissingArchives are the archives of the task's successful saveToWorkspace steps that will
+	// never be in the object store; a task that restores this one's workspace fails on them.
+	MissingArchives []MissingArchive
+}
+
+// MissingArchive is a workspace archive a task saved that the manager could not store.
+type MissingArchive struct {
+	Step     int    // index of the saveToWorkspace step
+	StepName string // its name in the ExecutorTask's status
+	Why      string // why it is missing, for the restoring task's message
 }
 
 // Input is everything Advance decides from.
@@ -210,7 +224,7 @@ func decidedByManager(ts *v1alpha1.TaskStatus) bool {
 	case v1alpha1.TaskPhaseSkipped, v1alpha1.TaskPhaseCancelled:
 		return true
 	case v1alpha1.TaskPhaseFailed:
-		return ts.Reason == v1alpha1.ReasonExecutorRemoved
+		return ts.Reason == v1alpha1.ReasonExecutorRemoved || ts.Reason == v1alpha1.ReasonWorkspaceMissing
 	}
 	return false
 }
@@ -277,16 +291,21 @@ func (a *advancer) scheduleReady() {
 			continue
 		}
 		if unmatched != "" {
-			ts.Phase = v1alpha1.TaskPhaseSkipped
-			ts.Reason = v1alpha1.ReasonParentsNotMatched
-			ts.Message = unmatched
-			ts.WaitingApproval = false
-			ts.EndTime = a.nowPtr()
+			a.end(ts, v1alpha1.TaskPhaseSkipped, v1alpha1.ReasonParentsNotMatched, unmatched)
+			continue
+		}
+		unstored, missing := a.workspace(i)
+		if missing != "" {
+			// Run, it would restore a workspace with holes and could succeed on the wrong files.
+			a.end(ts, v1alpha1.TaskPhaseFailed, v1alpha1.ReasonWorkspaceMissing, missing)
 			continue
 		}
 		if task.IsNeedsApproval() && !a.approved(task.Name) {
 			ts.WaitingApproval = true
 			continue
+		}
+		if unstored {
+			continue // scheduled once its ancestors' archives are in the object store
 		}
 		ts.WaitingApproval = false
 		scheduled[i] = true
@@ -296,6 +315,37 @@ func (a *advancer) scheduleReady() {
 			a.schedule = append(a.schedule, name)
 		}
 	}
+}
+
+// end makes a task that never got an ExecutorTask final: the manager decided it.
+func (a *advancer) end(ts *v1alpha1.TaskStatus, phase v1alpha1.TaskPhase, reason, msg string) {
+	ts.Phase, ts.Reason, ts.Message = phase, reason, msg
+	ts.WaitingApproval = false
+	ts.EndTime = a.nowPtr()
+}
+
+// workspace reports, for a task that restores a workspace, whether an ancestor's archives are not
+// stored yet (its fetch is pending), and describes the first archive that never will be ("" if
+// none). A task that restores nothing needs neither; an ancestor without an ExecutorTask (skipped,
+// cancelled) saved nothing.
+func (a *advancer) workspace(i int) (unstored bool, missing string) {
+	if !slices.ContainsFunc(a.g.tasks[i].Steps, func(s v1alpha1.Step) bool { return s.RestoreWorkspace != nil }) {
+		return false, ""
+	}
+	for _, p := range a.g.ancestors(i) {
+		et, ok := a.ets[a.g.names[p]]
+		if !ok {
+			continue
+		}
+		if len(et.MissingArchives) > 0 {
+			m := et.MissingArchives[0]
+			return false, fmt.Sprintf("workspace of task %q step %d (%s) is missing: %s", a.g.names[p], m.Step, m.StepName, m.Why)
+		}
+		if !et.Fetched {
+			unstored = true
+		}
+	}
+	return unstored, ""
 }
 
 // parentsAllow reports whether all the task's parents are final and, if so, describes the first
@@ -413,6 +463,15 @@ func Ancestors(spec *v1alpha1.RunSpec, task string) []string {
 	if !ok {
 		return nil
 	}
+	var out []string
+	for _, i := range g.ancestors(start) {
+		out = append(out, g.names[i])
+	}
+	return out
+}
+
+// ancestors returns the indexes of the task's ancestors in topological order.
+func (g *graph) ancestors(start int) []int {
 	seen := make([]bool, len(g.names))
 	stack := append([]int(nil), g.parents[start]...)
 	for len(stack) > 0 {
@@ -424,11 +483,11 @@ func Ancestors(spec *v1alpha1.RunSpec, task string) []string {
 		seen[i] = true
 		stack = append(stack, g.parents[i]...)
 	}
-	var out []string
+	var out []int
 	for _, i := range g.topo {
 		// In a cycle the task is its own ancestor; it is never one of the workspaces it restores.
 		if seen[i] && i != start {
-			out = append(out, g.names[i])
+			out = append(out, i)
 		}
 	}
 	return out

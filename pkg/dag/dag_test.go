@@ -114,6 +114,16 @@ func removed(e *ExecutorTaskState) { e.ExecutorRemoved = true }
 
 func stopRequested(e *ExecutorTaskState) { e.StopRequested = true }
 
+func fetched(e *ExecutorTaskState) { e.Fetched = true }
+
+// missing says the fetcher is done and the archive of step i never arrived.
+func missing(step int, name, why string) etOpt {
+	return func(e *ExecutorTaskState) {
+		e.Fetched = true
+		e.MissingArchives = append(e.MissingArchives, MissingArchive{Step: step, StepName: name, Why: why})
+	}
+}
+
 // et is the ExecutorTask of a task, named "et-<task>" on executor "exec-1".
 func et(task string, phase v1alpha1.TaskPhase, opts ...etOpt) ExecutorTaskState {
 	e := ExecutorTaskState{Name: "et-" + task, Executor: "exec-1", Status: v1alpha1.ExecutorTaskStatus{Phase: phase}}
@@ -734,6 +744,63 @@ func TestAdvance(t *testing.T) {
 						t.Errorf("a executorTask = %q, want et-a", ts.ExecutorTask)
 					}
 				}),
+			},
+		},
+
+		// Workspaces: a task that restores one waits until its ancestors' archives are stored, and
+		// fails, naming the ancestor and the step, when one never will be.
+		{
+			name:   "a restoring child waits until its parent is fetched",
+			spec:   runSpec(tasks(task("a"), task("b", dependsOn("a"), restoreWorkspace))),
+			status: runningStatus(ts("a", success), ts("b", notStarted)),
+			ets:    ets(et("a", success)),
+			want:   want{phase: v1alpha1.RunPhaseRunning, tasks: map[string]v1alpha1.TaskPhase{"b": notStarted}},
+		},
+		{
+			name:   "a child that restores nothing does not wait for the fetch",
+			spec:   runSpec(ab),
+			status: runningStatus(ts("a", success), ts("b", notStarted)),
+			ets:    ets(et("a", success)),
+			want:   want{phase: v1alpha1.RunPhaseRunning, schedule: []string{"b"}},
+		},
+		{
+			name:   "a restoring child is scheduled once every ancestor is fetched",
+			spec:   runSpec(tasks(task("a"), task("s", dependsOn("a", onFailure)), task("b", dependsOn("a"), dependsOn("s", onSkipped), restoreWorkspace))),
+			status: runningStatus(ts("a", success), ts("s", skipped), ts("b", notStarted)),
+			ets:    ets(et("a", success, fetched)),
+			want:   want{phase: v1alpha1.RunPhaseRunning, schedule: []string{"b"}},
+		},
+		{
+			name:   "a grandparent's missing archive fails the restoring task without scheduling it",
+			spec:   runSpec(tasks(task("a"), task("b", dependsOn("a")), task("c", dependsOn("b"), restoreWorkspace), task("d", dependsOn("c", onFailure)))),
+			status: runningStatus(ts("a", success), ts("b", success), ts("c", notStarted), ts("d", notStarted)),
+			ets:    ets(et("a", success, missing(1, "save-to-workspace", "its executor was removed before the archive was fetched")), et("b", success, fetched)),
+			want: want{
+				phase: v1alpha1.RunPhaseRunning, result: v1alpha1.RunResultFailed, schedule: []string{"d"},
+				tasks: map[string]v1alpha1.TaskPhase{"c": failed},
+				check: func(t *testing.T, out Output) {
+					c := taskStatus(out.Status, "c")
+					want := `workspace of task "a" step 1 (save-to-workspace) is missing: its executor was removed before the archive was fetched`
+					if c.Reason != v1alpha1.ReasonWorkspaceMissing || c.Message != want {
+						t.Errorf("c: reason %q message %q, want %q %q", c.Reason, c.Message, v1alpha1.ReasonWorkspaceMissing, want)
+					}
+					timeIs(t, "c endTime", c.EndTime, now)
+				},
+			},
+		},
+		{
+			name:   "a missing archive fails a restoring task that waits for approval",
+			spec:   runSpec(tasks(task("a"), task("b", dependsOn("a"), restoreWorkspace, needsApproval))),
+			status: runningStatus(ts("a", success), ts("b", notStarted)),
+			ets:    ets(et("a", success, missing(0, "step-0", "its executor did not have the archive when the manager fetched it"))),
+			want: want{
+				phase: v1alpha1.RunPhaseFinished, result: v1alpha1.RunResultFailed,
+				tasks: map[string]v1alpha1.TaskPhase{"b": failed},
+				check: func(t *testing.T, out Output) {
+					if b := taskStatus(out.Status, "b"); b.WaitingApproval {
+						t.Errorf("b is still waiting for approval")
+					}
+				},
 			},
 		},
 

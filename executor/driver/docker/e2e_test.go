@@ -16,6 +16,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	dockerclient "github.com/docker/docker/client"
 	"go.uber.org/zap/zapcore"
+	"gocloud.dev/blob"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -24,6 +25,7 @@ import (
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -181,6 +183,44 @@ func TestWorkspaceFanIn(t *testing.T) {
 	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	e2e.WorkspaceFanIn(t, h, ns)
+	waitNoContainers(t, "docker-1")
+}
+
+// TestRestoreNeedsEveryArchiveItsParentSaved: an archive a parent saved that is not in the object
+// store when the child starts (removed after the fetch, behind the manager's back) fails the child
+// before it runs, naming the parent and the step; it never runs on a workspace with a hole.
+func TestRestoreNeedsEveryArchiveItsParentSaved(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "d")
+	startExecutor(t, ns, "docker-1")
+	parent := e2e.ShellTask("parent", "mkdir -p out && echo x > out/x", func(t *rsv1.Task) {
+		t.Steps = append(t.Steps, rsv1.Step{SaveToWorkspace: &rsv1.SaveToWorkspaceStep{Contents: []rsv1.SaveContent{{SourceDir: "out", DestDir: ".", Paths: []string{"x"}}}}})
+	})
+	child := e2e.ShellTask("child", "true", e2e.After("parent"), func(t *rsv1.Task) { t.NeedsApproval = ptr.To(true) })
+	child.Steps = append([]rsv1.Step{{RestoreWorkspace: &rsv1.RestoreWorkspaceStep{DestDir: "."}}}, child.Steps...)
+	h.Create(t, ns, "gap", parent, child)
+	e2e.Eventually(t, 2*time.Minute, "the child waiting for approval", func() bool {
+		return e2e.TaskStatus(h.Run(t, ns, "gap"), "child").WaitingApproval
+	})
+	ctx := context.Background()
+	bucket, err := blob.OpenBucket(ctx, storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bucket.Close()
+	if err := bucket.Delete(ctx, objectstore.ArchiveKey(ns, "gap", "gap-parent", 1)); err != nil {
+		t.Fatalf("removing the fetched archive: %v", err)
+	}
+	run := h.Run(t, ns, "gap")
+	run.Spec.ApprovedTasks = []string{"child"}
+	if err := k8s.Update(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	run = h.WaitRun(t, ns, "gap", rsv1.RunPhaseFinished)
+	got := e2e.TaskStatus(run, "child")
+	want := `preparing the task: workspace of task "parent" step 1 (save-to-workspace) is missing from the object store`
+	if got.Phase != rsv1.TaskPhaseFailed || got.Message != want {
+		t.Fatalf("child %s %q, want Failed %q", got.Phase, got.Message, want)
+	}
 	waitNoContainers(t, "docker-1")
 }
 

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
@@ -25,8 +26,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor"
 	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -85,7 +88,9 @@ func testMain(m *testing.M) int {
 	}
 	defer kwok.Stop()
 	opts := env.ManagerOptions()
-	opts.ObjectStore = "" // no logs to fetch from simulated pods
+	// The fetcher runs, as in production: a member leaves only once its finished tasks are fetched.
+	// (Simulated pods write no logs: the executor answers 404, which stores nothing.)
+	opts.ObjectStore = objectstore.FileURL(filepath.Join(tmp, "store"))
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		return fail(err)
@@ -434,4 +439,103 @@ func TestAStoppedMemberDrains(t *testing.T) {
 	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "da"}, &rsv1.Executor{}); !apierrors.IsNotFound(err) {
 		t.Errorf("drained, da should have left the group: %v", err)
 	}
+}
+
+// holdFetches keeps the manager from fetching in ns, as a failing fetcher would: it deletes the
+// executors' token Secret, which the fetcher reads before it calls an executor (the executors keep
+// theirs in memory). The returned func puts it back, and the fetch lands.
+func holdFetches(t *testing.T, ns string) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	token := &corev1.Secret{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: rsv1.ExecutorTokenSecret}, token); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Delete(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: token.Name, Namespace: ns}, Data: token.Data}
+		if err := k8s.Create(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// finishOne runs a one-task run on the namespace's members to its end.
+func finishOne(t *testing.T, ns, name string) {
+	t.Helper()
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+	run.Spec.Tasks = []rsv1.Task{task("t")}
+	if err := k8s.Create(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	e2e.Eventually(t, time.Minute, "run "+name+" finished", func() bool {
+		return getRun(t, ns, name).Status.Phase == rsv1.RunPhaseFinished
+	})
+}
+
+// TestAStoppedMemberWaitsForTheFetch: a member told to stop with a finished task the manager has not
+// fetched yet stays registered, serving, until the fetch lands, then leaves: the task's logs and
+// archives are fetched for real, not recorded as lost.
+func TestAStoppedMemberWaitsForTheFetch(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "k")
+	ctx := context.Background()
+	fa := startExecutor(t, ns, "fa", "--drain-timeout", "1m", "--lease-duration", "5m")
+	release := holdFetches(t, ns)
+	finishOne(t, ns, "quick")
+
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); fa.Stop() }()
+	select {
+	case <-stopped:
+		t.Fatal("fa left with a finished task the manager had not fetched")
+	case <-time.After(4 * time.Second):
+	}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "fa"}, &rsv1.Executor{}); err != nil {
+		t.Fatalf("fa's Executor should stay while its task is unfetched: %v", err)
+	}
+	release()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("fa did not leave once its task was fetched")
+	}
+	et := &rsv1.ExecutorTask{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "quick-t"}, et); err != nil {
+		t.Fatal(err)
+	}
+	if v := et.Annotations[rsv1.AnnotationFetched]; v == "" || v == rsv1.FetchedLost {
+		t.Errorf("fetched annotation %q, want the time of a real fetch", v)
+	}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "fa"}, &rsv1.Executor{}); !apierrors.IsNotFound(err) {
+		t.Errorf("fetched, fa should have left the group: %v", err)
+	}
+}
+
+// TestAStoppedMemberStaysWhenTheFetchTimesOut: past its drain timeout with a task still unfetched, a
+// member exits but stays registered, and says so with a Warning event on its Executor.
+func TestAStoppedMemberStaysWhenTheFetchTimesOut(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "k")
+	ctx := context.Background()
+	fb := startExecutor(t, ns, "fb", "--drain-timeout", "2s", "--fetch-wait", "2s", "--lease-duration", "5m")
+	holdFetches(t, ns)
+	finishOne(t, ns, "quick")
+	fb.Stop()
+	ex := &rsv1.Executor{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "fb"}, ex); err != nil {
+		t.Fatalf("with an unfetched task fb should stay registered: %v", err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, ex) }) // the fetcher stops retrying: "lost"
+	var events eventsv1.EventList
+	if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range events.Items {
+		if ev.Regarding.Kind == "Executor" && ev.Regarding.Name == "fb" && ev.Reason == executor.ReasonUnfetchedTasks && ev.Type == corev1.EventTypeWarning {
+			return
+		}
+	}
+	t.Fatalf("no %s Warning event on fb: %+v", executor.ReasonUnfetchedTasks, events.Items)
 }

@@ -1,0 +1,65 @@
+package executor
+
+import (
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor/toolbox"
+)
+
+// stream is a streaming toolbox's log: a run step and a save step, both reported Success, and the
+// save step's archive, whose end frame is left out when truncated (the log was cut short).
+func stream(truncated bool) string {
+	var b strings.Builder
+	frame := func(f string, args ...any) { fmt.Fprintf(&b, toolbox.FramePrefix+f+"\n", args...) }
+	ok := `{"phase":"Success","startTime":"2026-01-02T03:04:05Z","endTime":"2026-01-02T03:04:06Z"}`
+	frame(`{"t":"result","i":0,"r":%s}`, ok)
+	frame(`{"t":"archive","i":1,"d":%q}`, base64.StdEncoding.EncodeToString([]byte("tar")))
+	if !truncated {
+		frame(`{"t":"archive-end","i":1,"n":3}`)
+	}
+	frame(`{"t":"result","i":1,"r":%s}`, ok)
+	return b.String()
+}
+
+// TestOutcomeOfAStreamedSave: a save step whose archive did not arrive whole from a streaming driver
+// is Failed, and so is the task, though the toolbox reported the step Success.
+func TestOutcomeOfAStreamedSave(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		truncated bool
+		phase     rsv1.TaskPhase
+		step      rsv1.StepPhase
+		msg       string
+	}{
+		{"the whole archive arrived", false, rsv1.TaskPhaseSuccess, rsv1.StepPhaseSuccess, ""},
+		{"the archive was cut short", true, rsv1.TaskPhaseFailed, rsv1.StepPhaseFailed,
+			`step 1 (save-to-workspace) reported Success, but its workspace archive did not arrive whole at the executor`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := toolbox.Demux(strings.NewReader(stream(tt.truncated)), dir); err != nil {
+				t.Fatal(err)
+			}
+			et := &rsv1.ExecutorTask{ObjectMeta: metav1.ObjectMeta{Name: "r-build"}, Spec: rsv1.ExecutorTaskSpec{Task: rsv1.Task{
+				Steps: []rsv1.Step{
+					{Run: &rsv1.RunStep{Command: "make"}},
+					{SaveToWorkspace: &rsv1.SaveToWorkspaceStep{Contents: []rsv1.SaveContent{{SourceDir: ".", DestDir: ".", Paths: []string{"bin"}}}}},
+				},
+			}}}
+			r := &runner{et: et, dir: dir}
+			phase, msg, steps, err := r.outcome(&State{}, nil, false, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if phase != tt.phase || msg != tt.msg || steps[1].Phase != tt.step {
+				t.Fatalf("task %s %q, save step %s; want %s %q, %s", phase, msg, steps[1].Phase, tt.phase, tt.msg, tt.step)
+			}
+		})
+	}
+}
