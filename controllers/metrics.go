@@ -94,8 +94,9 @@ func (c *runPhaseCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	reader := c.client
 	c.mu.Unlock()
+	// Read only, so the cache's objects themselves: a scrape must not copy every run in etcd.
 	var runs rsv1.RunList
-	if err := reader.List(ctx, &runs); err != nil {
+	if err := reader.List(ctx, &runs, client.UnsafeDisableDeepCopy); err != nil {
 		return
 	}
 	counts := map[rsv1.RunPhase]int{}

@@ -96,7 +96,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	old := run.Status.DeepCopy()
 	var result ctrl.Result
 	if run.Status.Phase == "" {
-		if errs := dag.Validate(&run.Spec, field.NewPath("spec")); len(errs) > 0 {
+		if errs := append(dag.Validate(&run.Spec, field.NewPath("spec")), dag.ValidateSize(run)...); len(errs) > 0 {
 			r.setupError(run, errs)
 			return ctrl.Result{}, r.writeStatus(ctx, run, old)
 		}
@@ -155,7 +155,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 
 func setCondition(run *rsv1.Run, typ string, status metav1.ConditionStatus, reason, msg string) {
 	meta.SetStatusCondition(&run.Status.Conditions, metav1.Condition{
-		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: run.Generation,
+		Type: typ, Status: status, Reason: reason, Message: rsv1.TruncateMessage(msg), ObservedGeneration: run.Generation,
 	})
 }
 

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -36,6 +37,7 @@ var (
 	mgrMu     sync.Mutex
 	mgrCancel context.CancelFunc
 	mgrDone   chan struct{}
+	mgrCache  cache.Cache
 	nsCounter atomic.Int64
 	storeDir  string // the manager's object store
 )
@@ -99,8 +101,15 @@ func startManager() error {
 			fmt.Fprintln(os.Stderr, "manager:", err)
 		}
 	}()
-	mgrCancel, mgrDone = cancel, done
+	mgrCancel, mgrDone, mgrCache = cancel, done, mgr.GetCache()
 	return nil
+}
+
+// managerCache is the running manager's cache.
+func managerCache() cache.Cache {
+	mgrMu.Lock()
+	defer mgrMu.Unlock()
+	return mgrCache
 }
 
 // stopManager stops the running manager and waits until it is gone.
@@ -265,6 +274,7 @@ func (f *fakeExecutor) renew(ctx context.Context) error {
 	now := metav1.NowMicro()
 	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: f.name, Namespace: f.ns}}
 	err := k8s.Get(ctx, client.ObjectKeyFromObject(lease), lease)
+	lease.Labels = map[string]string{rsv1.LabelExecutor: f.name}
 	lease.Spec.HolderIdentity = ptr.To(f.name)
 	lease.Spec.LeaseDurationSeconds = ptr.To[int32](3)
 	lease.Spec.RenewTime = &now

@@ -313,10 +313,12 @@ func (e *Executor) renew(ctx context.Context) error {
 		if by, claimed := claimedBy(lease, e.opts.Name); claimed && !leaseExpired(lease, time.Now()) {
 			return fmt.Errorf("%w: %s is removing this executor", errRemoved, by)
 		}
-		if e.opts.Group != "" && lease.Labels[rsv1.LabelExecutorGroup] != e.opts.Group {
-			if lease.Labels == nil {
-				lease.Labels = map[string]string{}
-			}
+		if lease.Labels == nil {
+			lease.Labels = map[string]string{}
+		}
+		// The manager caches only executors' Leases, selected by this label.
+		lease.Labels[rsv1.LabelExecutor] = e.opts.Name
+		if e.opts.Group != "" {
 			lease.Labels[rsv1.LabelExecutorGroup] = e.opts.Group
 		}
 		now := metav1.NowMicro() // as late as possible: siblings judge liveness by it
@@ -600,7 +602,7 @@ func (e *Executor) finish(ctx context.Context, et *rsv1.ExecutorTask, phase rsv1
 		if st.Phase.IsFinal() {
 			return
 		}
-		st.Phase, st.Message, st.EndTime = phase, msg, &now
+		st.Phase, st.Message, st.EndTime = phase, rsv1.TruncateMessage(msg), &now
 		if st.StartTime == nil {
 			st.StartTime = &now
 		}

@@ -68,7 +68,7 @@ func (e *executor) start(ctx context.Context, wg *sync.WaitGroup) error {
 		return fmt.Errorf("registering executor %s: %w", e.name, err)
 	}
 	lease, err := e.kube.CoordinationV1().Leases(e.ns).Create(ctx, e.renewed(&coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: e.name, Namespace: e.ns},
+		ObjectMeta: metav1.ObjectMeta{Name: e.name, Namespace: e.ns, Labels: map[string]string{rsv1.LabelExecutor: e.name}},
 	}), metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("creating lease of executor %s: %w", e.name, err)

@@ -10,10 +10,13 @@ import (
 	"path/filepath"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -58,6 +61,15 @@ func Scheme() *runtime.Scheme {
 	return s
 }
 
+// CacheOptions restrict what the manager caches of kinds it does not own: of Leases, only the
+// executors' (labelled with their name), not every Lease of the cluster.
+func CacheOptions() cache.Options {
+	executorLeases, _ := labels.Parse(rsv1.LabelExecutor) // "exists": a constant that parses
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&coordinationv1.Lease{}: {Label: executorLeases},
+	}}
+}
+
 // New builds the manager.
 func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 	leaseDuration, renewDeadline := 15*time.Second, 10*time.Second
@@ -72,6 +84,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		LeaseDuration:                 &leaseDuration,
 		RenewDeadline:                 &renewDeadline,
 		Controller:                    config.Controller{SkipNameValidation: &opts.SkipNameValidation},
+		Cache:                         CacheOptions(),
 	}
 	var certs *webhookcert.Manager
 	if opts.WebhookPort != 0 {

@@ -69,7 +69,7 @@ func (v *RunValidator) Handle(ctx context.Context, req admission.Request) admiss
 }
 
 func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) admission.Response {
-	errs := dag.Validate(&run.Spec, field.NewPath("spec"))
+	errs := append(dag.Validate(&run.Spec, field.NewPath("spec")), dag.ValidateSize(run)...)
 	if len(run.Name)+1+63 > 253 {
 		errs = append(errs, field.TooLong(field.NewPath("metadata", "name"), run.Name, 253-64))
 	}
@@ -96,6 +96,11 @@ func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) a
 
 func (v *RunValidator) update(ctx context.Context, old, run *rsv1.Run, dryRun bool) admission.Response {
 	errs := dag.ValidateApprovedTasks(&run.Spec, old.Spec.ApprovedTasks, field.NewPath("spec"))
+	if len(dag.ValidateSize(old)) == 0 {
+		// An update (annotations, approvals) may not make a run that fits outgrow what it may hold;
+		// a run admitted before the limits existed can still be stopped.
+		errs = append(errs, dag.ValidateSize(run)...)
+	}
 	token, carried := carriedToken(old, run)
 	tokens, terrs := parseToken(run, token, carried)
 	if errs = append(errs, terrs...); len(errs) > 0 {

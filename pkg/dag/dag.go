@@ -201,7 +201,7 @@ func (a *advancer) fold() {
 			case ts.EndTime == nil:
 				ts.EndTime = a.nowPtr()
 			}
-			ts.Message = et.Status.Message
+			ts.Message = v1alpha1.TruncateMessage(et.Status.Message)
 			ts.Reason = ""
 		case et.ExecutorRemoved:
 			ts.Phase = v1alpha1.TaskPhaseFailed

@@ -1,0 +1,81 @@
+package dag
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"runservice.dev/runservice/api/v1alpha1"
+)
+
+// sizedRun is a run of n tasks of steps steps each, with long names.
+func sizedRun(n, steps int, opts ...func(*v1alpha1.Run)) *v1alpha1.Run {
+	run := &v1alpha1.Run{ObjectMeta: metav1.ObjectMeta{Name: "sized", Namespace: "ns"}}
+	for i := range n {
+		t := task(fmt.Sprintf("task-%03d-%s", i, strings.Repeat("x", 50)))
+		t.Steps = nil
+		for j := range steps {
+			t.Steps = append(t.Steps, v1alpha1.Step{Run: &v1alpha1.RunStep{Name: ptr(fmt.Sprintf("step-%d", j)), Command: "make"}})
+		}
+		run.Spec.Tasks = append(run.Spec.Tasks, t)
+	}
+	for _, o := range opts {
+		o(run)
+	}
+	return run
+}
+
+func TestValidateSize(t *testing.T) {
+	tests := []struct {
+		name string
+		run  *v1alpha1.Run
+		want []wantErr
+	}{
+		{name: "a usual run", run: sizedRun(20, 10)},
+		{name: "many tasks with few steps", run: sizedRun(256, 3)},
+		{name: "few tasks with many steps", run: sizedRun(16, 64)},
+		{
+			name: "many tasks with many steps",
+			run:  sizedRun(256, 64),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks", detail: "the run is too large"}},
+		},
+		{
+			name: "a kubectl apply annotation counts",
+			run: sizedRun(200, 3, func(r *v1alpha1.Run) {
+				r.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("a", 600<<10)}
+			}),
+			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks", detail: "metadata and spec"}},
+		},
+		{
+			name: "managedFields do not count",
+			run: sizedRun(200, 3, func(r *v1alpha1.Run) {
+				r.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: strings.Repeat("m", 600<<10)}}
+			}),
+		},
+		{
+			name: "an environment too large to copy into every task",
+			run: sizedRun(2, 1, func(r *v1alpha1.Run) {
+				for i := range 17 {
+					r.Spec.Environment = append(r.Spec.Environment, v1alpha1.EnvVar{Name: fmt.Sprintf("V%d", i), Value: strings.Repeat("v", 4000)})
+				}
+			}),
+			want: []wantErr{{typ: field.ErrorTypeTooLong, field: "spec.environment"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := ValidateSize(tt.run)
+			if len(errs) != len(tt.want) {
+				t.Fatalf("got %d errors, want %d:\n%v", len(errs), len(tt.want), errs.ToAggregate())
+			}
+			for i, w := range tt.want {
+				if e := errs[i]; e.Type != w.typ || e.Field != w.field || !strings.Contains(e.Detail, w.detail) {
+					t.Errorf("error %d = %q, want type %q field %q detail containing %q", i, e.Error(), w.typ, w.field, w.detail)
+				}
+			}
+		})
+	}
+}
