@@ -3,19 +3,25 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 )
@@ -24,7 +30,8 @@ import (
 // heartbeat, and the number of active tasks. A silent executor only becomes not Ready: its tasks stay
 // as they are until it comes back or is deleted (the executor is the source of truth).
 type ExecutorReconciler struct {
-	Client client.Client
+	Client   client.Client
+	Recorder recorder.EventRecorder
 
 	mu        sync.Mutex
 	lastWrite map[types.NamespacedName]time.Time
@@ -36,7 +43,7 @@ const statusInterval = 5 * time.Second
 
 var _ reconcile.Reconciler = (*ExecutorReconciler)(nil)
 
-// +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=executors/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
@@ -48,7 +55,7 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if ex.DeletionTimestamp != nil {
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.forceRemove(ctx, ex)
 	}
 	old := ex.Status.DeepCopy()
 	now := time.Now()
@@ -64,6 +71,9 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	case leaseLive(lease, ex.Name, now):
 		r.setReady(ex, metav1.ConditionTrue, "LeaseRenewed", "the executor renews its Lease")
 		result.RequeueAfter = leaseExpiry(lease).Sub(now) + 100*time.Millisecond
+	case strings.HasPrefix(ptr.Deref(lease.Spec.HolderIdentity, ""), rsv1.LeaseHolderCleanupPrefix):
+		by := strings.TrimPrefix(*lease.Spec.HolderIdentity, rsv1.LeaseHolderCleanupPrefix)
+		r.setReady(ex, metav1.ConditionFalse, "BeingRemoved", fmt.Sprintf("the executor's Lease expired; %s is removing its pods, and its tasks stay unfinished until their nodes confirm the pods gone", by))
 	default:
 		r.setReady(ex, metav1.ConditionFalse, "LeaseExpired", "the executor stopped renewing its Lease; its tasks stay as they are until it comes back or is deleted")
 	}
@@ -105,6 +115,27 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	r.lastWrite[req.NamespacedName] = now
 	r.mu.Unlock()
 	return result, nil
+}
+
+// forceRemove releases a deleted Executor's FinalizerExecutorTasks without the executor's confirmation
+// that its containers are gone, when an administrator asked for it (AnnotationForceRemove): for a host
+// that will never come back. Its unfinished tasks then fail with ExecutorRemoved and their runs move
+// on, so the Warning Event says who answers for the containers.
+func (r *ExecutorReconciler) forceRemove(ctx context.Context, ex *rsv1.Executor) error {
+	if ex.Annotations[rsv1.AnnotationForceRemove] != "true" || !controllerutil.ContainsFinalizer(ex, rsv1.FinalizerExecutorTasks) {
+		return nil
+	}
+	r.Recorder.Eventf(ex, nil, corev1.EventTypeWarning, "ForceRemoved", "ForceRemove",
+		"%s=true: the Executor is removed without its confirmation that the containers of its tasks are gone; "+
+			"its unfinished tasks fail with ExecutorRemoved and their runs move on; whoever set the annotation answers for those containers",
+		rsv1.AnnotationForceRemove)
+	ctrl.LoggerFrom(ctx).Info("force-removing an executor on an administrator's request", "executor", klog.KObj(ex))
+	patch := client.MergeFromWithOptions(ex.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.RemoveFinalizer(ex, rsv1.FinalizerExecutorTasks)
+	if err := r.Client.Patch(ctx, ex, patch); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("releasing executor %s: %w", ex.Name, err)
+	}
+	return nil
 }
 
 func (r *ExecutorReconciler) setReady(ex *rsv1.Executor, status metav1.ConditionStatus, reason, msg string) {

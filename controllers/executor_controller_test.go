@@ -2,9 +2,12 @@ package controllers_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -105,4 +108,72 @@ func TestAtMostOnceAcrossManagerRestart(t *testing.T) {
 			t.Fatalf("executor task %s was replaced (err %v)", et.Name, err)
 		}
 	}
+}
+
+// withFinalizer registers the executor as real executors do, with the finalizer only it releases.
+func withFinalizer() executorOpt {
+	return func(e *rsv1.Executor) { e.Finalizers = []string{rsv1.FinalizerExecutorTasks} }
+}
+
+// TestDeletingAnExecutorWaitsForItsRelease: an Executor being deleted keeps its tasks unfinished
+// until the finalizer is released (the executor confirmed its containers gone); with
+// runservice.dev/force-remove the manager releases it itself and says so in a Warning Event.
+func TestDeletingAnExecutorWaitsForItsRelease(t *testing.T) {
+	ctx := context.Background()
+	nss := map[string]string{} // one namespace each: each run goes to its executor
+	for _, name := range []string{"confirms", "lost"} {
+		ns := newNamespace(t)
+		nss[name] = ns
+		ex := startExecutor(t, ns, name, withFinalizer())
+		createRun(t, newRun(ns, name, task("a")))
+		report(t, ns, waitTask(t, ns, name, "a").Name, rsv1.TaskPhaseRunning, "")
+		ex.silence()
+	}
+	if err := k8s.Delete(ctx, &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "confirms", Namespace: nss["confirms"]}}); err != nil {
+		t.Fatal(err)
+	}
+	// An administrator gives up on the host of "lost": annotated, then deleted.
+	lost := &rsv1.Executor{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: nss["lost"], Name: "lost"}, lost); err != nil {
+		t.Fatal(err)
+	}
+	lost.Annotations = map[string]string{rsv1.AnnotationForceRemove: "true"}
+	if err := k8s.Update(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Delete(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the force-removed executor's task Failed with ExecutorRemoved", func() (bool, error) {
+		ts := taskStatus(getRun(t, nss["lost"], "lost"), "a")
+		return ts.Phase == rsv1.TaskPhaseFailed && ts.Reason == rsv1.ReasonExecutorRemoved, nil
+	})
+	// The other one, deleted first, still waits for its executor's confirmation.
+	if ts := taskStatus(getRun(t, nss["confirms"], "confirms"), "a"); ts.Phase != rsv1.TaskPhaseRunning {
+		t.Fatalf("the task of an executor being deleted is %s (%s) before the executor confirmed its containers gone", ts.Phase, ts.Reason)
+	}
+	eventually(t, 30*time.Second, "a Warning Event saying who answers for the containers", func() (bool, error) {
+		var events eventsv1.EventList
+		if err := k8s.List(ctx, &events, client.InNamespace(nss["lost"])); err != nil {
+			return false, err
+		}
+		for _, e := range events.Items {
+			if e.Regarding.Name == "lost" && e.Reason == "ForceRemoved" && e.Type == corev1.EventTypeWarning && strings.Contains(e.Note, "answers for those containers") {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	ex := &rsv1.Executor{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: nss["confirms"], Name: "confirms"}, ex); err != nil {
+		t.Fatal(err)
+	}
+	ex.Finalizers = nil // what the executor does once its containers are gone
+	if err := k8s.Update(ctx, ex); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the released executor's task Failed with ExecutorRemoved", func() (bool, error) {
+		ts := taskStatus(getRun(t, nss["confirms"], "confirms"), "a")
+		return ts.Phase == rsv1.TaskPhaseFailed && ts.Reason == rsv1.ReasonExecutorRemoved, nil
+	})
 }

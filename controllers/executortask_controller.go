@@ -67,7 +67,8 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	}
 	ex := &rsv1.Executor{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}, ex)
-	if apierrors.IsNotFound(err) || err == nil && (ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID) {
+	// An Executor being deleted may still serve: it releases its finalizer once its containers are gone.
+	if apierrors.IsNotFound(err) || err == nil && executorRemoved(ex, et) {
 		return ctrl.Result{}, r.markLost(ctx, et, "its executor was removed before they were fetched")
 	}
 	if err != nil {

@@ -239,7 +239,7 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 			executors[et.Spec.Executor] = ex
 		}
 		tasks[et.Spec.TaskName] = et
-		removed := ex == nil || ex.DeletionTimestamp != nil || string(ex.UID) != et.Spec.ExecutorUID
+		removed := executorRemoved(ex, et)
 		fetched, missing := workspaceState(et, removed)
 		states[et.Spec.TaskName] = dag.ExecutorTaskState{
 			Name:            et.Name,
@@ -268,6 +268,13 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 		}
 	}
 	return tasks, states, nil
+}
+
+// executorRemoved says whether an ExecutorTask's executor is gone for good: its Executor object is
+// gone, or registered anew under the name. An Executor being deleted is not: FinalizerExecutorTasks
+// keeps it until its tasks' containers are known gone, and its tasks unfinished until then.
+func executorRemoved(ex *rsv1.Executor, et *rsv1.ExecutorTask) bool {
+	return ex == nil || string(ex.UID) != et.Spec.ExecutorUID
 }
 
 // foldFinal records, in a final run's status, the logs fetched after it ended.

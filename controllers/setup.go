@@ -141,7 +141,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 			return err
 		}
 	}
-	executors := &ExecutorReconciler{Client: mgr.GetClient()}
+	executors := &ExecutorReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("executor-controller")}
 	if err := executors.SetupWithManager(mgr); err != nil {
 		return err
 	}

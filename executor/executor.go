@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -127,6 +128,7 @@ type Executor struct {
 	mu      sync.Mutex
 	runners map[types.UID]*runner
 	names   map[string]types.UID // ExecutorTask name -> uid of its runner
+	gate    startGate            // whether a task may start (removal.go)
 }
 
 // Scheme is the scheme of the executor's clients.
@@ -184,7 +186,10 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	if err := e.waitUnclaimed(ctx); err != nil {
 		return err
 	}
-	if err := e.register(ctx); err != nil {
+	if err := e.register(ctx); errors.Is(err, errRemoved) {
+		log.Info("the executor was deleted while it was down: its tasks' containers are gone, the deletion is complete; exiting")
+		return nil
+	} else if err != nil {
 		return err
 	}
 	if err := e.renew(ctx); err != nil {
@@ -207,6 +212,9 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	go func() { errc <- mgr.Start(ctx) }()
 	go func() { errc <- e.heartbeat(ctx) }()
 	go func() { errc <- e.serve(ctx) }()
+	var reaper sync.WaitGroup
+	reaper.Go(func() { e.reapLoop(ctx) })
+	defer reaper.Wait()
 	go func() {
 		if mgr.GetCache().WaitForCacheSync(ctx) {
 			e.sweep(ctx)
@@ -250,8 +258,11 @@ func (e *Executor) register(ctx context.Context) error {
 		switch {
 		case apierrors.IsNotFound(err):
 			ex = &rsv1.Executor{
-				ObjectMeta: metav1.ObjectMeta{Name: e.opts.Name, Namespace: e.opts.Namespace, Labels: e.opts.Labels},
-				Spec:       spec,
+				ObjectMeta: metav1.ObjectMeta{
+					Name: e.opts.Name, Namespace: e.opts.Namespace, Labels: e.opts.Labels,
+					Finalizers: []string{rsv1.FinalizerExecutorTasks},
+				},
+				Spec: spec,
 			}
 			if err := e.client.Create(ctx, ex); err != nil {
 				return err
@@ -259,8 +270,11 @@ func (e *Executor) register(ctx context.Context) error {
 		case err != nil:
 			return fmt.Errorf("reading executor: %w", err)
 		case ex.DeletionTimestamp != nil:
-			return fmt.Errorf("executor %s is being deleted; start again once it is gone", e.opts.Name)
-		case !equality.Semantic.DeepEqual(ex.Spec, spec) || !equality.Semantic.DeepEqual(ex.Labels, e.opts.Labels) && e.opts.Labels != nil:
+			// Deleted while this executor was down: only it can confirm that its containers are gone.
+			return e.completeRemoval(ctx, ex)
+		case !equality.Semantic.DeepEqual(ex.Spec, spec) || !equality.Semantic.DeepEqual(ex.Labels, e.opts.Labels) && e.opts.Labels != nil ||
+			!controllerutil.ContainsFinalizer(ex, rsv1.FinalizerExecutorTasks):
+			controllerutil.AddFinalizer(ex, rsv1.FinalizerExecutorTasks) // registered by an older executor
 			ex.Spec = spec
 			if e.opts.Labels != nil {
 				ex.Labels = e.opts.Labels
@@ -274,7 +288,9 @@ func (e *Executor) register(ctx context.Context) error {
 	})
 }
 
-// heartbeat renews the Lease and watches for the Executor's removal.
+// heartbeat renews the Lease and watches for the Executor's removal. It does nothing that may take
+// long (siblings are reaped beside it, reapLoop), and a removal of its own gets a deadline, so that
+// the Lease is renewed on time.
 func (e *Executor) heartbeat(ctx context.Context) error {
 	tick := time.NewTicker(e.opts.RenewInterval)
 	defer tick.Stop()
@@ -286,23 +302,35 @@ func (e *Executor) heartbeat(ctx context.Context) error {
 		}
 		ex := &rsv1.Executor{}
 		err := e.reader.Get(ctx, types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}, ex)
-		if apierrors.IsNotFound(err) || err == nil && (ex.UID != e.uid || ex.DeletionTimestamp != nil) {
+		if apierrors.IsNotFound(err) || err == nil && ex.UID != e.uid {
+			// Released without this executor (forced by an administrator, or by a sibling): nothing
+			// of it may run any more.
+			e.gate.close("the Executor is gone")
 			e.removeAll(ctx)
 			return errRemoved
 		}
 		if err := e.renew(ctx); errors.Is(err, errRemoved) {
-			e.removeAll(ctx)
+			e.gate.close(err.Error())
+			e.removeAll(ctx) // the sibling that claimed the Lease confirms and releases
 			return err
 		} else if err != nil && ctx.Err() == nil {
 			ctrl.LoggerFrom(ctx).Error(err, "renewing lease")
 		}
-		e.reapGroup(ctx)
+		if err == nil && ex.DeletionTimestamp != nil {
+			if err := e.completeRemoval(ctx, ex); errors.Is(err, errRemoved) {
+				return err
+			} else if err != nil && ctx.Err() == nil {
+				ctrl.LoggerFrom(ctx).Error(err, "removing the deleted executor's tasks; trying again")
+			}
+		}
 	}
 }
 
 func (e *Executor) renew(ctx context.Context) error {
 	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
-	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+	var sent time.Time
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		sent = time.Now() // before the renewal: siblings count the Lease's duration from later
 		lease := &coordinationv1.Lease{}
 		err := e.reader.Get(ctx, key, lease)
 		if apierrors.IsNotFound(err) {
@@ -333,6 +361,10 @@ func (e *Executor) renew(ctx context.Context) error {
 		}
 		return e.client.Update(ctx, lease)
 	})
+	if err == nil {
+		e.gate.renewed(sent, e.opts.LeaseDuration)
+	}
+	return err
 }
 
 // removeAll stops and removes every container of this executor's tasks.
@@ -448,15 +480,22 @@ func (e *Executor) removeOrphanDirs(ctx context.Context) error {
 }
 
 // wait waits for the runners to end.
-func (e *Executor) wait() {
+func (e *Executor) wait() { _ = e.waitRunners(context.Background()) }
+
+// waitRunners waits for the runners to end, or ctx.
+func (e *Executor) waitRunners(ctx context.Context) error {
 	for {
 		e.mu.Lock()
 		n := len(e.runners)
 		e.mu.Unlock()
 		if n == 0 {
-			return
+			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
 
@@ -506,6 +545,13 @@ func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 		}
 		if msg := e.refuse(et); msg != "" {
 			return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseFailed, msg, nil)
+		}
+		if why := e.gate.shut(); why != "" {
+			// Not now, maybe never: a sibling may be removing this executor's pods (at most once
+			// over liveness). Tried again once the Lease is renewed; if the executor is removed
+			// instead, the task fails with ExecutorRemoved.
+			log.Info("not starting task", "executorTask", et.Name, "because", why)
+			return reconcile.Result{RequeueAfter: e.opts.RenewInterval}, nil
 		}
 		// Record the start before any container exists: after a crash, a Running task without
 		// containers is lost, never started again.

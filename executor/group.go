@@ -21,7 +21,7 @@ import (
 )
 
 // cleanupHolder is the Lease holder of a dead executor while a sibling removes what it left.
-func cleanupHolder(by string) string { return "cleanup-by-" + by }
+func cleanupHolder(by string) string { return rsv1.LeaseHolderCleanupPrefix + by }
 
 // leaseExpired reports whether a Lease was not renewed within its duration.
 func leaseExpired(l *coordinationv1.Lease, now time.Time) bool {
@@ -69,9 +69,9 @@ const ReasonUnfetchedTasks = "UnfetchedTasks"
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=system,resources=leases,verbs=delete
 
 // reapGroup looks for members of the executor's group whose Lease expired, and removes each one's
-// pods and secrets, waits until they are gone, and only then deletes its Executor (which fails its
-// unfinished tasks with ExecutorRemoved): no task of a dead executor can still run when its run moves
-// on. Exactly one live member acts on each dead one: it takes the dead one's Lease with a
+// pods and secrets, waits until they are gone, and only then deletes and releases its Executor (which
+// fails its unfinished tasks with ExecutorRemoved): no task of a dead executor can still run when its
+// run moves on. Exactly one live member acts on each dead one: it takes the dead one's Lease with a
 // compare-and-swap first.
 func (e *Executor) reapGroup(ctx context.Context) {
 	remover, ok := e.driver.(GroupRemover)
@@ -128,13 +128,9 @@ func (e *Executor) reapGroup(ctx context.Context) {
 			continue
 		}
 		log.Info("a sibling's lease expired: removing its pods and secrets, then its Executor", "sibling", ex.Name)
-		if err := remover.RemoveExecutor(ctx, ex.Name); err != nil {
-			log.Error(err, "removing a dead sibling's pods and secrets", "sibling", ex.Name)
+		if err := e.reapSibling(ctx, remover, ex); err != nil {
+			log.Error(err, "removing a dead sibling", "sibling", ex.Name)
 			continue // the claim expires and someone tries again
-		}
-		if err := e.client.Delete(ctx, ex, client.Preconditions{UID: &ex.UID}); client.IgnoreNotFound(err) != nil {
-			log.Error(err, "deleting a dead sibling's Executor", "sibling", ex.Name)
-			continue
 		}
 		_ = e.client.Delete(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: ex.Name, Namespace: ex.Namespace}})
 	}
@@ -167,7 +163,7 @@ func claimedBy(l *coordinationv1.Lease, self string) (string, bool) {
 	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || *l.Spec.HolderIdentity == self {
 		return "", false
 	}
-	return strings.TrimPrefix(*l.Spec.HolderIdentity, "cleanup-by-"), true
+	return strings.TrimPrefix(*l.Spec.HolderIdentity, rsv1.LeaseHolderCleanupPrefix), true
 }
 
 // waitUnclaimed waits, at start, until no sibling is cleaning up after this executor: a restart
@@ -310,8 +306,7 @@ func (e *Executor) leaveIfIdle(ctx context.Context) {
 		e.warnUnfetched(ctx, task)
 		return
 	}
-	ex := &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: e.opts.Name, Namespace: e.opts.Namespace}}
-	if err := e.client.Delete(ctx, ex, client.Preconditions{UID: &e.uid}); client.IgnoreNotFound(err) != nil {
+	if err := e.releaseExecutor(ctx, e.opts.Name, e.uid); err != nil {
 		log.Error(err, "deleting the Executor on leaving the group")
 		return
 	}

@@ -71,6 +71,11 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		if err := r.prepare(ctx); err != nil {
 			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "preparing the task: "+err.Error(), nil)
 		}
+		if why := r.e.gate.shut(); why != "" {
+			// The Lease lapsed since the task was recorded Running: creating its containers now could
+			// race a sibling removing this executor's. Recorded, never started.
+			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "not started: "+why, nil)
+		}
 		err := r.e.driver.Start(ctx, &Task{
 			ExecutorTask: r.et,
 			Dir:          r.dir,

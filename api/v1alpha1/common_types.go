@@ -37,6 +37,23 @@ const (
 	// no longer count it.
 	FinalizerChangeGroupLedger = "runservice.dev/changegroup-ledger"
 
+	// FinalizerExecutorTasks keeps a deleted Executor until its tasks' containers or pods are known
+	// gone: the executor itself (or, for a dead member of a group, the sibling cleaning up after it)
+	// removes them, confirms it, and only then releases it. Only then does the manager fail the
+	// executor's unfinished tasks with ExecutorRemoved, so that a run never moves on while a task of
+	// it may still run.
+	FinalizerExecutorTasks = "runservice.dev/executor-tasks"
+
+	// AnnotationForceRemove set to "true" on an Executor being deleted makes the manager release
+	// FinalizerExecutorTasks without the executor's confirmation: for a host that will never come
+	// back. Whoever sets it takes responsibility that the executor's containers are gone; the
+	// manager records a Warning Event saying so.
+	AnnotationForceRemove = "runservice.dev/force-remove"
+
+	// LeaseHolderCleanupPrefix starts the holder identity of a dead executor's Lease while a sibling
+	// of its group removes what it left ("cleanup-by-<sibling>").
+	LeaseHolderCleanupPrefix = "cleanup-by-"
+
 	// ConditionReady is the Ready condition type of Executors and Runs' readiness to schedule.
 	ConditionReady = "Ready"
 )

@@ -55,6 +55,17 @@ func Eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	t.Fatalf("timed out after %v waiting for %s", timeout, what)
 }
 
+// Consistently polls cond for the whole of d, and fails the test the first time it does not hold;
+// what says what should hold.
+func Consistently(t *testing.T, d time.Duration, what string, cond func() error) {
+	t.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err := cond(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+}
+
 var namespaces atomic.Int64
 
 // NewNamespace creates a namespace for one test, named prefix and a number unique in the process,

@@ -3,12 +3,15 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -53,16 +56,7 @@ func (h *Harness) StartExecutor(t *testing.T, bin, ns, name string, args ...stri
 // Start (re)starts the process and waits until its Executor is Ready.
 func (e *Executor) Start() {
 	e.t.Helper()
-	e.mu.Lock()
-	e.out = &bytes.Buffer{}
-	e.cmd = exec.Command(e.bin, e.args...)
-	e.cmd.Env = append(os.Environ(), "KUBECONFIG="+e.h.Kubeconfig)
-	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
-	err := e.cmd.Start()
-	e.mu.Unlock()
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	e.Launch()
 	e.h.Eventually(e.t, "executor "+e.Name+" ready", func() bool {
 		ex := &rsv1.Executor{}
 		if err := e.h.Client.Get(context.Background(), client.ObjectKey{Namespace: e.NS, Name: e.Name}, ex); err != nil || ex.DeletionTimestamp != nil {
@@ -75,6 +69,43 @@ func (e *Executor) Start() {
 		}
 		return false
 	})
+}
+
+// Launch (re)starts the process without waiting for anything.
+func (e *Executor) Launch() {
+	e.t.Helper()
+	e.mu.Lock()
+	e.out = &bytes.Buffer{}
+	e.cmd = exec.Command(e.bin, e.args...)
+	e.cmd.Env = append(os.Environ(), "KUBECONFIG="+e.h.Kubeconfig)
+	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
+	err := e.cmd.Start()
+	e.mu.Unlock()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// Exited waits up to timeout for the process to exit by itself, and returns its error (nil: exit
+// status 0).
+func (e *Executor) Exited(timeout time.Duration) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cmd == nil {
+		return errors.New("not running")
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.cmd.Wait() }()
+	select {
+	case err := <-done:
+		e.cmd = nil
+		return err
+	case <-time.After(timeout):
+		_ = e.cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+		e.cmd = nil
+		return fmt.Errorf("executor %s still running after %v", e.Name, timeout)
+	}
 }
 
 // Kill kills the process with SIGKILL, as a crash would.

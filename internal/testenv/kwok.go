@@ -24,8 +24,14 @@ type Kwok struct {
 // others complete after a fraction of a second.
 const SlowRun = "slow"
 
+// PartitionedRun is the name of the run whose pods sit on a node cut off from the apiserver: they
+// run and never end, and their deletion is never confirmed (the kubelet would remove the object once
+// it stopped the containers); only a force delete (grace period 0) removes them.
+const PartitionedRun = "partitioned"
+
 // kwokStages are the pod life the tests simulate: Pending -> Running (100ms) -> Succeeded with exit
-// code 0 (300ms, or 20s for the slow run), and deletion.
+// code 0 (300ms, or 20s for the slow run, never for the partitioned one), and deletion (never
+// confirmed for the partitioned run).
 const kwokStages = `
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -81,7 +87,7 @@ spec:
     matchExpressions:
     - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
     - {key: '.status.phase', operator: In, values: [Running]}
-    - {key: '.metadata.labels["runservice.dev/run"]', operator: NotIn, values: [slow]}
+    - {key: '.metadata.labels["runservice.dev/run"]', operator: NotIn, values: [slow, partitioned]}
   delay: {durationMilliseconds: 300}
   next:
     statusTemplate: |
@@ -111,6 +117,7 @@ spec:
     matchExpressions:
     - {key: '.metadata.deletionTimestamp', operator: Exists}
     - {key: '.metadata.finalizers', operator: DoesNotExist}
+    - {key: '.metadata.labels["runservice.dev/run"]', operator: NotIn, values: [partitioned]}
   next:
     delete: true
 `

@@ -17,6 +17,7 @@ import (
 	dockerclient "github.com/docker/docker/client"
 	"go.uber.org/zap/zapcore"
 	"gocloud.dev/blob"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -339,26 +340,73 @@ func TestExecutorKilledAndRestartedAdopts(t *testing.T) {
 	}
 }
 
-// TestExecutorKilledThenDeleted: its task becomes Failed/ExecutorRemoved, and when the executor comes
-// back under the same name it removes the old task's containers instead of running them.
-func TestExecutorKilledThenDeleted(t *testing.T) {
+// TestExecutorDeletedWhileDown: kubectl delete executor of a Docker executor that is down with a
+// running container only starts the removal: the Executor stays (its finalizer) and the task stays
+// unfinished while nobody knows the container gone. Back under the same name, the executor removes
+// the old task's container instead of running it, releases its Executor and exits; only then does
+// the task fail with ExecutorRemoved.
+func TestExecutorDeletedWhileDown(t *testing.T) {
 	ns := e2e.NewNamespace(t, k8s, "d")
 	p := startExecutor(t, ns, "gone")
 	h.Create(t, ns, "orphan", e2e.ShellTask("long", "sleep 120"))
-	e2e.Eventually(t, time.Minute, "the step running", func() bool {
-		ts := e2e.TaskStatus(h.Run(t, ns, "orphan"), "long")
-		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
-	})
+	h.WaitStepRunning(t, ns, "orphan", "long")
 	p.Kill()
-	if out, err := h.KubectlRun(ns, "delete", "executor", "gone"); err != nil {
+	if out, err := h.KubectlRun(ns, "delete", "executor", "gone", "--wait=false"); err != nil {
 		t.Fatalf("kubectl delete executor: %v\n%s", err, out)
+	}
+	e2e.Consistently(t, 3*time.Second, "while the executor is down", func() error {
+		if ts := e2e.TaskStatus(h.Run(t, ns, "orphan"), "long"); ts.Phase.IsFinal() {
+			return fmt.Errorf("the task became %s (%s) while its container runs", ts.Phase, ts.Reason)
+		}
+		if len(containersOf(t, "gone")) == 0 {
+			return fmt.Errorf("the container is gone, but nobody removed it")
+		}
+		return nil
+	})
+	p.Launch()
+	if err := p.Exited(time.Minute); err != nil {
+		t.Fatalf("back under its name, the executor should complete its removal and exit 0: %v", err)
+	}
+	if n := len(containersOf(t, "gone")); n != 0 {
+		t.Fatalf("the executor released its Executor with %d containers left", n)
 	}
 	run := h.WaitRun(t, ns, "orphan", rsv1.RunPhaseFinished)
 	if ts := e2e.TaskStatus(run, "long"); ts.Phase != rsv1.TaskPhaseFailed || ts.Reason != rsv1.ReasonExecutorRemoved {
 		t.Fatalf("task: %+v", ts)
 	}
-	p.Start()
-	waitNoContainers(t, "gone")
+	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "gone"}, &rsv1.Executor{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the Executor should be gone: %v", err)
+	}
+}
+
+// TestDeletingALiveExecutorRemovesItsContainersFirst: kubectl delete executor of a running Docker
+// executor: it removes its task's container and only then releases its Executor, so that the task
+// fails with ExecutorRemoved only once its container is really gone; then the executor exits.
+func TestDeletingALiveExecutorRemovesItsContainersFirst(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "d")
+	// A slow heartbeat: a manager that does not wait for the executor fails the task long before.
+	p := startExecutor(t, ns, "doomed", "--renew-interval", "3s", "--lease-duration", "10s")
+	h.Create(t, ns, "cut", e2e.ShellTask("long", "sleep 120"))
+	h.WaitStepRunning(t, ns, "cut", "long")
+	if out, err := h.KubectlRun(ns, "delete", "executor", "doomed", "--wait=false"); err != nil {
+		t.Fatalf("kubectl delete executor: %v\n%s", err, out)
+	}
+	e2e.Eventually(t, time.Minute, "the task final", func() bool {
+		ts := e2e.TaskStatus(h.Run(t, ns, "cut"), "long")
+		if !ts.Phase.IsFinal() {
+			return false
+		}
+		if n := len(containersOf(t, "doomed")); n != 0 {
+			t.Fatalf("the task became %s (%s) while %d containers of it remain", ts.Phase, ts.Reason, n)
+		}
+		if ts.Phase != rsv1.TaskPhaseFailed || ts.Reason != rsv1.ReasonExecutorRemoved {
+			t.Fatalf("task: %+v", ts)
+		}
+		return true
+	})
+	if err := p.Exited(30 * time.Second); err != nil {
+		t.Fatalf("the removed executor should exit 0: %v", err)
+	}
 }
 
 // TestDockerDaemonRestart: the daemon restarts under a running executor; the running task ends (its

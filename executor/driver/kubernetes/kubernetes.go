@@ -450,8 +450,10 @@ func (d *Driver) Remove(ctx context.Context, uid string) error {
 	return d.removeSelected(ctx, set)
 }
 
-// RemoveExecutor implements executor.GroupRemover: every pod and Secret of another executor of the
-// group, waiting until they are gone.
+// RemoveExecutor implements executor.GroupRemover: every pod and Secret of an executor of the group
+// (another one, or this one when its Executor is deleted), waiting until they are gone: each pod
+// terminal (its node reported its containers ended) or its object removed after the graceful delete
+// (its node confirmed). A pod on a node that does not answer keeps it waiting, until ctx ends.
 func (d *Driver) RemoveExecutor(ctx context.Context, name string) error {
 	set := labels.Set{rsv1.LabelExecutor: name}
 	if err := d.removeSelected(ctx, set); err != nil {
@@ -460,26 +462,40 @@ func (d *Driver) RemoveExecutor(ctx context.Context, name string) error {
 	for {
 		pods, err := d.client.CoreV1().Pods(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: set.String()})
 		if err != nil {
-			return err
+			return fmt.Errorf("listing the pods of executor %s: %w", name, err)
+		}
+		var running []string
+		for _, p := range pods.Items {
+			if !podEnded(&p) {
+				running = append(running, p.Name)
+			}
 		}
 		secrets, err := d.client.CoreV1().Secrets(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: set.String()})
 		if err != nil {
-			return err
+			return fmt.Errorf("listing the secrets of executor %s: %w", name, err)
 		}
-		if len(pods.Items) == 0 && len(secrets.Items) == 0 {
+		if len(running) == 0 && len(secrets.Items) == 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("pods %v not confirmed gone by their node: %w", running, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
 
+// podEnded says whether the kubelet reported that a pod's containers ended for good.
+func podEnded(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// deletePods deletes pods gracefully: the API object stays, Terminating, until the kubelet stopped
+// the containers and confirms by removing it, so that "gone" means the containers are gone. (A
+// grace period of 0 removes the object at once, whatever the node still runs.)
 func (d *Driver) deletePods(ctx context.Context, set labels.Set) error {
 	opts := metav1.ListOptions{LabelSelector: set.String()}
-	del := metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}
+	del := metav1.DeleteOptions{}
 	if err := d.client.CoreV1().Pods(d.opts.Namespace).DeleteCollection(ctx, del, opts); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting pods %s: %w", set, err)
 	}
