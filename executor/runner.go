@@ -29,6 +29,9 @@ type runner struct {
 	cancel   context.CancelFunc
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// refused is what the executor refused of the task while it ran (a link planted at the stop
+	// file, frames past its bounds), for its final status.
+	refused error
 }
 
 // startRunner starts following a task in the background; fresh starts its containers first.
@@ -88,7 +91,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 
 	mirrored := make(chan error, 1)
 	if m, ok := r.e.driver.(Mirrorer); ok {
-		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir) }()
+		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir, len(r.et.Spec.Task.Steps), r.e.opts.Limits) }()
 	} else {
 		mirrored <- nil
 	}
@@ -133,7 +136,9 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			// What the task reported last must be in its directory before its status is final.
 			select {
 			case err := <-mirrored:
-				if err != nil && ctx.Err() == nil {
+				if errors.Is(err, toolbox.ErrRefused) {
+					r.refused = err
+				} else if err != nil && ctx.Err() == nil {
 					ctrl.LoggerFrom(ctx).Error(err, "mirroring the task's reports", "executorTask", r.et.Name)
 				}
 			case <-time.After(30 * time.Second):
@@ -148,7 +153,11 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 
 // halt asks the toolbox to stop, then stops the containers.
 func (r *runner) halt(ctx context.Context) {
-	_ = toolbox.Stop(r.dir)
+	if err := toolbox.Stop(r.dir); errors.Is(err, toolbox.ErrRefused) {
+		r.refused = err // the containers are stopped all the same
+	} else if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "asking the toolbox to stop", "executorTask", r.et.Name)
+	}
 	go func() {
 		if err := r.e.driver.Stop(ctx, r.uid(), r.e.opts.StopGrace); err != nil && ctx.Err() == nil {
 			ctrl.LoggerFrom(ctx).Error(err, "stopping task", "executorTask", r.et.Name)
@@ -160,6 +169,7 @@ func (r *runner) halt(ctx context.Context) {
 // containers (logs and archives stay in the task's directory until the manager fetched them).
 func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, timedOut bool) error {
 	steps := r.steps()
+	refused := r.refusal(steps)
 	phase, msg := rsv1.TaskPhaseSuccess, ""
 	// The step that was cut short: still Running (the container was killed), or Stopped by a
 	// signal the executor did not send (the daemon stopping, someone's docker stop).
@@ -202,6 +212,10 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 		endRunning(rsv1.StepPhaseFailed)
 	case waitErr != nil:
 		return waitErr
+	case refused != "":
+		// Whatever its steps said: the task tampered with what the executor reads and keeps.
+		phase, msg = rsv1.TaskPhaseFailed, refused
+		endRunning(rsv1.StepPhaseFailed)
 	case timedOut:
 		phase, msg = rsv1.TaskPhaseFailed, fmt.Sprintf("timed out after %ds", *r.et.Spec.Task.TimeoutSeconds)
 		endRunning(rsv1.StepPhaseFailed)
@@ -231,6 +245,23 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 	}
 	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.et.Name, "phase", phase, "message", msg)
 	return r.e.driver.Remove(ctx, r.uid())
+}
+
+// refusal says why the executor refused the task's files, or "" (see toolbox.OpenFile).
+func (r *runner) refusal(steps []rsv1.StepStatus) string {
+	names := make([]string, len(steps))
+	for i, s := range steps {
+		names[i] = s.Name
+	}
+	err := r.refused
+	if err == nil {
+		err = toolbox.Audit(r.dir, names, r.e.opts.Limits)
+	}
+	var re *toolbox.RefusedError
+	if errors.As(err, &re) {
+		return re.Explain(names)
+	}
+	return ""
 }
 
 // report writes the steps' progress to the task's status when it changed.
