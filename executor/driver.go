@@ -6,6 +6,7 @@ import (
 	"time"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor/toolbox"
 )
 
 // Driver runs the containers of tasks on one container runtime. The executor owns the task's life
@@ -58,10 +59,11 @@ type State struct {
 }
 
 // Mirrorer is implemented by drivers whose containers share no directory with the executor: Mirror
-// copies the toolbox's reports of a task into dir while it runs, and returns once the task ended
-// and everything it reported is in dir.
+// copies the toolbox's reports of a task of steps steps into dir while it runs, within lim, and
+// returns once the task ended and everything it reported is in dir. An error wrapping
+// toolbox.ErrRefused says what the task reported past its steps or its bounds (and was dropped).
 type Mirrorer interface {
-	Mirror(ctx context.Context, uid, dir string) error
+	Mirror(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) error
 }
 
 // GroupRemover is implemented by drivers whose executors form a group: RemoveExecutor removes

@@ -65,6 +65,8 @@ type Options struct {
 	StopGrace time.Duration
 	// MaxConcurrentReconciles bounds how many tasks are started at once.
 	MaxConcurrentReconciles int
+	// Limits bound the tasks' files the executor reads and keeps (logs, archives).
+	Limits toolbox.Limits
 	// DrainTimeout is how long a dynamic executor, told to stop, keeps following its running tasks
 	// (taking no new ones) before it exits; 0 exits at once.
 	DrainTimeout time.Duration
@@ -112,6 +114,7 @@ func (o *Options) defaults() {
 	def(&o.ServerTimeouts.Read, 30*time.Second)
 	def(&o.ServerTimeouts.Idle, 2*time.Minute)
 	def(&o.ServerTimeouts.WriteStall, time.Minute)
+	o.Limits = o.Limits.WithDefaults()
 }
 
 // Executor executes the tasks scheduled on it.

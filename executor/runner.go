@@ -32,6 +32,9 @@ type runner struct {
 	cancel   context.CancelFunc
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// refused is what the executor refused of the task while it ran (a link planted at the stop
+	// file, frames past its bounds), for its final status.
+	refused error
 }
 
 // startRunner starts following a task in the background; fresh starts its containers first.
@@ -98,7 +101,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 
 	mirrored := make(chan error, 1)
 	if m, ok := r.e.driver.(Mirrorer); ok {
-		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir) }()
+		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir, len(r.et.Spec.Task.Steps), r.e.opts.Limits) }()
 	} else {
 		mirrored <- nil
 	}
@@ -143,7 +146,9 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			// What the task reported last must be in its directory before its status is final.
 			select {
 			case err := <-mirrored:
-				if err != nil && ctx.Err() == nil {
+				if errors.Is(err, toolbox.ErrRefused) {
+					r.refused = err
+				} else if err != nil && ctx.Err() == nil {
 					ctrl.LoggerFrom(ctx).Error(err, "mirroring the task's reports", "executorTask", r.et.Name)
 				}
 			case <-time.After(30 * time.Second):
@@ -177,7 +182,11 @@ func (r *runner) release(ctx context.Context) error {
 
 // halt asks the toolbox to stop, then stops the containers.
 func (r *runner) halt(ctx context.Context) {
-	_ = toolbox.Stop(r.dir)
+	if err := toolbox.Stop(r.dir); errors.Is(err, toolbox.ErrRefused) {
+		r.refused = err // the containers are stopped all the same
+	} else if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "asking the toolbox to stop", "executorTask", r.et.Name)
+	}
 	go func() {
 		if err := r.e.driver.Stop(ctx, r.uid(), r.e.opts.StopGrace); err != nil && ctx.Err() == nil {
 			ctrl.LoggerFrom(ctx).Error(err, "stopping task", "executorTask", r.et.Name)
@@ -203,6 +212,7 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 // its container ended.
 func (r *runner) outcome(st *State, waitErr error, stopped, timedOut bool) (rsv1.TaskPhase, string, []rsv1.StepStatus, error) {
 	steps := r.steps()
+	refused := r.refusal(steps)
 	phase, msg := rsv1.TaskPhaseSuccess, ""
 	// The step that was cut short: still Running (the container was killed), or Stopped by a
 	// signal the executor did not send (the daemon stopping, someone's docker stop).
@@ -245,6 +255,10 @@ func (r *runner) outcome(st *State, waitErr error, stopped, timedOut bool) (rsv1
 		endRunning(rsv1.StepPhaseFailed)
 	case waitErr != nil:
 		return "", "", nil, waitErr
+	case refused != "":
+		// Whatever its steps said: the task tampered with what the executor reads and keeps.
+		phase, msg = rsv1.TaskPhaseFailed, refused
+		endRunning(rsv1.StepPhaseFailed)
 	case timedOut:
 		phase, msg = rsv1.TaskPhaseFailed, fmt.Sprintf("timed out after %ds", *r.et.Spec.Task.TimeoutSeconds)
 		endRunning(rsv1.StepPhaseFailed)
@@ -290,7 +304,7 @@ func (r *runner) failUnarrivedSaves(steps []rsv1.StepStatus) string {
 		if s.SaveToWorkspace == nil || i >= len(steps) || steps[i].Phase != rsv1.StepPhaseSuccess {
 			continue
 		}
-		if _, err := os.Stat(toolbox.ArchivePath(r.dir, i)); err == nil {
+		if toolbox.CheckFile(r.dir, toolbox.ArchiveFile(i), i, "archive", r.e.opts.Limits.Archive) == nil {
 			continue
 		}
 		steps[i].Phase = rsv1.StepPhaseFailed
@@ -299,6 +313,23 @@ func (r *runner) failUnarrivedSaves(steps []rsv1.StepStatus) string {
 		}
 	}
 	return msg
+}
+
+// refusal says why the executor refused the task's files, or "" (see toolbox.OpenFile).
+func (r *runner) refusal(steps []rsv1.StepStatus) string {
+	names := make([]string, len(steps))
+	for i, s := range steps {
+		names[i] = s.Name
+	}
+	err := r.refused
+	if err == nil {
+		err = toolbox.Audit(r.dir, names, r.e.opts.Limits)
+	}
+	var re *toolbox.RefusedError
+	if errors.As(err, &re) {
+		return re.Explain(names)
+	}
+	return ""
 }
 
 // report writes the steps' progress to the task's status when it changed.

@@ -43,7 +43,8 @@ func TestOutcomeOfAStreamedSave(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			if err := toolbox.Demux(strings.NewReader(stream(tt.truncated)), dir); err != nil {
+			lim := toolbox.Limits{}.WithDefaults()
+			if err := toolbox.Demux(strings.NewReader(stream(tt.truncated)), dir, 2, lim); err != nil {
 				t.Fatal(err)
 			}
 			et := &rsv1.ExecutorTask{ObjectMeta: metav1.ObjectMeta{Name: "r-build"}, Spec: rsv1.ExecutorTaskSpec{Task: rsv1.Task{
@@ -52,7 +53,7 @@ func TestOutcomeOfAStreamedSave(t *testing.T) {
 					{SaveToWorkspace: &rsv1.SaveToWorkspaceStep{Contents: []rsv1.SaveContent{{SourceDir: ".", DestDir: ".", Paths: []string{"bin"}}}}},
 				},
 			}}}
-			r := &runner{et: et, dir: dir}
+			r := &runner{e: &Executor{opts: Options{Limits: lim}}, et: et, dir: dir}
 			phase, msg, steps, err := r.outcome(&State{}, nil, false, false)
 			if err != nil {
 				t.Fatal(err)

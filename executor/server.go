@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -137,14 +136,31 @@ func (e *Executor) serveArchive(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	f, err := os.Open(toolbox.ArchivePath(e.taskDir(et.UID), i))
+	f, err := toolbox.OpenFile(e.taskDir(et.UID), toolbox.ArchiveFile(i), i, "archive", e.opts.Limits.Archive)
+	if err == nil {
+		if err = f.Whole(); err != nil {
+			_ = f.Close()
+		}
+	}
 	if err != nil {
-		http.Error(w, "no archive", http.StatusNotFound)
+		notKept(w, "no archive", err)
 		return
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/x-tar")
-	_, _ = io.Copy(w, f)
+	if _, err := io.Copy(w, f); errors.Is(err, toolbox.ErrRefused) {
+		// It grew past its bound while served: a cut archive must not pass for a whole one.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// notKept answers for a file of a task that does not exist, or that the executor refuses to read
+// (the task made it a link, a FIFO, ...; its status says so): both 404, nothing to keep.
+func notKept(w http.ResponseWriter, what string, err error) {
+	if errors.Is(err, toolbox.ErrRefused) {
+		what = err.Error()
+	}
+	http.Error(w, what, http.StatusNotFound)
 }
 
 func (e *Executor) serveWorkspace(w http.ResponseWriter, r *http.Request) {
@@ -153,27 +169,25 @@ func (e *Executor) serveWorkspace(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no such task on this executor", http.StatusNotFound)
 		return
 	}
-	root := filepath.Join(e.taskDir(et.UID), toolbox.WorkspaceDir)
+	dir := e.taskDir(et.UID)
+	root := filepath.Join(dir, toolbox.WorkspaceDir)
 	w.Header().Set("Content-Type", "application/x-tar")
 	tw := tar.NewWriter(w)
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, path)
-		if err := tw.WriteHeader(&tar.Header{Name: filepath.ToSlash(rel), Mode: 0o644, Size: info.Size(), ModTime: info.ModTime()}); err != nil {
-			return err
-		}
-		f, err := os.Open(path)
+		rel, _ := filepath.Rel(dir, path)
+		f, err := toolbox.OpenFile(dir, filepath.ToSlash(rel), -1, "", e.opts.Limits.Archive)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		_, err = io.Copy(tw, f)
+		name, _ := filepath.Rel(root, path)
+		if err := tw.WriteHeader(&tar.Header{Name: filepath.ToSlash(name), Mode: 0o644, Size: f.Size(), ModTime: time.Now()}); err != nil {
+			return err
+		}
+		_, err = io.CopyN(tw, f, f.Size())
 		return err
 	})
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -189,16 +203,15 @@ func (e *Executor) serveLog(w http.ResponseWriter, r *http.Request) {
 	}
 	dir := e.taskDir(et.UID)
 	follow := r.URL.Query().Get("follow") == "true"
-	path := toolbox.StepLogPath(dir, i)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	var f *os.File
+	var f *toolbox.File
 	for {
 		var err error
-		if f, err = os.Open(path); err == nil {
+		if f, err = toolbox.OpenFile(dir, toolbox.StepLogFile(i), i, "log", e.opts.Limits.Log); err == nil {
 			break
 		}
-		if !follow || e.stepEnded(r.Context(), et, dir, i) {
-			http.Error(w, "no log", http.StatusNotFound)
+		if errors.Is(err, toolbox.ErrRefused) || !follow || e.stepEnded(r.Context(), et, dir, i) {
+			notKept(w, "no log", err)
 			return
 		}
 		if !sleep(r.Context(), 200*time.Millisecond) {
@@ -207,18 +220,24 @@ func (e *Executor) serveLog(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 	flusher, _ := w.(http.Flusher)
-	for {
-		if _, err := io.Copy(w, f); err != nil {
-			return
+	// copyLog copies what the log has now; past its bound the reader says so to the client, once
+	// the bound's worth was sent, and the log ends there: the task fails for it.
+	copyLog := func() bool {
+		_, err := io.Copy(w, f)
+		if errors.Is(err, toolbox.ErrRefused) {
+			_, _ = fmt.Fprintf(w, "\n[runservice: the log is cut here: %v]\n", err)
 		}
-		if !follow {
+		return err == nil
+	}
+	for {
+		if !copyLog() || !follow {
 			return
 		}
 		if flusher != nil {
 			flusher.Flush()
 		}
 		if e.stepEnded(r.Context(), et, dir, i) {
-			_, _ = io.Copy(w, f) // what was written before the end
+			copyLog() // what was written before the end
 			return
 		}
 		if !sleep(r.Context(), 200*time.Millisecond) {

@@ -72,7 +72,8 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close()
-	e := &Executor{client: c, token: "tok", opts: Options{Namespace: ns, DataDir: t.TempDir(), Listen: addr, ServerTimeouts: timeouts}}
+	e := &Executor{client: c, token: "tok", opts: Options{Namespace: ns, DataDir: t.TempDir(), Listen: addr, ServerTimeouts: timeouts,
+		Limits: toolbox.Limits{Log: 1 << 30}.WithDefaults()}}
 	log := toolbox.StepLogPath(e.taskDir(et.UID), 0)
 	if err := os.MkdirAll(filepath.Dir(log), 0o755); err != nil {
 		t.Fatal(err)

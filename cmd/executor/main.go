@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -22,6 +23,7 @@ import (
 	"runservice.dev/runservice/executor"
 	"runservice.dev/runservice/executor/driver/docker"
 	"runservice.dev/runservice/executor/driver/kubernetes"
+	"runservice.dev/runservice/executor/toolbox"
 	"runservice.dev/runservice/internal/objectstore"
 )
 
@@ -55,6 +57,9 @@ func main() {
 	flag.DurationVar(&opts.FetchWait, "fetch-wait", 30*time.Second, "With a dynamic executor (--group): on SIGTERM, how long at least to wait for the manager to fetch the finished tasks' logs and archives before leaving the group; past it (and --drain-timeout) the executor stays registered and records a Warning event.")
 	flag.DurationVar(&opts.DrainTimeout, "drain-timeout", 0, "With a dynamic executor (--group): on SIGTERM, how long to take no new tasks and follow the running ones before exiting; 0 exits at once (set the pod's terminationGracePeriodSeconds above it).")
 	flag.DurationVar(&opts.RenewInterval, "renew-interval", 3*time.Second, "How often the Lease is renewed.")
+	opts.Limits = toolbox.Limits{Log: toolbox.DefaultMaxLogSize, Archive: toolbox.DefaultMaxArchiveSize}
+	flag.Func("max-log-size", "Most bytes of a step's log kept (a quantity: 64Mi); past it the log is cut and the task fails (default 64Mi).", sizeFlag("max-log-size", &opts.Limits.Log))
+	flag.Func("max-archive-size", "Largest workspace archive kept (a quantity: 1Gi); a larger one is refused and the task fails (default 1Gi).", sizeFlag("max-archive-size", &opts.Limits.Archive))
 	zopts := zap.Options{}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -115,6 +120,21 @@ func main() {
 	if err := executor.Run(ctx, cfg, drv, opts); err != nil {
 		log.Error(err, "executor failed")
 		os.Exit(1)
+	}
+}
+
+// sizeFlag parses a positive quantity of bytes (64Mi, 1G, 1048576) into n.
+func sizeFlag(name string, n *int64) func(string) error {
+	return func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return fmt.Errorf("--%s %q: %w", name, v, err)
+		}
+		if q.Value() <= 0 {
+			return fmt.Errorf("--%s %q: must be more than 0 bytes", name, v)
+		}
+		*n = q.Value()
+		return nil
 	}
 }
 

@@ -17,6 +17,10 @@
 //	workspace/<source>/<i>.tar archives of parent task <source> (an ExecutorTask name), copied there
 //	                           by the executor for restoreWorkspace steps
 //
+// The task can write all of it (the Docker driver bind-mounts it read-write), so the executor opens
+// these files only through OpenFile, CheckFile, ReadResult, Start and Stop (files.go): relative to
+// the directory, following no symbolic link, regular files with one link only, within Limits.
+//
 // i is the index of the step in TaskFile.Steps, from 0. A step without steps/<i>.json was not
 // started; once a step fails or is stopped, no later step gets one.
 //

@@ -195,9 +195,13 @@ func readTaskFile(path string) (*TaskFile, error) {
 }
 
 // ReadResult reads the result of step i. The error wraps os.ErrNotExist while the step has not
-// started.
+// started, ErrRefused when the file is not one the executor reads (see OpenFile).
 func ReadResult(dir string, i int) (*StepResult, error) {
-	data, err := os.ReadFile(StepResultPath(dir, i))
+	f, err := OpenFile(dir, StepResultFile(i), i, "result", maxResultSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading result of step %d: %w", i, err)
+	}
+	data, err := readAllBounded(f)
 	if err != nil {
 		return nil, fmt.Errorf("reading result of step %d: %w", i, err)
 	}
@@ -209,18 +213,11 @@ func ReadResult(dir string, i int) (*StepResult, error) {
 }
 
 // Start lets the toolbox in dir start the steps.
-func Start(dir string) error { return touch(filepath.Join(dir, StartFile)) }
+func Start(dir string) error { return touchFile(dir, StartFile) }
 
-// Stop asks the toolbox in dir to stop.
-func Stop(dir string) error { return touch(filepath.Join(dir, StopFile)) }
-
-func touch(path string) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	return f.Close()
-}
+// Stop asks the toolbox in dir to stop. The task may have planted something at the stop file: a
+// RefusedError says so, and nothing was created.
+func Stop(dir string) error { return touchFile(dir, StopFile) }
 
 func writeResult(dir string, i int, r *StepResult) error {
 	data, err := json.Marshal(r)

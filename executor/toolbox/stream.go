@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // FramePrefix starts every line the toolbox writes to its stdout when it streams; what follows is
@@ -236,23 +238,36 @@ func (r *runner) streamArchive(i int) error {
 // called again, from the start of the same log, into the same dir. Lines that are not frames,
 // and frames that cannot be decoded, are skipped; so is an archive whose size does not match its
 // end frame.
-func Demux(r io.Reader, dir string) (err error) {
+//
+// What a task can put in its log is bounded: a frame for a step past the task's steps, a frame
+// line longer than maxFrameLine (never buffered whole), a log past lim.Log (cut at the bound) and an
+// archive past lim.Archive (dropped) are refused. Demux reads on to the end of r all the same, so
+// the rest of the task's reports arrive, and then returns the first refusal, a RefusedError.
+func Demux(r io.Reader, dir string, steps int, lim Limits) (err error) {
 	for _, d := range []string{StepsDir, ArchivesDir} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
 	}
-	d := &demuxer{dir: dir, logs: make(map[int]*os.File), archives: make(map[int]*partArchive)}
+	d := &demuxer{dir: dir, steps: steps, lim: lim.WithDefaults(), logs: make(map[int]*partLog), archives: make(map[int]*partArchive)}
 	defer func() {
 		if cerr := d.close(); err == nil {
 			err = cerr
 		}
+		if err == nil && d.refused != nil {
+			err = d.refused
+		}
 	}()
 	br := bufio.NewReaderSize(r, 64<<10)
 	var line []byte
-	tooLong := false
+	// A line's first chunk is the whole line or a full buffer, more than the prefix: whether a
+	// line too long to keep is a frame is known from it.
+	tooLong, frameLine, lineStart := false, false, true
 	for {
 		chunk, rerr := br.ReadSlice('\n')
+		if lineStart && len(chunk) > 0 {
+			frameLine, lineStart = bytes.HasPrefix(chunk, []byte(FramePrefix)), false
+		}
 		if !tooLong && len(line)+len(chunk) <= maxFrameLine {
 			line = append(line, chunk...)
 		} else {
@@ -270,23 +285,38 @@ func Demux(r io.Reader, dir string) (err error) {
 			if err := d.line(line[:len(line)-1]); err != nil {
 				return err
 			}
+		} else if frameLine {
+			d.refuse(&RefusedError{Step: -1, Reason: "a frame longer than " + resource.NewQuantity(maxFrameLine, resource.BinarySI).String() + " bytes in the task's log"})
 		}
-		line, tooLong = line[:0], false
+		line, tooLong, lineStart = line[:0], false, true
 	}
 }
 
-// maxStep bounds the step index of a frame: an index past any real task's steps is a bad frame.
-const maxStep = 1 << 16
-
 type demuxer struct {
 	dir      string
-	logs     map[int]*os.File
+	steps    int
+	lim      Limits
+	logs     map[int]*partLog
 	archives map[int]*partArchive
+	refused  error // the first refusal
+}
+
+type partLog struct {
+	f    *os.File
+	size int64
+	full bool // cut at the bound: later frames of the log are dropped
 }
 
 type partArchive struct {
-	f    *os.File
-	size int64
+	f       *os.File
+	size    int64
+	dropped bool // past the bound: later frames of the archive are ignored
+}
+
+func (d *demuxer) refuse(e *RefusedError) {
+	if d.refused == nil {
+		d.refused = e
+	}
 }
 
 func (d *demuxer) line(line []byte) error {
@@ -295,17 +325,32 @@ func (d *demuxer) line(line []byte) error {
 		return nil
 	}
 	var f frame
-	if err := json.Unmarshal(payload, &f); err != nil || f.I == nil || *f.I < 0 || *f.I >= maxStep {
+	if err := json.Unmarshal(payload, &f); err != nil || f.I == nil {
 		return nil
 	}
 	i := *f.I
+	if i < 0 || i >= d.steps {
+		// Nothing is written for it: a task cannot make the executor create files at will.
+		d.refuse(&RefusedError{Step: -1, Reason: fmt.Sprintf("a frame for step %d in the log of a task of %d steps", i, d.steps)})
+		return nil
+	}
 	switch f.T {
 	case FrameLog:
-		w, err := d.log(i)
+		l, err := d.log(i)
 		if err != nil {
 			return err
 		}
-		if _, err := w.Write(f.D); err != nil {
+		if l.full {
+			return nil
+		}
+		data := f.D
+		if left := d.lim.Log - l.size; int64(len(data)) > left {
+			data, l.full = data[:left], true
+			d.refuse(&RefusedError{Step: i, Kind: "log", Path: StepLogFile(i), Reason: overLimit(d.lim.Log)})
+		}
+		n, err := l.f.Write(data)
+		l.size += int64(n)
+		if err != nil {
 			return fmt.Errorf("writing the log of step %d: %w", i, err)
 		}
 	case FrameResult:
@@ -330,6 +375,16 @@ func (d *demuxer) line(line []byte) error {
 			a = &partArchive{f: tmp}
 			d.archives[i] = a
 		}
+		if a.dropped {
+			return nil
+		}
+		if a.size+int64(len(f.D)) > d.lim.Archive {
+			// A cut archive is no archive: drop what came, keep nothing of the rest.
+			a.dropped = true
+			_ = a.f.Close()
+			d.refuse(&RefusedError{Step: i, Kind: "archive", Path: ArchiveFile(i), Reason: overLimit(d.lim.Archive)})
+			return os.Remove(a.f.Name())
+		}
 		n, err := a.f.Write(f.D)
 		a.size += int64(n)
 		if err != nil {
@@ -341,6 +396,9 @@ func (d *demuxer) line(line []byte) error {
 			return nil // its chunks were not in this log
 		}
 		delete(d.archives, i)
+		if a.dropped {
+			return nil
+		}
 		tmp := a.f.Name()
 		if err := a.f.Close(); err != nil {
 			_ = os.Remove(tmp)
@@ -360,27 +418,31 @@ func (d *demuxer) line(line []byte) error {
 }
 
 // log is step i's log, truncated when this call first opens it.
-func (d *demuxer) log(i int) (*os.File, error) {
-	if f := d.logs[i]; f != nil {
-		return f, nil
+func (d *demuxer) log(i int) (*partLog, error) {
+	if l := d.logs[i]; l != nil {
+		return l, nil
 	}
 	f, err := os.OpenFile(StepLogPath(d.dir, i), os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("creating the log of step %d: %w", i, err)
 	}
-	d.logs[i] = f
-	return f, nil
+	l := &partLog{f: f}
+	d.logs[i] = l
+	return l, nil
 }
 
 // close closes the logs and drops the archives the log did not finish.
 func (d *demuxer) close() error {
 	var errs []error
-	for i, f := range d.logs {
-		if err := f.Close(); err != nil {
+	for i, l := range d.logs {
+		if err := l.f.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("writing the log of step %d: %w", i, err))
 		}
 	}
 	for _, a := range d.archives {
+		if a.dropped {
+			continue
+		}
 		_ = a.f.Close()
 		if err := os.Remove(a.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)

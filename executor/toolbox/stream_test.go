@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -109,9 +111,12 @@ func reported(t *testing.T, dir string) map[string]string {
 	return files
 }
 
+// demuxSteps is the number of steps of the tasks whose logs demux reads.
+const demuxSteps = 8
+
 func demux(t *testing.T, log []byte, dir string) map[string]string {
 	t.Helper()
-	if err := Demux(bytes.NewReader(log), dir); err != nil {
+	if err := Demux(bytes.NewReader(log), dir, demuxSteps, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	return reported(t, dir)
@@ -296,13 +301,11 @@ func TestDemuxSkipsWhatIsNotAFrame(t *testing.T) {
 	junk := []string{
 		"time=2025-01-01T00:00:00Z level=INFO msg=\"step finished\" step=0\n",
 		FramePrefix + "{not json\n",
-		FramePrefix + `{"t":"log","i":-1,"d":"eA=="}` + "\n",
 		FramePrefix + `{"t":"log","d":"eA=="}` + "\n",
 		FramePrefix + `{"t":"log","i":0,"d":"not base64!"}` + "\n",
 		FramePrefix + `{"t":"result","i":0,"r":"nope"}` + "\n",
 		FramePrefix + `{"t":"teleport","i":0}` + "\n",
 		" " + FramePrefix + `{"t":"log","i":0,"d":"eA=="}` + "\n",
-		FramePrefix + `{"t":"log","i":0,"d":"` + strings.Repeat("eHh4", maxFrameLine/4) + `"}` + "\n",
 		strings.Repeat("long line ", 300000) + "\n",
 		"\n",
 	}
@@ -466,4 +469,89 @@ func TestStreamStop(t *testing.T) {
 	if err := json.Unmarshal([]byte(got[StepsDir+"/0.json"]), &res); err != nil || res.Phase != v1alpha1.StepPhaseStopped {
 		t.Errorf("step 0: %+v, %v", res, err)
 	}
+}
+
+// A task can write frames to the toolbox's stdout itself: what the executor writes for them into
+// its own directory is bounded, and what is dropped fails the task (a RefusedError) instead of
+// going missing silently. The rest of the log is demuxed all the same.
+func TestDemuxRefuses(t *testing.T) {
+	t.Parallel()
+	line := func(f string) string { return FramePrefix + f + "\n" }
+	result := line(`{"t":"result","i":1,"r":{"phase":"Success","startTime":"2026-01-01T00:00:00Z"}}`)
+	tests := []struct {
+		name   string
+		log    string
+		lim    Limits
+		want   map[string]string // files besides steps/1.log and steps/1.json
+		reason string
+	}{
+		{"a step past the task's", line(`{"t":"log","i":2,"d":"eA=="}`) + line(`{"t":"result","i":2,"r":{"phase":"Success"}}`),
+			Limits{}, nil, "a frame for step 2 in the log of a task of 2 steps; refused"},
+		{"a step far out of range", line(`{"t":"archive","i":1099511627776,"d":"eA=="}`),
+			Limits{}, nil, "a frame for step 1099511627776 in the log of a task of 2 steps; refused"},
+		{"a log past its bound", line(`{"t":"log","i":0,"d":"MDEyMzQ1"}`) + line(`{"t":"log","i":0,"d":"Njc4OQ=="}`) + line(`{"t":"log","i":0,"d":"eHh4"}`),
+			Limits{Log: 8}, map[string]string{StepsDir + "/0.log": "01234567"}, "steps/0.log: is larger than the executor's limit of 8; refused"},
+		{"an archive past its bound", line(`{"t":"archive","i":0,"d":"YWI="}`) + line(`{"t":"archive","i":0,"d":"Y2Q="}`) + line(`{"t":"archive-end","i":0,"n":4}`),
+			Limits{Archive: 3}, nil, "archives/0.tar: is larger than the executor's limit of 3; refused"},
+		{"a frame line too long", FramePrefix + `{"t":"log","i":0,"d":"` + strings.Repeat("eHh4", maxFrameLine/4) + `"}` + "\n",
+			Limits{}, nil, "a frame longer than 1Mi bytes in the task's log; refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			err := Demux(strings.NewReader(tt.log+result), dir, 2, tt.lim)
+			var re *RefusedError
+			if !errors.As(err, &re) || err.Error() != tt.reason {
+				t.Fatalf("Demux: %v, want the refusal %q", err, tt.reason)
+			}
+			got := reported(t, dir)
+			if got[StepsDir+"/1.json"] == "" {
+				t.Errorf("the frames after the refused one were not demuxed: %v", got)
+			}
+			delete(got, StepsDir+"/1.json")
+			delete(got, StepsDir+"/1.log")
+			if len(got) != len(tt.want) {
+				t.Errorf("files %v, want %v", got, tt.want)
+			}
+			for name, w := range tt.want {
+				if got[name] != w {
+					t.Errorf("%s: %q, want %q", name, got[name], w)
+				}
+			}
+		})
+	}
+}
+
+// A frame line of 256 MiB is skipped as it streams by, never held whole.
+func TestDemuxHugeFrameLineIsNotBuffered(t *testing.T) {
+	huge := io.MultiReader(
+		strings.NewReader(FramePrefix+`{"t":"log","i":0,"d":"`),
+		io.LimitReader(repeatReader('x'), 256<<20),
+		strings.NewReader("\"}\n"+FramePrefix+`{"t":"log","i":0,"d":"b2s="}`+"\n"),
+	)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	dir := t.TempDir()
+	err := Demux(huge, dir, 1, Limits{})
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("Demux: %v", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("Demux allocated %d MiB for a frame line it skips", grew>>20)
+	}
+	if got := reported(t, dir)[StepsDir+"/0.log"]; got != "ok" {
+		t.Errorf("the frame after the huge one: %q", got)
+	}
+}
+
+type repeatReader byte
+
+func (r repeatReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(r)
+	}
+	return len(p), nil
 }

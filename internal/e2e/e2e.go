@@ -93,7 +93,10 @@ func (h *Harness) KubectlRun(ns string, args ...string) (string, error) {
 // Logs runs `runctl logs` in a namespace.
 func (h *Harness) Logs(ns string, args ...string) (string, error) {
 	args = append(append([]string{"logs"}, args...), "-n", ns, "--kubeconfig", h.Kubeconfig, "--object-store", h.ObjectStore)
-	out, err := exec.Command(h.Runctl, args...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), h.Timeout)
+	defer cancel()
+	// Bounded: a log the executor would block on must fail the test, not hang it.
+	out, err := exec.CommandContext(ctx, h.Runctl, args...).CombinedOutput()
 	return string(out), err
 }
 

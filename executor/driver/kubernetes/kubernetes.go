@@ -530,8 +530,10 @@ func (d *Driver) Tasks(context.Context) ([]string, error) {
 
 // Mirror implements executor.Mirrorer: it follows the main container's log into dir (the toolbox's
 // frames become the step logs, results and archives), from the start again after a restart, and
-// once the container ended takes the step results from its termination message.
-func (d *Driver) Mirror(ctx context.Context, uid, dir string) error {
+// once the container ended takes the step results from its termination message. What the log
+// holds past the task's steps or lim is dropped, and returned as the refusal once the task ended.
+func (d *Driver) Mirror(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) error {
+	var refused error
 	for ctx.Err() == nil {
 		changed := d.changes()
 		pod, err := d.pod(ctx, uid)
@@ -542,14 +544,21 @@ func (d *Driver) Mirror(ctx context.Context, uid, dir string) error {
 		var followErr error
 		if mainStarted(pod) {
 			// Follows to the end of the log; an error (a dropped stream) is retried below.
-			followErr = d.follow(ctx, pod, dir)
+			followErr = d.follow(ctx, pod, dir, steps, lim)
+			if errors.Is(followErr, toolbox.ErrRefused) {
+				// The log was read to its end all the same; a later follow reads it again.
+				refused, followErr = followErr, nil
+			}
 			if pod, err = d.pod(ctx, uid); err != nil {
 				return err
 			}
 			st = d.state(pod)
 		}
 		if !st.Running {
-			return d.terminationResults(pod, dir)
+			if err := d.terminationResults(pod, dir, steps); err != nil {
+				return err
+			}
+			return refused
 		}
 		if followErr != nil {
 			// A node that serves no log (or a stream that keeps failing) is retried once a second,
@@ -579,19 +588,19 @@ func mainStarted(pod *corev1.Pod) bool {
 	return false
 }
 
-func (d *Driver) follow(ctx context.Context, pod *corev1.Pod, dir string) error {
+func (d *Driver) follow(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits) error {
 	req := d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: true})
 	stream, err := req.Stream(ctx)
 	if err != nil {
 		return err
 	}
 	defer stream.Close()
-	return toolbox.Demux(stream, dir)
+	return toolbox.Demux(stream, dir, steps, lim)
 }
 
 // terminationResults writes the step results of the main container's termination message, which
-// the kubelet keeps even when the log stream was cut.
-func (d *Driver) terminationResults(pod *corev1.Pod, dir string) error {
+// the kubelet keeps even when the log stream was cut; entries past the task's steps are not its.
+func (d *Driver) terminationResults(pod *corev1.Pod, dir string, steps int) error {
 	for _, cs := range pod.Status.ContainerStatuses {
 		if cs.Name != mainName || cs.State.Terminated == nil || cs.State.Terminated.Message == "" {
 			continue
@@ -601,7 +610,7 @@ func (d *Driver) terminationResults(pod *corev1.Pod, dir string) error {
 			return nil // not the toolbox's message (a simulated pod, an image that replaced it)
 		}
 		for i, r := range results {
-			if r == nil {
+			if r == nil || i >= steps {
 				continue
 			}
 			if have, err := toolbox.ReadResult(dir, i); err == nil && have.Phase != rsv1.StepPhaseRunning {
