@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -164,7 +163,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 // release lets the toolbox of an adopted task begin when the executor died after starting its
 // containers and before letting it: no step has run (the toolbox waits for the start file before the
 // first), so the steps run now, once. A main container that is not running never saw the start file
-// either; it ends as a task that ran no step (see end).
+// either; its driver reports it (Docker: created, never started) and the task fails.
 func (r *runner) release(ctx context.Context) error {
 	if _, err := os.Lstat(filepath.Join(r.dir, toolbox.StartFile)); err == nil || !errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -282,11 +281,6 @@ func (r *runner) outcome(st *State, waitErr error, stopped, timedOut bool) (rsv1
 			msg += ": the toolbox could not set the task up (see the container's log)"
 		}
 		endRunning(rsv1.StepPhaseFailed)
-	case len(steps) > 0 && !slices.ContainsFunc(steps, func(s rsv1.StepStatus) bool { return s.Phase != rsv1.StepPhaseNotStarted }):
-		// Never Success without a step run: a container that exited (or never started) before the
-		// toolbox began its first step did nothing of the task.
-		phase = rsv1.TaskPhaseFailed
-		msg = fmt.Sprintf("the task's container ended before any step ran (exit code %d)", st.ExitCode)
 	}
 	if m := r.failUnarrivedSaves(steps); m != "" && phase == rsv1.TaskPhaseSuccess {
 		phase, msg = rsv1.TaskPhaseFailed, m

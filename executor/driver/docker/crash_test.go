@@ -116,8 +116,8 @@ func TestCrashBetweenStartAndRelease(t *testing.T) {
 	if got.Status.Phase == rsv1.TaskPhaseSuccess {
 		t.Errorf("a task whose container never ran a step ended Success")
 	}
-	if !strings.Contains(got.Status.Message, "before any step") {
-		t.Errorf("message %q, want it to say the task ended before any step ran", got.Status.Message)
+	if !strings.Contains(got.Status.Message, "never started") {
+		t.Errorf("message %q, want it to say the container never started", got.Status.Message)
 	}
 }
 

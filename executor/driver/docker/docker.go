@@ -234,6 +234,10 @@ func (d *Driver) Inspect(ctx context.Context, uid string) (*executor.State, erro
 	}
 	st := &executor.State{Running: info.State.Running || info.State.Restarting, ExitCode: info.State.ExitCode}
 	switch {
+	case info.State.Status == "created":
+		// Created and never started (the executor stopped in between): exit code 0 and no step run
+		// must not read as a task that succeeded.
+		st.ExitCode, st.Message = -1, "the task's container was created but never started (the executor stopped in between); none of its steps ran"
 	case info.State.OOMKilled:
 		st.Message = "the container ran out of memory"
 	case info.State.Error != "":
