@@ -35,7 +35,7 @@ type ChangeGroupReconciler struct {
 var _ reconcile.Reconciler = (*ChangeGroupReconciler)(nil)
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=changegroups,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups=runservice.dev,resources=changegroups/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=changegroups/status,verbs=update
 // +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch
 
 // Reconcile implements reconcile.Reconciler.

@@ -43,8 +43,8 @@ const statusInterval = 5 * time.Second
 
 var _ reconcile.Reconciler = (*ExecutorReconciler)(nil)
 
-// +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=runservice.dev,resources=executors/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executors/status,verbs=update
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
 

@@ -53,7 +53,8 @@ type ExecutorTaskReconciler struct {
 var _ reconcile.Reconciler = (*ExecutorTaskReconciler)(nil)
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// The executors' token Secret of each run namespace, and no other Secret.
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get,resourceNames=runservice-executor-token
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile implements reconcile.Reconciler.

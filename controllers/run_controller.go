@@ -58,10 +58,10 @@ type RunReconciler struct {
 
 var _ reconcile.Reconciler = (*RunReconciler)(nil)
 
-// +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=runservice.dev,resources=runs/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;update
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs/status,verbs=update
 // +kubebuilder:rbac:groups=runservice.dev,resources=runs/finalizers,verbs=update
-// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch
 // +kubebuilder:rbac:groups=runservice.dev,resources=changegroups,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch

@@ -142,12 +142,17 @@ func Scheme() *runtime.Scheme {
 	return s
 }
 
-// An executor's permissions, in its own namespace only (config/rbac/executor).
-// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executors,verbs=get;list;watch;create;update
+// An executor's permissions, in its own namespace only (config/rbac/executor). Executors and Leases
+// are read live (the API reader), ExecutorTasks through the cache. Which objects of a kind it may
+// write (its own Executor and Lease, its tasks' status) RBAC cannot tell apart: the admission policy
+// of config/executor does, by the pod name its token carries.
+// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executors,verbs=get;list;create;update
 // +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executortasks,verbs=get;list;watch
-// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executortasks/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=system,resources=leases,verbs=get;list;watch;create;update
-// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;create
+// +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executortasks/status,verbs=update
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=system,resources=leases,verbs=get;list;create;update
+// The token Secret is read by name; a create cannot be limited to a name (the admission policy does).
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get,resourceNames=runservice-executor-token
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=create
 
 // Run runs the executor until ctx ends or its Executor is deleted.
 func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) error {

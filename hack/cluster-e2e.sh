@@ -100,12 +100,102 @@ kubectl wait executortask/long-sleep --for=jsonpath='{.status.phase}'=Running --
 victim=$(kubectl get executortask long-sleep -o jsonpath='{.spec.executor}')
 uid=$(kubectl get executortask long-sleep -o jsonpath='{.metadata.uid}')
 kubectl get pods -l "runservice.dev/executortask-uid=$uid" -o name | grep -q . || fail "no pod for task long-sleep"
+sibling=$(kubectl get executors -o name | sed 's|.*/||' | grep -vx "$victim" | head -1)
+[ -n "$sibling" ] || fail "no second executor"
+
+# Least privilege, with the task above on $victim and $sibling another live member. Each refusal is
+# asked of the real apiserver as the service account itself: RBAC with `kubectl auth can-i`, the
+# admission policies with real (dry-run) requests carrying the pod-bound token's extra, the pod name.
+mgr_sa=system:serviceaccount:runservice-system:runservice-manager
+ex_sa=system:serviceaccount:default:runservice-executor
+pod_extra=authentication.kubernetes.io/pod-name
+denied=() # every check that went wrong, reported together
+wrong() { log "least privilege: $*"; denied+=("$*"); }
+may() { kubectl auth can-i --as="$1" "${@:2}" >/dev/null 2>&1 || wrong "$1 may not: ${*:2}"; }
+mayNot() { if kubectl auth can-i --as="$1" "${@:2}" >/dev/null 2>&1; then wrong "$1 may: ${*:2}"; fi; }
+# as POD CMD...: kubectl as the executor pod POD (what its pod-bound token carries).
+as() { local pod=$1; shift; kubectl --as="$ex_sa" --as-user-extra="$pod_extra=$pod" "$@"; }
+# current KIND NAME: the object as JSON without its resourceVersion, for an update that does not race
+# the writers of the object (the requests below are dry runs).
+current() { kubectl get "$@" -o json | sed '/"resourceVersion":/d'; }
+# status KIND NAME CMD...: CMD (a kubectl, or `as POD`) writes the object's status unchanged as a dry
+# run, read again when its writers came first (a status update must name the version it replaces).
+status() {
+  local kind=$1 name=$2 out; shift 2
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    out=$(kubectl get "$kind" "$name" -o json | "$@" replace --dry-run=server --subresource=status -f - 2>&1) && return 0
+    echo "$out" | grep -q 'the object has been modified' || break
+  done
+  echo "$out"
+  return 1
+}
+# refused WHAT CMD...: CMD fails, and the apiserver (not a typo) said why: an admission policy.
+refused() {
+  local what=$1 out; shift
+  if out=$("$@" 2>&1); then wrong "$what was allowed: $out"; return; fi
+  echo "$out" | grep -q 'ValidatingAdmissionPolicy' || wrong "$what failed for another reason: $out"
+}
+kubectl create namespace rbac-probe >/dev/null
+kubectl -n rbac-probe create secret generic other --from-literal=k=v >/dev/null
+# The manager: the executors' token Secret in any namespace and its certificate's Secret, by name only.
+mayNot "$mgr_sa" get secret/other -n rbac-probe
+mayNot "$mgr_sa" list secrets -A
+mayNot "$mgr_sa" get secret/runservice-object-store -n runservice-system
+may "$mgr_sa" get secret/runservice-executor-token -n rbac-probe
+may "$mgr_sa" update secret/runservice-webhook-cert -n runservice-system
+mayNot "$mgr_sa" patch validatingwebhookconfiguration/another-webhook
+may "$mgr_sa" patch validatingwebhookconfiguration/runservice-validating-webhook-configuration
+mayNot "$mgr_sa" update leases -n kube-system
+# The executors: no Secret read but their token's; no ExecutorTask spec, no Executor status.
+mayNot "$ex_sa" list secrets -n default
+mayNot "$ex_sa" get secret/runservice-object-store -n default
+may "$ex_sa" get secret/runservice-executor-token -n default
+mayNot "$ex_sa" update executortasks -n default
+mayNot "$ex_sa" update executors --subresource=status -n default
+# An executor writes its own Executor, not a sibling's (updates as the executors do them: no patch).
+as "$victim" replace --dry-run=server -f - <<<"$(current executor "$victim")" >/dev/null ||
+  wrong "$victim may not update its Executor"
+refused "$victim updating $sibling's Executor" \
+  as "$victim" replace --dry-run=server -f - <<<"$(current executor "$sibling")"
+refused "$victim creating an Executor named otherwise" as "$victim" create --dry-run=server -f - <<YAML
+{"apiVersion": "runservice.dev/v1alpha1", "kind": "Executor", "metadata": {"name": "forged"}, "spec": {"driver": "Kubernetes"}}
+YAML
+refused "a token bound to no pod updating an Executor" \
+  kubectl --as="$ex_sa" replace --dry-run=server -f - <<<"$(current executor "$victim")"
+# ... and the status of the tasks scheduled on it, not of a sibling's.
+status executortask long-sleep as "$victim" >/dev/null || wrong "$victim may not write the status of its task long-sleep"
+refused "$sibling writing the status of $victim's task" status executortask long-sleep as "$sibling"
+# The group's clean-up: a sibling's Executor may be deleted; other Leases and Secrets stay out of reach.
+as "$sibling" delete --dry-run=server executor "$victim" >/dev/null || wrong "$sibling may not remove $victim's Executor"
+kubectl apply -f - >/dev/null <<'YAML'
+{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "other-app", "namespace": "default"}, "spec": {"holderIdentity": "other-app"}}
+YAML
+refused "an executor taking another application's Lease" as "$victim" replace --dry-run=server -f - \
+  <<<"$(current -n default lease other-app | sed 's/"holderIdentity": "other-app"/"holderIdentity": "cleanup-by-'"$victim"'"/')"
+refused "an executor creating a Secret of no task of its own" \
+  as "$victim" create --dry-run=server secret generic forged --from-literal=k=v
+# Run results are the manager's: not even a cluster admin rewrites them.
+refused "an admin rewriting a run's result" kubectl replace --dry-run=server --subresource=status -f - \
+  <<<"$(kubectl get run diamond -o json | sed 's/"result": "Success"/"result": "Failed"/')"
+status run diamond kubectl --as="$mgr_sa" >/dev/null ||
+  wrong "the manager may not write a run's status"
+kubectl delete namespace rbac-probe --wait=false >/dev/null
+kubectl -n default delete lease other-app >/dev/null
+[ ${#denied[@]} -eq 0 ] || fail "least privilege: ${#denied[@]} checks went wrong (above)"
+log "least privilege: RBAC and admission policies refuse what the manager and the executors do not need"
+
 kubectl delete pod "$victim" --grace-period=0 --force >/dev/null 2>&1
 log "killed executor pod $victim under task long-sleep"
 kubectl wait run/long --for=jsonpath='{.status.tasks[0].reason}'=ExecutorRemoved --timeout=3m >/dev/null ||
   fail "task long-sleep did not fail with ExecutorRemoved"
 kubectl get executor "$victim" >/dev/null 2>&1 && fail "the dead executor's Executor still exists"
-[ -z "$(kubectl get pods,secrets -l "runservice.dev/executortask-uid=$uid" -o name)" ] || fail "the dead executor's task pod or secret is left"
+# The sibling waited for the pod to end (its node confirmed); the kubelet then removes the object.
+for _ in $(seq 1 150); do
+  [ -z "$(kubectl get pods,secrets -l "runservice.dev/executortask-uid=$uid" -o name)" ] && break
+  sleep 0.2
+done
+left=$(kubectl get pods,secrets -l "runservice.dev/executortask-uid=$uid" -o custom-columns=NAME:.metadata.name,DELETED:.metadata.deletionTimestamp --no-headers)
+[ -z "$left" ] || fail "the dead executor's task pod or secret is left: $left"
 kubectl rollout status deployment/runservice-executor --timeout=2m >/dev/null
 log "group cleanup: $victim's task pod and Executor removed, task Failed/ExecutorRemoved, replaced ($((SECONDS - t0)) s)"
 
@@ -134,10 +224,10 @@ done
 [ "$(kubectl get executors --no-headers | wc -l)" = 3 ] || fail "after the rollout, the old executors did not leave: $(kubectl get executors --no-headers)"
 log "rollout restart: the running task finished on its draining executor, the old executors left ($((SECONDS - t0)) s)"
 
-# 5. Nothing was forbidden: the RBAC in config/ covers what the processes do.
+# 5. Nothing was forbidden: the RBAC and the admission policies in config/ allow what the processes do.
 for ns in runservice-system default; do
   for p in $(kubectl -n "$ns" get pods -o name -l 'app.kubernetes.io/name in (runservice-manager,runservice-executor)'); do
-    if kubectl -n "$ns" logs "$p" | grep -i forbidden >&2; then fail "$ns/$p was refused something"; fi
+    if kubectl -n "$ns" logs "$p" | grep -Ei 'forbidden|ValidatingAdmissionPolicy' >&2; then fail "$ns/$p was refused something"; fi
   done
 done
 # 6. Every emptyDir of the manager's and the executors' pods is bounded (a task writing without end

@@ -31,7 +31,7 @@ const RunPath = "/validate-runservice-dev-v1alpha1-run"
 // +kubebuilder:webhook:path=/validate-runservice-dev-v1alpha1-run,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=runservice.dev,resources=runs,verbs=create;update,versions=v1alpha1,name=vrun.runservice.dev,admissionReviewVersions=v1,timeoutSeconds=15
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=changegroups,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups=runservice.dev,resources=changegroups/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=changegroups/status,verbs=update
 
 // RunValidator validates Runs, admits the requests that start a run into its change groups, and makes
 // every request that carries an update token a compare-and-swap on the groups.

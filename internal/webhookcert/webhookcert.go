@@ -59,8 +59,12 @@ type Manager struct {
 	CertDir string
 }
 
-// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;create;update
-// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;list;watch;update;patch
+// By name only: the Secret config/selfsigned passes as --webhook-cert-secret, in the manager's own
+// namespace, and the webhook configuration of config/webhook. RBAC cannot limit a create to a name;
+// creating a Secret in the manager's own namespace grants nothing the manager does not hold.
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;update,resourceNames=runservice-webhook-cert
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=create
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;patch,resourceNames=runservice-validating-webhook-configuration
 
 // Ensure makes the certificates valid, written and trusted. It is safe to run from every replica.
 func (m *Manager) Ensure(ctx context.Context) error {

@@ -36,10 +36,13 @@ import (
 	"runservice.dev/runservice/executor/toolbox"
 )
 
-// The Kubernetes driver's permissions, in the executor's namespace (config/rbac/executor).
-// +kubebuilder:rbac:groups="",namespace=system,resources=pods,verbs=get;list;watch;create;patch;delete;deletecollection
+// The Kubernetes driver's permissions, in the executor's namespace (config/rbac/executor). Secrets
+// are only written: a task's is created and later deleted by its labels (deletecollection, never
+// read back). The admission policy of config/executor limits both to task objects: what an executor
+// creates carries its own name, what it deletes carries an executor's.
+// +kubebuilder:rbac:groups="",namespace=system,resources=pods,verbs=list;watch;create;patch;deletecollection
 // +kubebuilder:rbac:groups="",namespace=system,resources=pods/log,verbs=get
-// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;list;create;delete;deletecollection
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=create;deletecollection
 
 // Options configure the driver.
 type Options struct {
@@ -454,6 +457,8 @@ func (d *Driver) Remove(ctx context.Context, uid string) error {
 // (another one, or this one when its Executor is deleted), waiting until they are gone: each pod
 // terminal (its node reported its containers ended) or its object removed after the graceful delete
 // (its node confirmed). A pod on a node that does not answer keeps it waiting, until ctx ends.
+// Secrets are not waited for: one has no graceful deletion, so it is gone when the delete returns,
+// and executors may not list Secrets.
 func (d *Driver) RemoveExecutor(ctx context.Context, name string) error {
 	set := labels.Set{rsv1.LabelExecutor: name}
 	if err := d.removeSelected(ctx, set); err != nil {
@@ -470,11 +475,7 @@ func (d *Driver) RemoveExecutor(ctx context.Context, name string) error {
 				running = append(running, p.Name)
 			}
 		}
-		secrets, err := d.client.CoreV1().Secrets(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: set.String()})
-		if err != nil {
-			return fmt.Errorf("listing the secrets of executor %s: %w", name, err)
-		}
-		if len(running) == 0 && len(secrets.Items) == 0 {
+		if len(running) == 0 {
 			return nil
 		}
 		select {
