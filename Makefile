@@ -53,6 +53,10 @@ test: ## Run all tests: the Go suites against a real control plane (built on fir
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test $(GOTEST_FLAGS) -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) test-cluster
 
+.PHONY: test-faults
+test-faults: ## Run the fault suite: the tests README's "Guarantees and faults" table names (make test runs them too).
+	hack/test-faults.sh
+
 .PHONY: test-cluster
 test-cluster: ## Deploy the README's way onto a real single-node cluster here (hack/cluster.sh) and check it (root).
 	hack/cluster-e2e.sh
