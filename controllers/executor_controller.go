@@ -69,7 +69,11 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	case err != nil:
 		return ctrl.Result{}, fmt.Errorf("reading lease: %w", err)
 	case leaseLive(lease, ex.Name, now):
-		r.setReady(ex, metav1.ConditionTrue, "LeaseRenewed", "the executor renews its Lease")
+		msg := "the executor renews its Lease"
+		if _, instance := rsv1.ParseLeaseHolder(*lease.Spec.HolderIdentity); instance != "" {
+			msg += " (process " + instance + ")" // which one, when another refuses to run under its name
+		}
+		r.setReady(ex, metav1.ConditionTrue, "LeaseRenewed", msg)
 		result.RequeueAfter = leaseExpiry(lease).Sub(now) + 100*time.Millisecond
 	case strings.HasPrefix(ptr.Deref(lease.Spec.HolderIdentity, ""), rsv1.LeaseHolderCleanupPrefix):
 		by := strings.TrimPrefix(*lease.Spec.HolderIdentity, rsv1.LeaseHolderCleanupPrefix)

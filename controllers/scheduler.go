@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -169,10 +170,12 @@ func (s *Scheduler) live(ctx context.Context, ex *rsv1.Executor, now time.Time) 
 	return leaseLive(&lease, ex.Name, now), nil
 }
 
-// leaseLive reports whether the executor holds its Lease and renewed it within its duration. A Lease
-// held by someone else is a sibling cleaning up after a dead executor.
+// leaseLive reports whether a process of the executor holds its Lease (rsv1.LeaseHolder; which
+// process is the executor's concern) and renewed it within its duration. A Lease held by someone
+// else is a sibling cleaning up after a dead executor; one held by nobody was released by an
+// executor that stopped.
 func leaseLive(lease *coordinationv1.Lease, executor string, now time.Time) bool {
-	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != executor {
+	if name, _ := rsv1.ParseLeaseHolder(ptr.Deref(lease.Spec.HolderIdentity, "")); name != executor {
 		return false
 	}
 	return !leaseExpiry(lease).IsZero() && now.Before(leaseExpiry(lease))

@@ -127,6 +127,10 @@ type Executor struct {
 	token   string
 	uid     types.UID
 	baseCtx context.Context
+	// instance is this process's identity in its Lease (lease.go); holding is set once it renewed
+	// the Lease: from then on, the Lease held by any other process means this one was taken over.
+	instance string
+	holding  bool
 
 	mu      sync.Mutex
 	runners map[types.UID]*runner
@@ -181,7 +185,10 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	e := &Executor{
 		opts: opts, driver: driver, client: mgr.GetClient(), reader: mgr.GetAPIReader(),
 		runners: map[types.UID]*runner{}, names: map[string]types.UID{},
+		instance: newInstance(),
 	}
+	log = log.WithValues("instance", e.instance)
+	ctx = ctrl.LoggerInto(ctx, log)
 	if opts.ObjectStore != "" {
 		if e.store, err = objectstore.Open(ctx, opts.ObjectStore); err != nil {
 			return err
@@ -191,7 +198,7 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	if e.token, err = EnsureToken(ctx, mgr.GetAPIReader(), mgr.GetClient(), opts.Namespace); err != nil {
 		return err
 	}
-	if err := e.waitUnclaimed(ctx); err != nil {
+	if err := e.waitLease(ctx); err != nil {
 		return err
 	}
 	if err := e.register(ctx); errors.Is(err, errRemoved) {
@@ -243,6 +250,7 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	}
 	if err == nil {
 		e.leaveIfIdle(ctx)
+		e.releaseLease(ctx)
 	}
 	return err
 }
@@ -321,6 +329,12 @@ func (e *Executor) heartbeat(ctx context.Context) error {
 			e.gate.close(err.Error())
 			e.removeAll(ctx) // the sibling that claimed the Lease confirms and releases
 			return err
+		} else if errors.Is(err, errDuplicate) {
+			// Another process of the name took the Lease over (this one's renewals were held up
+			// past its expiry): the tasks and their containers are that process's now. Stop at
+			// once, touching none of them.
+			e.gate.close(err.Error())
+			return err
 		} else if err != nil && ctx.Err() == nil {
 			ctrl.LoggerFrom(ctx).Error(err, "renewing lease")
 		}
@@ -337,7 +351,9 @@ func (e *Executor) heartbeat(ctx context.Context) error {
 func (e *Executor) renew(ctx context.Context) error {
 	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
 	var sent time.Time
-	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+	// AlreadyExists too: another process created the Lease first, and the retry sees whose it is.
+	retriable := func(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
+	err := retry.OnError(retry.DefaultBackoff, retriable, func() error {
 		sent = time.Now() // before the renewal: siblings count the Lease's duration from later
 		lease := &coordinationv1.Lease{}
 		err := e.reader.Get(ctx, key, lease)
@@ -349,6 +365,11 @@ func (e *Executor) renew(ctx context.Context) error {
 		if by, claimed := claimedBy(lease, e.opts.Name); claimed && !leaseExpired(lease, time.Now()) {
 			return fmt.Errorf("%w: %s is removing this executor", errRemoved, by)
 		}
+		// At start (after waitLease) an expired hold of another process is taken over; once this
+		// process held the Lease, any other holder of the name took it over from this one.
+		if holder, other := e.heldByOther(lease); other && (e.holding || !leaseExpired(lease, time.Now())) {
+			return e.duplicate(lease, holder)
+		}
 		if lease.Labels == nil {
 			lease.Labels = map[string]string{}
 		}
@@ -358,18 +379,22 @@ func (e *Executor) renew(ctx context.Context) error {
 			lease.Labels[rsv1.LabelExecutorGroup] = e.opts.Group
 		}
 		now := metav1.NowMicro() // as late as possible: siblings judge liveness by it
-		lease.Spec.HolderIdentity = ptr.To(e.opts.Name)
+		if ptr.Deref(lease.Spec.HolderIdentity, "") != e.holder() {
+			lease.Spec.AcquireTime = &now
+			if lease.ResourceVersion != "" {
+				lease.Spec.LeaseTransitions = ptr.To(ptr.Deref(lease.Spec.LeaseTransitions, 0) + 1)
+			}
+		}
+		lease.Spec.HolderIdentity = ptr.To(e.holder())
 		lease.Spec.LeaseDurationSeconds = ptr.To(int32(e.opts.LeaseDuration.Seconds()))
 		lease.Spec.RenewTime = &now
-		if lease.Spec.AcquireTime == nil {
-			lease.Spec.AcquireTime = &now
-		}
 		if lease.ResourceVersion == "" {
 			return e.client.Create(ctx, lease)
 		}
 		return e.client.Update(ctx, lease)
 	})
 	if err == nil {
+		e.holding = true
 		e.gate.renewed(sent, e.opts.LeaseDuration)
 	}
 	return err

@@ -158,39 +158,14 @@ func (e *Executor) claim(ctx context.Context, sibling string, lease *coordinatio
 	return e.client.Update(ctx, l)
 }
 
-// claimedBy says who is cleaning up after this executor, if a sibling took its Lease.
+// claimedBy says who is cleaning up after this executor, if a sibling took its Lease: a holder
+// that is no process of the executor's name (lease.go).
 func claimedBy(l *coordinationv1.Lease, self string) (string, bool) {
-	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || *l.Spec.HolderIdentity == self {
+	holder := ptr.Deref(l.Spec.HolderIdentity, "")
+	if name, _ := rsv1.ParseLeaseHolder(holder); holder == "" || name == self {
 		return "", false
 	}
-	return strings.TrimPrefix(*l.Spec.HolderIdentity, rsv1.LeaseHolderCleanupPrefix), true
-}
-
-// waitUnclaimed waits, at start, until no sibling is cleaning up after this executor: a restart
-// during the cleanup must not adopt pods being deleted. It returns once the claim expired (the
-// sibling died; this executor re-adopts) or the Executor is gone (it registers anew).
-func (e *Executor) waitUnclaimed(ctx context.Context) error {
-	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
-	for {
-		lease := &coordinationv1.Lease{}
-		err := e.reader.Get(ctx, key, lease)
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading own lease: %w", err)
-		}
-		by, claimed := claimedBy(lease, e.opts.Name)
-		if !claimed || leaseExpired(lease, time.Now()) {
-			return nil
-		}
-		ctrl.LoggerFrom(ctx).Info("a sibling is cleaning up after this executor's earlier life; waiting", "by", by)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
+	return strings.TrimPrefix(holder, rsv1.LeaseHolderCleanupPrefix), true
 }
 
 // drain is a dynamic member's graceful stop: it marks its Executor unschedulable and keeps following
@@ -312,7 +287,7 @@ func (e *Executor) leaveIfIdle(ctx context.Context) {
 	}
 	lease := &coordinationv1.Lease{}
 	key := types.NamespacedName{Namespace: e.opts.Namespace, Name: e.opts.Name}
-	if err := e.reader.Get(ctx, key, lease); err == nil && ptr.Deref(lease.Spec.HolderIdentity, "") == e.opts.Name {
+	if err := e.reader.Get(ctx, key, lease); err == nil && ptr.Deref(lease.Spec.HolderIdentity, "") == e.holder() {
 		err = e.client.Delete(ctx, lease, client.Preconditions{UID: &lease.UID, ResourceVersion: &lease.ResourceVersion})
 		if client.IgnoreNotFound(err) != nil {
 			log.Error(err, "deleting the Lease on leaving the group")

@@ -31,14 +31,14 @@
 // the files above are written all the same, and the toolbox also writes them to its stdout as
 // frames, one per line, each FramePrefix followed by a JSON object:
 //
-//	{"t":"log","i":N,"d":"<base64>"}          the next bytes of steps/<N>.log
+//	{"t":"log","i":N,"o":O,"d":"<base64>"}    the bytes of steps/<N>.log from offset O
 //	{"t":"result","i":N,"r":{<StepResult>}}   steps/<N>.json was just written
 //	{"t":"archive","i":N,"d":"<base64>"}      the next bytes of archives/<N>.tar, before the final
 //	                                          result of saveToWorkspace step N
 //	{"t":"archive-end","i":N,"n":<size>}      archives/<N>.tar is complete
 //
 // The executor reads them back from the pod's log with Demux, which recreates the files in a
-// directory of its own. Nothing else goes to stdout (the toolbox's own log is on stderr), and on
+// directory of its own (appending to the logs by offset when it reads the pod's log again). Nothing else goes to stdout (the toolbox's own log is on stderr), and on
 // exit the toolbox writes the steps' results to the container's termination message too
 // (ParseTermination), which Kubernetes keeps even once the log is gone.
 //

@@ -23,7 +23,9 @@ const FramePrefix = "@@runservice@@ "
 
 // Kinds of frame, in the "t" field. "i" is always the step's index.
 const (
-	// FrameLog carries in "d" the next bytes of steps/<i>.log.
+	// FrameLog carries in "d" the next bytes of steps/<i>.log, and in "o" the offset in that log
+	// of the first of them: a reader that already has them (it followed the pod's log before)
+	// skips them, and one that resumes after some were rotated away knows where the rest go.
 	FrameLog = "log"
 	// FrameResult carries in "r" the StepResult just written to steps/<i>.json.
 	FrameResult = "result"
@@ -40,6 +42,7 @@ type frame struct {
 	D []byte          `json:"d,omitempty"`
 	R json.RawMessage `json:"r,omitempty"`
 	N *int64          `json:"n,omitempty"`
+	O *int64          `json:"o,omitempty"`
 }
 
 const (
@@ -102,6 +105,7 @@ type tailer struct {
 	frames *frameWriter
 	mu     sync.Mutex
 	logs   map[int]*os.File
+	offs   map[int]int64 // what of each log was streamed
 	order  []int
 	buf    []byte
 	stop   chan struct{}
@@ -112,6 +116,7 @@ func newTailer(fw *frameWriter) *tailer {
 	t := &tailer{
 		frames: fw,
 		logs:   make(map[int]*os.File),
+		offs:   make(map[int]int64),
 		buf:    make([]byte, maxChunk),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
@@ -150,7 +155,7 @@ func (t *tailer) add(i int, path string) error {
 	} else {
 		t.order = append(t.order, i)
 	}
-	t.logs[i] = f
+	t.logs[i], t.offs[i] = f, 0
 	return nil
 }
 
@@ -180,7 +185,9 @@ func (t *tailer) drainLocked(i int) {
 	for {
 		n, err := f.Read(t.buf)
 		if n > 0 {
-			t.frames.write(frame{T: FrameLog, I: &i, D: t.buf[:n]})
+			off := t.offs[i]
+			t.frames.write(frame{T: FrameLog, I: &i, O: &off, D: t.buf[:n]})
+			t.offs[i] += int64(n)
 		}
 		if err != nil || n == 0 {
 			// io.EOF until the step writes more; another error is not worth stopping the steps for.
@@ -234,10 +241,15 @@ func (r *runner) streamArchive(i int) error {
 // archives/<i>.tar.tmp and renamed into place when complete. It returns nil at the end of r,
 // ignoring a last line without a newline, which the toolbox may not have finished writing.
 //
-// Every file is truncated the first time a call sees it, so after an interruption Demux can be
-// called again, from the start of the same log, into the same dir. Lines that are not frames,
-// and frames that cannot be decoded, are skipped; so is an archive whose size does not match its
-// end frame.
+// After an interruption Demux is called again, into the same dir, with what the log still has:
+// from its start, or only a tail once the kubelet rotated the container's log. A step log is never
+// truncated: each log frame says at which offset its bytes go, and only the bytes the copy does not
+// have yet are appended; bytes rotated away before any call read them are replaced by as many
+// saying they were lost, so that what follows lands at its offset. (Frames of a toolbox that
+// wrote no offsets count from the start of r.) An archive is written whole by one call or not at
+// all: a call that sees only its end leaves the archive an earlier call wrote. Lines that are not
+// frames, and frames that cannot be decoded, are skipped; so is an archive whose size does not
+// match its end frame.
 //
 // What a task can put in its log is bounded: a frame for a step past the task's steps, a frame
 // line longer than maxFrameLine (never buffered whole), a log past lim.Log (cut at the bound) and an
@@ -303,8 +315,9 @@ type demuxer struct {
 
 type partLog struct {
 	f    *os.File
-	size int64
-	full bool // cut at the bound: later frames of the log are dropped
+	size int64 // of the copy: the offset in the toolbox's log of the next byte to append
+	seen int64 // bytes of this call's frames without an offset
+	full bool  // cut at the bound: later frames of the log are dropped
 }
 
 type partArchive struct {
@@ -340,19 +353,12 @@ func (d *demuxer) line(line []byte) error {
 		if err != nil {
 			return err
 		}
-		if l.full {
-			return nil
+		off := l.seen // a toolbox that writes no offsets streams each log from its start
+		if f.O != nil {
+			off = *f.O
 		}
-		data := f.D
-		if left := d.lim.Log - l.size; int64(len(data)) > left {
-			data, l.full = data[:left], true
-			d.refuse(&RefusedError{Step: i, Kind: "log", Path: StepLogFile(i), Reason: overLimit(d.lim.Log)})
-		}
-		n, err := l.f.Write(data)
-		l.size += int64(n)
-		if err != nil {
-			return fmt.Errorf("writing the log of step %d: %w", i, err)
-		}
+		l.seen = off + int64(len(f.D))
+		return d.appendLog(i, l, off, f.D)
 	case FrameResult:
 		var res StepResult
 		if len(f.R) == 0 || json.Unmarshal(f.R, &res) != nil {
@@ -417,16 +423,78 @@ func (d *demuxer) line(line []byte) error {
 	return nil
 }
 
-// log is step i's log, truncated when this call first opens it.
+// appendLog appends to step i's copy what of data, which the toolbox wrote at offset off of its
+// log, the copy does not have yet.
+func (d *demuxer) appendLog(i int, l *partLog, off int64, data []byte) error {
+	if off < 0 || off <= l.size-int64(len(data)) {
+		return nil // not the toolbox's, or mirrored already
+	}
+	if gap := off - l.size; gap > 0 {
+		if err := d.fillLost(i, l, gap); err != nil {
+			return err
+		}
+	} else {
+		data = data[-gap:]
+	}
+	return d.writeLog(i, l, data)
+}
+
+// spaces pad the notice of lost bytes.
+var spaces = bytes.Repeat([]byte{' '}, 4<<10)
+
+// fillLost appends n bytes to step i's copy in place of n bytes of the toolbox's log that the
+// kubelet rotated away before any follow read them: a line saying so, padded with spaces. Keeping
+// the copy's size equal to the toolbox's offset is what lets a later follow write nothing twice.
+func (d *demuxer) fillLost(i int, l *partLog, n int64) error {
+	notice := fmt.Sprintf("\n[runservice: %d bytes of this log were lost: the node rotated the container's log before the executor read them]", n)
+	if n <= int64(len(notice))+1 {
+		return d.writeLog(i, l, []byte(notice + "\n")[:n])
+	}
+	if err := d.writeLog(i, l, []byte(notice)); err != nil {
+		return err
+	}
+	for pad := n - int64(len(notice)) - 1; pad > 0 && !l.full; {
+		chunk := spaces[:min(pad, int64(len(spaces)))]
+		if err := d.writeLog(i, l, chunk); err != nil {
+			return err
+		}
+		pad -= int64(len(chunk))
+	}
+	return d.writeLog(i, l, []byte("\n"))
+}
+
+// writeLog appends data to step i's copy, up to the bound.
+func (d *demuxer) writeLog(i int, l *partLog, data []byte) error {
+	if l.full || len(data) == 0 {
+		return nil
+	}
+	if left := d.lim.Log - l.size; int64(len(data)) > left {
+		data, l.full = data[:max(left, 0)], true
+		d.refuse(&RefusedError{Step: i, Kind: "log", Path: StepLogFile(i), Reason: overLimit(d.lim.Log)})
+	}
+	n, err := l.f.Write(data)
+	l.size += int64(n)
+	if err != nil {
+		return fmt.Errorf("writing the log of step %d: %w", i, err)
+	}
+	return nil
+}
+
+// log is step i's copy, opened for appending: what an earlier call mirrored stays.
 func (d *demuxer) log(i int) (*partLog, error) {
 	if l := d.logs[i]; l != nil {
 		return l, nil
 	}
-	f, err := os.OpenFile(StepLogPath(d.dir, i), os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(StepLogPath(d.dir, i), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("creating the log of step %d: %w", i, err)
 	}
-	l := &partLog{f: f}
+	st, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("reading the log of step %d: %w", i, err)
+	}
+	l := &partLog{f: f, size: st.Size()}
 	d.logs[i] = l
 	return l, nil
 }

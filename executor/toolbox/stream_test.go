@@ -3,6 +3,7 @@ package toolbox
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -208,11 +209,8 @@ func TestStreamDemux(t *testing.T) {
 	out := t.TempDir()
 	sameFiles(t, "demuxed", demux(t, s.out.bytes(), out), want)
 
-	// Again from the start into the same directory, as after an executor restart, over files
-	// that went further or elsewhere.
-	if err := os.WriteFile(StepLogPath(out, 0), []byte("stale"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// Again from the start into the same directory, as after an executor restart: nothing is
+	// written twice, and an archive left half-written is written anew.
 	if err := os.WriteFile(ArchivePath(out, 3)+".tmp", []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -280,6 +278,132 @@ func TestStreamDemux(t *testing.T) {
 	}
 	if archiveEnd == 0 || archiveEnd > saveEnd {
 		t.Errorf("archive end at frame %d, final result at %d", archiveEnd, saveEnd)
+	}
+}
+
+// TestDemuxResumesAfterRotation: the executor's copy of a step log is appended to, never truncated.
+// A follow of the pod's log that is cut mid-task is resumed from what the kubelet still has; after
+// the kubelet rotated the container's log that is only a tail, and what was mirrored from the
+// lines rotated away must stay, with nothing written twice.
+func TestDemuxResumesAfterRotation(t *testing.T) {
+	t.Parallel()
+	// Output over a second: step 0's log takes several frames (one per streamInterval).
+	steps := []Step{
+		run("slow", `for i in $(seq 1 20); do echo "line $i of the first step, padded to make the frames larger than the notice of lost bytes....."; sleep 0.05; done`),
+		run("more", `echo second step`),
+	}
+	s := runStreaming(t, TaskFile{WorkingDir: t.TempDir(), Steps: steps})
+	if s.code != ExitSuccess {
+		t.Fatalf("exit code %d", s.code)
+	}
+	want := reported(t, s.dir)
+	lines := strings.SplitAfter(string(s.out.bytes()), "\n")
+	lines = lines[:len(lines)-1] // after the last newline
+	// The lines that carry step 0's log, by index.
+	var logLines []int
+	for j, l := range lines {
+		if strings.Contains(l, `"t":"log","i":0,`) {
+			logLines = append(logLines, j)
+		}
+	}
+	if len(logLines) < 5 {
+		t.Fatalf("step 0's log took %d frames, want at least 5 for the test to mean anything", len(logLines))
+	}
+	join := func(ls []string) []byte { return []byte(strings.Join(ls, "")) }
+	// The first follow ends inside a frame line, after the second log frame of step 0: the stream
+	// was cut there.
+	cut := logLines[2]
+	first := append(join(lines[:cut]), lines[cut][:len(lines[cut])/2]...)
+
+	t.Run("the tail overlaps what was mirrored", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		demux(t, first, dir)
+		// Rotated away: everything before step 0's second log frame, which was mirrored already.
+		sameFiles(t, "resumed from the tail", demux(t, join(lines[logLines[1]:]), dir), want)
+		// A third follow from the same tail, as after an executor restart, writes nothing twice.
+		sameFiles(t, "resumed again", demux(t, join(lines[logLines[1]:]), dir), want)
+	})
+
+	t.Run("the tail starts after what was mirrored", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		demux(t, first, dir)
+		// Where step 0's log frames start in its log.
+		var at []int
+		n := 0
+		for _, j := range logLines {
+			var f frame
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(lines[j], FramePrefix)), &f); err != nil {
+				t.Fatal(err)
+			}
+			at = append(at, n)
+			n += len(f.D)
+		}
+		// Rotated away: step 0's log frames 2 (cut) and 3, never mirrored.
+		got := demux(t, join(lines[logLines[4]:]), dir)[StepsDir+"/0.log"]
+		w := want[StepsDir+"/0.log"]
+		if len(got) != len(w) {
+			t.Fatalf("step 0's log has %d bytes, want %d (what was lost stands in for the bytes rotated away, so that later frames land at their offsets): %q", len(got), len(w), got)
+		}
+		if got[:at[2]] != w[:at[2]] {
+			t.Errorf("what was mirrored before the cut changed: got %q, want %q", got[:at[2]], w[:at[2]])
+		}
+		if got[at[4]:] != w[at[4]:] {
+			t.Errorf("the tail differs: got %q, want %q", got[at[4]:], w[at[4]:])
+		}
+		if gap := got[at[2]:at[4]]; !strings.Contains(gap, "bytes of this log were lost") {
+			t.Errorf("the bytes rotated away are not marked lost: %q", gap)
+		}
+	})
+}
+
+// Step logs across calls of Demux (a follow resumed): appended by offset, bounded, never truncated.
+func TestDemuxLogOffsets(t *testing.T) {
+	t.Parallel()
+	logFrame := func(off string, data string) string {
+		o := ""
+		if off != "" {
+			o = `"o":` + off + `,`
+		}
+		return FramePrefix + `{"t":"log","i":0,` + o + `"d":"` + base64.StdEncoding.EncodeToString([]byte(data)) + `"}` + "\n"
+	}
+	tests := []struct {
+		name   string
+		calls  []string // the log each call reads
+		lim    Limits
+		want   string
+		refuse bool // the last call refuses
+	}{
+		{"without offsets, from the start again", []string{logFrame("", "abc") + logFrame("", "def"), logFrame("", "abc") + logFrame("", "def") + logFrame("", "g")}, Limits{}, "abcdefg", false},
+		{"an overlapping tail", []string{logFrame("0", "abc"), logFrame("2", "cde")}, Limits{}, "abcde", false},
+		{"a tail already mirrored", []string{logFrame("0", "abc") + logFrame("3", "de"), logFrame("3", "de")}, Limits{}, "abcde", false},
+		{"a gap shorter than the notice", []string{logFrame("0", "ab"), logFrame("5", "xy")}, Limits{}, "ab\n[rxy", false},
+		{"an offset far past the bound", []string{logFrame("0", "ab"), logFrame("9223372036854775807", "x")}, Limits{Log: 300}, "", true},
+		{"a log at its bound, read again", []string{logFrame("0", "abcdef"), logFrame("0", "abcdef")}, Limits{Log: 4}, "abcd", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			var err error
+			for _, log := range tt.calls {
+				err = Demux(strings.NewReader(log), dir, 1, tt.lim)
+			}
+			if got := errors.Is(err, ErrRefused); got != tt.refuse || err != nil && !got {
+				t.Fatalf("the last Demux: %v, want a refusal: %v", err, tt.refuse)
+			}
+			got, rerr := os.ReadFile(StepLogPath(dir, 0))
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			switch {
+			case tt.want != "" && string(got) != tt.want:
+				t.Errorf("step log %q, want %q", got, tt.want)
+			case tt.want == "" && (int64(len(got)) != tt.lim.Log || !strings.HasPrefix(string(got), "ab\n[runservice: 9223372036854775805 bytes of this log were lost")):
+				t.Errorf("step log of %d bytes %.200q, want the notice of lost bytes up to the bound of %d", len(got), got, tt.lim.Log)
+			}
+		})
 	}
 }
 

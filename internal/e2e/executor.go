@@ -38,8 +38,16 @@ type Executor struct {
 // test failed.
 func (h *Harness) StartExecutor(t *testing.T, bin, ns, name string, args ...string) *Executor {
 	t.Helper()
-	e := &Executor{t: t, h: h, bin: bin, Name: name, NS: ns, args: append([]string{"--name", name, "--namespace", ns}, args...)}
+	e := h.NewExecutor(t, bin, ns, name, args...)
 	e.Start()
+	return e
+}
+
+// NewExecutor is StartExecutor without the start: call Start, or Launch for a process that is not
+// expected to become Ready.
+func (h *Harness) NewExecutor(t *testing.T, bin, ns, name string, args ...string) *Executor {
+	t.Helper()
+	e := &Executor{t: t, h: h, bin: bin, Name: name, NS: ns, args: append([]string{"--name", name, "--namespace", ns}, args...), out: &bytes.Buffer{}}
 	t.Cleanup(func() {
 		e.Kill()
 		if t.Failed() {
@@ -51,6 +59,13 @@ func (h *Harness) StartExecutor(t *testing.T, bin, ns, name string, args ...stri
 		}
 	})
 	return e
+}
+
+// Output is what the process wrote to stdout and stderr; call it once it exited (Exited, Kill, Stop).
+func (e *Executor) Output() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.out.String()
 }
 
 // Start (re)starts the process and waits until its Executor is Ready.

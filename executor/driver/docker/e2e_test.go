@@ -138,13 +138,18 @@ func fail(err error) int {
 // startExecutor starts a Docker executor process and waits until its Executor is Ready.
 func startExecutor(t *testing.T, ns, name string, extra ...string) *e2e.Executor {
 	t.Helper()
-	return h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name, append([]string{
+	return h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name, executorArgs(t, extra...)...)
+}
+
+// executorArgs are the flags of a Docker executor process of the suite; extra flags override them.
+func executorArgs(t *testing.T, extra ...string) []string {
+	return append([]string{
 		"--listen", e2e.FreeAddr(t, "127.0.0.1"),
 		"--data-dir", filepath.Join(t.TempDir(), "data"),
 		"--toolbox", filepath.Join(bins, "toolbox"),
 		"--object-store", storeURL,
 		"--lease-duration", "4s", "--renew-interval", "1s",
-	}, extra...)...)
+	}, extra...)
 }
 
 // containersOf lists the containers of an executor's tasks.

@@ -530,8 +530,11 @@ func (d *Driver) Tasks(context.Context) ([]string, error) {
 }
 
 // Mirror implements executor.Mirrorer: it follows the main container's log into dir (the toolbox's
-// frames become the step logs, results and archives), from the start again after a restart, and
-// once the container ended takes the step results from its termination message. What the log
+// frames become the step logs, results and archives), and once the container ended takes the step
+// results from its termination message. A follow cut off (a dropped stream, an executor restart)
+// is followed again from what the kubelet still has, which after a rotation of the container's log
+// is only its tail: the step logs are appended to by offset (toolbox.Demux), so what was mirrored
+// stays and nothing is written twice. What the log
 // holds past the task's steps or lim is dropped, and returned as the refusal once the task ended.
 func (d *Driver) Mirror(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) error {
 	var refused error
