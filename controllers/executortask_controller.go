@@ -1,7 +1,9 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +28,7 @@ import (
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/pki"
 	"runservice.dev/runservice/pkg/dag"
 )
 
@@ -37,8 +40,10 @@ type ExecutorTaskReconciler struct {
 	APIReader client.Reader
 	Recorder  recorder.EventRecorder
 	Store     *objectstore.Store
-	// HTTP is the client of executors' endpoints (executorhttp.NewClient: address checks, timeouts).
-	HTTP *http.Client
+	// NewHTTP makes a client of executors' endpoints that trusts what it is given
+	// (executorhttp.NewClient: address checks, timeouts); AllowHTTP lets it use http:// endpoints.
+	NewHTTP   func(executorhttp.Trust) *http.Client
+	AllowHTTP bool
 	// Stall fails a response body that sends nothing for this long; FetchTimeout bounds one task's
 	// whole fetch.
 	Stall, FetchTimeout time.Duration
@@ -47,14 +52,27 @@ type ExecutorTaskReconciler struct {
 	Slots   *fetchSlots
 
 	mu     sync.Mutex
-	tokens map[string]string // namespace -> executors' bearer token
+	access map[string]*executorAccess // namespace -> how to reach its executors
+	// forgotten holds what access held before it was forgotten: its client (and connections) is
+	// kept when the CA read again is the same.
+	forgotten map[string]*executorAccess
+}
+
+// executorAccess is how the fetcher reaches a namespace's executors: their token, and a client
+// trusting their CA. Both are read from the namespace's Secrets when first needed and again after
+// an executor refused the token (401: rotated) or its certificate did not verify (a renewed CA),
+// so that a rotation needs no manager restart.
+type executorAccess struct {
+	token  string
+	bundle []byte
+	client *http.Client
 }
 
 var _ reconcile.Reconciler = (*ExecutorTaskReconciler)(nil)
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;patch
 // The executors' token Secret of each run namespace, and no other Secret.
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get,resourceNames=runservice-executor-token
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get,resourceNames=runservice-executor-token;runservice-executor-ca
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile implements reconcile.Reconciler.
@@ -178,14 +196,26 @@ func workspaceState(et *rsv1.ExecutorTask, executorRemoved bool) (fetched bool, 
 // fetch copies the task's logs and saved archives; it returns the saved archives the executor did
 // not have (a step that never wrote a log simply has none).
 func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) ([]int, error) {
-	token, err := r.token(ctx, et.Namespace)
+	acc, err := r.executorAccess(ctx, et.Namespace)
 	if err != nil {
 		return nil, err
+	}
+	// get copies url to key; a refused token or certificate is read again, and tried once more.
+	get := func(url, key string) error {
+		err := r.copy(ctx, acc, url, key)
+		if !errors.Is(err, errUnauthorized) && !errors.As(err, new(*tls.CertificateVerificationError)) {
+			return err
+		}
+		r.forget(et.Namespace, acc)
+		if acc, err = r.executorAccess(ctx, et.Namespace); err != nil {
+			return err
+		}
+		return r.copy(ctx, acc, url, key)
 	}
 	for i := range et.Spec.Task.Steps {
 		if i < len(et.Status.Steps) && et.Status.Steps[i].Phase != rsv1.StepPhaseNotStarted {
 			url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", endpoint, et.Name, i)
-			if err := r.copy(ctx, url, token, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil && !errors.Is(err, errNotOnExecutor) {
+			if err := get(url, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil && !errors.Is(err, errNotOnExecutor) {
 				return nil, err
 			}
 		}
@@ -193,7 +223,7 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 	var missing []int
 	for _, i := range et.SavedArchives() {
 		url := fmt.Sprintf("%s/v1/tasks/%s/archives/%d", endpoint, et.Name, i)
-		err := r.copy(ctx, url, token, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i))
+		err := get(url, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i))
 		switch {
 		case errors.Is(err, errNotOnExecutor):
 			missing = append(missing, i)
@@ -204,19 +234,23 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 	return missing, nil
 }
 
-// errNotOnExecutor is a 404 from the executor: it has no such file.
-var errNotOnExecutor = errors.New("not on the executor")
+// errNotOnExecutor is a 404 from the executor: it has no such file; errUnauthorized a 401: it does
+// not take the token (rotated since the fetcher read it).
+var (
+	errNotOnExecutor = errors.New("not on the executor")
+	errUnauthorized  = errors.New("the executor refused the token")
+)
 
 // copy streams url into the object store at key; a 404 stores nothing and returns errNotOnExecutor.
-func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key string) error {
+func (r *ExecutorTaskReconciler) copy(ctx context.Context, acc *executorAccess, url, key string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := r.HTTP.Do(req)
+	req.Header.Set("Authorization", "Bearer "+acc.token)
+	resp, err := acc.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("fetching %s: %w", url, err)
 	}
@@ -234,31 +268,56 @@ func (r *ExecutorTaskReconciler) copy(ctx context.Context, url, token, key strin
 	case resp.StatusCode == http.StatusNotFound:
 		_, _ = io.Copy(io.Discard, body)
 		return fmt.Errorf("fetching %s: %w", url, errNotOnExecutor)
+	case resp.StatusCode == http.StatusUnauthorized:
+		return fmt.Errorf("fetching %s: %w", url, errUnauthorized)
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
 		return fmt.Errorf("fetching %s: %s to %q, not followed", url, resp.Status, resp.Header.Get("Location"))
 	}
 	return fmt.Errorf("fetching %s: %s", url, resp.Status)
 }
 
-func (r *ExecutorTaskReconciler) token(ctx context.Context, namespace string) (string, error) {
+// executorAccess returns how to reach the executors of a namespace, reading their Secrets when
+// it is not known: the token (required), and the CA (none yet: https endpoints do not verify).
+func (r *ExecutorTaskReconciler) executorAccess(ctx context.Context, namespace string) (*executorAccess, error) {
 	r.mu.Lock()
-	tok, ok := r.tokens[namespace]
+	acc, prev := r.access[namespace], r.forgotten[namespace]
 	r.mu.Unlock()
-	if ok {
-		return tok, nil
+	if acc != nil {
+		return acc, nil
 	}
 	s := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: rsv1.ExecutorTokenSecret}, s); err != nil {
-		return "", fmt.Errorf("reading the executors' token: %w", err)
+		return nil, fmt.Errorf("reading the executors' token: %w", err)
 	}
-	tok = string(s.Data[rsv1.ExecutorTokenKey])
+	acc = &executorAccess{token: string(s.Data[rsv1.ExecutorTokenKey])}
+	ca := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: rsv1.ExecutorCASecret}, ca); client.IgnoreNotFound(err) != nil {
+		return nil, fmt.Errorf("reading the executors' CA: %w", err)
+	}
+	acc.bundle = pki.Bundle(ca.Data)
+	if prev != nil && bytes.Equal(prev.bundle, acc.bundle) {
+		acc.client = prev.client // the same trust: keep its connections
+	} else {
+		acc.client = r.NewHTTP(executorhttp.TrustPEM(acc.bundle, r.AllowHTTP))
+	}
 	r.mu.Lock()
-	if r.tokens == nil {
-		r.tokens = map[string]string{}
+	if r.access == nil {
+		r.access, r.forgotten = map[string]*executorAccess{}, map[string]*executorAccess{}
 	}
-	r.tokens[namespace] = tok
+	r.access[namespace] = acc
 	r.mu.Unlock()
-	return tok, nil
+	return acc, nil
+}
+
+// forget drops what the fetcher knows of a namespace's executors, when it is still acc: the next
+// fetch reads it again.
+func (r *ExecutorTaskReconciler) forget(namespace string, acc *executorAccess) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.access[namespace] == acc {
+		delete(r.access, namespace)
+		r.forgotten[namespace] = acc
+	}
 }
 
 func (r *ExecutorTaskReconciler) markFetched(ctx context.Context, et *rsv1.ExecutorTask, value string) error {

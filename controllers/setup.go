@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -33,6 +34,9 @@ type Options struct {
 	// EndpointAllow lists address ranges the fetcher may dial although they are denied by default
 	// (loopback, link-local, unspecified, multicast: see executorhttp).
 	EndpointAllow executorhttp.Allow
+	// ExecutorInsecureHTTP lets the fetcher use executors' http:// endpoints (the token in clear);
+	// otherwise it fetches over https only, trusting each namespace's executor CA.
+	ExecutorInsecureHTTP bool
 	// FetchTimeouts bound each request to an executor; FetchTimeout bounds fetching one task.
 	FetchTimeouts executorhttp.Timeouts
 	FetchTimeout  time.Duration
@@ -127,11 +131,14 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 	}
 	if opts.Store != nil {
 		fetcher := &ExecutorTaskReconciler{
-			Client:       mgr.GetClient(),
-			APIReader:    mgr.GetAPIReader(),
-			Recorder:     mgr.GetEventRecorder("fetcher"),
-			Store:        opts.Store,
-			HTTP:         executorhttp.NewClient(opts.FetchTimeouts, true, opts.EndpointAllow),
+			Client:    mgr.GetClient(),
+			APIReader: mgr.GetAPIReader(),
+			Recorder:  mgr.GetEventRecorder("fetcher"),
+			Store:     opts.Store,
+			NewHTTP: func(trust executorhttp.Trust) *http.Client {
+				return executorhttp.NewClient(opts.FetchTimeouts, true, opts.EndpointAllow, trust)
+			},
+			AllowHTTP:    opts.ExecutorInsecureHTTP,
 			Stall:        opts.FetchTimeouts.Stall,
 			FetchTimeout: opts.FetchTimeout,
 			Workers:      opts.MaxConcurrentFetches,

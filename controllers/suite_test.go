@@ -87,6 +87,7 @@ func startManager() error {
 	// The fake executors' endpoints listen on 127.0.0.1 only; fetcher_test.go uses 127.0.0.2 as
 	// an address the fetcher must not dial. Short timeouts let the tests see hung fetches end.
 	opts.Controllers.EndpointAllow = executorhttp.Allow{netip.MustParsePrefix("127.0.0.1/32")}
+	opts.Controllers.ExecutorInsecureHTTP = true // most fake executors are httptest servers
 	opts.Controllers.FetchTimeouts = executorhttp.Timeouts{ResponseHeader: time.Second, Stall: time.Second}
 	opts.Controllers.FetchBackoff = 500 * time.Millisecond
 	mgr, err := manager.New(ctx, env.Config, opts)

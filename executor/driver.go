@@ -46,6 +46,11 @@ type Task struct {
 	Env []string
 	// Builtin is what the executor adds after Env (RUNSERVICE_RUN, RUNSERVICE_TASK): not the user's.
 	Builtin []string
+	// WorkspaceCredential lets the task's pod fetch its own workspace from the executor, and
+	// nothing else (drivers without a shared directory); WorkspaceCA is what the pod trusts for
+	// the executor's https endpoint (nil: plain http).
+	WorkspaceCredential string
+	WorkspaceCA         []byte
 	// Started is called once the containers run, so the toolbox may begin.
 	Started func() error
 }

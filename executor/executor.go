@@ -7,11 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,8 +48,15 @@ type Options struct {
 	// ActiveTasksLimit is the most tasks run at once; 0 means no limit.
 	ActiveTasksLimit          int32
 	AllowPrivilegedContainers bool
-	// Endpoint is the URL the manager fetches logs and archives from (the Listen address as seen by it).
+	// Endpoint is the URL the manager fetches logs and archives from (the Listen address as seen by
+	// it). An https URL makes the server serve TLS with a certificate of the namespace's CA.
 	Endpoint string
+	// PodEndpoint is the URL task pods fetch their workspaces from (Kubernetes driver); its host
+	// goes into the serving certificate too. It has Endpoint's scheme.
+	PodEndpoint string
+	// InsecureHTTP allows http:// endpoints: the token, logs and archives then cross the network
+	// in clear, so only when the operator says so (a local executor, tests).
+	InsecureHTTP bool
 	// Listen is the address of the HTTP server for logs and archives.
 	Listen string
 	// DataDir holds the tasks' directories (logs, archives) until the manager fetched them.
@@ -124,7 +131,8 @@ type Executor struct {
 	client  client.Client
 	reader  client.Reader
 	store   *objectstore.Store
-	token   string
+	creds   *credentials
+	cert    *servingCert // nil: plain http (InsecureHTTP)
 	uid     types.UID
 	baseCtx context.Context
 	// instance is this process's identity in its Lease (lease.go); holding is set once it renewed
@@ -154,8 +162,9 @@ func Scheme() *runtime.Scheme {
 // +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executortasks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=runservice.dev,namespace=system,resources=executortasks/status,verbs=update
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=system,resources=leases,verbs=get;list;create;update
-// The token Secret is read by name; a create cannot be limited to a name (the admission policy does).
-// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get,resourceNames=runservice-executor-token
+// The token and CA Secrets are read and renewed by name; a create cannot be limited to a name (the
+// admission policy does).
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;update;patch,resourceNames=runservice-executor-token;runservice-executor-ca
 // +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=create
 
 // Run runs the executor until ctx ends or its Executor is deleted.
@@ -195,7 +204,11 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 		}
 		defer e.store.Close()
 	}
-	if e.token, err = EnsureToken(ctx, mgr.GetAPIReader(), mgr.GetClient(), opts.Namespace); err != nil {
+	if _, err = EnsureToken(ctx, mgr.GetAPIReader(), mgr.GetClient(), opts.Namespace); err != nil {
+		return err
+	}
+	e.creds = newCredentials(mgr.GetAPIReader(), opts.Namespace)
+	if err := e.setupTLS(ctx, mgr.GetAPIReader(), mgr.GetClient()); err != nil {
 		return err
 	}
 	if err := e.waitLease(ctx); err != nil {
@@ -256,6 +269,44 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 }
 
 var errRemoved = errors.New("executor removed")
+
+// setupTLS decides from the endpoints' scheme whether the server speaks https, and issues its
+// certificate if so; http needs InsecureHTTP.
+func (e *Executor) setupTLS(ctx context.Context, reader client.Reader, c client.Client) error {
+	if e.opts.Listen == "" {
+		return nil
+	}
+	var schemes []string
+	for _, u := range []string{e.opts.Endpoint, e.opts.PodEndpoint} {
+		if scheme, _, ok := strings.Cut(u, "://"); ok {
+			schemes = append(schemes, scheme)
+		}
+	}
+	slices.Sort(schemes)
+	switch schemes = slices.Compact(schemes); {
+	case len(schemes) == 0 && e.opts.InsecureHTTP:
+		return nil // nobody is told where to reach it: plain http, as allowed
+	case len(schemes) > 1:
+		return fmt.Errorf("endpoint %q and pod endpoint %q: one server speaks one scheme; give both https (or http with --insecure-http)", e.opts.Endpoint, e.opts.PodEndpoint)
+	case len(schemes) == 1 && schemes[0] == "http":
+		if !e.opts.InsecureHTTP {
+			return fmt.Errorf("endpoint %q is plain http: the executors' token, logs and archives would cross the network in clear; use https:// (a certificate of the namespace's CA) or --insecure-http", e.opts.Endpoint)
+		}
+		return nil
+	}
+	hosts, err := endpointHosts(e.opts.Endpoint, e.opts.PodEndpoint)
+	if err != nil {
+		return err
+	}
+	if len(hosts) == 0 {
+		return fmt.Errorf("endpoint %q: an https endpoint with a host is needed for the serving certificate", e.opts.Endpoint)
+	}
+	e.cert = &servingCert{reader: reader, client: c, namespace: e.opts.Namespace, hosts: hosts}
+	if err := e.cert.issue(ctx); err != nil {
+		return fmt.Errorf("issuing the executor's serving certificate: %w", err)
+	}
+	return nil
+}
 
 // register creates the Executor, or takes over the existing one of the same name (a restart).
 func (e *Executor) register(ctx context.Context) error {
@@ -689,41 +740,4 @@ func (e *Executor) finish(ctx context.Context, et *rsv1.ExecutorTask, phase rsv1
 			st.Steps = steps
 		}
 	})
-}
-
-// Token returns the namespace's executor token (creating it when missing) with a client of its own,
-// for drivers that need it before the executor runs.
-func Token(ctx context.Context, cfg *rest.Config, namespace string) (string, error) {
-	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
-	if err != nil {
-		return "", err
-	}
-	return EnsureToken(ctx, c, c, namespace)
-}
-
-// EnsureToken returns the bearer token that guards executors' HTTP endpoints in the namespace,
-// creating the Secret that holds it when it does not exist.
-func EnsureToken(ctx context.Context, reader client.Reader, c client.Client, namespace string) (string, error) {
-	key := types.NamespacedName{Namespace: namespace, Name: rsv1.ExecutorTokenSecret}
-	s := &corev1.Secret{}
-	err := reader.Get(ctx, key, s)
-	if apierrors.IsNotFound(err) {
-		s = &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: namespace},
-			StringData: map[string]string{rsv1.ExecutorTokenKey: randomToken()},
-		}
-		if err = c.Create(ctx, s); apierrors.IsAlreadyExists(err) {
-			err = reader.Get(ctx, key, s)
-		} else if err == nil {
-			err = reader.Get(ctx, key, s)
-		}
-	}
-	if err != nil {
-		return "", fmt.Errorf("reading the executor token secret %s: %w", key, err)
-	}
-	tok := string(s.Data[rsv1.ExecutorTokenKey])
-	if tok == "" {
-		return "", fmt.Errorf("secret %s has no %q key", key, rsv1.ExecutorTokenKey)
-	}
-	return tok, nil
 }

@@ -78,14 +78,24 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			// race a sibling removing this executor's. Recorded, never started.
 			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "not started: "+why, nil)
 		}
-		err := r.e.driver.Start(ctx, &Task{
-			ExecutorTask: r.et,
-			Dir:          r.dir,
-			Toolbox:      r.e.opts.Toolbox,
-			Labels:       r.labels(),
-			Env:          r.env(),
-			Builtin:      []string{"RUNSERVICE_RUN=" + r.et.Spec.RunName, "RUNSERVICE_TASK=" + r.et.Spec.TaskName},
-			Started:      func() error { return toolbox.Start(r.dir) },
+		cred, err := r.e.creds.taskCredential(ctx, r.et.UID)
+		if err != nil {
+			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "not started: "+err.Error(), nil)
+		}
+		var ca []byte
+		if r.e.cert != nil {
+			ca = r.e.cert.caBundle()
+		}
+		err = r.e.driver.Start(ctx, &Task{
+			WorkspaceCredential: cred,
+			WorkspaceCA:         ca,
+			ExecutorTask:        r.et,
+			Dir:                 r.dir,
+			Toolbox:             r.e.opts.Toolbox,
+			Labels:              r.labels(),
+			Env:                 r.env(),
+			Builtin:             []string{"RUNSERVICE_RUN=" + r.et.Spec.RunName, "RUNSERVICE_TASK=" + r.et.Spec.TaskName},
+			Started:             func() error { return toolbox.Start(r.dir) },
 		})
 		if err != nil {
 			if ctx.Err() != nil {

@@ -4,7 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -40,9 +41,9 @@ func (e *Executor) serve(ctx context.Context) error {
 		return nil
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/tasks/{name}/steps/{i}/log", e.auth(e.serveLog))
-	mux.HandleFunc("GET /v1/tasks/{name}/archives/{i}", e.auth(e.serveArchive))
-	mux.HandleFunc("GET /v1/tasks/{name}/workspace", e.auth(e.serveWorkspace))
+	mux.HandleFunc("GET /v1/tasks/{name}/steps/{i}/log", e.authToken(e.serveLog))
+	mux.HandleFunc("GET /v1/tasks/{name}/archives/{i}", e.authToken(e.serveArchive))
+	mux.HandleFunc("GET /v1/tasks/{name}/workspace", e.serveWorkspace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	ln, err := net.Listen("tcp", e.opts.Listen)
 	if err != nil {
@@ -55,6 +56,10 @@ func (e *Executor) serve(ctx context.Context) error {
 		ReadTimeout:       t.Read,
 		IdleTimeout:       t.Idle,
 		MaxHeaderBytes:    64 << 10,
+	}
+	if e.cert != nil {
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: e.cert.get}
+		ln = tls.NewListener(ln, srv.TLSConfig)
 	}
 	go func() {
 		<-ctx.Done()
@@ -101,15 +106,25 @@ func (w *stallWriter) Flush() {
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w *stallWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-func (e *Executor) auth(h http.HandlerFunc) http.HandlerFunc {
-	want := []byte("Bearer " + e.token)
+// authToken lets through requests with the namespace's token (credentials.go); a task's
+// credential is forbidden here.
+func (e *Executor) authToken(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		bearer := bearer(r)
+		switch {
+		case isTaskCredential(bearer):
+			http.Error(w, "forbidden: a task's credential reads only its own workspace", http.StatusForbidden)
+		case !e.creds.isToken(r.Context(), bearer):
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
-			return
+		default:
+			h(w, r)
 		}
-		h(w, r)
 	}
+}
+
+func bearer(r *http.Request) string {
+	v, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return v
 }
 
 // task finds the ExecutorTask of a request and its step index.
@@ -163,17 +178,29 @@ func notKept(w http.ResponseWriter, what string, err error) {
 	http.Error(w, what, http.StatusNotFound)
 }
 
+// serveWorkspace serves a task's pod, with its own credential only: nobody else needs a task's
+// workspace. Whether the task exists is not told before the credential is checked.
 func (e *Executor) serveWorkspace(w http.ResponseWriter, r *http.Request) {
+	cred := bearer(r)
+	if !isTaskCredential(cred) {
+		if e.creds.isToken(r.Context(), cred) {
+			http.Error(w, "forbidden: a workspace is served to its task's pod only", http.StatusForbidden)
+		} else {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+		}
+		return
+	}
 	et := &rsv1.ExecutorTask{}
-	if err := e.client.Get(r.Context(), types.NamespacedName{Namespace: e.opts.Namespace, Name: r.PathValue("name")}, et); err != nil {
-		http.Error(w, "no such task on this executor", http.StatusNotFound)
+	err := e.client.Get(r.Context(), types.NamespacedName{Namespace: e.opts.Namespace, Name: r.PathValue("name")}, et)
+	if err != nil || !e.creds.isTaskCredential(r.Context(), cred, et.UID) {
+		http.Error(w, "forbidden: not this task's credential", http.StatusForbidden)
 		return
 	}
 	dir := e.taskDir(et.UID)
 	root := filepath.Join(dir, toolbox.WorkspaceDir)
 	w.Header().Set("Content-Type", "application/x-tar")
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}

@@ -72,7 +72,14 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close()
-	e := &Executor{client: c, token: "tok", opts: Options{Namespace: ns, DataDir: t.TempDir(), Listen: addr, ServerTimeouts: timeouts,
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: rsv1.ExecutorTokenSecret, Namespace: ns},
+		StringData: map[string]string{rsv1.ExecutorTokenKey: "tok", rsv1.ExecutorTaskKeyKey: "key"},
+	}
+	if err := c.Create(ctx, secret); err != nil {
+		t.Fatalf("creating the token secret: %v", err)
+	}
+	e := &Executor{client: c, creds: newCredentials(c, ns), opts: Options{Namespace: ns, DataDir: t.TempDir(), Listen: addr, ServerTimeouts: timeouts,
 		Limits: toolbox.Limits{Log: 1 << 30}.WithDefaults()}}
 	log := toolbox.StepLogPath(e.taskDir(et.UID), 0)
 	if err := os.MkdirAll(filepath.Dir(log), 0o755); err != nil {
@@ -189,4 +196,41 @@ func TestServerCutsOffSlowClients(t *testing.T) {
 			t.Fatalf("followed log %q, want %q", s, want)
 		}
 	})
+}
+
+// TestServerAcceptsARotatedToken: the token Secret is rotated while the executor serves; the new
+// token is accepted without a restart, and the old one no longer is.
+func TestServerAcceptsARotatedToken(t *testing.T) {
+	srv := startServer(t, 3, ServerTimeouts{ReadHeader: 10 * time.Second, WriteStall: 10 * time.Second})
+	status := func(token string) int {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://%s/v1/tasks/%s/steps/0/log", srv.addr, srv.task.Name), nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status("tok"); got != http.StatusOK {
+		t.Fatalf("with the token: %d, want 200", got)
+	}
+	s := &corev1.Secret{}
+	if err := srv.client.Get(context.Background(), client.ObjectKey{Namespace: srv.task.Namespace, Name: rsv1.ExecutorTokenSecret}, s); err != nil {
+		t.Fatal(err)
+	}
+	s.Data[rsv1.ExecutorTokenKey] = []byte("rotated")
+	if err := srv.client.Update(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for status("rotated") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("the rotated token is still refused after 10s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := status("tok"); got != http.StatusUnauthorized {
+		t.Fatalf("with the rotated-out token: %d, want 401", got)
+	}
 }

@@ -29,9 +29,18 @@ const (
 	FetchedArchivesMissing = "archives-missing:"
 
 	// ExecutorTokenSecret is the Secret of a namespace holding, under ExecutorTokenKey, the bearer
-	// token that guards its executors' HTTP endpoints (logs and archives).
+	// token that guards its executors' HTTP endpoints (logs and archives: the manager and runctl),
+	// and under ExecutorTaskKeyKey the key of the per-task credentials that let a task's pod
+	// fetch its own workspace and nothing else. Executors re-read it when a request's token does
+	// not match, so a rotated token works without restarts.
 	ExecutorTokenSecret = "runservice-executor-token"
 	ExecutorTokenKey    = "token"
+	ExecutorTaskKeyKey  = "task-key"
+
+	// ExecutorCASecret is the Secret of a namespace holding the CA its executors' serving
+	// certificates are signed by (ca.crt, and ca-previous.crt while a renewed CA's predecessor is
+	// valid): the manager, runctl and task pods trust it for that namespace's executors only.
+	ExecutorCASecret = "runservice-executor-ca"
 
 	// FinalizerChangeGroupLedger keeps a Run that is in change groups until the groups' ledgers
 	// no longer count it.

@@ -49,7 +49,8 @@ func main() {
 	flag.IntVar(&limit, "active-tasks-limit", 0, "Most tasks run at once; 0 means no limit.")
 	flag.BoolVar(&opts.AllowPrivilegedContainers, "allow-privileged", false, "Run tasks that ask for privileged containers.")
 	flag.StringVar(&opts.Listen, "listen", ":8090", "Address of the HTTP server for logs and archives.")
-	flag.StringVar(&opts.Endpoint, "endpoint", "", "URL the manager reaches the HTTP server at (default http://127.0.0.1<listen port>).")
+	flag.StringVar(&opts.Endpoint, "endpoint", "", "URL the manager reaches the HTTP server at (default https://127.0.0.1<listen port>); https serves TLS with a certificate of the namespace's executor CA (the Secret "+rsv1.ExecutorCASecret+").")
+	flag.BoolVar(&opts.InsecureHTTP, "insecure-http", false, "Allow http:// endpoints: the executors' token, logs and archives then cross the network in clear.")
 	flag.StringVar(&opts.DataDir, "data-dir", "", "Directory for tasks' logs and archives until fetched (default under ~/.local/share/runservice).")
 	flag.StringVar(&opts.Toolbox, "toolbox", filepath.Join(filepath.Dir(self), "toolbox"), "Path of the static toolbox binary.")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:// or s3://) parents' workspaces are read from.")
@@ -71,7 +72,7 @@ func main() {
 	kopts.NodeSelector = keyValues(nodeSelector)
 	if opts.Endpoint == "" {
 		_, port, _ := strings.Cut(opts.Listen, ":")
-		opts.Endpoint = "http://127.0.0.1:" + port
+		opts.Endpoint = "https://127.0.0.1:" + port
 	}
 	if opts.DataDir == "" {
 		home, _ := os.UserHomeDir()
@@ -95,17 +96,13 @@ func main() {
 		drv = d
 	case rsv1.DriverKubernetes:
 		opts.Driver, opts.Permanent = rsv1.DriverKubernetes, false
-		token, err := executor.Token(ctx, cfg, opts.Namespace)
-		if err != nil {
-			log.Error(err, "reading the executors' token")
-			os.Exit(1)
-		}
-		kopts.Namespace, kopts.Executor, kopts.Token = opts.Namespace, opts.Name, token
+		kopts.Namespace, kopts.Executor = opts.Namespace, opts.Name
 		kopts.ImagePullPolicy = corev1.PullPolicy(pullPolicy)
 		kopts.Archs = strings.Split(archs, ",")
 		if kopts.ExecutorURL == "" {
 			kopts.ExecutorURL = opts.Endpoint
 		}
+		opts.PodEndpoint = kopts.ExecutorURL
 		// The driver's informer outlives the signal: a draining executor still follows its pods.
 		d, err := kubernetes.New(context.WithoutCancel(ctx), cfg, kopts)
 		if err != nil {

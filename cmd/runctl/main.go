@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -25,6 +27,7 @@ import (
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/pki"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
 
@@ -44,6 +47,7 @@ func main() {
 	follow := fs.Bool("f", false, "Follow the log while the step runs.")
 	namespace := fs.String("n", "", "Namespace of the run (default: the kubeconfig's).")
 	store := fs.String("object-store", objectstore.DefaultURL(), "Object store URL (as the manager's; default $"+objectstore.EnvURL+" or the local directory).")
+	insecure := fs.Bool("insecure-http", false, "Read from executors' http:// endpoints too (the executors' token then crosses the network in clear).")
 	kubeconfig := fs.String("kubeconfig", "", "Path of the kubeconfig (default: KUBECONFIG or ~/.kube/config).")
 	var args []string
 	rest := os.Args[2:]
@@ -63,7 +67,7 @@ func main() {
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer cancel()
-	l := &logs{follow: *follow, storeURL: *store}
+	l := &logs{follow: *follow, insecureHTTP: *insecure, storeURL: *store}
 	if err := l.init(*kubeconfig, *namespace); err == nil {
 		err = l.print(ctx, args)
 		if err != nil {
@@ -77,11 +81,12 @@ func main() {
 }
 
 type logs struct {
-	follow   bool
-	storeURL string
-	ns       string
-	rs       versioned.Interface
-	kube     kubernetes.Interface
+	follow       bool
+	insecureHTTP bool
+	storeURL     string
+	ns           string
+	rs           versioned.Interface
+	kube         kubernetes.Interface
 }
 
 func (l *logs) init(kubeconfig, namespace string) error {
@@ -200,16 +205,28 @@ func (l *logs) fromExecutor(ctx context.Context, et *rsv1.ExecutorTask, i int) e
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+string(secret.Data[rsv1.ExecutorTokenKey]))
+	// The executors of the namespace are trusted by their CA only (the Secret the first one made);
+	// plain http only with --insecure-http, since the request carries the namespace's token.
+	var bundle []byte
+	if ca, err := l.kube.CoreV1().Secrets(l.ns).Get(ctx, rsv1.ExecutorCASecret, metav1.GetOptions{}); err == nil {
+		bundle = pki.Bundle(ca.Data)
+	} else if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("reading the executors' CA: %w", err)
+	}
+	trust := executorhttp.TrustPEM(bundle, l.insecureHTTP)
 	// Dial and TLS timeouts always; without -f a bound on the whole request too. With -f the
 	// executor sends headers only once the step has started writing, and a step may then stay quiet
 	// for as long as it runs: no header or total bound.
-	client := executorhttp.NewClient(executorhttp.Timeouts{}, false, nil)
+	client := executorhttp.NewClient(executorhttp.Timeouts{}, false, nil, trust)
 	if l.follow {
-		client = executorhttp.NewClient(executorhttp.Timeouts{ResponseHeader: -1}, false, nil)
+		client = executorhttp.NewClient(executorhttp.Timeouts{ResponseHeader: -1}, false, nil, trust)
 	} else {
 		client.Timeout = time.Minute
 	}
 	resp, err := client.Do(req)
+	if errors.Is(err, executorhttp.ErrPlainHTTP) || errors.As(err, new(*tls.CertificateVerificationError)) {
+		return fmt.Errorf("executor %s: %w", ex.Name, err) // not gone: not to be trusted
+	}
 	if err != nil {
 		return errGone
 	}

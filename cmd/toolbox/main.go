@@ -81,7 +81,7 @@ func runSteps(args []string) int {
 func install(args []string) int {
 	fs := flag.NewFlagSet("toolbox install", flag.ContinueOnError)
 	to := fs.String("to", "", "Shared directory to install the toolbox into (required).")
-	wsURL := fs.String("workspace-url", "", "URL of the parents' workspace archives, fetched with $RUNSERVICE_TOKEN.")
+	wsURL := fs.String("workspace-url", "", "URL of the parents' workspace archives, fetched with $RUNSERVICE_TOKEN (the task's credential); an https URL is trusted with the CA certificates (PEM) in $RUNSERVICE_CA only.")
 	if err := fs.Parse(args); err != nil {
 		return toolbox.ExitSetup
 	}
@@ -91,7 +91,7 @@ func install(args []string) int {
 	}
 	ctx, cancel := signalContext()
 	defer cancel(nil)
-	err := toolbox.Install(ctx, toolbox.InstallOptions{Dir: *to, WorkspaceURL: *wsURL, Token: os.Getenv("RUNSERVICE_TOKEN")})
+	err := toolbox.Install(ctx, toolbox.InstallOptions{Dir: *to, WorkspaceURL: *wsURL, Token: os.Getenv("RUNSERVICE_TOKEN"), CA: []byte(os.Getenv("RUNSERVICE_CA"))})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "toolbox install: %v\n", err)
 		return 1

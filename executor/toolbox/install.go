@@ -3,6 +3,8 @@ package toolbox
 import (
 	"archive/tar"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +27,9 @@ type InstallOptions struct {
 	WorkspaceURL string
 	// Token is sent as a bearer token with the request for WorkspaceURL.
 	Token string
+	// CA holds the certificates (PEM) an https WorkspaceURL is trusted with, and no other: the
+	// executors' CA of the namespace.
+	CA []byte
 }
 
 // fetchAttempts and fetchRetryDelay (doubled after each attempt) bound how long Install waits for
@@ -62,7 +67,25 @@ func Install(ctx context.Context, opts InstallOptions) error {
 	if opts.WorkspaceURL == "" {
 		return nil
 	}
-	return fetchWorkspace(ctx, opts.WorkspaceURL, opts.Token, filepath.Join(opts.Dir, WorkspaceDir))
+	client, err := workspaceClient(opts)
+	if err != nil {
+		return err
+	}
+	return fetchWorkspace(ctx, client, opts.WorkspaceURL, opts.Token, filepath.Join(opts.Dir, WorkspaceDir))
+}
+
+// workspaceClient trusts the executor's CA only, never the image's or the system's roots.
+func workspaceClient(opts InstallOptions) (*http.Client, error) {
+	if !strings.HasPrefix(opts.WorkspaceURL, "https://") {
+		return http.DefaultClient, nil
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(opts.CA) {
+		return nil, fmt.Errorf("fetching the workspace from %s: no CA certificate to trust it with ($RUNSERVICE_CA)", opts.WorkspaceURL)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	return &http.Client{Transport: tr}, nil
 }
 
 // copySelf copies the running binary to dst, renamed into place so that a half-copied toolbox is
@@ -106,10 +129,10 @@ func (e *transferError) Error() string { return e.err.Error() }
 func (e *transferError) Unwrap() error { return e.err }
 
 // fetchWorkspace GETs url and extracts it into dest, retrying when the connection fails.
-func fetchWorkspace(ctx context.Context, url, token, dest string) error {
+func fetchWorkspace(ctx context.Context, client *http.Client, url, token, dest string) error {
 	delay := fetchRetryDelay
 	for attempt := 1; ; attempt++ {
-		err := fetchOnce(ctx, url, token, dest)
+		err := fetchOnce(ctx, client, url, token, dest)
 		if err == nil {
 			return nil
 		}
@@ -129,7 +152,7 @@ func fetchWorkspace(ctx context.Context, url, token, dest string) error {
 	}
 }
 
-func fetchOnce(ctx context.Context, url, token, dest string) error {
+func fetchOnce(ctx context.Context, client *http.Client, url, token, dest string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
@@ -137,7 +160,7 @@ func fetchOnce(ctx context.Context, url, token, dest string) error {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return &transferError{err}
 	}

@@ -137,10 +137,6 @@ func (b *kwokBench) service(ctx context.Context, ns, node, tmp string) (*kwokRes
 	// The executors, each with its own client and connection as its own process would have; their
 	// requests are counted together.
 	exReq := newRequests()
-	token, err := rsexecutor.Token(ctx, clientConfig(b.env.Config, exReq), ns)
-	if err != nil {
-		return nil, fmt.Errorf("the executors' token: %w", err)
-	}
 	exited := make(chan error, kwokExecutors)
 	exCtx, stopExecutors := context.WithCancel(ctx)
 	running := 0
@@ -161,7 +157,7 @@ func (b *kwokBench) service(ctx context.Context, ns, node, tmp string) (*kwokRes
 		cfg := clientConfig(b.env.Config, exReq)
 		drv, err := kubedriver.New(exCtx, cfg, kubedriver.Options{
 			Namespace: ns, Executor: name, ToolboxImage: kwokToolboxImage, NodeName: node,
-			Token: token, Archs: []string{runtime.GOARCH},
+			Archs: []string{runtime.GOARCH},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("starting the kubernetes driver of executor %s: %w", name, err)
@@ -170,7 +166,7 @@ func (b *kwokBench) service(ctx context.Context, ns, node, tmp string) (*kwokRes
 		go func() {
 			err := rsexecutor.Run(exCtx, cfg, drv, rsexecutor.Options{
 				Name: name, Namespace: ns, Driver: rsv1.DriverKubernetes, Group: kwokGroup,
-				Listen: "127.0.0.1:0", DataDir: filepath.Join(tmp, name), ObjectStore: "", // no logs from simulated pods
+				Listen: "127.0.0.1:0", InsecureHTTP: true, DataDir: filepath.Join(tmp, name), ObjectStore: "", // no logs from simulated pods
 				LeaseDuration: leaseDuration, RenewInterval: leaseRenewEvery,
 			})
 			if err == nil {

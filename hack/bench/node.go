@@ -95,15 +95,11 @@ func (b *nodeBench) run(ctx context.Context, out io.Writer) (err error) {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	token, err := rsexecutor.Token(ctx, b.env.Config, b.ns)
-	if err != nil {
-		return err
-	}
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	drv, err := k8sdriver.New(ectx, b.env.Config, k8sdriver.Options{
 		Namespace: b.ns, Executor: "bench-node", ToolboxImage: "runservice-toolbox:dev", ImagePullPolicy: corev1.PullNever,
-		NodeName: node, ExecutorURL: fmt.Sprintf("http://10.88.0.1:%d", port), Token: token, Archs: []string{"amd64"},
+		NodeName: node, ExecutorURL: fmt.Sprintf("http://10.88.0.1:%d", port), Archs: []string{"amd64"},
 	})
 	if err != nil {
 		return err
@@ -113,6 +109,7 @@ func (b *nodeBench) run(ctx context.Context, out io.Writer) (err error) {
 		exDone <- rsexecutor.Run(ectx, b.env.Config, drv, rsexecutor.Options{
 			Name: "bench-node", Namespace: b.ns, Driver: rsv1.DriverKubernetes, Group: "bench-node",
 			Listen: fmt.Sprintf("0.0.0.0:%d", port), Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port),
+			PodEndpoint: fmt.Sprintf("http://10.88.0.1:%d", port), InsecureHTTP: true,
 			DataDir: filepath.Join(tmp, "data"), RenewInterval: time.Second, LeaseDuration: 5 * time.Second,
 		})
 	}()

@@ -139,7 +139,7 @@ func startExecutor(ctx context.Context, env *testenv.Env, bin, store string, err
 	go func() {
 		errc <- executor.Run(ctx, env.Config, drv, executor.Options{
 			Name: "docker-local", Namespace: "default", Driver: rsv1.DriverDocker, Permanent: true,
-			Listen: "127.0.0.1:8090", Endpoint: "http://127.0.0.1:8090",
+			Listen: "127.0.0.1:8090", Endpoint: "https://127.0.0.1:8090",
 			DataDir: filepath.Join(bin, "executor-data"), Toolbox: filepath.Join(bin, "toolbox"), ObjectStore: store,
 		})
 	}()

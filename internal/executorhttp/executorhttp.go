@@ -6,6 +6,7 @@ package executorhttp
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -153,12 +154,31 @@ func (a Allow) control(_, address string, _ syscall.RawConn) error {
 	return a.Check(ap.Addr())
 }
 
-// NewClient returns a client for executors' endpoints with timeouts t, which never follows
-// redirects (an executor does not send any; a redirect would be a way around the checks). With
-// guard, every connection is checked against allow at dial time and no proxy is used (a proxy would
-// make the dial check see the proxy's address instead of the executor's); without guard (runctl,
-// which runs as its user and dials what they can reach anyway) the environment's proxy applies.
-func NewClient(t Timeouts, guard bool, allow Allow) *http.Client {
+// Trust says which executors a client believes: https endpoints whose certificate a CA of Roots
+// signed (a namespace's executor CA; never the system's roots, which would let any publicly
+// certified host pass for an executor), and plain http endpoints only with HTTP.
+type Trust struct {
+	Roots *x509.CertPool
+	HTTP  bool
+}
+
+// TrustPEM trusts the CA certificates of bundle (PEM; none when empty), and http with allowHTTP.
+func TrustPEM(bundle []byte, allowHTTP bool) Trust {
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(bundle)
+	return Trust{Roots: roots, HTTP: allowHTTP}
+}
+
+// ErrPlainHTTP refuses an http:// endpoint to a client not allowed to use one.
+var ErrPlainHTTP = errors.New("the endpoint is plain http, which would send the executors' token in clear; executors serve https (the manager's --executor-insecure-http, runctl's --insecure-http allow it)")
+
+// NewClient returns a client for executors' endpoints with timeouts t and trust, which never
+// follows redirects (an executor does not send any; a redirect would be a way around the checks).
+// With guard, every connection is checked against allow at dial time and no proxy is used (a proxy
+// would make the dial check see the proxy's address instead of the executor's); without guard
+// (runctl, which runs as its user and dials what they can reach anyway) the environment's proxy
+// applies.
+func NewClient(t Timeouts, guard bool, allow Allow, trust Trust) *http.Client {
 	t = t.WithDefaults()
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
 	proxy := http.ProxyFromEnvironment
@@ -166,19 +186,39 @@ func NewClient(t Timeouts, guard bool, allow Allow) *http.Client {
 		dialer.Control = allow.control
 		proxy = nil
 	}
+	roots := trust.Roots
+	if roots == nil {
+		roots = x509.NewCertPool()
+	}
 	return &http.Client{
-		Transport: &http.Transport{
+		Transport: &schemeCheck{allowHTTP: trust.HTTP, next: &http.Transport{
 			Proxy:                 proxy,
 			DialContext:           dialer.DialContext,
-			TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+			TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots},
 			TLSHandshakeTimeout:   t.TLSHandshake,
 			ResponseHeaderTimeout: t.ResponseHeader,
 			ExpectContinueTimeout: time.Second,
 			IdleConnTimeout:       90 * time.Second,
 			MaxIdleConnsPerHost:   4,
-		},
+		}},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// schemeCheck refuses plain http unless allowed, before anything is sent.
+type schemeCheck struct {
+	allowHTTP bool
+	next      http.RoundTripper
+}
+
+func (s *schemeCheck) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" && !s.allowHTTP {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, ErrPlainHTTP
+	}
+	return s.next.RoundTrip(req)
 }
 
 // ErrStalled is the error of a body read that waited longer than the stall timeout.

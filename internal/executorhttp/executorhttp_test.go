@@ -1,9 +1,14 @@
 package executorhttp
 
 import (
+	"crypto/tls"
+	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -58,4 +63,40 @@ func TestParseAllow(t *testing.T) {
 			t.Errorf("ParseAllow(%q) = %v, want an error naming it", bad, err)
 		}
 	}
+}
+
+// TestPlainHTTPOnlyWhenAllowed: a client not allowed plain http refuses an http:// endpoint before
+// it connects (the request would carry the executors' token in clear); allowed, it connects.
+func TestPlainHTTPOnlyWhenAllowed(t *testing.T) {
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { asked.Add(1) }))
+	defer srv.Close()
+	refusing := NewClient(Timeouts{}, false, nil, TrustPEM(nil, false))
+	if _, err := refusing.Get(srv.URL); !errors.Is(err, ErrPlainHTTP) {
+		t.Fatalf("GET %s without plain http allowed: %v, want ErrPlainHTTP", srv.URL, err)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("the refusing client reached the server %d times", n)
+	}
+	resp, err := NewClient(Timeouts{}, false, nil, TrustPEM(nil, true)).Get(srv.URL)
+	if err != nil {
+		t.Fatalf("GET %s with plain http allowed: %v", srv.URL, err)
+	}
+	_ = resp.Body.Close()
+}
+
+// TestOnlyTheGivenCAIsTrusted: an https endpoint is trusted by the given CA only, never by the
+// system's roots.
+func TestOnlyTheGivenCAIsTrusted(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	if _, err := NewClient(Timeouts{}, false, nil, TrustPEM(nil, false)).Get(srv.URL); !errors.As(err, new(*tls.CertificateVerificationError)) {
+		t.Fatalf("GET %s trusting no CA: %v, want a certificate verification error", srv.URL, err)
+	}
+	bundle := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	resp, err := NewClient(Timeouts{}, false, nil, TrustPEM(bundle, false)).Get(srv.URL)
+	if err != nil {
+		t.Fatalf("GET %s trusting its CA: %v", srv.URL, err)
+	}
+	_ = resp.Body.Close()
 }

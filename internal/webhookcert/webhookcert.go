@@ -7,15 +7,8 @@ package webhookcert
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
+	"maps"
 	"os"
 	"path/filepath"
 	"time"
@@ -27,24 +20,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"runservice.dev/runservice/internal/pki"
 )
 
-// Keys of the Secret.
+// Keys of the Secret: the CA's (pki), and the serving certificate's.
 const (
-	caCertKey = "ca.crt"
-	caKeyKey  = "ca.key"
-	// previousCAKey is the CA that signed the serving certificate before the CA was replaced: the
-	// caBundle trusts it too until it expires, because the other replicas serve the certificate it
-	// signed until they next read the Secret.
-	previousCAKey = "ca-previous.crt"
-	certKey       = corev1.TLSCertKey
-	keyKey        = corev1.TLSPrivateKeyKey
-)
-
-// Validity of the certificates, and how long before their end they are renewed.
-const (
-	validity    = 365 * 24 * time.Hour
-	renewBefore = 30 * 24 * time.Hour
+	certKey = corev1.TLSCertKey
+	keyKey  = corev1.TLSPrivateKeyKey
 )
 
 // Manager keeps the webhook's certificates.
@@ -77,20 +60,7 @@ func (m *Manager) Ensure(ctx context.Context) error {
 			return err
 		}
 	}
-	return m.patchCABundle(ctx, caBundle(secret.Data))
-}
-
-// caBundle is what the apiserver trusts: the CA, and the previous one while it is valid.
-func caBundle(data map[string][]byte) []byte {
-	bundle := bytes.Clone(data[caCertKey])
-	if prev, ok := data[previousCAKey]; ok {
-		if b, _ := pem.Decode(prev); b != nil {
-			if c, err := x509.ParseCertificate(b.Bytes); err == nil && time.Now().Before(c.NotAfter) {
-				bundle = append(bundle, prev...)
-			}
-		}
-	}
-	return bundle
+	return m.patchCABundle(ctx, pki.Bundle(secret.Data))
 }
 
 // Run renews the certificates (Ensure) every interval until ctx ends.
@@ -150,112 +120,20 @@ func (m *Manager) dnsNames() []string {
 // valid reports whether the serving certificate is signed by the CA, names the Service, and is far
 // from its end.
 func (m *Manager) valid(data map[string][]byte) bool {
-	pair, err := tls.X509KeyPair(data[certKey], data[keyKey])
-	if err != nil {
-		return false
-	}
-	cert, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil {
-		return false
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(data[caCertKey]) {
-		return false
-	}
-	_, err = cert.Verify(x509.VerifyOptions{DNSName: m.dnsNames()[0], Roots: roots, CurrentTime: time.Now().Add(renewBefore)})
-	return err == nil
+	return pki.Valid(data[certKey], data[keyKey], data[pki.CACertKey], m.dnsNames()[0])
 }
 
 // issue makes a serving certificate, signed by the existing CA when it is still good, else by a new one.
 func (m *Manager) issue(old map[string][]byte) (map[string][]byte, error) {
-	caCert, caKey, err := parseCA(old)
-	var previous []byte
-	if err != nil || time.Until(caCert.NotAfter) < renewBefore {
-		if err == nil && time.Now().Before(caCert.NotAfter) {
-			previous = old[caCertKey]
-		}
-		if caCert, caKey, err = newCA(); err != nil {
-			return nil, err
-		}
-	} else {
-		previous = old[previousCAKey]
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, data, _, err := pki.Renew(old, "runservice webhook CA")
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: m.dnsNames()[0]},
-		DNSNames:     m.dnsNames(),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("signing the serving certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
+	data = maps.Clone(data)
+	if data[certKey], data[keyKey], err = ca.Issue(m.dnsNames()); err != nil {
 		return nil, err
-	}
-	caKeyDER, err := x509.MarshalECPrivateKey(caKey)
-	if err != nil {
-		return nil, err
-	}
-	data := map[string][]byte{
-		caCertKey: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}),
-		caKeyKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: caKeyDER}),
-		certKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyKey:    pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-	}
-	if previous != nil {
-		data[previousCAKey] = previous
 	}
 	return data, nil
-}
-
-func newCA() (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "runservice webhook CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(2 * validity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("making the webhook CA: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	return cert, key, err
-}
-
-func parseCA(data map[string][]byte) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	cb, _ := pem.Decode(data[caCertKey])
-	kb, _ := pem.Decode(data[caKeyKey])
-	if cb == nil || kb == nil {
-		return nil, nil, fmt.Errorf("no CA")
-	}
-	cert, err := x509.ParseCertificate(cb.Bytes)
-	if err != nil {
-		return nil, nil, err
-	}
-	key, err := x509.ParseECPrivateKey(kb.Bytes)
-	return cert, key, err
-}
-
-func serial() *big.Int {
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126)) // crypto/rand does not fail
-	return n
 }
 
 // patchCABundle sets the caBundle of the configuration's webhooks that call the Service.

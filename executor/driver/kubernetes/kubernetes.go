@@ -60,8 +60,6 @@ type Options struct {
 	NodeSelector map[string]string
 	// ExecutorURL is where pods reach the executor's HTTP server to fetch their parents' workspaces.
 	ExecutorURL string
-	// Token is the bearer token pods use with the executor.
-	Token string
 	// Archs are the architectures the cluster's nodes run.
 	Archs []string
 	// UnschedulableAfter fails a task whose pod stays unschedulable that long.
@@ -147,6 +145,7 @@ const (
 	mainName   = "main"
 	envPrefix  = "env."
 	tokenKey   = "token"
+	caKey      = "ca.crt"
 	taskKey    = "task.json"
 	toolboxBin = sharedDir + "/toolbox"
 	// annotationTask holds the task file of a pod without a Secret; annotations may take 256 KiB in all.
@@ -169,8 +168,10 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 	name := podName(et)
 	fetch := hasRestore(tf) && len(tf.WorkspaceSources) > 0
 	// What stays out of the pod spec goes into the task's Secret: the containers' environment, and the
-	// executor's token for the init container's workspace fetch. A task with neither gets none (two
-	// writes fewer): its task file travels in a pod annotation, mounted through the downward API.
+	// task's own credential (and the CA it trusts) for the init container's workspace fetch, which
+	// opens that task's workspace only (never the namespace's executor token, which reads every
+	// task's logs). A task with neither gets none (two writes fewer): its task file travels in a
+	// pod annotation, mounted through the downward API.
 	sec := &taskSecret{name: name, data: map[string][]byte{}}
 	env := sec.env(0, t.Env)
 	for _, kv := range t.Builtin {
@@ -187,8 +188,12 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 	}
 	var installEnv []corev1.EnvVar
 	if fetch {
-		sec.data[tokenKey] = []byte(d.opts.Token)
+		sec.data[tokenKey] = []byte(t.WorkspaceCredential)
 		installEnv = []corev1.EnvVar{{Name: "RUNSERVICE_TOKEN", ValueFrom: sec.ref(tokenKey)}}
+		if len(t.WorkspaceCA) > 0 {
+			sec.data[caKey] = t.WorkspaceCA
+			installEnv = append(installEnv, corev1.EnvVar{Name: "RUNSERVICE_CA", ValueFrom: sec.ref(caKey)})
+		}
 	}
 	withSecret := len(sec.data) > 0 || len(taskJSON) > maxTaskAnnotation ||
 		slices.ContainsFunc(tf.Steps, func(s toolbox.Step) bool { return len(s.Env) > 0 })

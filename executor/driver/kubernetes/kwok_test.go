@@ -117,7 +117,7 @@ func startExecutor(t *testing.T, ns, name string, extra ...string) *e2e.Executor
 	addr := e2e.FreeAddr(t, "127.0.0.1")
 	return h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name, append([]string{
 		"--driver", "Kubernetes", "--group", "kwok", "--node-name", kwok.Node,
-		"--listen", addr, "--endpoint", "http://" + addr,
+		"--listen", addr, "--endpoint", "https://" + addr,
 		"--data-dir", filepath.Join(t.TempDir(), "data"), "--object-store", "",
 		"--lease-duration", "4s", "--renew-interval", "1s"}, extra...)...)
 }
