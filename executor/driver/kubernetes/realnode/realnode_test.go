@@ -163,7 +163,7 @@ func startExecutor(t *testing.T, ns, name string, extra ...string) {
 	h.StartExecutor(t, filepath.Join(bins, "executor"), ns, name, append([]string{
 		"--driver", "Kubernetes", "--group", "real",
 		"--node-name", nodeName, "--image-pull-policy", "Never", "--toolbox-image", "runservice-toolbox:dev",
-		"--listen", addr, "--endpoint", "http://127.0.0.1:" + port, "--pod-endpoint", "http://" + podGateway + ":" + port,
+		"--listen", addr, "--endpoint", "https://127.0.0.1:" + port, "--pod-endpoint", "https://" + podGateway + ":" + port,
 		"--data-dir", filepath.Join(t.TempDir(), "data"), "--object-store", storeURL,
 		"--lease-duration", "6s", "--renew-interval", "1s",
 	}, extra...)...)
