@@ -45,7 +45,7 @@ func TestValidateSize(t *testing.T) {
 		{
 			name: "a kubectl apply annotation counts",
 			run: sizedRun(200, 3, func(r *v1alpha1.Run) {
-				r.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("a", 600<<10)}
+				r.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("a", 900<<10)}
 			}),
 			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks", detail: "metadata and spec"}},
 		},
