@@ -181,10 +181,11 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 	if err != nil {
 		return nil, err
 	}
+	store := objectstore.TaskOf(et)
 	for i := range et.Spec.Task.Steps {
 		if i < len(et.Status.Steps) && et.Status.Steps[i].Phase != rsv1.StepPhaseNotStarted {
 			url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", endpoint, et.Name, i)
-			if err := r.copy(ctx, url, token, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil && !errors.Is(err, errNotOnExecutor) {
+			if err := r.copy(ctx, url, token, store.LogKey(i)); err != nil && !errors.Is(err, errNotOnExecutor) {
 				return nil, err
 			}
 		}
@@ -192,7 +193,7 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 	var missing []int
 	for _, i := range et.SavedArchives() {
 		url := fmt.Sprintf("%s/v1/tasks/%s/archives/%d", endpoint, et.Name, i)
-		err := r.copy(ctx, url, token, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i))
+		err := r.copy(ctx, url, token, store.ArchiveKey(i))
 		switch {
 		case errors.Is(err, errNotOnExecutor):
 			missing = append(missing, i)
