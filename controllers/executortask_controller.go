@@ -212,10 +212,11 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 		}
 		return r.copy(ctx, acc, url, key)
 	}
+	store := objectstore.TaskOf(et)
 	for i := range et.Spec.Task.Steps {
 		if i < len(et.Status.Steps) && et.Status.Steps[i].Phase != rsv1.StepPhaseNotStarted {
 			url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", endpoint, et.Name, i)
-			if err := get(url, objectstore.LogKey(et.Namespace, et.Spec.RunName, et.Name, i)); err != nil && !errors.Is(err, errNotOnExecutor) {
+			if err := get(url, store.LogKey(i)); err != nil && !errors.Is(err, errNotOnExecutor) {
 				return nil, err
 			}
 		}
@@ -223,7 +224,7 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 	var missing []int
 	for _, i := range et.SavedArchives() {
 		url := fmt.Sprintf("%s/v1/tasks/%s/archives/%d", endpoint, et.Name, i)
-		err := get(url, objectstore.ArchiveKey(et.Namespace, et.Spec.RunName, et.Name, i))
+		err := get(url, store.ArchiveKey(i))
 		switch {
 		case errors.Is(err, errNotOnExecutor):
 			missing = append(missing, i)

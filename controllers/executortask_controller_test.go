@@ -97,8 +97,8 @@ func waitChildFailsForWorkspace(t *testing.T, ns, why string) {
 	t.Helper()
 	eventually(t, 30*time.Second, "the child failed or scheduled", func() (bool, error) {
 		run := getRun(t, ns, "ws")
-		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "ws-test"}, &rsv1.ExecutorTask{})
-		return err == nil || taskStatus(run, "test").Phase.IsFinal(), client.IgnoreNotFound(err)
+		et, err := runTask(ns, "ws", "test")
+		return et != nil || taskStatus(run, "test").Phase.IsFinal(), err
 	})
 	noTask(t, ns, "ws", "test")
 	run := waitRunPhase(t, ns, "ws", rsv1.RunPhaseFinished)

@@ -15,14 +15,15 @@ import (
 
 // TestExecutorTaskSpecIsImmutable: an executor runs what was scheduled. Whoever may update an
 // ExecutorTask (the manager, a namespace admin) can set stop, and nothing else of the spec: not the
-// task's steps or image, not the environment or the workspaces it restores.
+// task's steps or image, not the environment, the workspaces it restores or the run uid its store
+// keys carry.
 func TestExecutorTaskSpecIsImmutable(t *testing.T) {
 	ns := newNamespace(t)
 	ctx := context.Background()
 	base := &rsv1.ExecutorTask{
 		ObjectMeta: metav1.ObjectMeta{Name: "r-build", Namespace: ns},
 		Spec: rsv1.ExecutorTaskSpec{
-			RunName: "r", TaskName: "build", Executor: "nowhere", ExecutorUID: "00000000-0000-0000-0000-000000000000",
+			RunName: "r", RunUID: "11111111-1111-1111-1111-111111111111", TaskName: "build", Executor: "nowhere", ExecutorUID: "00000000-0000-0000-0000-000000000000",
 			Task:             task("build"),
 			Environment:      []rsv1.EnvVar{{Name: "CI", Value: "true"}},
 			WorkspaceSources: []string{"r-checkout"},
@@ -46,6 +47,9 @@ func TestExecutorTaskSpecIsImmutable(t *testing.T) {
 		{"change the workspace sources", func(s *rsv1.ExecutorTaskSpec) { s.WorkspaceSources = []string{"other-run-secret"} }},
 		{"remove the workspace sources", func(s *rsv1.ExecutorTaskSpec) { s.WorkspaceSources = nil }},
 		{"move it to another executor", func(s *rsv1.ExecutorTaskSpec) { s.Executor = "elsewhere" }},
+		// The run uid says where its logs and archives are kept, and whose workspaces it restores.
+		{"move it to another run's keys", func(s *rsv1.ExecutorTaskSpec) { s.RunUID = "22222222-2222-2222-2222-222222222222" }},
+		{"remove the run uid", func(s *rsv1.ExecutorTaskSpec) { s.RunUID = "" }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -263,7 +263,7 @@ func TestHungExecutorsDoNotStarveOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	rc, err := store.Get(context.Background(), objectstore.LogKey(ns, "healthy", et, 0))
+	rc, err := store.Get(context.Background(), objectstore.Task{Namespace: ns, Run: "healthy", RunUID: string(getRun(t, ns, "healthy").UID), ExecutorTask: et}.LogKey(0))
 	if err != nil {
 		t.Fatalf("reading the fetched log: %v", err)
 	}

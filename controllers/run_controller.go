@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -298,24 +299,14 @@ func foldLogKeys(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) {
 		}
 		for j := range ts.Steps {
 			if ts.Steps[j].Phase != rsv1.StepPhaseNotStarted {
-				ts.Steps[j].LogKey = objectstore.LogKey(run.Namespace, run.Name, et.Name, j)
+				ts.Steps[j].LogKey = objectstore.TaskOf(et).LogKey(j)
 			}
 		}
 	}
 }
 
-// ExecutorTaskName is the deterministic name of a task's ExecutorTask: creating it is the lock that
-// makes scheduling at most once.
-func ExecutorTaskName(run, task string) string {
-	name := run + "-" + task
-	if len(name) <= 253 {
-		return name
-	}
-	sum := sha256.Sum256([]byte(name))
-	return name[:253-17] + "-" + hex.EncodeToString(sum[:8])
-}
-
-// schedule creates the ExecutorTask of a ready task on a picked executor.
+// schedule creates the ExecutorTask of a ready task on a picked executor. One that exists already
+// under its name is adopted only when it is this run's and this task's; otherwise the task fails.
 func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string, existing map[string]*rsv1.ExecutorTask) error {
 	log := ctrl.LoggerFrom(ctx)
 	i := slices.IndexFunc(run.Spec.Tasks, func(t rsv1.Task) bool { return t.Name == name })
@@ -323,17 +314,20 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 		return nil
 	}
 	task := &run.Spec.Tasks[i]
-	etName := ExecutorTaskName(run.Name, name)
+	etName := rsv1.ExecutorTaskName(run.Name, run.UID, name)
 	var landedOn string
 	err := r.Scheduler.Schedule(ctx, run.Namespace, task, etName, func(ex *rsv1.Executor) (bool, error) {
 		et := &rsv1.ExecutorTask{
 			ObjectMeta: metav1.ObjectMeta{
 				Name:      etName,
 				Namespace: run.Namespace,
-				Labels:    map[string]string{rsv1.LabelRun: labelValue(run.Name), rsv1.LabelTask: name, rsv1.LabelExecutor: ex.Name},
+				Labels: map[string]string{
+					rsv1.LabelRun: labelValue(run.Name), rsv1.LabelRunUID: string(run.UID), rsv1.LabelTask: name, rsv1.LabelExecutor: ex.Name,
+				},
 			},
 			Spec: rsv1.ExecutorTaskSpec{
 				RunName:     run.Name,
+				RunUID:      string(run.UID),
 				TaskName:    name,
 				Executor:    ex.Name,
 				ExecutorUID: string(ex.UID),
@@ -342,16 +336,26 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 			},
 		}
 		for _, a := range dag.Ancestors(&run.Spec, name) {
-			et.Spec.WorkspaceSources = append(et.Spec.WorkspaceSources, ExecutorTaskName(run.Name, a))
+			// The name an ancestor ran under: a run scheduled by an earlier manager has ExecutorTasks
+			// named otherwise. One that never ran (skipped) has none, and saved nothing.
+			src := rsv1.ExecutorTaskName(run.Name, run.UID, a)
+			if p := existing[a]; p != nil {
+				src = p.Name
+			}
+			et.Spec.WorkspaceSources = append(et.Spec.WorkspaceSources, src)
 		}
 		if err := controllerutil.SetControllerReference(run, et, r.Client.Scheme()); err != nil {
 			return false, fmt.Errorf("owning executor task %s: %w", etName, err)
 		}
 		err := r.Client.Create(ctx, et)
 		if apierrors.IsAlreadyExists(err) {
-			// Scheduled before (by an earlier manager, or before a lost status write): adopt it.
+			// Scheduled before (by an earlier manager, or before a lost status write): adopt it, if it
+			// is this task's.
 			if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(et), et); err != nil {
 				return false, fmt.Errorf("reading executor task %s: %w", etName, err)
+			}
+			if err := adoptable(et, run, name); err != nil {
+				return false, err
 			}
 			landedOn = et.Spec.Executor
 			return false, nil
@@ -364,6 +368,10 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 		log.V(1).Info("scheduled task", "task", name, "executor", ex.Name, "executorTask", klog.KObj(et))
 		return true, nil
 	})
+	if taken, ok := errors.AsType[*nameTakenError](err); ok {
+		r.nameTaken(ctx, run, name, taken)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -374,6 +382,44 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 		}
 	}
 	return nil
+}
+
+// nameTakenError says that a task's ExecutorTask name is held by an ExecutorTask that is not the
+// task's.
+type nameTakenError struct{ msg string }
+
+func (e *nameTakenError) Error() string { return e.msg }
+
+// adoptable checks that an existing ExecutorTask is run's (by owner uid: a run deleted and created
+// again under the same name is another run) and task's. Adopting another's would make the task
+// wait for ever on a task its run never sees, or take another run's result as its own.
+func adoptable(et *rsv1.ExecutorTask, run *rsv1.Run, task string) error {
+	if !metav1.IsControlledBy(et, run) {
+		owner := "no run"
+		if ref := metav1.GetControllerOf(et); ref != nil {
+			owner = fmt.Sprintf("%s %q (uid %s)", strings.ToLower(ref.Kind), ref.Name, ref.UID)
+		}
+		return &nameTakenError{fmt.Sprintf("ExecutorTask %s already exists and belongs to %s, not to this run (uid %s): it is not adopted and the task does not run", et.Name, owner, run.UID)}
+	}
+	if et.Spec.TaskName != task {
+		return &nameTakenError{fmt.Sprintf("ExecutorTask %s already exists and is task %q's, not task %q's: it is not adopted and the task does not run", et.Name, et.Spec.TaskName, task)}
+	}
+	return nil
+}
+
+// nameTaken fails a task whose ExecutorTask name is taken: the manager decided it, so it is final
+// at once and is never scheduled again (the name would be taken again).
+func (r *RunReconciler) nameTaken(ctx context.Context, run *rsv1.Run, name string, taken *nameTakenError) {
+	ctrl.LoggerFrom(ctx).Error(taken, "executor task name taken", "task", name)
+	r.Recorder.Eventf(run, nil, corev1.EventTypeWarning, rsv1.ReasonExecutorTaskNameTaken, "Schedule", "task %s: %s", name, rsv1.TruncateMessage(taken.msg))
+	now := metav1.Now()
+	for j := range run.Status.Tasks {
+		if ts := &run.Status.Tasks[j]; ts.Name == name {
+			ts.Phase, ts.Reason, ts.Message = rsv1.TaskPhaseFailed, rsv1.ReasonExecutorTaskNameTaken, rsv1.TruncateMessage(taken.msg)
+			ts.WaitingApproval = false
+			ts.EndTime = &now
+		}
+	}
 }
 
 // labelValue fits a name into a label value (63 characters).

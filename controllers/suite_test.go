@@ -363,13 +363,34 @@ func report(t *testing.T, ns, etName string, phase rsv1.TaskPhase, msg string) {
 	}
 }
 
+// runTask finds the ExecutorTask of task scheduled by the run now named run: the one that run
+// controls (a recreated run's are not an earlier run's of the same name), nil if there is none.
+func runTask(ns, run, taskName string) (*rsv1.ExecutorTask, error) {
+	ctx := context.Background()
+	r := &rsv1.Run{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: run}, r); err != nil {
+		return nil, client.IgnoreNotFound(err)
+	}
+	var list rsv1.ExecutorTaskList
+	if err := k8s.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		return nil, err
+	}
+	for i := range list.Items {
+		if et := &list.Items[i]; metav1.IsControlledBy(et, r) && et.Spec.TaskName == taskName {
+			return et, nil
+		}
+	}
+	return nil, nil
+}
+
 // waitTask waits for the ExecutorTask of run/task to exist and returns it.
 func waitTask(t *testing.T, ns, run, taskName string) *rsv1.ExecutorTask {
 	t.Helper()
-	et := &rsv1.ExecutorTask{}
+	var et *rsv1.ExecutorTask
 	eventually(t, 30*time.Second, "executor task "+run+"/"+taskName, func() (bool, error) {
-		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: run + "-" + taskName}, et)
-		return err == nil, client.IgnoreNotFound(err)
+		var err error
+		et, err = runTask(ns, run, taskName)
+		return et != nil, err
 	})
 	return et
 }
@@ -377,8 +398,7 @@ func waitTask(t *testing.T, ns, run, taskName string) *rsv1.ExecutorTask {
 // noTask checks that run/task has no ExecutorTask.
 func noTask(t *testing.T, ns, run, taskName string) {
 	t.Helper()
-	err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: run + "-" + taskName}, &rsv1.ExecutorTask{})
-	if !apierrors.IsNotFound(err) {
+	if et, err := runTask(ns, run, taskName); et != nil || err != nil {
 		t.Fatalf("task %s of run %s has an ExecutorTask, it should not (err %v)", taskName, run, err)
 	}
 }

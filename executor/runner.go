@@ -418,18 +418,24 @@ func (r *runner) prepare(ctx context.Context) error {
 // reports saved, so that one missing from the object store fails the task, naming it, rather than
 // restoring a workspace with a hole (the manager does not schedule such a task; this is the
 // defense in depth). A source without an ExecutorTask (skipped, or deleted since) tells nothing of
-// what it saved: what its prefix lists is taken.
+// what it saved: what its prefix lists is taken, under this run's uid, so never another run's. A
+// source that is another run's ExecutorTask is refused: its workspace is not this run's to restore.
 func (r *runner) downloadWorkspace(ctx context.Context, src string) error {
 	parent := &rsv1.ExecutorTask{}
 	err := r.e.reader.Get(ctx, types.NamespacedName{Namespace: r.et.Namespace, Name: src}, parent)
 	if apierrors.IsNotFound(err) {
-		return r.downloadListed(ctx, src)
+		return r.downloadListed(ctx, objectstore.TaskOf(r.et).Sibling(src))
 	}
 	if err != nil {
 		return fmt.Errorf("reading workspace source %s: %w", src, err)
 	}
+	if !sameRun(parent, r.et) {
+		return fmt.Errorf("workspace source %s is an ExecutorTask of run %q, not of this task's run %q: refused", src, parent.Spec.RunName, r.et.Spec.RunName)
+	}
+	// The parent's own layout: one scheduled before run uids were recorded kept its data by run name.
+	stored := objectstore.TaskOf(parent)
 	for _, i := range parent.SavedArchives() {
-		err := r.download(ctx, objectstore.ArchiveKey(r.et.Namespace, r.et.Spec.RunName, src, i), toolbox.WorkspaceArchivePath(r.dir, src, i))
+		err := r.download(ctx, stored.ArchiveKey(i), toolbox.WorkspaceArchivePath(r.dir, src, i))
 		if errors.Is(err, objectstore.ErrNotFound) {
 			return fmt.Errorf("workspace of task %q step %d (%s) is missing from the object store", parent.Spec.TaskName, i, parent.Status.Steps[i].Name)
 		}
@@ -440,9 +446,16 @@ func (r *runner) downloadWorkspace(ctx context.Context, src string) error {
 	return nil
 }
 
+// sameRun says whether two ExecutorTasks are of the same run: the same controlling Run uid, which
+// only the manager writes (executors may not change an ExecutorTask's metadata).
+func sameRun(a, b *rsv1.ExecutorTask) bool {
+	ra, rb := metav1.GetControllerOf(a), metav1.GetControllerOf(b)
+	return ra != nil && rb != nil && ra.UID == rb.UID
+}
+
 // downloadListed downloads the archives listed under a workspace source's prefix.
-func (r *runner) downloadListed(ctx context.Context, src string) error {
-	prefix := objectstore.TaskPrefix(r.et.Namespace, r.et.Spec.RunName, src) + "archives/"
+func (r *runner) downloadListed(ctx context.Context, src objectstore.Task) error {
+	prefix := src.Prefix() + "archives/"
 	keys, err := r.e.store.List(ctx, prefix)
 	if err != nil {
 		return err
@@ -452,7 +465,7 @@ func (r *runner) downloadListed(ctx context.Context, src string) error {
 		if err != nil {
 			continue
 		}
-		if err := r.download(ctx, key, toolbox.WorkspaceArchivePath(r.dir, src, i)); err != nil {
+		if err := r.download(ctx, key, toolbox.WorkspaceArchivePath(r.dir, src.ExecutorTask, i)); err != nil {
 			return err
 		}
 	}

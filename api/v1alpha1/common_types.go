@@ -2,8 +2,12 @@ package v1alpha1
 
 // Well-known labels, annotations and finalizers.
 const (
-	// LabelRun names the Run an ExecutorTask (and its containers or pods) belongs to.
+	// LabelRun names the Run an ExecutorTask (and its containers or pods) belongs to (hashed when
+	// longer than a label value may be). Runs deleted and created again share it: select by
+	// LabelRunUID to get one run's tasks exactly.
 	LabelRun = "runservice.dev/run"
+	// LabelRunUID is the uid of the Run an ExecutorTask belongs to.
+	LabelRunUID = "runservice.dev/run-uid"
 	// LabelTask names the task of the Run.
 	LabelTask = "runservice.dev/task"
 	// LabelExecutor names the Executor a task was scheduled on.

@@ -8,6 +8,7 @@ import (
 // Everything but stop is immutable: an executor runs what was scheduled, and a task restores exactly the
 // workspaces it was given (an optional list may not appear or disappear either).
 // +kubebuilder:validation:XValidation:rule="self.runName == oldSelf.runName && self.taskName == oldSelf.taskName && self.executor == oldSelf.executor && self.executorUID == oldSelf.executorUID && self.task == oldSelf.task",message="only stop can change"
+// +kubebuilder:validation:XValidation:rule="has(self.runUID) == has(oldSelf.runUID) && (!has(self.runUID) || self.runUID == oldSelf.runUID)",message="only stop can change",fieldPath=".runUID"
 // +kubebuilder:validation:XValidation:rule="has(self.environment) == has(oldSelf.environment) && (!has(self.environment) || self.environment == oldSelf.environment)",message="only stop can change",fieldPath=".environment"
 // +kubebuilder:validation:XValidation:rule="has(self.workspaceSources) == has(oldSelf.workspaceSources) && (!has(self.workspaceSources) || self.workspaceSources == oldSelf.workspaceSources)",message="only stop can change",fieldPath=".workspaceSources"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.stop) || !oldSelf.stop || (has(self.stop) && self.stop)",message="stop cannot be undone",fieldPath=".stop"
@@ -15,6 +16,13 @@ type ExecutorTaskSpec struct {
 	// runName is the Run the task belongs to.
 	// +required
 	RunName string `json:"runName"`
+
+	// runUID is the uid of the Run: where the task's logs and archives are kept, so that a run
+	// created again under the same name never reads or overwrites an earlier one's. ExecutorTasks
+	// scheduled before it was recorded have none; theirs are kept by run name.
+	// +optional
+	// +kubebuilder:validation:MaxLength=36
+	RunUID string `json:"runUID,omitempty"`
 
 	// taskName is the task of the Run.
 	// +required

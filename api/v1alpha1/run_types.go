@@ -346,6 +346,9 @@ const (
 	// be in the object store (its executor left first, or did not have it): it never runs on an
 	// empty workspace.
 	ReasonWorkspaceMissing = "WorkspaceMissing"
+	// ReasonExecutorTaskNameTaken fails a task whose ExecutorTask name is held by an ExecutorTask of
+	// another run or another task: it is never adopted, and the task never runs on it.
+	ReasonExecutorTaskNameTaken = "ExecutorTaskNameTaken"
 )
 
 // Reasons of the fetcher's events on ExecutorTasks.

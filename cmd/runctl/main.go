@@ -161,21 +161,30 @@ func stepIndex(ts *rsv1.TaskStatus, s string) (int, error) {
 
 // step prints one step's log: from the executor while it still has it, else from the object store.
 func (l *logs) step(ctx context.Context, run *rsv1.Run, ts *rsv1.TaskStatus, i int) error {
-	et, err := l.rs.RunserviceV1alpha1().ExecutorTasks(l.ns).Get(ctx, ts.ExecutorTask, metav1.GetOptions{})
-	if err == nil && et.Annotations[rsv1.AnnotationFetched] == "" {
-		err = l.fromExecutor(ctx, et, i)
-		if !errors.Is(err, errGone) {
+	// The key the run's status records is where the log is, whatever layout the store had when it
+	// was fetched (runs from before run uids keyed their logs by run name only).
+	key := ts.Steps[i].LogKey
+	noLog := fmt.Errorf("step %d of task %s has no log (it did not start, or its executor was lost before the log was fetched)", i, ts.Name)
+	et, getErr := l.rs.RunserviceV1alpha1().ExecutorTasks(l.ns).Get(ctx, ts.ExecutorTask, metav1.GetOptions{})
+	if getErr == nil && et.Annotations[rsv1.AnnotationFetched] == "" {
+		if err := l.fromExecutor(ctx, et, i); !errors.Is(err, errGone) {
 			return err
 		}
+	}
+	if key == "" && getErr == nil && metav1.IsControlledBy(et, run) {
+		key = objectstore.TaskOf(et).LogKey(i) // fetched, and the run's status not updated yet
+	}
+	if key == "" {
+		return noLog
 	}
 	store, err := objectstore.Open(ctx, l.storeURL)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	rc, err := store.Get(ctx, objectstore.LogKey(run.Namespace, run.Name, ts.ExecutorTask, i))
+	rc, err := store.Get(ctx, key)
 	if errors.Is(err, objectstore.ErrNotFound) {
-		return fmt.Errorf("step %d of task %s has no log (it did not start, or its executor was lost before the log was fetched)", i, ts.Name)
+		return noLog
 	}
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -14,12 +15,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/objectstore"
 )
 
 // Harness is what a suite gives the scenarios.
@@ -339,5 +342,88 @@ func PrivilegedRefused(t *testing.T, h *Harness, ns, executor string, opts ...fu
 	}
 	if len(ts.Steps) > 0 && ts.Steps[0].Phase != rsv1.StepPhaseNotStarted {
 		t.Fatalf("the refused task ran a step: %+v", ts.Steps)
+	}
+}
+
+// RecreatedRun: a run deleted and created again under the same name (its ExecutorTasks removed
+// with it, as the garbage collector does) restores its own parents' workspaces, never the old
+// run's: its parent p1 saved "2", not the old run's "1", and its parent p2, skipped this time,
+// saved nothing, while the old run's p2 had. The old run's logs stay where its status said they
+// were, not overwritten by the new run's.
+func RecreatedRun(t *testing.T, h *Harness, ns string) {
+	ctx := context.Background()
+	workdir := func(t *rsv1.Task) { t.WorkingDir = ptr.To("/work") }
+	save := func(file string) func(*rsv1.Task) {
+		return func(t *rsv1.Task) {
+			t.Steps = append(t.Steps, rsv1.Step{SaveToWorkspace: &rsv1.SaveToWorkspaceStep{
+				Contents: []rsv1.SaveContent{{SourceDir: "out", DestDir: ".", Paths: []string{file}}}}})
+		}
+	}
+	gate := ShellTask("gate", `test "$GEN" = 1`, func(t *rsv1.Task) { t.IgnoreFailure = ptr.To(true) })
+	p1 := ShellTask("p1", `echo gen-$GEN; mkdir -p out && echo $GEN > out/p1.txt`, workdir, save("p1.txt"))
+	p2 := ShellTask("p2", `mkdir -p out && echo $GEN > out/p2.txt`, After("gate"), workdir, save("p2.txt"))
+	child := ShellTask("child", `cat p1.txt; test "$(cat p1.txt)" = "$GEN"; if [ "$GEN" = 2 ]; then test ! -e p2.txt; fi`, workdir, func(t *rsv1.Task) {
+		t.Depends = []rsv1.TaskDependency{{Task: "p1"}, {Task: "p2", Conditions: []rsv1.DependCondition{rsv1.DependOnSuccess, rsv1.DependOnSkipped}}}
+		t.Steps = append([]rsv1.Step{{RestoreWorkspace: &rsv1.RestoreWorkspaceStep{DestDir: "."}}}, t.Steps...)
+	})
+	create := func(gen string) *rsv1.Run {
+		run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "again", Namespace: ns}, Spec: rsv1.RunSpec{
+			Environment: []rsv1.EnvVar{{Name: "GEN", Value: gen}},
+			Tasks:       []rsv1.Task{*gate.DeepCopy(), *p1.DeepCopy(), *p2.DeepCopy(), *child.DeepCopy()},
+		}}
+		if err := h.Client.Create(ctx, run); err != nil {
+			t.Fatalf("creating run again (GEN=%s): %v", gen, err)
+		}
+		run = h.WaitRun(t, ns, "again", rsv1.RunPhaseFinished)
+		h.waitLogsFetched(t, ns, "again")
+		run = h.Run(t, ns, "again")
+		if run.Status.Result != rsv1.RunResultSuccess {
+			t.Fatalf("run again (GEN=%s): result %s: %+v", gen, run.Status.Result, run.Status.Tasks)
+		}
+		return run
+	}
+
+	first := create("1")
+	firstLog := TaskStatus(first, "p1").Steps[0].LogKey
+	if err := h.Client.Delete(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	var ets rsv1.ExecutorTaskList
+	if err := h.Client.List(ctx, &ets, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range ets.Items {
+		if metav1.IsControlledBy(&ets.Items[i], first) {
+			if err := h.Client.Delete(ctx, &ets.Items[i]); client.IgnoreNotFound(err) != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	h.Eventually(t, "the first run gone", func() bool {
+		return apierrors.IsNotFound(h.Client.Get(ctx, client.ObjectKeyFromObject(first), &rsv1.Run{}))
+	})
+
+	second := create("2")
+	if got := TaskStatus(second, "p2").Phase; got != rsv1.TaskPhaseSkipped {
+		t.Fatalf("p2 of the second run: %s, want Skipped", got)
+	}
+	if log, err := h.Logs(ns, "again", "child", "1"); err != nil || strings.TrimSpace(log) != "2" {
+		t.Fatalf("the second run's child restored p1.txt %q (%v), want its own parent's 2", log, err)
+	}
+	if secondLog := TaskStatus(second, "p1").Steps[0].LogKey; secondLog == firstLog {
+		t.Fatalf("both runs' p1 logs are at %s", firstLog)
+	}
+	store, err := objectstore.Open(ctx, h.ObjectStore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	rc, err := store.Get(ctx, firstLog)
+	if err != nil {
+		t.Fatalf("the first run's log: %v", err)
+	}
+	defer rc.Close()
+	if got, err := io.ReadAll(rc); err != nil || strings.TrimSpace(string(got)) != "gen-1" {
+		t.Fatalf("the first run's p1 log at %s is %q (%v), want gen-1", firstLog, got, err)
 	}
 }

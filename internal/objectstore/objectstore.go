@@ -17,6 +17,8 @@ import (
 	_ "gocloud.dev/blob/fileblob" // file:// buckets
 	_ "gocloud.dev/blob/s3blob"   // s3:// buckets
 	"gocloud.dev/gcerrors"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
 )
 
 // Store is an opened bucket.
@@ -66,19 +68,46 @@ func redact(url string) string {
 // Close closes the bucket.
 func (s *Store) Close() error { return s.bucket.Close() }
 
-// TaskPrefix is the prefix of everything kept of one ExecutorTask.
-func TaskPrefix(namespace, run, executorTask string) string {
-	return fmt.Sprintf("runs/%s/%s/tasks/%s/", namespace, run, executorTask)
+// Task is where one ExecutorTask's logs and archives are kept: under its run's uid, so that a run
+// deleted and created again under the same name never reads (or overwrites) the earlier one's.
+type Task struct {
+	Namespace, Run string
+	// RunUID is the run's uid; empty for an ExecutorTask scheduled before it was recorded, whose
+	// data stays where it was written then.
+	RunUID       string
+	ExecutorTask string
+}
+
+// TaskOf is where et's logs and archives are kept.
+func TaskOf(et *rsv1.ExecutorTask) Task {
+	return Task{Namespace: et.Namespace, Run: et.Spec.RunName, RunUID: et.Spec.RunUID, ExecutorTask: et.Name}
+}
+
+// Sibling is where the ExecutorTask named executorTask of the same run keeps its data.
+func (t Task) Sibling(executorTask string) Task {
+	t.ExecutorTask = executorTask
+	return t
+}
+
+// Prefix is the prefix of everything kept of the task: runs/<namespace>/<run>/<run uid>/tasks/<task>/.
+// The run's name keeps the bucket readable; the uid, a segment of its own, keeps runs of the same
+// name apart and can never read "tasks", so these keys never meet the earlier layout without it
+// (runs/<namespace>/<run>/tasks/<task>/, still read for ExecutorTasks without a run uid).
+func (t Task) Prefix() string {
+	if t.RunUID == "" {
+		return fmt.Sprintf("runs/%s/%s/tasks/%s/", t.Namespace, t.Run, t.ExecutorTask)
+	}
+	return fmt.Sprintf("runs/%s/%s/%s/tasks/%s/", t.Namespace, t.Run, t.RunUID, t.ExecutorTask)
 }
 
 // LogKey is the key of a step's log.
-func LogKey(namespace, run, executorTask string, step int) string {
-	return fmt.Sprintf("%ssteps/%d.log", TaskPrefix(namespace, run, executorTask), step)
+func (t Task) LogKey(step int) string {
+	return fmt.Sprintf("%ssteps/%d.log", t.Prefix(), step)
 }
 
 // ArchiveKey is the key of a saveToWorkspace step's archive.
-func ArchiveKey(namespace, run, executorTask string, step int) string {
-	return fmt.Sprintf("%sarchives/%d.tar", TaskPrefix(namespace, run, executorTask), step)
+func (t Task) ArchiveKey(step int) string {
+	return fmt.Sprintf("%sarchives/%d.tar", t.Prefix(), step)
 }
 
 // Put writes r at key; the object appears whole or not at all.

@@ -15,8 +15,8 @@ const (
 	statusBaseBytes = 8 << 10 // phase, result, times, progress, conditions with truncated messages
 	taskStatusBytes = 640 + 253 + v1alpha1.MaxMessageLength
 	stepStatusBytes = 224
-	// nameSlack covers a longer ExecutorTask name or log key than <run>-<task> and runs/<ns>/<run>/...
-	nameSlack = 64
+	// uidBytes is the length of a uid, which the object store's keys carry (objectstore.Task).
+	uidBytes = len("00000000-0000-0000-0000-000000000000")
 )
 
 // StatusBound is the most bytes of JSON the status of run can take: per task its name, its
@@ -24,9 +24,9 @@ const (
 func StatusBound(run *v1alpha1.Run) int {
 	n := statusBaseBytes
 	for _, t := range run.Spec.Tasks {
-		et := min(len(run.Name)+1+len(t.Name), 253) + nameSlack
+		et := ExecutorTaskNameBound(run.Name, t.Name)
 		n += taskStatusBytes + len(t.Name) + et
-		logKey := len("runs/") + len(run.Namespace) + 1 + len(run.Name) + len("/tasks/") + et + len("/steps/00.log")
+		logKey := LogKeyBound(run.Namespace, run.Name, et)
 		for _, s := range t.Steps {
 			n += stepStatusBytes + logKey
 			if s.Run != nil && s.Run.Name != nil {
@@ -37,6 +37,18 @@ func StatusBound(run *v1alpha1.Run) int {
 		}
 	}
 	return n
+}
+
+// ExecutorTaskNameBound is the length of the name of the ExecutorTask of a run's task: it depends on
+// the lengths of the names only, not on the run's uid.
+func ExecutorTaskNameBound(run, task string) int {
+	return len(v1alpha1.ExecutorTaskName(run, "", task))
+}
+
+// LogKeyBound is the longest key of a step's log, for an ExecutorTask name of etLen characters:
+// runs/<namespace>/<run>/<run uid>/tasks/<executor task>/steps/<step>.log, steps counted up to 99.
+func LogKeyBound(namespace, run string, etLen int) int {
+	return len("runs/") + len(namespace) + 1 + len(run) + 1 + uidBytes + len("/tasks/") + etLen + len("/steps/00.log")
 }
 
 // ValidateSize checks the sums that the schema cannot: the run's metadata, its spec and the largest

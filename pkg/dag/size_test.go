@@ -6,9 +6,11 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/objectstore"
 )
 
 // sizedRun is a run of n tasks of steps steps each, with long names.
@@ -45,7 +47,7 @@ func TestValidateSize(t *testing.T) {
 		{
 			name: "a kubectl apply annotation counts",
 			run: sizedRun(200, 3, func(r *v1alpha1.Run) {
-				r.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("a", 600<<10)}
+				r.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("a", 900<<10)}
 			}),
 			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks", detail: "metadata and spec"}},
 		},
@@ -77,5 +79,27 @@ func TestValidateSize(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStatusBoundCoversNamesAndKeys: the lengths StatusBound counts for an ExecutorTask's name and a
+// step's log key are those the manager writes, whatever the run's uid, for short names and for
+// names long enough to be cut.
+func TestStatusBoundCoversNamesAndKeys(t *testing.T) {
+	uid := types.UID("6f1c1b8e-3a52-4d4c-9b3e-0d6a1f0e7c21")
+	for _, c := range []struct{ ns, run, task string }{
+		{"ns", "r", "t"},
+		{"team-a", "build-42", "compile"},
+		{strings.Repeat("n", 63), strings.Repeat("r", 253), strings.Repeat("t", 63)},
+		{"ns", strings.Repeat("r", 230) + ".x", "task"},
+	} {
+		name := v1alpha1.ExecutorTaskName(c.run, uid, c.task)
+		if got := ExecutorTaskNameBound(c.run, c.task); got != len(name) {
+			t.Errorf("run %.20s… task %s: name bound %d, the name has %d", c.run, c.task, got, len(name))
+		}
+		key := objectstore.Task{Namespace: c.ns, Run: c.run, RunUID: string(uid), ExecutorTask: name}.LogKey(63)
+		if got := LogKeyBound(c.ns, c.run, len(name)); got < len(key) {
+			t.Errorf("run %.20s… task %s: log key bound %d, the key %s has %d", c.run, c.task, got, key, len(key))
+		}
 	}
 }

@@ -213,7 +213,9 @@ func TestRestoreNeedsEveryArchiveItsParentSaved(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer bucket.Close()
-	if err := bucket.Delete(ctx, objectstore.ArchiveKey(ns, "gap", "gap-parent", 1)); err != nil {
+	gap := h.Run(t, ns, "gap")
+	parentArchive := objectstore.Task{Namespace: ns, Run: "gap", RunUID: string(gap.UID), ExecutorTask: e2e.TaskStatus(gap, "parent").ExecutorTask}.ArchiveKey(1)
+	if err := bucket.Delete(ctx, parentArchive); err != nil {
 		t.Fatalf("removing the fetched archive: %v", err)
 	}
 	run := h.Run(t, ns, "gap")
@@ -227,6 +229,14 @@ func TestRestoreNeedsEveryArchiveItsParentSaved(t *testing.T) {
 	if got.Phase != rsv1.TaskPhaseFailed || got.Message != want {
 		t.Fatalf("child %s %q, want Failed %q", got.Phase, got.Message, want)
 	}
+	waitNoContainers(t, "docker-1")
+}
+
+// TestRecreatedRunRestoresItsOwnWorkspace: see e2e.RecreatedRun.
+func TestRecreatedRunRestoresItsOwnWorkspace(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "d")
+	startExecutor(t, ns, "docker-1")
+	e2e.RecreatedRun(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 

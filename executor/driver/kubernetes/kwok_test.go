@@ -503,7 +503,8 @@ func TestAStoppedMemberWaitsForTheFetch(t *testing.T) {
 		t.Fatal("fa did not leave once its task was fetched")
 	}
 	et := &rsv1.ExecutorTask{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "quick-t"}, et); err != nil {
+	quick := getRun(t, ns, "quick")
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: rsv1.ExecutorTaskName(quick.Name, quick.UID, "t")}, et); err != nil {
 		t.Fatal(err)
 	}
 	if v := et.Annotations[rsv1.AnnotationFetched]; v == "" || v == rsv1.FetchedLost {
