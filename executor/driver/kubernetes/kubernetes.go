@@ -553,7 +553,7 @@ func (d *Driver) Mirror(ctx context.Context, uid, dir string, steps int, lim too
 		var followErr error
 		if mainStarted(pod) {
 			// Follows to the end of the log; an error (a dropped stream) is retried below.
-			followErr = d.follow(ctx, pod, dir, steps, lim)
+			followErr = d.readLog(ctx, pod, dir, steps, lim, true)
 			if errors.Is(followErr, toolbox.ErrRefused) {
 				// The log was read to its end all the same; a later follow reads it again.
 				refused, followErr = followErr, nil
@@ -564,6 +564,16 @@ func (d *Driver) Mirror(ctx context.Context, uid, dir string, steps int, lim too
 			st = d.state(pod)
 		}
 		if !st.Running {
+			if mainStarted(pod) && (followErr != nil || d.cutShort(pod, dir, steps)) {
+				// The stream ended before the log did: cut, or the kubelet's follow ending at the
+				// container's exit before its last lines were read (the archive of a last save step
+				// and the step's result among them). Read the whole log once more; Demux skips what
+				// the copy already has.
+				err := d.readLog(ctx, pod, dir, steps, lim, false)
+				if errors.Is(err, toolbox.ErrRefused) {
+					refused = err
+				}
+			}
 			if err := d.terminationResults(pod, dir, steps); err != nil {
 				return err
 			}
@@ -597,14 +607,38 @@ func mainStarted(pod *corev1.Pod) bool {
 	return false
 }
 
-func (d *Driver) follow(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits) error {
-	req := d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: true})
+// readLog reads the main container's log into dir, following it while it runs when follow is set.
+func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits, follow bool) error {
+	req := d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: follow})
 	stream, err := req.Stream(ctx)
 	if err != nil {
 		return err
 	}
 	defer stream.Close()
 	return toolbox.Demux(stream, dir, steps, lim)
+}
+
+// cutShort says whether the copy in dir misses the end of a step that the main container's
+// termination message reports ended: the log the copy was read from stopped early.
+func (d *Driver) cutShort(pod *corev1.Pod, dir string, steps int) bool {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name != mainName || cs.State.Terminated == nil || cs.State.Terminated.Message == "" {
+			continue
+		}
+		results, err := toolbox.ParseTermination(cs.State.Terminated.Message)
+		if err != nil {
+			return false
+		}
+		for i, r := range results {
+			if r == nil || i >= steps || r.Phase == rsv1.StepPhaseRunning {
+				continue
+			}
+			if have, err := toolbox.ReadResult(dir, i); err != nil || have.Phase == rsv1.StepPhaseRunning {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // terminationResults writes the step results of the main container's termination message, which
