@@ -1233,7 +1233,7 @@ func TestExecutorEndpointMustBeHTTPURL(t *testing.T) {
 			Spec:       rsv1.ExecutorSpec{Driver: rsv1.DriverDocker, Endpoint: endpoint},
 		}
 	}
-	for i, bad := range []string{"file:///etc/passwd", "gopher://10.0.0.1:70/", "http://", "10.0.0.1:8090", "not a url", "http://10.0.0.1:8090/?a=b", "http://10.0.0.1:8090/#x"} {
+	for i, bad := range []string{"file:///etc/passwd", "gopher://10.0.0.1:70/", "http://", "10.0.0.1:8090", "not a url", "http://10.0.0.1:8090/?a=b", "http://10.0.0.1:8090/#x", "http://10.0.0.1:8090/secret?"} {
 		err := k8s.Create(ctx, executor(fmt.Sprintf("bad-%d", i), bad))
 		if err == nil {
 			t.Errorf("endpoint %q was accepted, want it refused", bad)

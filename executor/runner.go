@@ -73,11 +73,6 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		if err := r.prepare(ctx); err != nil {
 			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "preparing the task: "+err.Error(), nil)
 		}
-		if why := r.e.gate.shut(); why != "" {
-			// The Lease lapsed since the task was recorded Running: creating its containers now could
-			// race a sibling removing this executor's. Recorded, never started.
-			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "not started: "+why, nil)
-		}
 		cred, err := r.e.creds.taskCredential(ctx, r.et.UID)
 		if err != nil {
 			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "not started: "+err.Error(), nil)
@@ -85,6 +80,13 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		var ca []byte
 		if r.e.cert != nil {
 			ca = r.e.cert.caBundle()
+		}
+		// Last, right before the containers are created: nothing that may wait on the apiserver
+		// comes between the check and the create.
+		if why := r.e.gate.shut(); why != "" {
+			// The Lease lapsed since the task was recorded Running: creating its containers now could
+			// race a sibling removing this executor's. Recorded, never started.
+			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "not started: "+why, nil)
 		}
 		err = r.e.driver.Start(ctx, &Task{
 			WorkspaceCredential: cred,

@@ -41,6 +41,17 @@ exists() {
   fail "$1 was not created"
 }
 
+# taskOf RUN TASK: the name of the ExecutorTask of RUN's TASK (named by the run's uid), once created.
+taskOf() {
+  local et
+  for _ in $(seq 1 300); do
+    et=$(kubectl get run "$1" -o jsonpath="{.status.tasks[?(@.name==\"$2\")].executorTask}" 2>/dev/null || true)
+    if [ -n "$et" ] && kubectl get executortask "$et" >/dev/null 2>&1; then echo "$et"; return 0; fi
+    sleep 0.2
+  done
+  fail "the ExecutorTask of $1/$2 was not created"
+}
+
 trap 'rc=$?; [ $rc -eq 0 ] || dump; hack/cluster.sh down "$state" >/dev/null 2>&1 || log "teardown failed (see $state)"; exit $rc' EXIT
 
 t0=$SECONDS
@@ -95,10 +106,10 @@ spec:
     containers: [{image: busybox:1.36}]
     steps: [{run: {command: "sleep 600"}}]
 YAML
-exists executortask/long-sleep
-kubectl wait executortask/long-sleep --for=jsonpath='{.status.phase}'=Running --timeout=2m >/dev/null
-victim=$(kubectl get executortask long-sleep -o jsonpath='{.spec.executor}')
-uid=$(kubectl get executortask long-sleep -o jsonpath='{.metadata.uid}')
+long_sleep=$(taskOf long sleep)
+kubectl wait "executortask/$long_sleep" --for=jsonpath='{.status.phase}'=Running --timeout=2m >/dev/null
+victim=$(kubectl get executortask "$long_sleep" -o jsonpath='{.spec.executor}')
+uid=$(kubectl get executortask "$long_sleep" -o jsonpath='{.metadata.uid}')
 kubectl get pods -l "runservice.dev/executortask-uid=$uid" -o name | grep -q . || fail "no pod for task long-sleep"
 sibling=$(kubectl get executors -o name | sed 's|.*/||' | grep -vx "$victim" | head -1)
 [ -n "$sibling" ] || fail "no second executor"
@@ -115,6 +126,14 @@ may() { kubectl auth can-i --as="$1" "${@:2}" >/dev/null 2>&1 || wrong "$1 may n
 mayNot() { if kubectl auth can-i --as="$1" "${@:2}" >/dev/null 2>&1; then wrong "$1 may: ${*:2}"; fi; }
 # as POD CMD...: kubectl as the executor pod POD (what its pod-bound token carries).
 as() { local pod=$1; shift; kubectl --as="$ex_sa" --as-user-extra="$pod_extra=$pod" "$@"; }
+# patchAs POD PATH JSON: a merge patch of the API object at PATH as the executor pod POD, a dry run,
+# sent straight to the apiserver (kubectl patch reads the object first, which executors may not).
+patchAs() {
+  curl -sS --fail-with-body --cacert "$state/pki/ca.crt" --cert "$state/pki/admin.crt" --key "$state/pki/admin.key" \
+    -X PATCH -H 'Content-Type: application/merge-patch+json' -H "Impersonate-User: $ex_sa" \
+    -H "Impersonate-Extra-authentication.kubernetes.io%2fpod-name: $1" \
+    "$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')$2?dryRun=All" -d "$3"
+}
 # current KIND NAME: the object as JSON without its resourceVersion, for an update that does not race
 # the writers of the object (the requests below are dry runs).
 current() { kubectl get "$@" -o json | sed '/"resourceVersion":/d'; }
@@ -163,8 +182,8 @@ YAML
 refused "a token bound to no pod updating an Executor" \
   kubectl --as="$ex_sa" replace --dry-run=server -f - <<<"$(current executor "$victim")"
 # ... and the status of the tasks scheduled on it, not of a sibling's.
-status executortask long-sleep as "$victim" >/dev/null || wrong "$victim may not write the status of its task long-sleep"
-refused "$sibling writing the status of $victim's task" status executortask long-sleep as "$sibling"
+status executortask "$long_sleep" as "$victim" >/dev/null || wrong "$victim may not write the status of its task long-sleep"
+refused "$sibling writing the status of $victim's task" status executortask "$long_sleep" as "$sibling"
 # The group's clean-up: a sibling's Executor may be deleted; other Leases and Secrets stay out of reach.
 as "$sibling" delete --dry-run=server executor "$victim" >/dev/null || wrong "$sibling may not remove $victim's Executor"
 kubectl apply -f - >/dev/null <<'YAML'
@@ -174,6 +193,14 @@ refused "an executor taking another application's Lease" as "$victim" replace --
   <<<"$(current -n default lease other-app | sed 's/"holderIdentity": "other-app"/"holderIdentity": "cleanup-by-'"$victim"'"/')"
 refused "an executor creating a Secret of no task of its own" \
   as "$victim" create --dry-run=server secret generic forged --from-literal=k=v
+# Pods: none of another's made its own by relabelling, none carrying a Secret of the namespace out.
+refused "$victim relabelling $sibling's pod as its own" patchAs "$victim" "/api/v1/namespaces/default/pods/$sibling" \
+  '{"metadata": {"labels": {"runservice.dev/executor": "'"$victim"'"}}}'
+refused "$victim creating a pod that mounts another Secret" as "$victim" create --dry-run=server -f - <<YAML
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "exfil", "labels": {"runservice.dev/executor": "$victim"}},
+ "spec": {"automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox:1.36"}],
+          "volumes": [{"name": "s", "secret": {"secretName": "runservice-object-store"}}]}}
+YAML
 # Run results are the manager's: not even a cluster admin rewrites them.
 refused "an admin rewriting a run's result" kubectl replace --dry-run=server --subresource=status -f - \
   <<<"$(kubectl get run diamond -o json | sed 's/"result": "Success"/"result": "Failed"/')"
@@ -211,8 +238,8 @@ spec:
     containers: [{image: busybox:1.36}]
     steps: [{run: {command: "sleep 15 && echo slept"}}]
 YAML
-exists executortask/drain-sleep
-kubectl wait executortask/drain-sleep --for=jsonpath='{.status.phase}'=Running --timeout=2m >/dev/null
+drain_sleep=$(taskOf drain sleep)
+kubectl wait "executortask/$drain_sleep" --for=jsonpath='{.status.phase}'=Running --timeout=2m >/dev/null
 kubectl rollout restart deployment/runservice-executor >/dev/null
 kubectl wait run/drain --for=jsonpath='{.status.phase}'=Finished --timeout=3m >/dev/null
 [ "$(kubectl get run drain -o jsonpath='{.status.result}')" = Success ] || fail "the task running during the rollout did not succeed: $(kubectl get run drain -o jsonpath='{.status.tasks}')"

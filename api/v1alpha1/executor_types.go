@@ -49,7 +49,7 @@ type ExecutorSpec struct {
 	// own policy (--executor-endpoint-allow), checked when it connects.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="self == '' || (isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && size(url(self).getQuery()) == 0 && !self.contains('#'))",message="must be an http or https URL with a host and no query or fragment, like http://10.0.0.7:8090"
+	// +kubebuilder:validation:XValidation:rule="self == '' || (isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && !self.contains('?') && !self.contains('#'))",message="must be an http or https URL with a host and no query or fragment, like http://10.0.0.7:8090"
 	Endpoint string `json:"endpoint,omitempty"`
 
 	// unschedulable keeps new tasks off the executor while its running tasks go on. A dynamic

@@ -60,6 +60,7 @@ var denied = []struct {
 	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (cloud metadata lives at 169.254.169.254)"},
 	{netip.MustParsePrefix("fe80::/10"), "link-local"},
 	{netip.MustParsePrefix("fd00:ec2::254/128"), "the EC2 metadata service"},
+	{netip.MustParsePrefix("100.100.100.200/32"), "the Alibaba Cloud metadata service"},
 	{netip.MustParsePrefix("0.0.0.0/8"), "unspecified (Linux connects 0.0.0.0 to the local host)"},
 	{netip.MustParsePrefix("::/128"), "unspecified"},
 	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},

@@ -41,6 +41,8 @@ func TestCheck(t *testing.T) {
 		{"224.0.0.1", nil, true},
 		{"ff02::1", nil, true},
 		{"255.255.255.255", nil, true},
+		{"100.100.100.200", nil, true},
+		{"100.100.100.201", nil, false},
 	}
 	for _, c := range cases {
 		err := c.allow.Check(netip.MustParseAddr(c.addr))

@@ -99,6 +99,9 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 			t.Toolbox + ":" + toolbox.DefaultDir + "/toolbox:ro",
 		},
 		Privileged: main.IsPrivileged(),
+		// The task's directory is the executor's too: a device node made there could be opened by the
+		// executor (root on the host) in the instant between its type check and its open.
+		CapDrop: []string{"MKNOD"},
 		// An init as PID 1 reaps what the steps leave behind.
 		Init:      ptr.To(true),
 		Resources: limits(&main),
