@@ -120,10 +120,10 @@ func taskCredential(key []byte, uid types.UID) string {
 
 func isTaskCredential(bearer string) bool { return strings.HasPrefix(bearer, taskCredentialPrefix) }
 
-// EnsureToken returns the bearer token that guards executors' HTTP endpoints in the namespace,
-// creating the Secret that holds it (and the task key) when it does not exist, and adding a task
+// EnsureToken makes sure the Secret holding the bearer token that guards executors' HTTP endpoints
+// in the namespace exists, creating it (and the task key) when it does not exist, and adding a task
 // key to a Secret of an older version that has none.
-func EnsureToken(ctx context.Context, reader client.Reader, c client.Client, namespace string) (string, error) {
+func EnsureToken(ctx context.Context, reader client.Reader, c client.Client, namespace string) error {
 	key := types.NamespacedName{Namespace: namespace, Name: rsv1.ExecutorTokenSecret}
 	s := &corev1.Secret{}
 	err := reader.Get(ctx, key, s)
@@ -145,11 +145,10 @@ func EnsureToken(ctx context.Context, reader client.Reader, c client.Client, nam
 		}
 	}
 	if err != nil {
-		return "", fmt.Errorf("reading the executor token secret %s: %w", key, err)
+		return fmt.Errorf("reading the executor token secret %s: %w", key, err)
 	}
-	tok := string(s.Data[rsv1.ExecutorTokenKey])
-	if tok == "" {
-		return "", fmt.Errorf("secret %s has no %q key", key, rsv1.ExecutorTokenKey)
+	if len(s.Data[rsv1.ExecutorTokenKey]) == 0 {
+		return fmt.Errorf("secret %s has no %q key", key, rsv1.ExecutorTokenKey)
 	}
-	return tok, nil
+	return nil
 }

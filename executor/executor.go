@@ -204,7 +204,7 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 		}
 		defer e.store.Close()
 	}
-	if _, err = EnsureToken(ctx, mgr.GetAPIReader(), mgr.GetClient(), opts.Namespace); err != nil {
+	if err = EnsureToken(ctx, mgr.GetAPIReader(), mgr.GetClient(), opts.Namespace); err != nil {
 		return err
 	}
 	e.creds = newCredentials(mgr.GetAPIReader(), opts.Namespace)

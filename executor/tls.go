@@ -70,11 +70,16 @@ type servingCert struct {
 	namespace string
 	hosts     []string
 
-	mu     sync.Mutex
-	cert   *tls.Certificate
-	end    time.Time
-	bundle []byte
+	mu       sync.Mutex
+	cert     *tls.Certificate
+	end      time.Time
+	bundle   []byte
+	renewing bool      // one renewal at a time
+	retryAt  time.Time // after a failed renewal
 }
+
+// renewRetry spaces renewals after one failed.
+const renewRetry = time.Minute
 
 // issue signs a new certificate with the namespace's CA (ensuring it first).
 func (s *servingCert) issue(ctx context.Context) error {
@@ -100,22 +105,29 @@ func (s *servingCert) issue(ctx context.Context) error {
 	return nil
 }
 
-// get is the server's tls.Config.GetCertificate: the current certificate, renewed first when it
-// nears its end (a failed renewal keeps serving the current one and is tried again).
-func (s *servingCert) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+// get is the server's tls.Config.GetCertificate: the current certificate. When it nears its end
+// (RenewBefore leaves it valid for weeks) one renewal starts in the background; handshakes never
+// wait on the apiserver, and a failed renewal is tried again after renewRetry.
+func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
-	cert, renew := s.cert, time.Until(s.end) < pki.RenewBefore
-	s.mu.Unlock()
-	if renew {
-		ctx, cancel := context.WithTimeout(hello.Context(), 10*time.Second)
-		defer cancel()
-		if err := s.issue(ctx); err == nil {
-			s.mu.Lock()
-			cert = s.cert
-			s.mu.Unlock()
-		}
+	defer s.mu.Unlock()
+	if time.Until(s.end) < pki.RenewBefore && !s.renewing && time.Now().After(s.retryAt) {
+		s.renewing = true
+		go s.renew()
 	}
-	return cert, nil
+	return s.cert, nil
+}
+
+func (s *servingCert) renew() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := s.issue(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.renewing = false
+	if err != nil {
+		s.retryAt = time.Now().Add(renewRetry)
+	}
 }
 
 // caBundle is what the task pods trust for this executor.

@@ -621,55 +621,51 @@ func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps
 // cutShort says whether the copy in dir misses the end of a step that the main container's
 // termination message reports ended: the log the copy was read from stopped early.
 func (d *Driver) cutShort(pod *corev1.Pod, dir string, steps int) bool {
-	for _, cs := range pod.Status.ContainerStatuses {
-		if cs.Name != mainName || cs.State.Terminated == nil || cs.State.Terminated.Message == "" {
+	for i, r := range terminationMessage(pod) {
+		if r == nil || i >= steps || r.Phase == rsv1.StepPhaseRunning {
 			continue
 		}
-		results, err := toolbox.ParseTermination(cs.State.Terminated.Message)
-		if err != nil {
-			return false
-		}
-		for i, r := range results {
-			if r == nil || i >= steps || r.Phase == rsv1.StepPhaseRunning {
-				continue
-			}
-			if have, err := toolbox.ReadResult(dir, i); err != nil || have.Phase == rsv1.StepPhaseRunning {
-				return true
-			}
+		if have, err := toolbox.ReadResult(dir, i); err != nil || have.Phase == rsv1.StepPhaseRunning {
+			return true
 		}
 	}
 	return false
 }
 
-// terminationResults writes the step results of the main container's termination message, which
-// the kubelet keeps even when the log stream was cut; entries past the task's steps are not its.
-func (d *Driver) terminationResults(pod *corev1.Pod, dir string, steps int) error {
+// terminationMessage is the step results the main container's termination message holds; none
+// when it has none, or one that is not the toolbox's (a simulated pod, an image that replaced it).
+func terminationMessage(pod *corev1.Pod) []*toolbox.StepResult {
 	for _, cs := range pod.Status.ContainerStatuses {
 		if cs.Name != mainName || cs.State.Terminated == nil || cs.State.Terminated.Message == "" {
 			continue
 		}
-		results, err := toolbox.ParseTermination(cs.State.Terminated.Message)
-		if err != nil {
-			return nil // not the toolbox's message (a simulated pod, an image that replaced it)
+		if results, err := toolbox.ParseTermination(cs.State.Terminated.Message); err == nil {
+			return results
 		}
-		for i, r := range results {
-			if r == nil || i >= steps {
-				continue
-			}
-			if have, err := toolbox.ReadResult(dir, i); err == nil && have.Phase != rsv1.StepPhaseRunning {
-				continue // the log's copy is whole; the message may have been cut
-			}
-			b, err := json.Marshal(r)
-			if err != nil {
-				return err
-			}
-			path := toolbox.StepResultPath(dir, i)
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return err
-			}
-			if err := os.WriteFile(path, b, 0o644); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+// terminationResults writes the step results of the main container's termination message, which
+// the kubelet keeps even when the log stream was cut; entries past the task's steps are not its.
+func (d *Driver) terminationResults(pod *corev1.Pod, dir string, steps int) error {
+	for i, r := range terminationMessage(pod) {
+		if r == nil || i >= steps {
+			continue
+		}
+		if have, err := toolbox.ReadResult(dir, i); err == nil && have.Phase != rsv1.StepPhaseRunning {
+			continue // the log's copy is whole; the message may have been cut
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		path := toolbox.StepResultPath(dir, i)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return err
 		}
 	}
 	return nil
