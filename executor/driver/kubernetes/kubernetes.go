@@ -11,12 +11,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,11 +24,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -70,10 +69,7 @@ type Options struct {
 type Driver struct {
 	opts   Options
 	client kubernetes.Interface
-	pods   corelisters.PodLister
-
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced whenever a pod of this executor changes
+	pods   *podIndex
 }
 
 var (
@@ -91,20 +87,14 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{opts: opts, client: c, changed: make(chan struct{})}
+	d := &Driver{opts: opts, client: c}
 	factory := informers.NewSharedInformerFactoryWithOptions(c, 10*time.Minute, informers.WithNamespace(opts.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = labels.SelectorFromSet(labels.Set{rsv1.LabelExecutor: opts.Executor}).String()
 		}))
-	inf := factory.Core().V1().Pods()
-	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { d.notify() },
-		UpdateFunc: func(any, any) { d.notify() },
-		DeleteFunc: func(any) { d.notify() },
-	}); err != nil {
+	if d.pods, err = newPodIndex(factory.Core().V1().Pods().Informer()); err != nil {
 		return nil, err
 	}
-	d.pods = inf.Lister()
 	factory.Start(ctx.Done())
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
@@ -112,19 +102,6 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 		}
 	}
 	return d, nil
-}
-
-func (d *Driver) notify() {
-	d.mu.Lock()
-	close(d.changed)
-	d.changed = make(chan struct{})
-	d.mu.Unlock()
-}
-
-func (d *Driver) changes() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.changed
 }
 
 // Archs implements executor.Driver.
@@ -281,9 +258,11 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		}
 		pod.Spec.InitContainers = append(pod.Spec.InitContainers, c)
 	}
-	if _, err := d.client.CoreV1().Pods(d.opts.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	created, err := d.client.CoreV1().Pods(d.opts.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
 		return fmt.Errorf("creating the task's pod: %w", err)
 	}
+	d.pods.noteCreated(string(et.UID), created)
 	return t.Started()
 }
 
@@ -345,26 +324,6 @@ func securityContext(c *rsv1.Container) (*corev1.SecurityContext, error) {
 	return sc, nil
 }
 
-// pod finds a task's pod, from the informer or, when it has not seen it yet, live.
-func (d *Driver) pod(ctx context.Context, uid string) (*corev1.Pod, error) {
-	sel := labels.SelectorFromSet(labels.Set{rsv1.LabelExecutorTaskUID: uid})
-	pods, err := d.pods.Pods(d.opts.Namespace).List(sel)
-	if err != nil {
-		return nil, err
-	}
-	if len(pods) == 0 {
-		list, err := d.client.CoreV1().Pods(d.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
-		if err != nil {
-			return nil, fmt.Errorf("listing the pod of task %s: %w", uid, err)
-		}
-		if len(list.Items) == 0 {
-			return nil, executor.ErrNotFound
-		}
-		return &list.Items[0], nil
-	}
-	return pods[0], nil
-}
-
 // Inspect implements executor.Driver. A pod that can never run (its image cannot be pulled, it
 // cannot be scheduled, its node rejected it) counts as ended, with the reason as the message.
 func (d *Driver) Inspect(ctx context.Context, uid string) (*executor.State, error) {
@@ -401,27 +360,28 @@ func (d *Driver) state(pod *corev1.Pod) *executor.State {
 		return &executor.State{ExitCode: -1, Message: "the pod ended before its main container ran: " + strings.Trim(msg, ": ")}
 	}
 	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable &&
-			time.Since(pod.CreationTimestamp.Time) > d.opts.UnschedulableAfter {
+		if unschedulable(c) && time.Since(pod.CreationTimestamp.Time) >= d.opts.UnschedulableAfter {
 			return &executor.State{ExitCode: -1, Message: "the pod cannot be scheduled: " + c.Message}
 		}
 	}
 	return &executor.State{Running: true}
 }
 
-// Wait implements executor.Driver.
+// Wait implements executor.Driver: it looks at the pod when the pod changes, and when its state
+// changes by time alone (an unschedulable pod's deadline).
 func (d *Driver) Wait(ctx context.Context, uid string) (*executor.State, error) {
+	changed, unsubscribe := d.pods.subscribe(uid)
+	defer unsubscribe()
 	for {
-		changed := d.changes()
-		st, err := d.Inspect(ctx, uid)
-		if err != nil || !st.Running {
-			return st, err
+		pod, seen, err := d.find(ctx, uid)
+		if err != nil {
+			return nil, err
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-changed:
-		case <-time.After(5 * time.Second): // unschedulable pods change by time, not events
+		if st := d.state(pod); !st.Running {
+			return st, nil
+		}
+		if err := await(ctx, changed, d.changesAt(pod, seen)); err != nil {
+			return nil, err
 		}
 	}
 }
@@ -449,9 +409,10 @@ func (d *Driver) Stop(ctx context.Context, uid string, _ time.Duration) error {
 
 // Remove implements executor.Driver: the task's pod and Secret.
 func (d *Driver) Remove(ctx context.Context, uid string) error {
+	d.pods.forget(uid)
 	set := labels.Set{rsv1.LabelExecutorTaskUID: uid}
-	pods, err := d.pods.Pods(d.opts.Namespace).List(labels.SelectorFromSet(set))
-	if err == nil && len(pods) == 1 && !slices.ContainsFunc(pods[0].Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil }) {
+	pods := d.pods.cachedPods(uid)
+	if len(pods) == 1 && !slices.ContainsFunc(pods[0].Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil }) {
 		// A pod known to have no Secret: the secrets' delete would be a write for nothing.
 		return d.deletePods(ctx, set)
 	}
@@ -519,19 +480,9 @@ func (d *Driver) removeSelected(ctx context.Context, set labels.Set) error {
 	return nil
 }
 
-// Tasks implements executor.Driver.
+// Tasks implements executor.Driver: the tasks the pod index holds.
 func (d *Driver) Tasks(context.Context) ([]string, error) {
-	pods, err := d.pods.Pods(d.opts.Namespace).List(labels.Everything())
-	if err != nil {
-		return nil, err
-	}
-	var uids []string
-	for _, p := range pods {
-		if uid := p.Labels[rsv1.LabelExecutorTaskUID]; uid != "" {
-			uids = append(uids, uid)
-		}
-	}
-	return uids, nil
+	return d.pods.indexer.ListIndexFuncValues(byTaskUID), nil
 }
 
 // Mirror implements executor.Mirrorer: it follows the main container's log into dir (the toolbox's
@@ -541,36 +492,35 @@ func (d *Driver) Tasks(context.Context) ([]string, error) {
 // is only its tail: the step logs are appended to by offset (toolbox.Demux), so what was mirrored
 // stays and nothing is written twice. What the log
 // holds past the task's steps or lim is dropped, and returned as the refusal once the task ended.
+//
+// It costs one request per task when all goes well: the log is followed once the main container
+// started (the pod's own changes wake it, nothing else), and read once more only when the pod
+// ended and the copy may miss its end. A follow that fails, or ends while the pod still runs, is
+// tried again after a backoff (followBackoff) that a follow which read something resets: a node
+// that serves no log, or a container the kubelet is slow to start, is not asked once a second
+// for as long as the pod runs. The pod ending ends the backoff at once.
 func (d *Driver) Mirror(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) error {
-	var refused error
-	for ctx.Err() == nil {
-		changed := d.changes()
-		pod, err := d.pod(ctx, uid)
+	changed, unsubscribe := d.pods.subscribe(uid)
+	defer unsubscribe()
+	var (
+		refused   error
+		followed  bool  // a follow was tried
+		followErr error // how the last one ended
+		backoff   = followBackoff
+		retryAt   time.Time // when to follow again (zero: as soon as the main container started)
+	)
+	for {
+		pod, seen, err := d.find(ctx, uid)
 		if err != nil {
 			return err
 		}
-		st := d.state(pod)
-		var followErr error
-		if mainStarted(pod) {
-			// Follows to the end of the log; an error (a dropped stream) is retried below.
-			followErr = d.readLog(ctx, pod, dir, steps, lim, true)
-			if errors.Is(followErr, toolbox.ErrRefused) {
-				// The log was read to its end all the same; a later follow reads it again.
-				refused, followErr = followErr, nil
-			}
-			if pod, err = d.pod(ctx, uid); err != nil {
-				return err
-			}
-			st = d.state(pod)
-		}
-		if !st.Running {
-			if mainStarted(pod) && (followErr != nil || d.cutShort(pod, dir, steps)) {
-				// The stream ended before the log did: cut, or the kubelet's follow ending at the
-				// container's exit before its last lines were read (the archive of a last save step
-				// and the step's result among them). Read the whole log once more; Demux skips what
-				// the copy already has.
-				err := d.readLog(ctx, pod, dir, steps, lim, false)
-				if errors.Is(err, toolbox.ErrRefused) {
+		if !d.state(pod).Running {
+			// Read the whole log once more when the copy may miss its end: never followed (the pod
+			// ended before this looked), a follow that failed or was cut, or the kubelet's follow
+			// ending at the container's exit before its last lines were read (the archive of a last
+			// save step and the step's result among them). Demux skips what the copy already has.
+			if mainStarted(pod) && (!followed || followErr != nil || d.cutShort(pod, dir, steps)) {
+				if _, err := d.readLog(ctx, pod, dir, steps, lim, false); errors.Is(err, toolbox.ErrRefused) {
 					refused = err
 				}
 			}
@@ -579,23 +529,35 @@ func (d *Driver) Mirror(ctx context.Context, uid, dir string, steps int, lim too
 			}
 			return refused
 		}
-		if followErr != nil {
-			// A node that serves no log (or a stream that keeps failing) is retried once a second,
-			// not on every change of every pod.
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
+		if mainStarted(pod) && !time.Now().Before(retryAt) {
+			// Follows to the end of the log, which is usually the container's end: look at the pod
+			// again at once.
+			var read int64
+			read, followErr = d.readLog(ctx, pod, dir, steps, lim, true)
+			followed = true
+			if errors.Is(followErr, toolbox.ErrRefused) {
+				// The log was read to its end all the same; a later read reads it again.
+				refused, followErr = followErr, nil
 			}
+			if read > 0 {
+				backoff = followBackoff
+			}
+			retryAt = time.Now().Add(backoff.Step())
+			continue
 		}
-		select {
-		case <-ctx.Done():
-		case <-changed:
-		case <-time.After(2 * time.Second):
+		wake := d.changesAt(pod, seen)
+		if mainStarted(pod) {
+			wake = earliest(wake, retryAt)
+		}
+		if err := await(ctx, changed, wake); err != nil {
+			return err
 		}
 	}
-	return ctx.Err()
 }
+
+// followBackoff spaces the follows of a log that fail or end while its pod runs: 1s, doubling
+// up to 30s.
+var followBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Steps: 16, Cap: 30 * time.Second}
 
 // mainStarted says whether the main container has a log to follow.
 func mainStarted(pod *corev1.Pod) bool {
@@ -607,15 +569,29 @@ func mainStarted(pod *corev1.Pod) bool {
 	return false
 }
 
-// readLog reads the main container's log into dir, following it while it runs when follow is set.
-func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits, follow bool) error {
+// readLog reads the main container's log into dir, following it while it runs when follow is set,
+// and returns how many bytes of log it read.
+func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits, follow bool) (int64, error) {
 	req := d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: follow})
 	stream, err := req.Stream(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer stream.Close()
-	return toolbox.Demux(stream, dir, steps, lim)
+	r := &countingReader{r: stream}
+	err = toolbox.Demux(r, dir, steps, lim)
+	return r.n, err
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // cutShort says whether the copy in dir misses the end of a step that the main container's
