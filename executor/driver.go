@@ -15,7 +15,9 @@ import (
 type Driver interface {
 	// Archs are the architectures (GOARCH names) the runtime runs.
 	Archs(ctx context.Context) ([]string, error)
-	// Start creates and starts the task's containers. It is called at most once per task.
+	// Start creates and starts the task's containers. Their names are deterministic per task, so
+	// that a create finds them if they exist: then Start returns an error wrapping ErrExists (an
+	// earlier process of the executor started them) and changes nothing.
 	Start(ctx context.Context, t *Task) error
 	// Inspect returns the state of the task's main container; ErrNotFound when it does not exist.
 	Inspect(ctx context.Context, uid string) (*State, error)
@@ -31,6 +33,9 @@ type Driver interface {
 
 // ErrNotFound says that a task has no containers.
 var ErrNotFound = errors.New("task containers not found")
+
+// ErrExists says that a task's containers exist already.
+var ErrExists = errors.New("task containers exist already")
 
 // Task is what a driver needs to start a task.
 type Task struct {

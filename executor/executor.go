@@ -79,6 +79,11 @@ type Options struct {
 	DrainTimeout time.Duration
 	// ServerTimeouts bound the HTTP server's connections; zero fields take the defaults.
 	ServerTimeouts ServerTimeouts
+	// RunningStatusDelay is how long a task runs before its status says Running: nothing is written
+	// of a task before its containers exist, and a task that ends sooner gets one status write, its
+	// final one, which carries its start time. 0 takes the default (1s); a negative delay writes
+	// Running as soon as the containers run.
+	RunningStatusDelay time.Duration
 	// FetchWait is how long a dynamic executor, told to stop with no task running, waits at least for
 	// the manager to fetch its finished tasks' logs and archives (a drain waits up to DrainTimeout);
 	// past it the executor stays registered rather than have them recorded lost. 0 does not wait.
@@ -108,6 +113,9 @@ func (o *Options) defaults() {
 	}
 	if o.StopGrace == 0 {
 		o.StopGrace = 10 * time.Second
+	}
+	if o.RunningStatusDelay == 0 {
+		o.RunningStatusDelay = time.Second
 	}
 	if o.MaxConcurrentReconciles == 0 {
 		o.MaxConcurrentReconciles = 4
@@ -624,33 +632,7 @@ func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 		}
 		return reconcile.Result{}, nil
 	case phase == "" || phase == rsv1.TaskPhaseNotStarted:
-		if et.Spec.Stop {
-			return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseStopped, "stopped before it started", nil)
-		}
-		if msg := e.refuse(et); msg != "" {
-			return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseFailed, msg, nil)
-		}
-		if why := e.gate.shut(); why != "" {
-			// Not now, maybe never: a sibling may be removing this executor's pods (at most once
-			// over liveness). Tried again once the Lease is renewed; if the executor is removed
-			// instead, the task fails with ExecutorRemoved.
-			log.Info("not starting task", "executorTask", et.Name, "because", why)
-			return reconcile.Result{RequeueAfter: e.opts.RenewInterval}, nil
-		}
-		// Record the start before any container exists: after a crash, a Running task without
-		// containers is lost, never started again.
-		now := metav1.Now()
-		et.Status.Phase = rsv1.TaskPhaseRunning
-		et.Status.StartTime = &now
-		et.Status.Steps = initialSteps(et)
-		if err := e.client.Status().Update(ctx, et); err != nil {
-			if apierrors.IsConflict(err) {
-				return reconcile.Result{RequeueAfter: 50 * time.Millisecond}, nil
-			}
-			return reconcile.Result{}, fmt.Errorf("recording the start of %s: %w", et.Name, err)
-		}
-		log.Info("starting task", "executorTask", et.Name)
-		e.startRunner(ctx, et, true)
+		return e.startOrAdopt(ctx, et)
 	case phase == rsv1.TaskPhaseRunning:
 		_, err := e.driver.Inspect(ctx, string(et.UID))
 		if errors.Is(err, ErrNotFound) {
@@ -663,6 +645,65 @@ func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 		e.startRunner(ctx, et, false)
 	}
 	return reconcile.Result{}, nil
+}
+
+// startOrAdopt starts a task nothing was recorded of, or adopts its containers. The executor
+// writes nothing of a task before its containers exist (issue 10: a task shorter than
+// RunningStatusDelay costs one status write, its final one); their names, deterministic per task,
+// are the lock instead: a create of a taken name fails, and their labels find them again. So a task
+// NotStarted in the apiserver may have been started by an earlier process of this executor that
+// stopped before its first status write. The task's directory tells: the executor prepares it before
+// it creates any container, and removes it only once the task is final and fetched, or deleted.
+func (e *Executor) startOrAdopt(ctx context.Context, et *rsv1.ExecutorTask) (reconcile.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	if prepared, at := e.prepared(et.UID); prepared {
+		_, err := e.driver.Inspect(ctx, string(et.UID))
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// Stopped between preparing and creating, or created, run and removed since (by hand,
+			// a prune): nothing tells which, so it is not run again (at most once).
+			return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseFailed, "container lost: the executor prepared the task and stopped before recording its start, and the task has no container; it may have run, so it is not run again", nil)
+		case err != nil:
+			return reconcile.Result{}, err
+		}
+		if why := e.gate.shut(); why != "" {
+			// Adopting lets the toolbox begin (release): not while a sibling may be removing this
+			// executor's pods.
+			log.Info("not adopting task", "executorTask", et.Name, "because", why)
+			return reconcile.Result{RequeueAfter: e.opts.RenewInterval}, nil
+		}
+		log.Info("adopting a task started before a restart, whose start was not recorded", "executorTask", et.Name)
+		et.Status.StartTime = &at // recorded with its Running or final status
+		e.startRunner(ctx, et, false)
+		return reconcile.Result{}, nil
+	}
+	if et.Spec.Stop {
+		return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseStopped, "stopped before it started", nil)
+	}
+	if msg := e.refuse(et); msg != "" {
+		return reconcile.Result{}, e.finish(ctx, et, rsv1.TaskPhaseFailed, msg, nil)
+	}
+	if why := e.gate.shut(); why != "" {
+		// Not now, maybe never: a sibling may be removing this executor's pods (at most once
+		// over liveness). Tried again once the Lease is renewed; if the executor is removed
+		// instead, the task fails with ExecutorRemoved.
+		log.Info("not starting task", "executorTask", et.Name, "because", why)
+		return reconcile.Result{RequeueAfter: e.opts.RenewInterval}, nil
+	}
+	log.Info("starting task", "executorTask", et.Name)
+	now := metav1.Now()
+	et.Status.StartTime = &now // recorded with its Running or final status
+	e.startRunner(ctx, et, true)
+	return reconcile.Result{}, nil
+}
+
+// prepared says whether the executor prepared a task's directory (its task file), and when.
+func (e *Executor) prepared(uid types.UID) (bool, metav1.Time) {
+	fi, err := os.Lstat(filepath.Join(e.taskDir(uid), toolbox.TaskFileName))
+	if err != nil {
+		return false, metav1.Time{}
+	}
+	return true, metav1.NewTime(fi.ModTime())
 }
 
 // refuse says why the executor does not run a task, or "".
@@ -725,16 +766,21 @@ func (e *Executor) updateStatus(ctx context.Context, et *rsv1.ExecutorTask, chan
 	})
 }
 
-// finish writes a final status.
+// finish writes a final status. A start time the task's status has not recorded yet (it ended
+// within RunningStatusDelay) is taken from et, the runner's copy.
 func (e *Executor) finish(ctx context.Context, et *rsv1.ExecutorTask, phase rsv1.TaskPhase, msg string, steps []rsv1.StepStatus) error {
 	now := metav1.Now()
+	start := et.Status.StartTime
+	if start == nil {
+		start = &now
+	}
 	return e.updateStatus(ctx, et, func(st *rsv1.ExecutorTaskStatus) {
 		if st.Phase.IsFinal() {
 			return
 		}
 		st.Phase, st.Message, st.EndTime = phase, rsv1.TruncateMessage(msg), &now
 		if st.StartTime == nil {
-			st.StartTime = &now
+			st.StartTime = start
 		}
 		if steps != nil {
 			st.Steps = steps

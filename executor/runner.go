@@ -31,6 +31,8 @@ type runner struct {
 	cancel   context.CancelFunc
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// followed is when the runner began following the task's containers.
+	followed time.Time
 	// refused is what the executor refused of the task while it ran (a link planted at the stop
 	// file, frames past its bounds), for its final status.
 	refused error
@@ -84,8 +86,8 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		// Last, right before the containers are created: nothing that may wait on the apiserver
 		// comes between the check and the create.
 		if why := r.e.gate.shut(); why != "" {
-			// The Lease lapsed since the task was recorded Running: creating its containers now could
-			// race a sibling removing this executor's. Recorded, never started.
+			// The Lease lapsed since the reconcile checked it: creating its containers now could race
+			// a sibling removing this executor's. Recorded, never started.
 			return r.e.finish(ctx, r.et, rsv1.TaskPhaseFailed, "not started: "+why, nil)
 		}
 		err = r.e.driver.Start(ctx, &Task{
@@ -99,7 +101,16 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			Builtin:             []string{"RUNSERVICE_RUN=" + r.et.Spec.RunName, "RUNSERVICE_TASK=" + r.et.Spec.TaskName},
 			Started:             func() error { return toolbox.Start(r.dir) },
 		})
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrExists):
+			// Created by an earlier process of this executor that stopped before recording anything,
+			// and whose directory is gone (else the reconcile would have adopted them): followed, not
+			// started again.
+			ctrl.LoggerFrom(ctx).Info("the task's containers exist already: adopting them", "executorTask", r.et.Name, "detail", err.Error())
+			if err := r.release(ctx); err != nil {
+				return err
+			}
+		case err != nil:
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -133,6 +144,11 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		st, err := r.e.driver.Wait(ctx, r.uid())
 		done <- waited{st, err}
 	}()
+	// Running is recorded once the task has run for the delay, or at once when it was recorded
+	// before (an adopted task): until then, a task that ends gets only its final status.
+	r.followed = time.Now()
+	announce := time.NewTimer(max(r.e.opts.RunningStatusDelay, 0))
+	defer announce.Stop()
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	stopRequested, timedOut := r.stopped, false
@@ -140,6 +156,10 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-announce.C:
+			if err := r.report(ctx); err != nil && ctx.Err() == nil {
+				ctrl.LoggerFrom(ctx).Error(err, "recording the task Running", "executorTask", r.et.Name)
+			}
 		case <-stopRequested:
 			stopRequested = nil
 			r.halt(ctx)
@@ -338,16 +358,28 @@ func (r *runner) refusal(steps []rsv1.StepStatus) string {
 	return ""
 }
 
-// report writes the steps' progress to the task's status when it changed.
+// report writes the task's progress: Running, with its start time and steps, once it has run for
+// RunningStatusDelay (a task that ends sooner gets only its final status, which carries them),
+// then its steps whenever they changed.
 func (r *runner) report(ctx context.Context) error {
 	steps := r.steps()
-	if equality.Semantic.DeepEqual(steps, r.et.Status.Steps) {
+	recorded := r.et.Status.Phase == rsv1.TaskPhaseRunning
+	if recorded && equality.Semantic.DeepEqual(steps, r.et.Status.Steps) {
 		return nil
 	}
+	if !recorded && time.Since(r.followed) < r.e.opts.RunningStatusDelay {
+		return nil
+	}
+	start := r.et.Status.StartTime
 	return r.e.updateStatus(ctx, r.et, func(st *rsv1.ExecutorTaskStatus) {
-		if !st.Phase.IsFinal() {
-			st.Steps = steps
+		if st.Phase.IsFinal() {
+			return
 		}
+		st.Phase = rsv1.TaskPhaseRunning
+		if st.StartTime == nil {
+			st.StartTime = start
+		}
+		st.Steps = steps
 	})
 }
 

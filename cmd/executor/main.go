@@ -58,12 +58,16 @@ func main() {
 	flag.DurationVar(&opts.FetchWait, "fetch-wait", 30*time.Second, "With a dynamic executor (--group): on SIGTERM, how long at least to wait for the manager to fetch the finished tasks' logs and archives before leaving the group; past it (and --drain-timeout) the executor stays registered and records a Warning event.")
 	flag.DurationVar(&opts.DrainTimeout, "drain-timeout", 0, "With a dynamic executor (--group): on SIGTERM, how long to take no new tasks and follow the running ones before exiting; 0 exits at once (set the pod's terminationGracePeriodSeconds above it).")
 	flag.DurationVar(&opts.RenewInterval, "renew-interval", 3*time.Second, "How often the Lease is renewed.")
+	flag.DurationVar(&opts.RunningStatusDelay, "running-status-delay", time.Second, "How long a task runs before its status says Running; a task that ends sooner costs one status write, its final one (with its start time). 0 records Running as soon as its containers run.")
 	opts.Limits = toolbox.Limits{Log: toolbox.DefaultMaxLogSize, Archive: toolbox.DefaultMaxArchiveSize}
 	flag.Func("max-log-size", "Most bytes of a step's log kept (a quantity: 64Mi); past it the log is cut and the task fails (default 64Mi).", sizeFlag("max-log-size", &opts.Limits.Log))
 	flag.Func("max-archive-size", "Largest workspace archive kept (a quantity: 1Gi); a larger one is refused and the task fails (default 1Gi).", sizeFlag("max-archive-size", &opts.Limits.Archive))
 	zopts := zap.Options{}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	if opts.RunningStatusDelay == 0 {
+		opts.RunningStatusDelay = -1 // at once; a zero Options field takes the default
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	log := ctrl.Log.WithName("executor")
 

@@ -716,6 +716,23 @@ func TestAdvance(t *testing.T) {
 			},
 		},
 		{
+			// Executors write nothing of a task before its containers exist (a short task's first
+			// status is its final one): NotStarted says nothing of whether it ran.
+			name:   "a removed executor fails a task it never reported on, and it is not scheduled again",
+			spec:   runSpec(tasks(task("a"), task("b", dependsOn("a")))),
+			status: runningStatus(v1alpha1.TaskStatus{Name: "a", Phase: notStarted, ExecutorTask: "et-a"}, ts("b", notStarted)),
+			ets:    ets(et("a", notStarted, removed)),
+			want: want{
+				phase: v1alpha1.RunPhaseFinished, result: v1alpha1.RunResultFailed, progress: "2/2",
+				tasks: map[string]v1alpha1.TaskPhase{"a": failed, "b": skipped},
+				check: checkTask("a", func(t *testing.T, ts *v1alpha1.TaskStatus) {
+					if ts.Reason != v1alpha1.ReasonExecutorRemoved {
+						t.Errorf("a reason = %q, want %s", ts.Reason, v1alpha1.ReasonExecutorRemoved)
+					}
+				}),
+			},
+		},
+		{
 			name:   "a final report of a removed executor is still taken",
 			spec:   runSpec(tasks(task("a"))),
 			status: runningStatus(ts("a", running)),

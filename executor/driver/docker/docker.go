@@ -107,6 +107,13 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		Resources: limits(&main),
 	}
 	created, err := d.client.ContainerCreate(ctx, cfg, host, nil, nil, containerName(t.ExecutorTask, 0))
+	if cerrdefs.IsConflict(err) {
+		// The name is taken: by this task's main container (the executor is adopting it), or by
+		// another task's whose uid shares its first 8 characters, which is no reason to touch it.
+		if _, ierr := d.mainID(ctx, string(t.ExecutorTask.UID)); ierr == nil {
+			return fmt.Errorf("%w: main container %s", executor.ErrExists, containerName(t.ExecutorTask, 0))
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("creating the main container (image %s): %w", main.Image, err)
 	}

@@ -260,6 +260,13 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 	}
 	created, err := d.client.CoreV1().Pods(d.opts.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			// The name is this task's pod (adopted), or another task's whose uid shares its first 8
+			// characters (left alone).
+			if _, perr := d.pod(ctx, string(et.UID)); perr == nil {
+				return fmt.Errorf("%w: pod %s", executor.ErrExists, name)
+			}
+		}
 		return fmt.Errorf("creating the task's pod: %w", err)
 	}
 	d.pods.noteCreated(string(et.UID), created)

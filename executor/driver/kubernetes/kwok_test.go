@@ -291,7 +291,7 @@ func TestGroupCleansUpAfterADeadMember(t *testing.T) {
 	if err != nil || len(leases.Items) != 3 {
 		t.Fatalf("want the 3 members' Leases labelled with the group: %v", err)
 	}
-	// Its task has a Secret (its environment), created after the task was marked Running.
+	// Its task has a Secret (its environment), created with its pod.
 	e2e.Eventually(t, 30*time.Second, "the victim's task's Secret", func() bool {
 		secrets, err := kube.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: rsv1.LabelExecutor + "=" + victim})
 		return err == nil && len(secrets.Items) == 1
@@ -357,8 +357,7 @@ func TestAStoppedMemberLeavesWhenIdle(t *testing.T) {
 		ts := getRun(t, ns, testenv.SlowRun).Status.Tasks
 		return len(ts) == 1 && ts[0].Phase == rsv1.TaskPhaseRunning
 	})
-	// No environment, no workspace to fetch: no Secret, the task file is in a pod annotation. (The
-	// task is Running before its pod is created: wait for the pod.)
+	// No environment, no workspace to fetch: no Secret, the task file is in a pod annotation.
 	var pods *corev1.PodList
 	e2e.Eventually(t, 30*time.Second, "the task's pod", func() bool {
 		var err error
