@@ -32,9 +32,12 @@ import (
 type ExecutorReconciler struct {
 	Client   client.Client
 	Recorder recorder.EventRecorder
+	// Tasks counts the executors' active tasks (the Scheduler's count, kept from the cache's events).
+	Tasks *Scheduler
 
 	mu        sync.Mutex
 	lastWrite map[types.NamespacedName]time.Time
+	writes    lastWrites
 }
 
 // statusInterval spaces the writes of an executor's informational status (active tasks, heartbeat);
@@ -44,7 +47,7 @@ const statusInterval = 5 * time.Second
 var _ reconcile.Reconciler = (*ExecutorReconciler)(nil)
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups=runservice.dev,resources=executors/status,verbs=update
+// +kubebuilder:rbac:groups=runservice.dev,resources=executors/status,verbs=patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
 
@@ -52,12 +55,19 @@ var _ reconcile.Reconciler = (*ExecutorReconciler)(nil)
 func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	ex := &rsv1.Executor{}
 	if err := r.Client.Get(ctx, req.NamespacedName, ex); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.writes.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if r.writes.stale(ex) {
+		return ctrl.Result{RequeueAfter: cacheLagRetry}, nil // what it says is about to be cached
 	}
 	if ex.DeletionTimestamp != nil {
 		return ctrl.Result{}, r.forceRemove(ctx, ex)
 	}
-	old := ex.Status.DeepCopy()
+	base := ex.DeepCopy()
+	old := &base.Status
 	now := time.Now()
 	var result ctrl.Result
 
@@ -86,16 +96,11 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		ex.Status.LastHeartbeatTime = &t
 	}
 
-	var tasks rsv1.ExecutorTaskList
-	if err := r.Client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexActiveOnExecutor: ex.Name}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("listing executor tasks: %w", err)
+	active, err := r.Tasks.ActiveTasks(ctx, ex.UID)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	ex.Status.ActiveTasks = 0
-	for _, et := range tasks.Items {
-		if et.Status.IsActive() && et.Spec.ExecutorUID == string(ex.UID) {
-			ex.Status.ActiveTasks++
-		}
-	}
+	ex.Status.ActiveTasks = int32(active)
 	if equality.Semantic.DeepEqual(old, &ex.Status) {
 		return result, nil
 	}
@@ -109,9 +114,12 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 		return result, nil
 	}
-	if err := r.Client.Status().Update(ctx, ex); err != nil {
+	// Locked on the resourceVersion read, like the run's status: the conditions' transition times
+	// come from the status read, so a stale one must not overwrite a newer one.
+	if err := r.Client.Status().Patch(ctx, ex, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return requeueOnConflict(client.IgnoreNotFound(err), "writing executor status")
 	}
+	r.writes.wrote(ex)
 	r.mu.Lock()
 	if r.lastWrite == nil {
 		r.lastWrite = map[types.NamespacedName]time.Time{}
@@ -157,9 +165,11 @@ func (r *ExecutorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("executor").
 		For(&rsv1.Executor{}).
 		Watches(&coordinationv1.Lease{}, sameName).
-		Watches(&rsv1.ExecutorTask{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		// A task's start or end changes only the informational activeTasks, written at most every
+		// statusInterval: one reconcile a second per executor is enough, however many tasks it runs.
+		Watches(&rsv1.ExecutorTask{}, enqueueAfter(time.Second, func(o client.Object) (types.NamespacedName, bool) {
 			et := o.(*rsv1.ExecutorTask)
-			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}}}
+			return types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}, true
 		})).
 		Complete(r)
 }

@@ -127,6 +127,9 @@ func TestDeletingAnExecutorWaitsForItsRelease(t *testing.T) {
 		ex := startExecutor(t, ns, name, withFinalizer())
 		createRun(t, newRun(ns, name, task("a")))
 		report(t, ns, waitTask(t, ns, name, "a").Name, rsv1.TaskPhaseRunning, "")
+		eventually(t, 30*time.Second, "the run showing task a Running", func() (bool, error) {
+			return taskStatus(getRun(t, ns, name), "a").Phase == rsv1.TaskPhaseRunning, nil
+		})
 		ex.silence()
 	}
 	if err := k8s.Delete(ctx, &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "confirms", Namespace: nss["confirms"]}}); err != nil {

@@ -97,11 +97,7 @@ func TestRecreatedRunGetsItsOwnExecutorTasks(t *testing.T) {
 func TestForeignExecutorTaskIsNotAdopted(t *testing.T) {
 	ns := newNamespace(t)
 	ctx := context.Background()
-	startExecutor(t, ns, "ex1")
-	ex := &rsv1.Executor{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "ex1"}, ex); err != nil {
-		t.Fatal(err)
-	}
+	ex := startExecutor(t, ns, "ex1").object()
 	owner := createRun(t, suspended(newRun(ns, "owner", task("t"))))
 
 	for _, c := range []struct {

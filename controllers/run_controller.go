@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -55,12 +57,18 @@ type RunReconciler struct {
 	Scheduler *Scheduler
 	Metrics   *Metrics
 	Options   Options
+
+	writes lastWrites
+
+	mu sync.Mutex
+	// progressSince holds, by run, since when what its running tasks reported waits to be written.
+	progressSince map[types.NamespacedName]time.Time
 }
 
 var _ reconcile.Reconciler = (*RunReconciler)(nil)
 
-// +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;update
-// +kubebuilder:rbac:groups=runservice.dev,resources=runs/status,verbs=update
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs/status,verbs=patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=runs/finalizers,verbs=update
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=executors,verbs=get;list;watch
@@ -73,22 +81,31 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	log := ctrl.LoggerFrom(ctx)
 	run := &rsv1.Run{}
 	if err := r.Client.Get(ctx, req.NamespacedName, run); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.writes.forget(req.NamespacedName)
+			r.progressWritten(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.writes.stale(run) {
+		// The cache has not shown this reconciler's last write of the run yet: what would be decided
+		// from this older copy was decided already, and writing it would be refused (conflict).
+		return ctrl.Result{RequeueAfter: cacheLagRetry}, nil
+	}
 	if run.DeletionTimestamp != nil {
-		return ctrl.Result{}, r.release(ctx, run)
+		return requeueOnConflict(r.release(ctx, run), "")
 	}
 	if len(run.Spec.ChangeGroups) > 0 && !run.Status.Phase.IsFinal() && !controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) {
-		controllerutil.AddFinalizer(run, rsv1.FinalizerChangeGroupLedger)
-		if err := r.Client.Update(ctx, run); err != nil {
-			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		err := r.patchMeta(ctx, run, func() { controllerutil.AddFinalizer(run, rsv1.FinalizerChangeGroupLedger) })
+		if err != nil {
+			return requeueOnConflict(err, "adding finalizer")
 		}
 	}
 	if run.Status.Phase.IsFinal() {
 		if err := r.foldFinal(ctx, run); err != nil {
 			return requeueOnConflict(err, "")
 		}
-		return ctrl.Result{}, r.release(ctx, run)
+		return requeueOnConflict(r.release(ctx, run), "")
 	}
 	if err := r.ensureGroups(ctx, run); err != nil {
 		return ctrl.Result{}, err
@@ -126,9 +143,15 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	for _, name := range out.Schedule {
 		err := r.schedule(ctx, run, name, tasks)
 		var ne *NoExecutorError
+		var taken *nameTakenError
 		switch {
 		case errors.As(err, &ne):
 			noExecutor = append(noExecutor, fmt.Sprintf("task %s: %s", name, ne.Reason))
+		case errors.As(err, &taken):
+			r.nameTaken(ctx, run, name, taken)
+			// The engine has not seen this task end: look again once the status is written (the
+			// run's own status writes do not bring it back).
+			result.RequeueAfter = cacheLagRetry
 		case err != nil:
 			return ctrl.Result{}, err
 		}
@@ -144,12 +167,17 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 			return ctrl.Result{}, err
 		}
 	}
+	if len(out.Schedule) == 0 && len(out.Stop) == 0 {
+		if wait := r.deferProgress(client.ObjectKeyFromObject(run), old, &run.Status); wait > 0 {
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+	}
 	if err := r.writeStatus(ctx, run, old); err != nil {
 		return requeueOnConflict(err, "")
 	}
 	if run.Status.Phase.IsFinal() {
 		log.V(1).Info("run is final", "phase", run.Status.Phase, "result", run.Status.Result)
-		return ctrl.Result{}, r.release(ctx, run)
+		return requeueOnConflict(r.release(ctx, run), "")
 	}
 	return result, nil
 }
@@ -215,9 +243,11 @@ func (r *RunReconciler) admitted(ctx context.Context, run *rsv1.Run) (bool, stri
 }
 
 // executorTasks returns the run's ExecutorTasks by task name, and what the DAG engine needs of them.
+// The ExecutorTasks are the cache's own objects, not copies: read them, never change them (the
+// engine copies what it keeps of their status).
 func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[string]*rsv1.ExecutorTask, map[string]dag.ExecutorTaskState, error) {
 	var list rsv1.ExecutorTaskList
-	if err := r.Client.List(ctx, &list, client.InNamespace(run.Namespace), client.MatchingFields{indexRunName: run.Name}); err != nil {
+	if err := r.Client.List(ctx, &list, client.InNamespace(run.Namespace), client.MatchingFields{indexRunName: run.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, nil, fmt.Errorf("listing executor tasks: %w", err)
 	}
 	tasks := map[string]*rsv1.ExecutorTask{}
@@ -231,7 +261,7 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 		ex, ok := executors[et.Spec.Executor]
 		if !ok {
 			ex = &rsv1.Executor{}
-			if err := r.Client.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: et.Spec.Executor}, ex); err != nil {
+			if err := r.Client.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: et.Spec.Executor}, ex, client.UnsafeDisableDeepCopy); err != nil {
 				if !apierrors.IsNotFound(err) {
 					return nil, nil, fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
 				}
@@ -278,6 +308,54 @@ func executorRemoved(ex *rsv1.Executor, et *rsv1.ExecutorTask) bool {
 	return ex == nil || string(ex.UID) != et.Spec.ExecutorUID
 }
 
+// deferProgress says how long the write of the run's new status may wait: when all that changed is
+// what its running tasks report (their start, their steps), until ProgressDelay after that change
+// was first seen, so that a task that ends sooner has its start and its end written at once; 0 to
+// write now. What the run decided (tasks scheduled or stopped, a task or the run final, conditions)
+// is written at once: an ExecutorTask created must be in the status before anything else happens.
+func (r *RunReconciler) deferProgress(key types.NamespacedName, old, status *rsv1.RunStatus) time.Duration {
+	if equality.Semantic.DeepEqual(old, status) || !progressOnly(old, status) {
+		return 0
+	}
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.progressSince == nil {
+		r.progressSince = map[types.NamespacedName]time.Time{}
+	}
+	since, ok := r.progressSince[key]
+	if !ok {
+		since = now
+		r.progressSince[key] = now
+	}
+	return since.Add(r.Options.ProgressDelay).Sub(now)
+}
+
+// progressWritten forgets the progress of a run that waited: it is written, or the run is gone.
+func (r *RunReconciler) progressWritten(key types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.progressSince, key)
+}
+
+// progressOnly reports whether status differs from old only in the entries of tasks that are
+// Running in it.
+func progressOnly(old, status *rsv1.RunStatus) bool {
+	masked := *status
+	masked.Tasks = slices.Clone(status.Tasks)
+	for i := range masked.Tasks {
+		if masked.Tasks[i].Phase != rsv1.TaskPhaseRunning {
+			continue
+		}
+		j := slices.IndexFunc(old.Tasks, func(ts rsv1.TaskStatus) bool { return ts.Name == masked.Tasks[i].Name })
+		if j < 0 {
+			return false
+		}
+		masked.Tasks[i] = old.Tasks[j]
+	}
+	return equality.Semantic.DeepEqual(old, &masked)
+}
+
 // foldFinal records, in a final run's status, the logs fetched after it ended.
 func (r *RunReconciler) foldFinal(ctx context.Context, run *rsv1.Run) error {
 	tasks, _, err := r.executorTasks(ctx, run)
@@ -306,7 +384,8 @@ func foldLogKeys(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) {
 }
 
 // schedule creates the ExecutorTask of a ready task on a picked executor. One that exists already
-// under its name is adopted only when it is this run's and this task's; otherwise the task fails.
+// under its name is adopted only when it is this run's and this task's; otherwise it returns a
+// *nameTakenError, and the task fails.
 func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string, existing map[string]*rsv1.ExecutorTask) error {
 	log := ctrl.LoggerFrom(ctx)
 	i := slices.IndexFunc(run.Spec.Tasks, func(t rsv1.Task) bool { return t.Name == name })
@@ -315,6 +394,12 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 	}
 	task := &run.Spec.Tasks[i]
 	etName := rsv1.ExecutorTaskName(run.Name, run.UID, name)
+	if ex, ok := r.Scheduler.Assumed(types.NamespacedName{Namespace: run.Namespace, Name: etName}); ok {
+		// Created a moment ago, by a reconcile whose status write this one's copy of the run shows
+		// but whose ExecutorTask the cache does not yet: it is there.
+		r.recordScheduled(run, name, etName, ex)
+		return nil
+	}
 	var landedOn string
 	err := r.Scheduler.Schedule(ctx, run.Namespace, task, etName, func(ex *rsv1.Executor) (bool, error) {
 		et := &rsv1.ExecutorTask{
@@ -368,20 +453,21 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 		log.V(1).Info("scheduled task", "task", name, "executor", ex.Name, "executorTask", klog.KObj(et))
 		return true, nil
 	})
-	if taken, ok := errors.AsType[*nameTakenError](err); ok {
-		r.nameTaken(ctx, run, name, taken)
-		return nil
-	}
 	if err != nil {
 		return err
 	}
+	r.recordScheduled(run, name, etName, landedOn)
+	return nil
+}
+
+// recordScheduled records in the run's status where task name was scheduled.
+func (r *RunReconciler) recordScheduled(run *rsv1.Run, name, etName, executor string) {
 	for j := range run.Status.Tasks {
 		if run.Status.Tasks[j].Name == name {
 			run.Status.Tasks[j].ExecutorTask = etName
-			run.Status.Tasks[j].Executor = landedOn
+			run.Status.Tasks[j].Executor = executor
 		}
 	}
-	return nil
 }
 
 // nameTakenError says that a task's ExecutorTask name is held by an ExecutorTask that is not the
@@ -440,19 +526,29 @@ func (r *RunReconciler) stopTask(ctx context.Context, namespace, name string) er
 	return nil
 }
 
-// writeStatus writes the run's status when it changed, with events for the run's transitions.
+// writeStatus writes the run's status when it changed, with an event when the run ended.
+//
+// The write is a JSON merge patch of the status (what changed since old, the status the run had when
+// read) that carries the resourceVersion it was read at: the apiserver refuses it (409) when the run
+// changed since, so a status decided from a stale copy never overwrites a newer one, as with an
+// Update, but without sending the whole run. stale keeps the reconciler from even trying when the
+// copy predates its own last write.
 func (r *RunReconciler) writeStatus(ctx context.Context, run *rsv1.Run, old *rsv1.RunStatus) error {
 	if equality.Semantic.DeepEqual(old, &run.Status) {
 		return nil
 	}
-	if err := r.Client.Status().Update(ctx, run); err != nil {
+	base := *run // shallow: only marshalled, to compute the patch
+	base.Status = *old
+	if err := r.Client.Status().Patch(ctx, run, client.MergeFromWithOptions(&base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("writing run status: %w", err)
 	}
+	r.writes.wrote(run)
+	r.progressWritten(client.ObjectKeyFromObject(run))
 	if old.Phase != run.Status.Phase {
 		r.Metrics.observePhase(run, old.Phase)
+		// No event for the start: the phase, startTime and the Admitted condition say it, and an event
+		// is one more write per run. The end is worth one: a Warning when the run did not succeed.
 		switch run.Status.Phase {
-		case rsv1.RunPhaseRunning:
-			r.Recorder.Eventf(run, nil, corev1.EventTypeNormal, "Started", "Start", "run started")
 		case rsv1.RunPhaseFinished, rsv1.RunPhaseCancelled:
 			typ := corev1.EventTypeNormal
 			if run.Status.Result != rsv1.RunResultSuccess {
@@ -472,10 +568,23 @@ func (r *RunReconciler) release(ctx context.Context, run *rsv1.Run) error {
 	if err := r.Ledger.Release(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups); err != nil {
 		return fmt.Errorf("releasing run from its change groups: %w", err)
 	}
-	controllerutil.RemoveFinalizer(run, rsv1.FinalizerChangeGroupLedger)
-	if err := r.Client.Update(ctx, run); client.IgnoreNotFound(err) != nil {
+	err := r.patchMeta(ctx, run, func() { controllerutil.RemoveFinalizer(run, rsv1.FinalizerChangeGroupLedger) })
+	if client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("removing finalizer: %w", err)
 	}
+	return nil
+}
+
+// patchMeta writes what change does to the run's metadata as a merge patch locked on the run's
+// resourceVersion: a list such as the finalizers is replaced whole by a merge patch, so without the
+// lock it could drop what another client added meanwhile.
+func (r *RunReconciler) patchMeta(ctx context.Context, run *rsv1.Run, change func()) error {
+	base := run.DeepCopy()
+	change()
+	if err := r.Client.Patch(ctx, run, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return err
+	}
+	r.writes.wrote(run)
 	return nil
 }
 
@@ -483,13 +592,46 @@ func (r *RunReconciler) release(ctx context.Context, run *rsv1.Run) error {
 func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("run").
-		For(&rsv1.Run{}).
-		Owns(&rsv1.ExecutorTask{}).
+		For(&rsv1.Run{}, builder.WithPredicates(runChanged())).
+		// An executor reports a task's start and end moments apart, and the tasks of a fan-out end
+		// together: their runs are reconciled StatusBatch after the first report, once for all.
+		Watches(&rsv1.ExecutorTask{}, enqueueAfter(r.Options.StatusBatch, ownerRun), builder.WithPredicates(reported())).
 		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.runsOfExecutor),
 			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, executorRemovedPredicate()))).
 		Watches(&rsv1.ChangeGroup{}, handler.EnqueueRequestsFromMapFunc(r.runsOfGroup)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentRuns}).
 		Complete(r)
+}
+
+// runChanged passes the changes of a run the reconciler acts on: all but the updates of the status
+// alone, which only this reconciler writes (the admission policy runservice-manager-status refuses
+// anyone else), so that its own writes do not bring each run back for nothing.
+func runChanged() predicate.Funcs {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, n := e.ObjectOld, e.ObjectNew
+		return o.GetGeneration() != n.GetGeneration() ||
+			!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp()) ||
+			!slices.Equal(o.GetFinalizers(), n.GetFinalizers())
+	}}
+}
+
+// reported passes the ExecutorTask events a run's status can follow: not the creation of a task
+// its executor has not reported on yet (the run that created it knows it), but every one after a
+// restart, when the cache's first list shows tasks as created.
+func reported() predicate.Funcs {
+	return predicate.Funcs{CreateFunc: func(e event.CreateEvent) bool {
+		et, ok := e.Object.(*rsv1.ExecutorTask)
+		return !ok || et.Status.Phase != ""
+	}}
+}
+
+// ownerRun maps an ExecutorTask to the run that controls it.
+func ownerRun(o client.Object) (types.NamespacedName, bool) {
+	ref := metav1.GetControllerOf(o)
+	if ref == nil || ref.Kind != "Run" || ref.APIVersion != rsv1.GroupVersion.String() {
+		return types.NamespacedName{}, false
+	}
+	return types.NamespacedName{Namespace: o.GetNamespace(), Name: ref.Name}, true
 }
 
 // executorRemovedPredicate passes deletions and the start of a deletion.
@@ -505,7 +647,8 @@ func executorRemovedPredicate() predicate.Funcs {
 // runsOfExecutor maps an executor to the runs with tasks on it.
 func (r *RunReconciler) runsOfExecutor(ctx context.Context, o client.Object) []reconcile.Request {
 	var list rsv1.ExecutorTaskList
-	if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexActiveOnExecutor: o.GetName()}); err != nil {
+	err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexActiveOnExecutor: o.GetName()}, client.UnsafeDisableDeepCopy)
+	if err != nil {
 		return nil
 	}
 	seen := map[string]bool{}

@@ -13,7 +13,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -22,11 +24,21 @@ import (
 // Scheduler picks executors for ready tasks. It serialises picks so that concurrent run reconciles
 // never book the same free slot twice, and remembers the ExecutorTasks it created until the cache
 // shows them (the "assumed" tasks of kube-scheduler), so that cache lag cannot exceed a limit.
+//
+// An executor's load is counted, not listed: an event handler on the cache's ExecutorTask informer
+// keeps the number of active tasks per executor, and drops an assumed task once the cache shows it,
+// under the same lock as the picks. A pick then costs the same whether an executor runs ten tasks or
+// a thousand; listing them copied every one out of the cache, for every task scheduled.
 type Scheduler struct {
-	client client.Client
+	reader client.Reader
+	synced func() bool // the handler has seen every ExecutorTask of the cache's initial list
 
 	mu      sync.Mutex
 	assumed map[types.NamespacedName]assumption // ExecutorTasks created but maybe not cached yet
+	// counted holds the active ExecutorTasks the cache shows, by the uid of their executor; load
+	// is how many each executor has.
+	counted map[types.NamespacedName]types.UID
+	load    map[types.UID]int
 }
 
 type assumption struct {
@@ -39,9 +51,91 @@ type assumption struct {
 // forever.
 const assumeFor = 10 * time.Second
 
-// NewScheduler returns a Scheduler reading executors, leases and tasks through c (a cached client).
-func NewScheduler(c client.Client) *Scheduler {
-	return &Scheduler{client: c, assumed: map[types.NamespacedName]assumption{}}
+// NewScheduler returns a Scheduler reading executors and leases through c (the manager's cache) and
+// counting the executors' active tasks from its ExecutorTask informer.
+func NewScheduler(ctx context.Context, c cache.Cache) (*Scheduler, error) {
+	s := &Scheduler{
+		reader:  c,
+		assumed: map[types.NamespacedName]assumption{},
+		counted: map[types.NamespacedName]types.UID{},
+		load:    map[types.UID]int{},
+	}
+	inf, err := c.GetInformer(ctx, &rsv1.ExecutorTask{})
+	if err != nil {
+		return nil, fmt.Errorf("watching executor tasks: %w", err)
+	}
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { s.observe(o, false) },
+		UpdateFunc: func(_, o any) { s.observe(o, false) },
+		DeleteFunc: func(o any) { s.observe(o, true) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watching executor tasks: %w", err)
+	}
+	s.synced = reg.HasSynced
+	return s, nil
+}
+
+// observe counts what the cache shows of an ExecutorTask: active on its executor or not (final,
+// deleted). The cache has it now, so it is no longer assumed.
+func (s *Scheduler) observe(o any, deleted bool) {
+	if d, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+		o = d.Obj
+	}
+	et, ok := o.(*rsv1.ExecutorTask)
+	if !ok {
+		return
+	}
+	key := types.NamespacedName{Namespace: et.Namespace, Name: et.Name}
+	uid, active := types.UID(et.Spec.ExecutorUID), !deleted && et.Status.IsActive()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.assumed, key)
+	was, counted := s.counted[key]
+	if counted && (!active || was != uid) {
+		delete(s.counted, key)
+		if s.load[was]--; s.load[was] <= 0 {
+			delete(s.load, was)
+		}
+	}
+	if active && (!counted || was != uid) {
+		s.counted[key] = uid
+		s.load[uid]++
+	}
+}
+
+// waitSynced waits until the handler has counted the cache's initial list: before, an executor's
+// load would look lower than it is (after a restart, its limit could be exceeded).
+func (s *Scheduler) waitSynced(ctx context.Context) error {
+	if s.synced() {
+		return nil
+	}
+	if !toolscache.WaitForCacheSync(ctx.Done(), s.synced) {
+		return fmt.Errorf("waiting for the executor tasks to be counted: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
+// ActiveTasks is the number of active ExecutorTasks of the executor with this uid that the cache shows.
+func (s *Scheduler) ActiveTasks(ctx context.Context, executor types.UID) (int, error) {
+	if err := s.waitSynced(ctx); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.load[executor], nil
+}
+
+// Assumed returns the executor of an ExecutorTask this Scheduler created and the cache does not
+// show yet: the task is scheduled there, and creating it again would only find it.
+func (s *Scheduler) Assumed(key types.NamespacedName) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.assumed[key]
+	if !ok || time.Since(a.at) > assumeFor {
+		return "", false
+	}
+	return a.executor.Name, true
 }
 
 // NoExecutorError says that no executor can take the task now.
@@ -56,6 +150,9 @@ func (e *NoExecutorError) Error() string { return "no executor available: " + e.
 // created a moment ago and not cached yet keeps its executor: create then finds it and adopts it.
 func (s *Scheduler) Schedule(ctx context.Context, namespace string, task *rsv1.Task, etName string, create func(*rsv1.Executor) (bool, error)) error {
 	key := types.NamespacedName{Namespace: namespace, Name: etName}
+	if err := s.waitSynced(ctx); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	ex, ours := s.assumed[key].executor, false
 	var err error
@@ -80,8 +177,9 @@ func (s *Scheduler) Schedule(ctx context.Context, namespace string, task *rsv1.T
 }
 
 func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task) (*rsv1.Executor, error) {
+	// Read only: the cache's own objects, not copies (Schedule copies the one it picks).
 	var list rsv1.ExecutorList
-	if err := s.client.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+	if err := s.reader.List(ctx, &list, client.InNamespace(namespace), client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing executors: %w", err)
 	}
 	if len(list.Items) == 0 {
@@ -127,10 +225,7 @@ func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task)
 			rejected["lease expired"]++
 			continue
 		}
-		load, err := s.load(ctx, ex)
-		if err != nil {
-			return nil, err
-		}
+		load := s.loadOf(ex)
 		if ex.Spec.ActiveTasksLimit > 0 && load >= int(ex.Spec.ActiveTasksLimit) {
 			rejected["at activeTasksLimit"]++
 			continue
@@ -161,7 +256,7 @@ func (s *Scheduler) pick(ctx context.Context, namespace string, task *rsv1.Task)
 // live reports whether the executor's Lease is held and not expired.
 func (s *Scheduler) live(ctx context.Context, ex *rsv1.Executor, now time.Time) (bool, error) {
 	var lease coordinationv1.Lease
-	if err := s.client.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: ex.Name}, &lease); err != nil {
+	if err := s.reader.Get(ctx, types.NamespacedName{Namespace: ex.Namespace, Name: ex.Name}, &lease, client.UnsafeDisableDeepCopy); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
@@ -189,35 +284,19 @@ func leaseExpiry(lease *coordinationv1.Lease) time.Time {
 	return lease.Spec.RenewTime.Add(time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second)
 }
 
-// load counts the executor's active tasks: those in the cache plus those created and not cached yet.
-// The assumed tasks are checked against the cache before it is listed: a task that reaches the cache
-// in between is then counted twice (a slot left free a moment longer), never not at all.
-func (s *Scheduler) load(ctx context.Context, ex *rsv1.Executor) (int, error) {
-	n := 0
+// loadOf counts the executor's active tasks: those the cache shows plus those created and not
+// cached yet. Called with mu held, which observe takes too: a task moves from assumed to counted
+// at once, never counted twice or not at all.
+func (s *Scheduler) loadOf(ex *rsv1.Executor) int {
+	n := s.load[ex.UID]
 	now := time.Now()
 	for key, a := range s.assumed {
-		if now.Sub(a.at) > assumeFor {
+		switch {
+		case now.Sub(a.at) > assumeFor:
 			delete(s.assumed, key)
-			continue
-		}
-		if a.executor.UID != ex.UID {
-			continue
-		}
-		// Once the cache has the task (active, so counted below, or already final), it is no longer assumed.
-		if err := s.client.Get(ctx, key, &rsv1.ExecutorTask{}); err == nil {
-			delete(s.assumed, key)
-			continue
-		}
-		n++
-	}
-	var tasks rsv1.ExecutorTaskList
-	if err := s.client.List(ctx, &tasks, client.InNamespace(ex.Namespace), client.MatchingFields{indexActiveOnExecutor: ex.Name}); err != nil {
-		return 0, fmt.Errorf("listing tasks of executor %s: %w", ex.Name, err)
-	}
-	for i := range tasks.Items {
-		if tasks.Items[i].Spec.ExecutorUID == string(ex.UID) {
+		case a.executor.UID == ex.UID:
 			n++
 		}
 	}
-	return n, nil
+	return n
 }

@@ -3,8 +3,10 @@ package controllers_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -90,7 +93,9 @@ func startManager() error {
 	opts.Controllers.ExecutorInsecureHTTP = true // most fake executors are httptest servers
 	opts.Controllers.FetchTimeouts = executorhttp.Timeouts{ResponseHeader: time.Second, Stall: time.Second}
 	opts.Controllers.FetchBackoff = 500 * time.Millisecond
-	mgr, err := manager.New(ctx, env.Config, opts)
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &recordingTransport{next: rt} })
+	mgr, err := manager.New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		return err
@@ -104,6 +109,50 @@ func startManager() error {
 	}()
 	mgrCancel, mgrDone, mgrCache = cancel, done, mgr.GetCache()
 	return nil
+}
+
+// managerWrite is a write the manager sent to the apiserver, and the status code it got.
+type managerWrite struct {
+	method, path string
+	code         int
+}
+
+var (
+	managerWritesMu sync.Mutex
+	managerWrites   []managerWrite
+)
+
+// recordingTransport records the manager's writes (not its reads or watches), for the tests that
+// bound what the manager costs the apiserver.
+type recordingTransport struct{ next http.RoundTripper }
+
+func (t *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		w := managerWrite{method: req.Method, path: req.URL.Path}
+		if resp != nil {
+			w.code = resp.StatusCode
+		}
+		managerWritesMu.Lock()
+		managerWrites = append(managerWrites, w)
+		managerWritesMu.Unlock()
+	}
+	return resp, err
+}
+
+// managerWritesIn returns the writes the manager sent so far to objects of namespace ns.
+func managerWritesIn(ns string) []managerWrite {
+	managerWritesMu.Lock()
+	defer managerWritesMu.Unlock()
+	var out []managerWrite
+	for _, w := range managerWrites {
+		if strings.Contains(w.path, "/namespaces/"+ns+"/") {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // managerCache is the running manager's cache.
@@ -318,6 +367,16 @@ func (f *fakeExecutor) silence() {
 		<-f.done
 		f.cancel = nil
 	}
+}
+
+// object reads the executor's Executor.
+func (f *fakeExecutor) object() *rsv1.Executor {
+	f.t.Helper()
+	ex := &rsv1.Executor{}
+	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: f.ns, Name: f.name}, ex); err != nil {
+		f.t.Fatalf("reading executor %s: %v", f.name, err)
+	}
+	return ex
 }
 
 // tasks lists the executor's ExecutorTasks.

@@ -26,7 +26,7 @@ func main() {
 	flag.StringVar(&opts.WebhookConfiguration, "webhook-configuration", "runservice-validating-webhook-configuration", "ValidatingWebhookConfiguration whose caBundle is kept (with --webhook-cert-secret).")
 	flag.StringVar(&opts.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "The manager's namespace (default: $POD_NAMESPACE).")
 	flag.DurationVar(&opts.Controllers.PhantomGrace, "phantom-grace", 0, "How long a change-group entry of a run that never started is kept (default 1m).")
-	flag.IntVar(&opts.Controllers.MaxConcurrentRuns, "max-concurrent-runs", 0, "Runs reconciled at once (default 4).")
+	flag.IntVar(&opts.Controllers.MaxConcurrentRuns, "max-concurrent-runs", 0, "Runs reconciled at once (default 16).")
 	flag.BoolVar(&opts.Controllers.ExecutorInsecureHTTP, "executor-insecure-http", false, "Fetch from executors' http:// endpoints too (the executors' token then crosses the network in clear); by default only https, trusting the executor CA of each namespace (the Secret runservice-executor-ca).")
 	flag.Var(&opts.Controllers.EndpointAllow, "executor-endpoint-allow", "Address ranges the fetcher may dial although executors' endpoints there are refused by default: comma-separated CIDRs and the words loopback, link-local (default none: loopback, link-local, unspecified and multicast addresses are refused).")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:///dir or s3://bucket?endpoint=...) for step logs and workspace archives.")

@@ -1,0 +1,163 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/controllers"
+)
+
+// TestRunStatusWritesPerRun bounds what the manager writes for runs of three tasks, a then b and c,
+// driven to Finished by an executor that reports each task Running and then Success at once (as a
+// fast task does): the run's status is written once per batch of changes, not once per
+// ExecutorTask event, and never from a stale copy of the run (no conflict).
+func TestRunStatusWritesPerRun(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "ex1")
+	const runs = 8
+	for i := range runs {
+		createRun(t, newRun(ns, fmt.Sprintf("r%d", i), task("a"), task("b", dependsOn("a")), task("c", dependsOn("a"))))
+	}
+	var wg sync.WaitGroup
+	for i := range runs {
+		wg.Go(func() {
+			name := fmt.Sprintf("r%d", i)
+			complete(t, ns, name, "a", rsv1.TaskPhaseSuccess)
+			b, c := waitTask(t, ns, name, "b"), waitTask(t, ns, name, "c")
+			report(t, ns, b.Name, rsv1.TaskPhaseRunning, "")
+			report(t, ns, c.Name, rsv1.TaskPhaseRunning, "")
+			report(t, ns, b.Name, rsv1.TaskPhaseSuccess, "")
+			report(t, ns, c.Name, rsv1.TaskPhaseSuccess, "")
+		})
+	}
+	wg.Wait()
+	for i := range runs {
+		waitRunPhase(t, ns, fmt.Sprintf("r%d", i), rsv1.RunPhaseFinished)
+	}
+	time.Sleep(500 * time.Millisecond) // writes still on their way would show up meanwhile
+
+	statusWrites := map[string]int{}
+	var conflicts, runWrites []string
+	for _, w := range managerWritesIn(ns) {
+		if w.code == 409 {
+			conflicts = append(conflicts, fmt.Sprintf("%s %s", w.method, w.path))
+		}
+		_, rest, ok := strings.Cut(w.path, "/runs/")
+		if !ok {
+			continue
+		}
+		runWrites = append(runWrites, fmt.Sprintf("%s %s %d", w.method, w.path, w.code))
+		if name, sub, _ := strings.Cut(rest, "/"); sub == "status" {
+			statusWrites[name]++
+		}
+	}
+	total := 0
+	for _, n := range statusWrites {
+		total += n
+	}
+	t.Logf("run status writes: %d for %d runs (%v); conflicts: %d", total, runs, statusWrites, len(conflicts))
+	// A run's status changes at its start (a scheduled), when a ends (b and c scheduled), and when
+	// b and c end (the run Finished): three batches. A fourth is allowed for an executor's reports
+	// that straddle a batch; once per ExecutorTask event would be seven.
+	if total > 4*runs || len(conflicts) > 0 {
+		t.Fatalf("the manager wrote run statuses %d times for %d runs (at most %d), with %d conflicts %v; its writes of runs:\n%s",
+			total, runs, 4*runs, len(conflicts), conflicts, strings.Join(runWrites, "\n"))
+	}
+}
+
+// TestPickAllocationsAreFlatInTasks: picking an executor for a task must not copy the executor's
+// active tasks out of the cache: what a pick allocates is the same whether the executor runs ten
+// tasks or a thousand.
+func TestPickAllocationsAreFlatInTasks(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	ex := startExecutor(t, ns, "busy").object()
+	s := newSchedulerOnManagerCache(t)
+	picked := task("picked")
+	// The least of a few measurements: the manager runs in this process and allocates beside it.
+	allocsPerPick := func() float64 {
+		least := -1.0
+		for range 5 {
+			n := testing.AllocsPerRun(20, func() {
+				if got, err := s.Pick(ctx, ns, &picked); err != nil || got.Name != "busy" {
+					t.Fatalf("pick: %v, %v", got, err)
+				}
+			})
+			if least < 0 || n < least {
+				least = n
+			}
+		}
+		return least
+	}
+	withTasks := func(n int) float64 {
+		createActiveTasks(t, ex, n)
+		eventually(t, 60*time.Second, fmt.Sprintf("%d tasks in the manager's cache", n), func() (bool, error) {
+			var list rsv1.ExecutorTaskList
+			err := managerCache().List(ctx, &list, client.InNamespace(ns), client.UnsafeDisableDeepCopy)
+			return len(list.Items) == n, err
+		})
+		return allocsPerPick()
+	}
+	few := withTasks(10)
+	many := withTasks(1000)
+	t.Logf("allocations per pick: %.0f with 10 active tasks, %.0f with 1000", few, many)
+	if many > few*1.2+10 {
+		t.Fatalf("a pick allocates %.0f times with 1000 active tasks on the executor, %.0f with 10: it copies the tasks", many, few)
+	}
+}
+
+// createActiveTasks creates, on executor ex, ExecutorTasks of no run until it has n.
+func createActiveTasks(t *testing.T, ex *rsv1.Executor, n int) {
+	t.Helper()
+	var list rsv1.ExecutorTaskList
+	if err := k8s.List(context.Background(), &list, client.InNamespace(ex.Namespace)); err != nil {
+		t.Fatal(err)
+	}
+	next := make(chan int)
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range next {
+				et := &rsv1.ExecutorTask{
+					ObjectMeta: metav1.ObjectMeta{Namespace: ex.Namespace, Name: fmt.Sprintf("load-%04d", i)},
+					Spec: rsv1.ExecutorTaskSpec{
+						RunName: "load", RunUID: "11111111-1111-1111-1111-111111111111", TaskName: fmt.Sprintf("t%d", i),
+						Executor: ex.Name, ExecutorUID: string(ex.UID), Task: task(fmt.Sprintf("t%d", i)),
+					},
+				}
+				if err := k8s.Create(context.Background(), et); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	for i := len(list.Items); i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("creating executor tasks: %v", err)
+	}
+}
+
+// newSchedulerOnManagerCache returns a Scheduler reading the running manager's cache.
+func newSchedulerOnManagerCache(t *testing.T) *controllers.Scheduler {
+	t.Helper()
+	s, err := controllers.NewScheduler(context.Background(), managerCache())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
