@@ -20,7 +20,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,6 +53,12 @@ type config struct {
 	kwok        bool
 	kwokRuns    int
 	node        bool
+	service     bool
+	cluster     bool
+	bursts      string
+	burstSizes  []int
+	steadyRate  float64
+	steady      time.Duration
 }
 
 func main() {
@@ -62,7 +70,7 @@ func main() {
 	flag.Float64Var(&c.rate, "rate", 0, "runs submitted per second; 0 submits them all at once")
 	flag.IntVar(&c.baselineN, "baseline-objects", 0, "ExecutorTasks the baseline writes; 0 means as many as the service's tasks (at least 200)")
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: 20 runs unless -runs is given")
-	flag.DurationVar(&c.timeout, "timeout", 10*time.Minute, "bound on the whole benchmark")
+	flag.DurationVar(&c.timeout, "timeout", 45*time.Minute, "bound on the whole benchmark")
 	flag.BoolVar(&c.verbose, "v", false, "show the manager's log (errors and up)")
 	flag.StringVar(&c.profile, "profile", "", "write CPU, mutex and block profiles of the service benchmark (manager included) into this directory")
 	flag.BoolVar(&c.docker, "docker", true, "also measure the Docker executor against raw containers (needs a Docker daemon)")
@@ -70,6 +78,11 @@ func main() {
 	flag.BoolVar(&c.kwok, "kwok", true, "also measure the Kubernetes driver: 3 executors in this process, pods on a node kwok simulates, against the raw pod create rate")
 	flag.BoolVar(&c.node, "node", true, "also measure the Kubernetes driver on a real single-node Kubernetes (hack/node; needs root) against bare pods")
 	flag.IntVar(&c.kwokRuns, "kwok-runs", 50, "runs of 10 parallel tasks through the Kubernetes-driver executors (10 with -quick)")
+	flag.BoolVar(&c.service, "service", true, "measure the manager against fake executors and the raw ExecutorTask write rate")
+	flag.BoolVar(&c.cluster, "cluster", true, "the cluster scenario of issue 10: kube-scheduler, 5 kwok nodes, the manager and 3 executors as processes; runs at once, then a steady rate")
+	flag.StringVar(&c.bursts, "cluster-runs", "1000", "cluster scenario: runs submitted at once, a comma-separated list of sizes measured one after the other (e.g. 300,1000,3000 for CPU per task by load); 100 with -quick")
+	flag.Float64Var(&c.steadyRate, "cluster-rate", 20, "cluster scenario: runs per second of the steady phase (5 with -quick)")
+	flag.DurationVar(&c.steady, "cluster-steady", 2*time.Minute, "cluster scenario: how long the steady phase submits; 0 skips it (20s with -quick)")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -79,11 +92,25 @@ func main() {
 	if c.quick && !set["kwok-runs"] {
 		c.kwokRuns = 10
 	}
+	if c.quick && !set["cluster-runs"] {
+		c.bursts = "100"
+	}
+	if c.quick && !set["cluster-rate"] {
+		c.steadyRate = 5
+	}
+	if c.quick && !set["cluster-steady"] {
+		c.steady = 20 * time.Second
+	}
 	if c.baselineN == 0 {
 		c.baselineN = max(200, 3*c.runs)
 	}
 	if c.runs < 1 || c.executors < 1 || c.concurrency < 1 || c.submitters < 1 || c.rate < 0 || c.baselineN < 1 || c.kwokRuns < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -runs, -executors, -concurrency, -submitters, -baseline-objects and -kwok-runs must be positive, -rate not negative")
+		os.Exit(2)
+	}
+	var err error
+	if c.burstSizes, err = parseSizes(c.bursts); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -cluster-runs:", err)
 		os.Exit(2)
 	}
 	if err := run(c, os.Stdout); err != nil {
@@ -112,7 +139,18 @@ func run(c config, out io.Writer) (err error) {
 	}()
 
 	bootStart := time.Now()
-	env, err := testenv.Start()
+	var envOpts []testenv.Option
+	var audit auditLog
+	if c.cluster {
+		dir, err := os.MkdirTemp("", "runservice-bench-audit-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		audit = auditLog{path: filepath.Join(dir, "audit.log")}
+		envOpts = append(envOpts, testenv.WithAuditLog(audit.path))
+	}
+	env, err := testenv.Start(envOpts...)
 	if err != nil {
 		return err
 	}
@@ -143,6 +181,71 @@ func run(c config, out io.Writer) (err error) {
 	}
 	suffix := time.Now().Format("150405")
 
+	if c.service {
+		if err := runService(ctx, c, env, kube, suffix, mgrReq, mgr, out); err != nil {
+			return err
+		}
+	}
+	if c.kwok {
+		if err := (&kwokBench{
+			env: env, kube: kube, suffix: suffix, runs: c.kwokRuns, submitters: c.submitters,
+			managerReq: mgrReq, managerExited: mgr.exited,
+		}).run(ctx, out); err != nil {
+			return fmt.Errorf("kwok benchmark: %w", err)
+		}
+	}
+	if c.docker {
+		dns, err := newNamespace(ctx, kube, "bench-docker-"+suffix)
+		if err != nil {
+			return err
+		}
+		fanRuns := 5
+		if c.quick {
+			fanRuns = 2
+		}
+		if err := (&dockerBench{env: env, ns: dns, tasks: c.dockerTasks, fanRuns: fanRuns}).run(ctx, out); err != nil {
+			return fmt.Errorf("docker benchmark: %w", err)
+		}
+	}
+	if c.node {
+		nns, err := newNamespace(ctx, kube, "bench-node-"+suffix)
+		if err != nil {
+			return err
+		}
+		if err := (&nodeBench{env: env, ns: nns, tasks: c.dockerTasks}).run(ctx, out); err != nil {
+			return fmt.Errorf("real-node benchmark: %w", err)
+		}
+	}
+	if c.cluster {
+		// The scenario runs its own manager, as a process: this one stops first.
+		if err := mgr.stop(); err != nil {
+			return err
+		}
+		if err := (&clusterBench{
+			env: env, kube: kube, audit: audit, suffix: suffix, bursts: c.burstSizes,
+			rate: c.steadyRate, steady: c.steady, submitters: c.submitters,
+		}).run(ctx, out); err != nil {
+			return fmt.Errorf("cluster scenario: %w", err)
+		}
+	}
+	return nil
+}
+
+// parseSizes parses a comma-separated list of positive numbers.
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a list of positive numbers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// runService is the service section: the manager against fake executors, between two baselines.
+func runService(ctx context.Context, c config, env *testenv.Env, kube kubernetes.Interface, suffix string, mgrReq *requests, mgr *runningManager, out io.Writer) error {
 	// The baseline runs before and after the service, in a namespace of its own: the pair shows how
 	// much the machine drifted meanwhile (other processes, a growing etcd).
 	baseNS, err := newNamespace(ctx, kube, "bench-baseline-"+suffix)
@@ -184,36 +287,6 @@ func run(c config, out io.Writer) (err error) {
 		return err
 	}
 	printService(out, c, svc, before, after)
-	if c.kwok {
-		if err := (&kwokBench{
-			env: env, kube: kube, suffix: suffix, runs: c.kwokRuns, submitters: c.submitters,
-			managerReq: mgrReq, managerExited: mgr.exited,
-		}).run(ctx, out); err != nil {
-			return fmt.Errorf("kwok benchmark: %w", err)
-		}
-	}
-	if c.docker {
-		dns, err := newNamespace(ctx, kube, "bench-docker-"+suffix)
-		if err != nil {
-			return err
-		}
-		fanRuns := 5
-		if c.quick {
-			fanRuns = 2
-		}
-		if err := (&dockerBench{env: env, ns: dns, tasks: c.dockerTasks, fanRuns: fanRuns}).run(ctx, out); err != nil {
-			return fmt.Errorf("docker benchmark: %w", err)
-		}
-	}
-	if c.node {
-		nns, err := newNamespace(ctx, kube, "bench-node-"+suffix)
-		if err != nil {
-			return err
-		}
-		if err := (&nodeBench{env: env, ns: nns, tasks: c.dockerTasks}).run(ctx, out); err != nil {
-			return fmt.Errorf("real-node benchmark: %w", err)
-		}
-	}
 	return nil
 }
 

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +46,9 @@ type taskKey struct{ run, task string }
 // Success write returned).
 type tracker struct {
 	want int
+	// prefix, when set, limits the tracker to the runs named so: the runs of earlier phases in the
+	// same namespace are not its.
+	prefix string
 
 	mu         sync.Mutex
 	created    map[string]time.Time // run -> its create call returned
@@ -89,7 +94,7 @@ func (t *tracker) finished(run, task string, at time.Time) {
 func (t *tracker) observe(run *rsv1.Run, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.finishedR[run.Name]; ok {
+	if _, ok := t.finishedR[run.Name]; ok || !strings.HasPrefix(run.Name, t.prefix) {
 		return
 	}
 	st := run.Status
@@ -189,6 +194,7 @@ type serviceBench struct {
 	base       *rest.Config
 	ns         string
 	runs       int
+	prefix     string // of the runs' names, "run-" when empty
 	executors  int
 	workers    int
 	submitters int
@@ -305,7 +311,7 @@ func (b *serviceBench) submit(ctx context.Context, c versioned.Interface, tasks 
 			select {
 			case <-ctx.Done():
 				return
-			case names <- fmt.Sprintf("run-%05d", i):
+			case names <- fmt.Sprintf("%s%05d", cmp.Or(b.prefix, "run-"), i):
 			}
 		}
 	}()

@@ -6,18 +6,37 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
-// Kwok is a running kwok: it simulates a node and the life of the pods bound to it.
+// Kwok is a running kwok: it simulates nodes and the life of the pods bound to them.
 type Kwok struct {
-	// Node is the name of the simulated node.
+	// Node is the name of the (first) simulated node.
 	Node string
-	cmd  *exec.Cmd
+	// Nodes are the names of the simulated nodes.
+	Nodes []string
+	cmd   *exec.Cmd
+}
+
+// KwokPoolLabel labels the nodes of one kwok with their NodePrefix: a node selector on it keeps
+// pods off the nodes of a kwok that stopped.
+const KwokPoolLabel = "runservice.dev/kwok-pool"
+
+// KwokOptions shape the simulated cluster.
+type KwokOptions struct {
+	// Nodes is how many nodes kwok simulates (default 1), named NodePrefix-0, NodePrefix-1...
+	// (default kwok-node) and labelled KwokPoolLabel=NodePrefix.
+	Nodes      int
+	NodePrefix string
+	// Running is how long a pod bound to a node stays Pending (default 100ms); Complete how long it
+	// then runs before it Succeeds (default 300ms), except the SlowRun's and PartitionedRun's.
+	Running, Complete time.Duration
 }
 
 // SlowRun is the name of the run whose pods run a long while (20s) on the simulated node; the
@@ -58,7 +77,7 @@ spec:
     matchExpressions:
     - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
     - {key: '.status.phase', operator: In, values: [Pending]}
-  delay: {durationMilliseconds: 100}
+  delay: {durationMilliseconds: ${RUNNING_MS}}
   next:
     statusTemplate: |
       {{ $now := Now }}
@@ -88,7 +107,7 @@ spec:
     - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
     - {key: '.status.phase', operator: In, values: [Running]}
     - {key: '.metadata.labels["runservice.dev/run"]', operator: NotIn, values: [slow, partitioned]}
-  delay: {durationMilliseconds: 300}
+  delay: {durationMilliseconds: ${COMPLETE_MS}}
   next:
     statusTemplate: |
       ${COMPLETED}
@@ -133,6 +152,23 @@ const completedStatus = `{{ $now := Now }}
 // StartKwok builds (once, hack/kwok.sh) and starts kwok against the control plane, managing one
 // simulated node it creates.
 func (e *Env) StartKwok(ctx context.Context, dir string) (*Kwok, error) {
+	return e.StartKwokWith(ctx, dir, KwokOptions{})
+}
+
+// StartKwokWith starts kwok managing the nodes it creates, as opts say.
+func (e *Env) StartKwokWith(ctx context.Context, dir string, opts KwokOptions) (*Kwok, error) {
+	if opts.Nodes == 0 {
+		opts.Nodes = 1
+	}
+	if opts.NodePrefix == "" {
+		opts.NodePrefix = "kwok-node"
+	}
+	if opts.Running == 0 {
+		opts.Running = 100 * time.Millisecond
+	}
+	if opts.Complete == 0 {
+		opts.Complete = 300 * time.Millisecond
+	}
 	out, err := exec.Command(filepath.Join(e.Root, "hack", "kwok.sh")).Output()
 	if err != nil {
 		return nil, fmt.Errorf("building kwok with hack/kwok.sh: %w", err)
@@ -146,21 +182,28 @@ func (e *Env) StartKwok(ctx context.Context, dir string) (*Kwok, error) {
 	if err := os.WriteFile(kubeconfig, e.Kubeconfig, 0o600); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(stages, []byte(strings.ReplaceAll(kwokStages, "${COMPLETED}", completedStatus)), 0o644); err != nil {
+	stageConfig := strings.NewReplacer("${COMPLETED}", completedStatus,
+		"${RUNNING_MS}", strconv.FormatInt(opts.Running.Milliseconds(), 10),
+		"${COMPLETE_MS}", strconv.FormatInt(opts.Complete.Milliseconds(), 10)).Replace(kwokStages)
+	if err := os.WriteFile(stages, []byte(stageConfig), 0o644); err != nil {
 		return nil, err
 	}
 	kube, err := kubernetes.NewForConfig(e.Config)
 	if err != nil {
 		return nil, err
 	}
-	const node = "kwok-node-0"
-	_, err = kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-		Name:        node,
-		Annotations: map[string]string{"kwok.x-k8s.io/node": "fake"},
-		Labels:      map[string]string{"type": "kwok", "kubernetes.io/hostname": node},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("creating the simulated node: %w", err)
+	var nodes []string
+	for i := range opts.Nodes {
+		node := fmt.Sprintf("%s-%d", opts.NodePrefix, i)
+		_, err = kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+			Name:        node,
+			Annotations: map[string]string{"kwok.x-k8s.io/node": "fake"},
+			Labels:      map[string]string{"type": "kwok", "kubernetes.io/hostname": node, KwokPoolLabel: opts.NodePrefix},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("creating the simulated node %s: %w", node, err)
+		}
+		nodes = append(nodes, node)
 	}
 	cmd := exec.Command(bin, "--kubeconfig", kubeconfig, "-c", stages,
 		"--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake")
@@ -172,7 +215,7 @@ func (e *Env) StartKwok(ctx context.Context, dir string) (*Kwok, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting kwok: %w", err)
 	}
-	return &Kwok{Node: node, cmd: cmd}, nil
+	return &Kwok{Node: nodes[0], Nodes: nodes, cmd: cmd}, nil
 }
 
 // Stop stops kwok.

@@ -64,8 +64,33 @@ func Assets(root string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// Option changes how Start boots the control plane.
+type Option func(*options)
+
+type options struct {
+	auditLog string
+}
+
+// WithAuditLog makes the apiserver write an audit event for every write request (create, update,
+// patch, delete, deletecollection: who, with which user agent, on what, with which response code)
+// into the JSON-lines file path, in batches of at most a second: what the benchmark counts writes
+// by component from.
+func WithAuditLog(path string) Option {
+	return func(o *options) { o.auditLog = path }
+}
+
+// auditPolicy logs the metadata of writes only.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+`
+
 // Start boots the control plane with the CRDs and the webhook configuration installed.
-func Start() (*Env, error) {
+func Start(opts ...Option) (*Env, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return nil, err
@@ -81,6 +106,22 @@ func Start() (*Env, error) {
 		WebhookInstallOptions: envtest.WebhookInstallOptions{
 			Paths: []string{filepath.Join(root, "config", "webhook")},
 		},
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.auditLog != "" {
+		policy := filepath.Join(filepath.Dir(o.auditLog), "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte(auditPolicy), 0o644); err != nil {
+			return nil, fmt.Errorf("writing the audit policy: %w", err)
+		}
+		args := env.ControlPlane.GetAPIServer().Configure()
+		args.Set("audit-policy-file", policy)
+		args.Set("audit-log-path", o.auditLog)
+		args.Set("audit-log-format", "json")
+		args.Set("audit-log-mode", "batch")
+		args.Set("audit-log-batch-max-wait", "1s")
 	}
 	cfg, err := env.Start()
 	if err != nil {

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// auditLog reads the apiserver's audit log of writes (testenv.WithAuditLog) between two offsets:
+// the writes of a phase, from every client of the apiserver, by component.
+type auditLog struct{ path string }
+
+// offset is the log's current end.
+func (a auditLog) offset() (int64, error) {
+	fi, err := os.Stat(a.path)
+	if os.IsNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// auditEvent is what the bench reads of an audit event.
+type auditEvent struct {
+	Stage     string `json:"stage"`
+	Verb      string `json:"verb"`
+	UserAgent string `json:"userAgent"`
+	ObjectRef *struct {
+		Resource    string `json:"resource"`
+		Subresource string `json:"subresource"`
+	} `json:"objectRef"`
+	ResponseStatus *struct {
+		Code int `json:"code"`
+	} `json:"responseStatus"`
+}
+
+// writeCounts are writes by component, then by "verb resource[/subresource]".
+type writeCounts struct {
+	writes    map[string]map[string]int
+	conflicts map[string]int // 409s by component
+}
+
+func (w writeCounts) total(components ...string) int {
+	n := 0
+	for _, c := range components {
+		for _, v := range w.writes[c] {
+			n += v
+		}
+	}
+	return n
+}
+
+func (w writeCounts) all() int {
+	n := 0
+	for c := range w.writes {
+		n += w.total(c)
+	}
+	return n
+}
+
+// between counts the completed write requests logged from offset from to offset to.
+func (a auditLog) between(from, to int64) (writeCounts, error) {
+	w := writeCounts{writes: map[string]map[string]int{}, conflicts: map[string]int{}}
+	f, err := os.Open(a.path)
+	if err != nil {
+		return w, fmt.Errorf("reading the audit log: %w", err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(io.NewSectionReader(f, from, to-from))
+	s.Buffer(make([]byte, 64<<10), 4<<20)
+	for s.Scan() {
+		var e auditEvent
+		if err := json.Unmarshal(s.Bytes(), &e); err != nil {
+			return w, fmt.Errorf("reading the audit log: %w", err)
+		}
+		if e.Stage != "ResponseComplete" || e.ObjectRef == nil {
+			continue
+		}
+		c := componentOf(e.UserAgent)
+		res := e.ObjectRef.Resource
+		if e.ObjectRef.Subresource != "" {
+			res += "/" + e.ObjectRef.Subresource
+		}
+		if w.writes[c] == nil {
+			w.writes[c] = map[string]int{}
+		}
+		w.writes[c][e.Verb+" "+res]++
+		if e.ResponseStatus != nil && e.ResponseStatus.Code == 409 {
+			w.conflicts[c]++
+		}
+	}
+	return w, s.Err()
+}
+
+// componentOf names the client from its user agent: client-go's default starts with the
+// binary's name.
+func componentOf(ua string) string {
+	name, _, _ := strings.Cut(ua, "/")
+	switch name {
+	case "manager":
+		return "manager"
+	case "executor":
+		return "executors"
+	case "kube-scheduler":
+		return "scheduler"
+	case "kwok":
+		return "kwok"
+	case "bench":
+		return "submitter"
+	case "kube-apiserver":
+		return "apiserver"
+	}
+	return "other (" + name + ")"
+}
+
+// breakdown lists a component's writes per task, most first.
+func (w writeCounts) breakdown(component string, tasks int) string {
+	type kv struct {
+		k string
+		v int
+	}
+	var kvs []kv
+	for k, v := range w.writes[component] {
+		kvs = append(kvs, kv{k, v})
+	}
+	sort.Slice(kvs, func(i, j int) bool { return kvs[i].v > kvs[j].v || kvs[i].v == kvs[j].v && kvs[i].k < kvs[j].k })
+	var parts []string
+	for _, e := range kvs {
+		parts = append(parts, fmt.Sprintf("%s %.2f", e.k, float64(e.v)/float64(tasks)))
+	}
+	return strings.Join(parts, ", ")
+}

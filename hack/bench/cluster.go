@@ -1,0 +1,558 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/testenv"
+	"runservice.dev/runservice/pkg/client/clientset/versioned"
+)
+
+// The cluster scenario's stack, the one issue 10 measured Argo Workflows v4.0.5 on: kube-scheduler
+// binding the pods to 5 kwok nodes, pods Succeeded 500ms after Running, runs of a then b and c
+// with one container each, the manager and three Kubernetes-driver executors as processes of their
+// own with their default options.
+const (
+	clusterNodes     = 5
+	clusterExecutors = 3
+	clusterPool      = "kwok-cluster"
+	clusterComplete  = 500 * time.Millisecond
+	// schedulerQPS is kube-scheduler's client rate here: its default (50) binds fewer pods a second
+	// than the targets need, and would measure the scheduler instead of the run service.
+	schedulerQPS = 500
+)
+
+// Argo Workflows' figures on this stack (issue 10), what the targets are set against.
+const (
+	argoRunsPerMin   = 700.0 // 690-710 workflows/min, 1,000 at once
+	argoP99          = 67 * time.Second
+	argoWritesPerPod = 8.1
+)
+
+// clusterBench is the cluster scenario: runs at once (each size of bursts), then a steady rate.
+type clusterBench struct {
+	env        *testenv.Env
+	kube       kubernetes.Interface
+	audit      auditLog
+	suffix     string
+	bursts     []int
+	rate       float64
+	steady     time.Duration
+	submitters int
+}
+
+// clusterPhase is what one phase measured.
+type clusterPhase struct {
+	name        string
+	runs        int
+	elapsed     time.Duration // first create to last Finished
+	submittedIn time.Duration
+	latency     []time.Duration // create returned -> seen Finished, sorted
+	writes      writeCounts
+	usage       usage
+	peaksReset  bool
+}
+
+func (p *clusterPhase) tasks() int { return p.runs * len(benchTasks()) }
+
+func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
+	tmp, err := os.MkdirTemp("", "runservice-bench-cluster-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err == nil {
+			_ = os.RemoveAll(tmp)
+		} else {
+			err = fmt.Errorf("%w (the processes' logs are in %s)", err, tmp)
+		}
+	}()
+	bins, err := buildBinaries(b.env.Root, tmp)
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(tmp, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, b.env.Kubeconfig, 0o600); err != nil {
+		return err
+	}
+	kw, err := b.env.StartKwokWith(ctx, filepath.Join(tmp, "kwok"), testenv.KwokOptions{
+		Nodes: clusterNodes, NodePrefix: clusterPool, Complete: clusterComplete,
+	})
+	if err != nil {
+		return err
+	}
+	defer kw.Stop()
+	for _, n := range kw.Nodes {
+		if err := waitNodeReady(ctx, b.kube, n); err != nil {
+			return err
+		}
+		// The apiserver taints a new node not-ready; kube-controller-manager, which is not part of
+		// this stack, would lift the taint once the node reports Ready.
+		untaint := []byte(`{"spec":{"taints":null}}`)
+		if _, err := b.kube.CoreV1().Nodes().Patch(ctx, n, types.MergePatchType, untaint, metav1.PatchOptions{}); err != nil {
+			return fmt.Errorf("lifting the not-ready taint of node %s: %w", n, err)
+		}
+	}
+	set := &procSet{}
+	defer func() {
+		for _, p := range set.procs {
+			p.stop(15 * time.Second)
+		}
+	}()
+	sched, err := startScheduler(b.env.Root, tmp, kubeconfig)
+	if err != nil {
+		return err
+	}
+	set.procs = append(set.procs, sched)
+	if kp := childProcs("kwok", "kwok"); len(kp) > 0 {
+		set.procs = append(set.procs, kp...)
+	}
+	set.procs = append(set.procs, childProcs("apiserver", "kube-apiserver")...)
+	set.procs = append(set.procs, childProcs("etcd", "etcd")...)
+
+	ns, err := newPodNamespace(ctx, b.kube, "bench-cluster-"+b.suffix)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\ncluster scenario: kube-scheduler (client %d QPS) binding pods to %d kwok nodes, pods Succeeded %s after Running; runs of %s, one container each; the manager and %d Kubernetes-driver executors as processes with their default options\n",
+		schedulerQPS, clusterNodes, clusterComplete, runShape, clusterExecutors)
+
+	rawN := 3 * slices.Max(b.bursts)
+	fmt.Fprintf(os.Stderr, "  ... cluster: raw pods, %d from %d writers, bound by kube-scheduler\n", rawN, clusterExecutors)
+	raw, err := b.rawPods(ctx, ns, rawN)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "baseline: raw pod creates %.0f/s (%d pods, %d writers); bound, run and Succeeded at %.0f pods/s (the most this scheduler and kwok do)\n",
+		raw.create.rate(), rawN, clusterExecutors, raw.lifeRate())
+
+	mgr, err := b.startManager(tmp, bins, kubeconfig)
+	if err != nil {
+		return err
+	}
+	set.procs = append(set.procs, mgr)
+	for i := range clusterExecutors {
+		ex, err := b.startExecutor(tmp, bins, kubeconfig, ns, i)
+		if err != nil {
+			return err
+		}
+		set.procs = append(set.procs, ex)
+	}
+	sub, err := versioned.NewForConfig(b.env.Config)
+	if err != nil {
+		return err
+	}
+	if err := waitExecutorsReady(ctx, sub, ns, clusterExecutors); err != nil {
+		return err
+	}
+	if err := waitWebhook(ctx, sub, ns); err != nil {
+		return err
+	}
+
+	var phases []*clusterPhase
+	for i, n := range b.bursts {
+		fmt.Fprintf(os.Stderr, "  ... cluster: %d runs at once\n", n)
+		p, err := b.phase(ctx, set, sub, ns, fmt.Sprintf("%d runs at once", n), fmt.Sprintf("burst%d-", i), n, 0)
+		if err != nil {
+			return err
+		}
+		printPhase(out, p, raw)
+		phases = append(phases, p)
+	}
+	if b.steady > 0 && b.rate > 0 {
+		n := int(b.rate * b.steady.Seconds())
+		fmt.Fprintf(os.Stderr, "  ... cluster: %g runs/s for %s\n", b.rate, b.steady)
+		p, err := b.phase(ctx, set, sub, ns, fmt.Sprintf("steady %g runs/s for %s", b.rate, b.steady), "steady-", n, b.rate)
+		if err != nil {
+			return err
+		}
+		printPhase(out, p, raw)
+		phases = append(phases, p)
+	}
+	printTargets(out, phases, b.rate)
+	return nil
+}
+
+// phase submits runs (all at once, or at rate) and measures them until every run is Finished and
+// every pod is gone.
+func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.Interface, ns, name, prefix string, runs int, rate float64) (*clusterPhase, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	t := newTracker(runs)
+	t.prefix = prefix
+	if err := watchRuns(ctx, sub, ns, t, &wg); err != nil {
+		return nil, err
+	}
+	// The audit log is written in batches of up to a second: what the last phase's tail wrote is
+	// in it by now.
+	time.Sleep(2 * time.Second)
+	from, err := b.audit.offset()
+	if err != nil {
+		return nil, err
+	}
+	set.begin()
+	start := time.Now()
+	submitErr := make(chan error, 1)
+	go func() {
+		submitErr <- (&serviceBench{ns: ns, runs: runs, prefix: prefix, submitters: b.submitters, rate: rate}).submit(ctx, sub, benchTasks(), t)
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	lastReport := time.Now()
+	for done := false; !done; {
+		select {
+		case <-t.done:
+			done = true
+		case err := <-submitErr:
+			if err != nil {
+				return nil, err
+			}
+			submitErr = nil
+		case <-ctx.Done():
+			n, _ := t.progress()
+			return nil, withFailedTasks(ctx, sub, ns, fmt.Errorf("%d of %d runs finished: %w", n, runs, ctx.Err()))
+		case <-tick.C:
+			n, failed := t.progress()
+			if failed != nil {
+				return nil, withFailedTasks(ctx, sub, ns, failed)
+			}
+			if p := set.exited(); p != nil {
+				return nil, fmt.Errorf("%s exited during the benchmark: %v", p.name, p.err)
+			}
+			if time.Since(lastReport) >= 10*time.Second {
+				fmt.Fprintf(os.Stderr, "  ... cluster: %d/%d runs finished\n", n, runs)
+				lastReport = time.Now()
+			}
+		}
+	}
+	end, lastCreated := t.last()
+	if err := waitNoPods(ctx, b.kube, ns); err != nil {
+		return nil, err
+	}
+	p := &clusterPhase{name: name, runs: runs, elapsed: end.Sub(start), submittedIn: lastCreated.Sub(start), usage: set.end(), peaksReset: set.resets}
+	time.Sleep(2 * time.Second)
+	to, err := b.audit.offset()
+	if err != nil {
+		return nil, err
+	}
+	if p.writes, err = b.audit.between(from, to); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	for run, created := range t.created {
+		if fin, ok := t.finishedR[run]; ok {
+			p.latency = append(p.latency, fin.Sub(created))
+		}
+	}
+	t.mu.Unlock()
+	p.latency = sortedCopy(p.latency)
+	return p, nil
+}
+
+// buildBinaries builds the manager and the executor as `make build` would, into dir.
+func buildBinaries(root, dir string) (string, error) {
+	bins := filepath.Join(dir, "bin")
+	cmd := exec.Command("go", "build", "-o", bins+"/", "./cmd/manager", "./cmd/executor")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the manager and the executor: %v: %s", err, out)
+	}
+	return bins, nil
+}
+
+// startScheduler starts kube-scheduler (built by hack/node/node.sh) with its client rate raised.
+func startScheduler(root, dir, kubeconfig string) (*proc, error) {
+	out, err := exec.Command(filepath.Join(root, "hack", "node", "node.sh"), "build").Output()
+	if err != nil {
+		return nil, fmt.Errorf("finding kube-scheduler with hack/node/node.sh build: %w", err)
+	}
+	bin := filepath.Join(strings.TrimSpace(string(out)), "bin", "kube-scheduler")
+	cfg := filepath.Join(dir, "scheduler.yaml")
+	conf := fmt.Sprintf(`apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection: {kubeconfig: %q, qps: %d, burst: %d}
+leaderElection: {leaderElect: false}
+`, kubeconfig, schedulerQPS, 2*schedulerQPS)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return startProc(dir, "scheduler", "kube-scheduler", nil, bin, "--config", cfg, "--secure-port", "0")
+}
+
+func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error) {
+	w := b.env.WebhookInstallOptions
+	if err := os.MkdirAll(filepath.Join(dir, "store"), 0o755); err != nil {
+		return nil, err
+	}
+	return startProc(dir, "manager", "manager", []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "manager"),
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+		"--webhook-port", strconv.Itoa(w.LocalServingPort), "--webhook-cert-dir", w.LocalServingCertDir,
+		"--object-store", "file://"+filepath.Join(dir, "store"),
+		"--executor-insecure-http", "--executor-endpoint-allow", "loopback")
+}
+
+func (b *clusterBench) startExecutor(dir, bins, kubeconfig, ns string, i int) (*proc, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("bench-cluster-%d", i)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	return startProc(dir, "executors", name, []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "executor"),
+		"--driver", string(rsv1.DriverKubernetes), "--namespace", ns, "--group", "bench", "--name", name,
+		"--listen", addr, "--endpoint", "http://"+addr, "--insecure-http",
+		"--data-dir", filepath.Join(dir, name), "--object-store=",
+		"--toolbox-image", kwokToolboxImage, "--pod-node-selector", testenv.KwokPoolLabel+"="+clusterPool)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitWebhook waits until the manager's webhook admits a run (a dry run creates nothing).
+func waitWebhook(ctx context.Context, c versioned.Interface, ns string) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	probe := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: ns}, Spec: rsv1.RunSpec{Tasks: benchTasks()}}
+	for {
+		_, err := c.RunserviceV1alpha1().Runs(ns).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the manager's webhook (last error %v): %w", err, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitNoPods waits until the namespace has no pods left.
+func waitNoPods(ctx context.Context, kube kubernetes.Interface, ns string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		list, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{ResourceVersion: "0"})
+		if err == nil && len(list.Items) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			n := -1
+			if list != nil {
+				n = len(list.Items)
+			}
+			return fmt.Errorf("waiting for the pods to be gone (%d left): %w", n, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// rawPods creates n pods of the driver's shape, unbound, from one client per executor, and times
+// the creates; then waits until kube-scheduler bound them and kwok took them to Succeeded; then
+// removes them.
+func (b *clusterBench) rawPods(ctx context.Context, ns string, n int) (*rawResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var succeeded atomic.Int64
+	factory := informers.NewSharedInformerFactoryWithOptions(b.kube, 0, informers.WithNamespace(ns))
+	inf := factory.Core().V1().Pods().Informer()
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, obj any) {
+			o, p := old.(*corev1.Pod), obj.(*corev1.Pod)
+			if o.Status.Phase != corev1.PodSucceeded && p.Status.Phase == corev1.PodSucceeded {
+				succeeded.Add(1)
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	factory.Start(ctx.Done())
+	defer func() {
+		cancel()
+		factory.Shutdown() // waits for the informer, which stops with ctx
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil, errors.New("the watch on pods did not sync")
+	}
+	var next atomic.Int64
+	errs := make(chan error, clusterExecutors)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range clusterExecutors {
+		c, err := kubernetes.NewForConfig(b.env.Config)
+		if err != nil {
+			return nil, err
+		}
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				pod := rawPod(ns, "", i)
+				pod.Spec.NodeSelector = map[string]string{testenv.KwokPoolLabel: clusterPool}
+				if _, err := c.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+					errs <- fmt.Errorf("raw: creating pod %s: %w", pod.Name, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	created := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
+	}
+	deadline := time.After(5 * time.Minute)
+	for succeeded.Load() < int64(n) {
+		select {
+		case <-deadline:
+			return nil, fmt.Errorf("raw pods: %d of %d Succeeded within 5 minutes", succeeded.Load(), n)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	res := &rawResult{create: &baselineResult{objects: n, elapsed: created}, lifeElapsed: time.Since(start)}
+	pods := b.kube.CoreV1().Pods(ns)
+	if err := pods.DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{}); err != nil {
+		return nil, fmt.Errorf("deleting the raw pods: %w", err)
+	}
+	return res, waitNoPods(ctx, b.kube, ns)
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+// clusterComponents in the order they are printed.
+var clusterComponents = []string{"manager", "executors", "scheduler", "kwok", "submitter", "apiserver", "etcd"}
+
+func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
+	tasks := p.tasks()
+	secs := p.elapsed.Seconds()
+	fmt.Fprintf(out, "%s: %d runs (%d tasks) in %.1fs = %.0f runs/min; create->finish p50 %.2fs p99 %.2fs max %.2fs; the last create returned at %.1fs\n",
+		p.name, p.runs, tasks, secs, float64(p.runs)/secs*60,
+		percentile(p.latency, 0.5).Seconds(), percentile(p.latency, 0.99).Seconds(), percentile(p.latency, 1).Seconds(), p.submittedIn.Seconds())
+	fmt.Fprintf(out, "  ratio: %.1f tasks/s / raw pod creates %.0f/s = %.3f; / raw pods Succeeded %.0f/s = %.3f\n",
+		float64(tasks)/secs, raw.create.rate(), float64(tasks)/secs/raw.create.rate(), raw.lifeRate(), float64(tasks)/secs/raw.lifeRate())
+	per := func(n int) float64 { return float64(n) / float64(tasks) }
+	var parts []string
+	for _, c := range sortedKeys(p.writes.writes) {
+		s := fmt.Sprintf("%s %.2f", c, per(p.writes.total(c)))
+		if n := p.writes.conflicts[c]; n > 0 {
+			s += fmt.Sprintf(" (%d conflicts)", n)
+		}
+		parts = append(parts, s)
+	}
+	fmt.Fprintf(out, "  apiserver writes per task: manager+executors %.2f, total %.2f: %s\n",
+		per(p.writes.total("manager", "executors")), per(p.writes.all()), strings.Join(parts, ", "))
+	for _, c := range sortedKeys(p.writes.writes) {
+		fmt.Fprintf(out, "    %s: %s\n", c, p.writes.breakdown(c, tasks))
+	}
+	parts = parts[:0]
+	for _, c := range clusterComponents {
+		if d, ok := p.usage.cpu[c]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.1fms", c, float64(d.Milliseconds())/float64(p.runs)))
+		}
+	}
+	fmt.Fprintf(out, "  CPU per run: %s\n", strings.Join(parts, ", "))
+	parts = parts[:0]
+	for _, c := range clusterComponents {
+		if b, ok := p.usage.peak[c]; ok && b > 0 {
+			parts = append(parts, fmt.Sprintf("%s %s", c, mib(b)))
+		}
+	}
+	since := "over the phase"
+	if !p.peaksReset {
+		since = "since the process started (clear_refs refused)"
+	}
+	fmt.Fprintf(out, "  peak RSS %s (the largest process of each): %s\n", since, strings.Join(parts, ", "))
+}
+
+// printTargets compares the phases with issue 10's targets.
+func printTargets(out io.Writer, phases []*clusterPhase, rate float64) {
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "MISSED"
+	}
+	fmt.Fprintln(out, "targets (issue 10):")
+	var bursts []*clusterPhase
+	for _, p := range phases {
+		if strings.Contains(p.name, "at once") {
+			bursts = append(bursts, p)
+		}
+	}
+	for _, p := range bursts {
+		if p.runs != 1000 {
+			continue
+		}
+		rpm := float64(p.runs) / p.elapsed.Seconds() * 60
+		p99 := percentile(p.latency, 0.99)
+		fmt.Fprintf(out, "  1,000 runs at once: %.0f runs/min, %.2fx Argo's %.0f (target >= 2x): %s; p99 %.1fs vs Argo's %.0fs: %s\n",
+			rpm, rpm/argoRunsPerMin, argoRunsPerMin, verdict(rpm >= 2*argoRunsPerMin), p99.Seconds(), argoP99.Seconds(), verdict(p99 < argoP99))
+	}
+	for _, p := range phases {
+		own := float64(p.writes.total("manager", "executors")) / float64(p.tasks())
+		all := float64(p.writes.all()-p.writes.total("submitter")) / float64(p.tasks())
+		fmt.Fprintf(out, "  %s: manager+executors %.2f writes/task (target <= 4.5): %s; all but the run creates %.2f (target < Argo's %.1f): %s\n",
+			p.name, own, verdict(own <= 4.5), all, argoWritesPerPod, verdict(all < argoWritesPerPod))
+	}
+	if len(bursts) > 1 {
+		lo, hi := bursts[0], bursts[len(bursts)-1]
+		var parts []string
+		flat := true
+		for _, c := range clusterComponents {
+			a, b := lo.usage.cpu[c], hi.usage.cpu[c]
+			if a == 0 || c == "submitter" {
+				continue
+			}
+			r := (float64(b) / float64(hi.tasks())) / (float64(a) / float64(lo.tasks()))
+			flat = flat && (c != "manager" && c != "executors" || r <= 1.2)
+			parts = append(parts, fmt.Sprintf("%s %.2fx", c, r))
+		}
+		fmt.Fprintf(out, "  CPU per task at %d vs %d runs: %s (target <= 1.2x for the manager and executors): %s\n",
+			hi.runs, lo.runs, strings.Join(parts, ", "), verdict(flat))
+	}
+	for _, p := range phases {
+		if strings.HasPrefix(p.name, "steady") {
+			p99 := percentile(p.latency, 0.99)
+			fmt.Fprintf(out, "  steady %g runs/s: p99 %.2fs (target < 3s): %s\n", rate, p99.Seconds(), verdict(p99 < 3*time.Second))
+		}
+	}
+	for _, p := range bursts {
+		if p.runs == 1000 {
+			fmt.Fprintf(out, "  executors' peak RSS at 1,000 runs: %s (target < 100 MiB): %s\n", mib(p.usage.peak["executors"]), verdict(p.usage.peak["executors"] < 100<<20))
+		}
+	}
+}

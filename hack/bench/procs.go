@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proc is a component of the cluster scenario running as a process of its own, so that its CPU
+// time and memory are its own: the manager, an executor, kube-scheduler, kwok, or the control
+// plane's kube-apiserver and etcd (started by envtest, found among this process's children).
+type proc struct {
+	component string // what the figures are summed under: manager, executors, scheduler...
+	name      string
+	pid       int
+	cmd       *exec.Cmd // nil for the control plane's, which envtest stops
+	exited    chan struct{}
+	err       error // why it exited, once exited is closed
+}
+
+// startProc starts bin with args, its output in dir/name.log.
+func startProc(dir, component, name string, env []string, bin string, args ...string) (*proc, error) {
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		_ = logf.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &proc{component: component, name: name, pid: cmd.Process.Pid, cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		_ = logf.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// stop asks the process to stop (SIGTERM), and kills it after grace.
+func (p *proc) stop(grace time.Duration) {
+	if p.cmd == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// childProcs finds this process's children named comm (kube-apiserver, etcd).
+func childProcs(component, comm string) []*proc {
+	entries, _ := os.ReadDir("/proc")
+	var out []*proc
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		name, fields, ok := parseStat(b)
+		if !ok || name != comm || len(fields) < 2 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(fields[1]); ppid == os.Getpid() {
+			out = append(out, &proc{component: component, name: comm, pid: pid})
+		}
+	}
+	return out
+}
+
+// parseStat splits /proc/<pid>/stat into the command name and the fields after it (state first).
+func parseStat(b []byte) (string, []string, bool) {
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return "", nil, false
+	}
+	return string(b[open+1 : end]), strings.Fields(string(b[end+1:])), true
+}
+
+// clockTicks is USER_HZ, what /proc/<pid>/stat counts CPU time in: 100 on Linux everywhere.
+const clockTicks = 100
+
+// cpu is the process's user + system CPU time so far.
+func (p *proc) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+	if err != nil {
+		return 0
+	}
+	_, f, ok := parseStat(b)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	// utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// peakRSS is the process's peak resident set (VmHWM) since it started or since resetPeak.
+func (p *proc) peakRSS() int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// resetPeak starts the peak resident set over from the current one (clear_refs 5; root only).
+func (p *proc) resetPeak() bool {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p.pid), []byte("5"), 0) == nil
+}
+
+// usage is what the components used over a phase: CPU time summed per component, and the largest
+// peak resident set of a process of each.
+type usage struct {
+	cpu  map[string]time.Duration
+	peak map[string]int64
+}
+
+// procSet is every process of the scenario, with the CPU times at the start of a phase.
+type procSet struct {
+	procs  []*proc
+	start  map[*proc]time.Duration
+	resets bool // whether the peaks were reset at the start of the phase
+}
+
+func (s *procSet) begin() {
+	s.start = map[*proc]time.Duration{}
+	s.resets = true
+	for _, p := range s.procs {
+		s.start[p] = p.cpu()
+		if !p.resetPeak() {
+			s.resets = false
+		}
+	}
+}
+
+func (s *procSet) end() usage {
+	u := usage{cpu: map[string]time.Duration{}, peak: map[string]int64{}}
+	for _, p := range s.procs {
+		u.cpu[p.component] += p.cpu() - s.start[p]
+		u.peak[p.component] = max(u.peak[p.component], p.peakRSS())
+	}
+	return u
+}
+
+// exited returns the first of the scenario's own processes that exited, if one did.
+func (s *procSet) exited() *proc {
+	for _, p := range s.procs {
+		if p.cmd == nil {
+			continue
+		}
+		select {
+		case <-p.exited:
+			return p
+		default:
+		}
+	}
+	return nil
+}
