@@ -20,10 +20,12 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -130,7 +132,10 @@ func run(c config, out io.Writer) (err error) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
 
 	timedOut := fmt.Errorf("the benchmark took longer than -timeout %s", c.timeout)
-	ctx, cancel := context.WithTimeoutCause(context.Background(), c.timeout, timedOut)
+	// Interrupted, the benchmark stops what it started: its processes, kwok, the control plane.
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	ctx, cancel := context.WithTimeoutCause(sigCtx, c.timeout, timedOut)
 	defer cancel()
 	defer func() {
 		if err != nil && errors.Is(context.Cause(ctx), timedOut) && !errors.Is(err, timedOut) {
