@@ -62,7 +62,10 @@ type Task struct {
 
 // State is the state of a task's main container.
 type State struct {
-	Running  bool
+	Running bool
+	// Started says that the main container has started (it runs, or ran): a task waiting for a node
+	// or an image has not.
+	Started  bool
 	ExitCode int
 	// Message says what went wrong with the container itself (OOM killed, runtime error).
 	Message string

@@ -79,7 +79,8 @@ type Options struct {
 	DrainTimeout time.Duration
 	// ServerTimeouts bound the HTTP server's connections; zero fields take the defaults.
 	ServerTimeouts ServerTimeouts
-	// RunningStatusDelay is how long a task runs before its status says Running: nothing is written
+	// RunningStatusDelay is how long a task's main container runs (State.Started: not while its pod
+	// waits for a node or an image) before its status says Running: nothing is written
 	// of a task before its containers exist, and a task that ends sooner gets one status write, its
 	// final one, which carries its start time. 0 takes the default (1s); a negative delay writes
 	// Running as soon as the containers run.

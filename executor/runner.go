@@ -31,8 +31,9 @@ type runner struct {
 	cancel   context.CancelFunc
 	stopOnce sync.Once
 	stopped  chan struct{}
-	// followed is when the runner began following the task's containers.
-	followed time.Time
+	// followed is when the runner began following the task's containers; startedSeen when it first
+	// saw the main container started.
+	followed, startedSeen time.Time
 	// refused is what the executor refused of the task while it ran (a link planted at the stop
 	// file, frames past its bounds), for its final status.
 	refused error
@@ -367,7 +368,7 @@ func (r *runner) report(ctx context.Context) error {
 	if recorded && equality.Semantic.DeepEqual(steps, r.et.Status.Steps) {
 		return nil
 	}
-	if !recorded && time.Since(r.followed) < r.e.opts.RunningStatusDelay {
+	if !recorded && !r.runFor(ctx, r.e.opts.RunningStatusDelay) {
 		return nil
 	}
 	start := r.et.Status.StartTime
@@ -381,6 +382,20 @@ func (r *runner) report(ctx context.Context) error {
 		}
 		st.Steps = steps
 	})
+}
+
+// runFor says whether the task's main container has run for d, counted from when the runner first
+// saw it started (the executor's clock: a node's may differ). A task waiting for a node or an image
+// is not Running yet, however long it waits.
+func (r *runner) runFor(ctx context.Context, d time.Duration) bool {
+	if r.startedSeen.IsZero() {
+		st, err := r.e.driver.Inspect(ctx, r.uid())
+		if err != nil || !st.Started {
+			return false
+		}
+		r.startedSeen = time.Now()
+	}
+	return time.Since(r.startedSeen) >= d
 }
 
 // steps reads the steps' results from the task's directory.

@@ -242,7 +242,7 @@ func (d *Driver) Inspect(ctx context.Context, uid string) (*executor.State, erro
 	if err != nil {
 		return nil, fmt.Errorf("inspecting container %s: %w", id, err)
 	}
-	st := &executor.State{Running: info.State.Running || info.State.Restarting, ExitCode: info.State.ExitCode}
+	st := &executor.State{Running: info.State.Running || info.State.Restarting, Started: info.State.Status != "created", ExitCode: info.State.ExitCode}
 	switch {
 	case info.State.Status == "created":
 		// Created and never started (the executor stopped in between): exit code 0 and no step run

@@ -348,7 +348,7 @@ func (d *Driver) state(pod *corev1.Pod) *executor.State {
 	for _, cs := range append(slices.Clone(pod.Status.InitContainerStatuses), pod.Status.ContainerStatuses...) {
 		if cs.Name == mainName && cs.State.Terminated != nil {
 			t := cs.State.Terminated
-			st := &executor.State{ExitCode: int(t.ExitCode), Message: ""}
+			st := &executor.State{Started: true, ExitCode: int(t.ExitCode), Message: ""}
 			if t.Reason == "OOMKilled" {
 				st.Message = "the container ran out of memory"
 			}
@@ -371,7 +371,7 @@ func (d *Driver) state(pod *corev1.Pod) *executor.State {
 			return &executor.State{ExitCode: -1, Message: "the pod cannot be scheduled: " + c.Message}
 		}
 	}
-	return &executor.State{Running: true}
+	return &executor.State{Running: true, Started: mainStarted(pod)}
 }
 
 // Wait implements executor.Driver: it looks at the pod when the pod changes, and when its state

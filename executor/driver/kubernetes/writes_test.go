@@ -129,3 +129,24 @@ func TestKilledBeforeAnyStatusWriteAdoptsItsPod(t *testing.T) {
 		t.Fatalf("the restarted executor did not adopt the pod through its name (log:\n%s)", out)
 	}
 }
+
+// TestAPendingPodIsNotRecordedRunning: Running means the task's main container runs. A pod that waits
+// for a node (here one bound to a node nobody runs: it stays Pending) keeps its task NotStarted past
+// the delay, so that a task whose pod waited in a busy cluster and then ran shortly still costs one
+// status write.
+func TestAPendingPodIsNotRecordedRunning(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "k")
+	sw := e2e.WatchStatusWrites(t, env.Config, ns)
+	startExecutor(t, ns, "wp", "--running-status-delay", "500ms", "--node-name", "no-such-node")
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "waits", Namespace: ns}}
+	run.Spec.Tasks = []rsv1.Task{task("t")}
+	if err := k8s.Create(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	waitPod(t, ns, "wp")
+	et := executorTaskName(t, ns, "waits", "t")
+	time.Sleep(3 * time.Second) // six times the delay; nothing happens to a pod no node runs
+	if w := sw.Of(et); len(w) != 0 {
+		t.Fatalf("a task whose pod never left Pending was written %d times (phases %v), want none: Running means its container runs", len(w), sw.Phases(et))
+	}
+}
