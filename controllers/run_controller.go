@@ -309,12 +309,13 @@ func executorRemoved(ex *rsv1.Executor, et *rsv1.ExecutorTask) bool {
 }
 
 // deferProgress says how long the write of the run's new status may wait: when all that changed is
-// what its running tasks report (their start, their steps), until ProgressDelay after that change
-// was first seen, so that a task that ends sooner has its start and its end written at once; 0 to
-// write now. What the run decided (tasks scheduled or stopped, a task or the run final, conditions)
-// is written at once: an ExecutorTask created must be in the status before anything else happens.
+// what its tasks report (a start, steps, a task ended that makes nothing ready and ends nothing),
+// until ProgressDelay after that change was first seen, so that a burst (a task that starts and
+// ends, sibling tasks ending together) is written once; 0 to write now. What the run decided (tasks
+// scheduled or stopped, its phase, the run final, conditions) is written at once: an ExecutorTask
+// created must be in the status before anything else happens.
 func (r *RunReconciler) deferProgress(key types.NamespacedName, old, status *rsv1.RunStatus) time.Duration {
-	if equality.Semantic.DeepEqual(old, status) || !progressOnly(old, status) {
+	if equality.Semantic.DeepEqual(old, status) || !reportOnly(old, status) {
 		return 0
 	}
 	now := time.Now()
@@ -338,22 +339,25 @@ func (r *RunReconciler) progressWritten(key types.NamespacedName) {
 	delete(r.progressSince, key)
 }
 
-// progressOnly reports whether status differs from old only in the entries of tasks that are
-// Running in it.
-func progressOnly(old, status *rsv1.RunStatus) bool {
-	masked := *status
-	masked.Tasks = slices.Clone(status.Tasks)
-	for i := range masked.Tasks {
-		if masked.Tasks[i].Phase != rsv1.TaskPhaseRunning {
-			continue
-		}
-		j := slices.IndexFunc(old.Tasks, func(ts rsv1.TaskStatus) bool { return ts.Name == masked.Tasks[i].Name })
-		if j < 0 {
+// reportOnly reports whether status differs from old only in what the run's tasks report: the run's
+// phase, times and conditions are the same, and so is every task's ExecutorTask and executor (what
+// scheduling decided).
+func reportOnly(old, status *rsv1.RunStatus) bool {
+	if old.Phase != status.Phase || status.Phase.IsFinal() || len(old.Tasks) != len(status.Tasks) {
+		return false
+	}
+	a, b := *old, *status
+	a.Tasks, b.Tasks = nil, nil
+	if !equality.Semantic.DeepEqual(&a, &b) {
+		return false
+	}
+	for _, ts := range status.Tasks {
+		j := slices.IndexFunc(old.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == ts.Name })
+		if j < 0 || old.Tasks[j].ExecutorTask != ts.ExecutorTask || old.Tasks[j].Executor != ts.Executor {
 			return false
 		}
-		masked.Tasks[i] = old.Tasks[j]
 	}
-	return equality.Semantic.DeepEqual(old, &masked)
+	return true
 }
 
 // foldFinal records, in a final run's status, the logs fetched after it ended.

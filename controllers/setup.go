@@ -37,9 +37,9 @@ type Options struct {
 	// reconciled: the changes meanwhile (a task's start and end, the ends of a fan-out) are folded
 	// into its status in one write.
 	StatusBatch time.Duration
-	// ProgressDelay is how long what a run's running tasks report (their start, their steps) may
-	// wait before it is written to the run's status: a task that ends sooner costs the run one
-	// status write, not two.
+	// ProgressDelay is how long what a run's tasks report (a start, steps, an end that makes no
+	// task ready and ends nothing) may wait before it is written to the run's status: a burst of
+	// reports (a task that starts and ends, siblings that end together) costs one status write.
 	ProgressDelay time.Duration
 	// Store is the object store step logs and workspace archives are fetched into; nil turns the
 	// fetcher off.
