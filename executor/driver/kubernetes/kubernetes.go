@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
@@ -83,6 +84,11 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 	if opts.UnschedulableAfter == 0 {
 		opts.UnschedulableAfter = 5 * time.Minute
 	}
+	// Pods and Secrets travel as protobuf, as the Kubernetes components' own do: the pod watch and
+	// creates cost the apiserver (and the executor) less to encode and decode than JSON.
+	cfg = rest.CopyConfig(cfg)
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
