@@ -67,6 +67,9 @@ func (w writeCounts) all() int {
 // between counts the completed write requests logged from offset from to offset to.
 func (a auditLog) between(from, to int64) (writeCounts, error) {
 	w := writeCounts{writes: map[string]map[string]int{}, conflicts: map[string]int{}}
+	if to < from {
+		return w, fmt.Errorf("the audit log %s shrank from %d to %d bytes (rotated?)", a.path, from, to)
+	}
 	f, err := os.Open(a.path)
 	if err != nil {
 		return w, fmt.Errorf("reading the audit log: %w", err)
