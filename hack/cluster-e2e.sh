@@ -204,8 +204,12 @@ YAML
 # Run results are the manager's: not even a cluster admin rewrites them.
 refused "an admin rewriting a run's result" kubectl replace --dry-run=server --subresource=status -f - \
   <<<"$(kubectl get run diamond -o json | sed 's/"result": "Success"/"result": "Failed"/')"
-status run diamond kubectl --as="$mgr_sa" >/dev/null ||
-  wrong "the manager may not write a run's status"
+refused "an admin patching a run's result" kubectl patch run diamond --subresource=status --type=merge \
+  -p '{"status": {"result": "Failed"}}' --dry-run=server
+# The manager patches run statuses (locked on the resourceVersion); it has no update of them.
+kubectl --as="$mgr_sa" patch run diamond --subresource=status --type=merge \
+  -p '{"status": {"result": "Success"}}' --dry-run=server >/dev/null ||
+  wrong "the manager may not patch a run's status"
 kubectl delete namespace rbac-probe --wait=false >/dev/null
 kubectl -n default delete lease other-app >/dev/null
 [ ${#denied[@]} -eq 0 ] || fail "least privilege: ${#denied[@]} checks went wrong (above)"
