@@ -128,10 +128,11 @@ mayNot() { if kubectl auth can-i --as="$1" "${@:2}" >/dev/null 2>&1; then wrong 
 as() { local pod=$1; shift; kubectl --as="$ex_sa" --as-user-extra="$pod_extra=$pod" "$@"; }
 # patchAs POD PATH JSON: a merge patch of the API object at PATH as the executor pod POD, a dry run,
 # sent straight to the apiserver (kubectl patch reads the object first, which executors may not).
-patchAs() {
+patchAs() { patchAsUser "$ex_sa" "$2" "$3" -H "Impersonate-Extra-authentication.kubernetes.io%2fpod-name: $1"; }
+# patchAsUser USER PATH JSON [CURL ARGS...]: the same, as USER.
+patchAsUser() {
   curl -sS --fail-with-body --cacert "$state/pki/ca.crt" --cert "$state/pki/admin.crt" --key "$state/pki/admin.key" \
-    -X PATCH -H 'Content-Type: application/merge-patch+json' -H "Impersonate-User: $ex_sa" \
-    -H "Impersonate-Extra-authentication.kubernetes.io%2fpod-name: $1" \
+    -X PATCH -H 'Content-Type: application/merge-patch+json' -H "Impersonate-User: $1" "${@:4}" \
     "$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')$2?dryRun=All" -d "$3"
 }
 # current KIND NAME: the object as JSON without its resourceVersion, for an update that does not race
@@ -207,9 +208,8 @@ refused "an admin rewriting a run's result" kubectl replace --dry-run=server --s
 refused "an admin patching a run's result" kubectl patch run diamond --subresource=status --type=merge \
   -p '{"status": {"result": "Failed"}}' --dry-run=server
 # The manager patches run statuses (locked on the resourceVersion); it has no update of them.
-kubectl --as="$mgr_sa" patch run diamond --subresource=status --type=merge \
-  -p '{"status": {"result": "Success"}}' --dry-run=server >/dev/null ||
-  wrong "the manager may not patch a run's status"
+out=$(patchAsUser "$mgr_sa" /apis/runservice.dev/v1alpha1/namespaces/default/runs/diamond/status \
+  '{"status": {"result": "Success"}}' 2>&1) || wrong "the manager may not patch a run's status: $out"
 kubectl delete namespace rbac-probe --wait=false >/dev/null
 kubectl -n default delete lease other-app >/dev/null
 [ ${#denied[@]} -eq 0 ] || fail "least privilege: ${#denied[@]} checks went wrong (above)"
