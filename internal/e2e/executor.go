@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -50,6 +51,7 @@ func (h *Harness) NewExecutor(t *testing.T, bin, ns, name string, args ...string
 	e := &Executor{t: t, h: h, bin: bin, Name: name, NS: ns, args: append([]string{"--name", name, "--namespace", ns}, args...), out: &bytes.Buffer{}}
 	t.Cleanup(func() {
 		e.Kill()
+		e.checkRaces(e.Output())
 		if t.Failed() {
 			s := e.out.String()
 			if len(s) > 6000 {
@@ -90,6 +92,10 @@ func (e *Executor) Start() {
 func (e *Executor) Launch() {
 	e.t.Helper()
 	e.mu.Lock()
+	if e.cmd == nil {
+		// The previous process (if any) exited: what it wrote is whole.
+		e.checkRaces(e.out.String())
+	}
 	e.out = &bytes.Buffer{}
 	e.cmd = exec.Command(e.bin, e.args...)
 	e.cmd.Env = append(os.Environ(), "KUBECONFIG="+e.h.Kubeconfig)
@@ -99,6 +105,27 @@ func (e *Executor) Launch() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+// raceReport opens what the race detector writes of each data race it finds.
+const raceReport = "WARNING: DATA RACE"
+
+// checkRaces fails the test when out, the output of one of the process's runs, holds a race
+// detector's report (the binary was built with -race, see Build): a data race is a defect even
+// when the scenario passed.
+func (e *Executor) checkRaces(out string) {
+	i := strings.Index(out, raceReport)
+	if i < 0 {
+		return
+	}
+	report := out[i:]
+	if end := strings.Index(report, "=================="); end > 0 {
+		report = report[:end]
+	}
+	if len(report) > 8000 {
+		report = report[:8000]
+	}
+	e.t.Errorf("executor %s: the race detector found %d data race(s); the first:\n%s", e.Name, strings.Count(out, raceReport), report)
 }
 
 // Exited waits up to timeout for the process to exit by itself, and returns its error (nil: exit

@@ -76,10 +76,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	bins = filepath.Join(tmp, "bin")
-	build := exec.Command("go", "build", "-o", bins+"/", "./cmd/executor", "./cmd/toolbox", "./cmd/runctl")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := e2e.Build(root, bins, "./cmd/executor", "./cmd/toolbox", "./cmd/runctl"); err != nil {
 		return fail(fmt.Errorf("building binaries: %w", err))
 	}
 	if env, err = testenv.Start(); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -65,9 +64,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	bins = filepath.Join(tmp, "bin")
-	build := exec.Command("go", "build", "-o", bins+"/", "./cmd/executor")
-	build.Dir, build.Env, build.Stderr = env.Root, append(os.Environ(), "CGO_ENABLED=0"), os.Stderr
-	if err := build.Run(); err != nil {
+	if err := e2e.Build(env.Root, bins, "./cmd/executor"); err != nil {
 		return fail(fmt.Errorf("building the executor: %w", err))
 	}
 	kubeconfig = filepath.Join(tmp, "kubeconfig")
