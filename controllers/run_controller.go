@@ -116,7 +116,11 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if run.Status.Phase == "" {
 		if errs := append(dag.Validate(&run.Spec, field.NewPath("spec")), dag.ValidateSize(run)...); len(errs) > 0 {
 			r.setupError(run, errs)
-			return ctrl.Result{}, r.writeStatus(ctx, run, old)
+			if err := r.writeStatus(ctx, run, old); err != nil {
+				return requeueOnConflict(err, "")
+			}
+			// Final: out of its groups now (its own status event does not bring it back).
+			return requeueOnConflict(r.release(ctx, run), "")
 		}
 	}
 

@@ -25,8 +25,12 @@ import (
 
 // runner follows one task from start to final status.
 type runner struct {
-	e        *Executor
+	e *Executor
+	// et is the runner's copy of the task, replaced whole by each status write: only the runner's
+	// own goroutine reads it. id and name are what the goroutines it starts (wait, mirror, stop) use.
 	et       *rsv1.ExecutorTask
+	id       types.UID
+	name     string
 	dir      string
 	cancel   context.CancelFunc
 	stopOnce sync.Once
@@ -45,7 +49,7 @@ func (e *Executor) startRunner(ctx context.Context, et *rsv1.ExecutorTask, fresh
 	// its runners stop following and leave the containers running, to be adopted after a restart.
 	rctx, cancel := context.WithCancel(e.baseCtx)
 	rctx = ctrl.LoggerInto(rctx, ctrl.LoggerFrom(ctx))
-	r := &runner{e: e, et: et.DeepCopy(), dir: e.taskDir(et.UID), cancel: cancel, stopped: make(chan struct{})}
+	r := &runner{e: e, et: et.DeepCopy(), id: et.UID, name: et.Name, dir: e.taskDir(et.UID), cancel: cancel, stopped: make(chan struct{})}
 	e.mu.Lock()
 	e.runners[et.UID] = r
 	e.names[et.Name] = et.UID
@@ -69,7 +73,7 @@ func (e *Executor) startRunner(ctx context.Context, et *rsv1.ExecutorTask, fresh
 
 func (r *runner) stop() { r.stopOnce.Do(func() { close(r.stopped) }) }
 
-func (r *runner) uid() string { return string(r.et.UID) }
+func (r *runner) uid() string { return string(r.id) }
 
 func (r *runner) run(ctx context.Context, fresh bool) error {
 	if fresh {
@@ -107,7 +111,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			// Created by an earlier process of this executor that stopped before recording anything,
 			// and whose directory is gone (else the reconcile would have adopted them): followed, not
 			// started again.
-			ctrl.LoggerFrom(ctx).Info("the task's containers exist already: adopting them", "executorTask", r.et.Name, "detail", err.Error())
+			ctrl.LoggerFrom(ctx).Info("the task's containers exist already: adopting them", "executorTask", r.name, "detail", err.Error())
 			if err := r.release(ctx); err != nil {
 				return err
 			}
@@ -124,7 +128,8 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 
 	mirrored := make(chan error, 1)
 	if m, ok := r.e.driver.(Mirrorer); ok {
-		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir, len(r.et.Spec.Task.Steps), r.e.opts.Limits) }()
+		steps := len(r.et.Spec.Task.Steps)
+		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir, steps, r.e.opts.Limits) }()
 	} else {
 		mirrored <- nil
 	}
@@ -159,7 +164,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			return ctx.Err()
 		case <-announce.C:
 			if err := r.report(ctx); err != nil && ctx.Err() == nil {
-				ctrl.LoggerFrom(ctx).Error(err, "recording the task Running", "executorTask", r.et.Name)
+				ctrl.LoggerFrom(ctx).Error(err, "recording the task Running", "executorTask", r.name)
 			}
 		case <-stopRequested:
 			stopRequested = nil
@@ -169,7 +174,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			r.halt(ctx)
 		case <-tick.C:
 			if err := r.report(ctx); err != nil && ctx.Err() == nil {
-				ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.et.Name)
+				ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
 			}
 		case w := <-done:
 			if ctx.Err() != nil {
@@ -181,10 +186,10 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 				if errors.Is(err, toolbox.ErrRefused) {
 					r.refused = err
 				} else if err != nil && ctx.Err() == nil {
-					ctrl.LoggerFrom(ctx).Error(err, "mirroring the task's reports", "executorTask", r.et.Name)
+					ctrl.LoggerFrom(ctx).Error(err, "mirroring the task's reports", "executorTask", r.name)
 				}
 			case <-time.After(30 * time.Second):
-				ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.et.Name)
+				ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.name)
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -205,7 +210,7 @@ func (r *runner) release(ctx context.Context) error {
 	if err != nil || !st.Running {
 		return nil // Wait and end tell what happened
 	}
-	ctrl.LoggerFrom(ctx).Info("the executor stopped before letting the adopted task begin: releasing its steps now", "executorTask", r.et.Name)
+	ctrl.LoggerFrom(ctx).Info("the executor stopped before letting the adopted task begin: releasing its steps now", "executorTask", r.name)
 	if err := toolbox.Start(r.dir); err != nil {
 		return fmt.Errorf("releasing the adopted task's steps: %w", err)
 	}
@@ -217,11 +222,11 @@ func (r *runner) halt(ctx context.Context) {
 	if err := toolbox.Stop(r.dir); errors.Is(err, toolbox.ErrRefused) {
 		r.refused = err // the containers are stopped all the same
 	} else if err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "asking the toolbox to stop", "executorTask", r.et.Name)
+		ctrl.LoggerFrom(ctx).Error(err, "asking the toolbox to stop", "executorTask", r.name)
 	}
 	go func() {
 		if err := r.e.driver.Stop(ctx, r.uid(), r.e.opts.StopGrace); err != nil && ctx.Err() == nil {
-			ctrl.LoggerFrom(ctx).Error(err, "stopping task", "executorTask", r.et.Name)
+			ctrl.LoggerFrom(ctx).Error(err, "stopping task", "executorTask", r.name)
 		}
 	}()
 }
@@ -236,7 +241,7 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 	if err := r.e.finish(ctx, r.et, phase, msg, steps); err != nil {
 		return err
 	}
-	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.et.Name, "phase", phase, "message", msg)
+	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.name, "phase", phase, "message", msg)
 	return r.e.driver.Remove(ctx, r.uid())
 }
 
