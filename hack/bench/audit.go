@@ -40,9 +40,11 @@ type auditEvent struct {
 	} `json:"responseStatus"`
 }
 
-// writeCounts are writes by component, then by "verb resource[/subresource]".
+// writeCounts are writes by component, then by "verb resource[/subresource]"; reads (get, list)
+// the same way when the log has them (-cluster-reads).
 type writeCounts struct {
 	writes    map[string]map[string]int
+	reads     map[string]map[string]int
 	conflicts map[string]int // 409s by component
 }
 
@@ -66,7 +68,7 @@ func (w writeCounts) all() int {
 
 // between counts the completed write requests logged from offset from to offset to.
 func (a auditLog) between(from, to int64) (writeCounts, error) {
-	w := writeCounts{writes: map[string]map[string]int{}, conflicts: map[string]int{}}
+	w := writeCounts{writes: map[string]map[string]int{}, reads: map[string]map[string]int{}, conflicts: map[string]int{}}
 	if to < from {
 		return w, fmt.Errorf("the audit log %s shrank from %d to %d bytes (rotated?)", a.path, from, to)
 	}
@@ -90,10 +92,14 @@ func (a auditLog) between(from, to int64) (writeCounts, error) {
 		if e.ObjectRef.Subresource != "" {
 			res += "/" + e.ObjectRef.Subresource
 		}
-		if w.writes[c] == nil {
-			w.writes[c] = map[string]int{}
+		counts := w.writes
+		if e.Verb == "get" || e.Verb == "list" {
+			counts = w.reads
 		}
-		w.writes[c][e.Verb+" "+res]++
+		if counts[c] == nil {
+			counts[c] = map[string]int{}
+		}
+		counts[c][e.Verb+" "+res]++
 		if e.ResponseStatus != nil && e.ResponseStatus.Code == 409 {
 			w.conflicts[c]++
 		}
@@ -124,12 +130,17 @@ func componentOf(ua string) string {
 
 // breakdown lists a component's writes per task, most first.
 func (w writeCounts) breakdown(component string, tasks int) string {
+	return perTask(w.writes[component], tasks)
+}
+
+// perTask lists counts by kind per task, most first.
+func perTask(counts map[string]int, tasks int) string {
 	type kv struct {
 		k string
 		v int
 	}
 	var kvs []kv
-	for k, v := range w.writes[component] {
+	for k, v := range counts {
 		kvs = append(kvs, kv{k, v})
 	}
 	sort.Slice(kvs, func(i, j int) bool { return kvs[i].v > kvs[j].v || kvs[i].v == kvs[j].v && kvs[i].k < kvs[j].k })

@@ -478,6 +478,9 @@ func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
 	for _, c := range sortedKeys(p.writes.writes) {
 		fmt.Fprintf(out, "    %s: %s\n", c, p.writes.breakdown(c, tasks))
 	}
+	for _, c := range sortedKeys(p.writes.reads) {
+		fmt.Fprintf(out, "  %s reads per task: %s\n", c, perTask(p.writes.reads[c], tasks))
+	}
 	parts = parts[:0]
 	for _, c := range clusterComponents {
 		if d, ok := p.usage.cpu[c]; ok {

@@ -61,6 +61,7 @@ type config struct {
 	burstSizes  []int
 	steadyRate  float64
 	steady      time.Duration
+	reads       bool
 }
 
 func main() {
@@ -84,6 +85,7 @@ func main() {
 	flag.BoolVar(&c.cluster, "cluster", true, "the cluster scenario of issue 10: kube-scheduler, 5 kwok nodes, the manager and 3 executors as processes; runs at once, then a steady rate")
 	flag.StringVar(&c.bursts, "cluster-runs", "1000", "cluster scenario: runs submitted at once, a comma-separated list of sizes measured one after the other (e.g. 300,1000,3000 for CPU per task by load); 100 with -quick")
 	flag.Float64Var(&c.steadyRate, "cluster-rate", 20, "cluster scenario: runs per second of the steady phase (5 with -quick)")
+	flag.BoolVar(&c.reads, "cluster-reads", false, "cluster scenario: also count the reads (get, list) per task by component, from the audit log (which then costs the apiserver more)")
 	flag.DurationVar(&c.steady, "cluster-steady", 2*time.Minute, "cluster scenario: how long the steady phase submits; 0 skips it (20s with -quick)")
 	flag.Parse()
 	set := map[string]bool{}
@@ -154,6 +156,9 @@ func run(c config, out io.Writer) (err error) {
 		defer os.RemoveAll(dir)
 		audit = auditLog{path: filepath.Join(dir, "audit.log")}
 		envOpts = append(envOpts, testenv.WithAuditLog(audit.path))
+		if c.reads {
+			envOpts = append(envOpts, testenv.WithAuditedReads())
+		}
 	}
 	env, err := testenv.Start(envOpts...)
 	if err != nil {

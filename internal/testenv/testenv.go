@@ -68,7 +68,8 @@ func Assets(root string) (string, error) {
 type Option func(*options)
 
 type options struct {
-	auditLog string
+	auditLog   string
+	auditReads bool
 }
 
 // WithAuditLog makes the apiserver write an audit event for every write request (create, update,
@@ -77,6 +78,11 @@ type options struct {
 // by component from.
 func WithAuditLog(path string) Option {
 	return func(o *options) { o.auditLog = path }
+}
+
+// WithAuditedReads adds the reads (get, list; not watches) to WithAuditLog's log.
+func WithAuditedReads() Option {
+	return func(o *options) { o.auditReads = true }
 }
 
 // auditPolicy logs the metadata of writes only.
@@ -113,7 +119,11 @@ func Start(opts ...Option) (*Env, error) {
 	}
 	if o.auditLog != "" {
 		policy := filepath.Join(filepath.Dir(o.auditLog), "audit-policy.yaml")
-		if err := os.WriteFile(policy, []byte(auditPolicy), 0o644); err != nil {
+		text := auditPolicy
+		if o.auditReads {
+			text = strings.Replace(text, "[create, update, patch, delete, deletecollection]", "[create, update, patch, delete, deletecollection, get, list]", 1)
+		}
+		if err := os.WriteFile(policy, []byte(text), 0o644); err != nil {
 			return nil, fmt.Errorf("writing the audit policy: %w", err)
 		}
 		args := env.ControlPlane.GetAPIServer().Configure()
