@@ -35,9 +35,8 @@ type runner struct {
 	cancel   context.CancelFunc
 	stopOnce sync.Once
 	stopped  chan struct{}
-	// followed is when the runner began following the task's containers; startedSeen when it first
-	// saw the main container started.
-	followed, startedSeen time.Time
+	// startedSeen is when the runner first saw the main container started.
+	startedSeen time.Time
 	// refused is what the executor refused of the task while it ran (a link planted at the stop
 	// file, frames past its bounds), for its final status.
 	refused error
@@ -150,11 +149,11 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		st, err := r.e.driver.Wait(ctx, r.uid())
 		done <- waited{st, err}
 	}()
-	// Running is recorded once the task has run for the delay, or at once when it was recorded
-	// before (an adopted task): until then, a task that ends gets only its final status.
-	r.followed = time.Now()
-	announce := time.NewTimer(max(r.e.opts.RunningStatusDelay, 0))
-	defer announce.Stop()
+	// Running is recorded once the main container has run for the delay (report, on the ticks; the
+	// first look is now, for a delay of 0): until then, a task that ends gets only its final status.
+	if err := r.report(ctx); err != nil && ctx.Err() == nil {
+		ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
+	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	stopRequested, timedOut := r.stopped, false
@@ -162,10 +161,6 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-announce.C:
-			if err := r.report(ctx); err != nil && ctx.Err() == nil {
-				ctrl.LoggerFrom(ctx).Error(err, "recording the task Running", "executorTask", r.name)
-			}
 		case <-stopRequested:
 			stopRequested = nil
 			r.halt(ctx)

@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/utils/ptr"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/testenv"
@@ -444,11 +443,7 @@ func (b *clusterBench) rawPods(ctx context.Context, ns string, n int) (*rawResul
 		}
 	}
 	res := &rawResult{create: &baselineResult{objects: n, elapsed: created}, lifeElapsed: time.Since(start)}
-	pods := b.kube.CoreV1().Pods(ns)
-	if err := pods.DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{}); err != nil {
-		return nil, fmt.Errorf("deleting the raw pods: %w", err)
-	}
-	return res, waitNoPods(ctx, b.kube, ns)
+	return res, removePods(ctx, b.kube, ns)
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }

@@ -99,7 +99,7 @@ func (b *kwokBench) run(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	// The raw pods go before the service starts, so that kwok's writes for them do not overlap it.
-	if err := b.removePods(ctx, rawNS); err != nil {
+	if err := removePods(ctx, b.kube, rawNS); err != nil {
 		return err
 	}
 
@@ -506,25 +506,14 @@ func rawPod(ns, node string, i int) *corev1.Pod {
 	}
 }
 
-// removePods deletes the namespace's pods and waits until they are gone.
-func (b *kwokBench) removePods(ctx context.Context, ns string) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	pods := b.kube.CoreV1().Pods(ns)
-	if err := pods.DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{}); err != nil {
-		return fmt.Errorf("deleting the raw pods: %w", err)
+// removePods deletes the namespace's pods at once (grace period 0: they are the bench's own) and
+// waits until they are gone.
+func removePods(ctx context.Context, kube kubernetes.Interface, ns string) error {
+	err := kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("deleting the pods of %s: %w", ns, err)
 	}
-	for {
-		list, err := pods.List(ctx, metav1.ListOptions{})
-		if err == nil && len(list.Items) == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the raw pods to be gone: %w", ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return waitNoPods(ctx, kube, ns)
 }
 
 // The moments of a task's life the bench's watches see, in order.
