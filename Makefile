@@ -16,7 +16,7 @@ all: build
 
 .PHONY: manifests
 manifests: ## Generate CRDs, RBAC and webhook configuration from markers.
-	$(CONTROLLER_GEN) crd:maxDescLen=400 paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) crd:maxDescLen=400 paths=./api/v1alpha1/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=manager paths=./controllers/... paths=./internal/... output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=executor paths=./executor/... output:rbac:artifacts:config=config/rbac/executor
 	$(CONTROLLER_GEN) webhook paths=./internal/webhook/... output:webhook:artifacts:config=config/webhook

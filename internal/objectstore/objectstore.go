@@ -97,7 +97,17 @@ func (t Task) Prefix() string {
 	if t.RunUID == "" {
 		return fmt.Sprintf("runs/%s/%s/tasks/%s/", t.Namespace, t.Run, t.ExecutorTask)
 	}
-	return fmt.Sprintf("runs/%s/%s/%s/tasks/%s/", t.Namespace, t.Run, t.RunUID, t.ExecutorTask)
+	return RunPrefix(t.Namespace, t.Run, t.RunUID) + "tasks/" + t.ExecutorTask + "/"
+}
+
+// RunPrefix is the prefix of everything kept of one run: runs/<namespace>/<run>/<run uid>/.
+func RunPrefix(namespace, run, uid string) string {
+	return fmt.Sprintf("runs/%s/%s/%s/", namespace, run, uid)
+}
+
+// RunDocKey is the key of an archived run's document, beside its tasks' logs and archives.
+func RunDocKey(namespace, run, uid string) string {
+	return RunPrefix(namespace, run, uid) + "run.json"
 }
 
 // LogKey is the key of a step's log.
@@ -139,6 +149,24 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("reading %s: %w", key, err)
 	}
 	return r, nil
+}
+
+// Exists reports whether key exists.
+func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
+	ok, err := s.bucket.Exists(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("looking up %s: %w", key, err)
+	}
+	return ok, nil
+}
+
+// Delete deletes key; a key that does not exist is not an error.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	err := s.bucket.Delete(ctx, key)
+	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return fmt.Errorf("deleting %s: %w", key, err)
+	}
+	return nil
 }
 
 // List returns the keys under prefix.
