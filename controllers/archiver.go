@@ -171,8 +171,8 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 			return fmt.Errorf("removing finalizer %s: %w", rsv1.FinalizerArchive, err)
 		}
 		if err := done("finalizer"); err != nil {
-		return err
-	}
+			return err
+		}
 		if run.DeletionTimestamp != nil {
 			return nil // deleted already: gone with its last finalizer
 		}

@@ -32,8 +32,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
-	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/archive"
+	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/pkg/dag"
 )

@@ -45,7 +45,7 @@ var (
 	nsCounter atomic.Int64
 	// archiveStepDone, when set, is called by the manager's archiver after each step.
 	archiveStepDone atomic.Pointer[func(types.NamespacedName, string) error]
-	storeDir  string // the manager's object store
+	storeDir        string // the manager's object store
 )
 
 func TestMain(m *testing.M) {
