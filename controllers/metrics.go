@@ -17,6 +17,8 @@ type Metrics struct {
 	schedulingLatency prometheus.Histogram
 	transitions       *prometheus.CounterVec
 	runs              *runPhaseCollector
+	archived          prometheus.Counter
+	archiveLag        prometheus.Histogram
 }
 
 var (
@@ -44,14 +46,31 @@ func newMetrics(c client.Reader) *Metrics {
 			Help: "Run phase transitions, by the phase entered.",
 		}, []string{"phase"}),
 	}
+	m.archived = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "runservice_archived_runs_total",
+		Help: "Runs archived into the object store and deleted from etcd.",
+	})
+	m.archiveLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "runservice_archive_lag_seconds",
+		Help:    "Time from when a run was due for archiving (its end plus --archive-after) to archived.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
+	})
 	m.runs = &runPhaseCollector{client: c}
-	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs)
+	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs, m.archived, m.archiveLag)
 	sharedMetrics = m
 	return m
 }
 
 func (m *Metrics) observePhase(run *rsv1.Run, _ rsv1.RunPhase) {
 	m.transitions.WithLabelValues(string(run.Status.Phase)).Inc()
+}
+
+// observeArchived records a run archived after being due for after.
+func (m *Metrics) observeArchived(run *rsv1.Run, after time.Duration) {
+	m.archived.Inc()
+	if run.Status.EndTime != nil && run.DeletionTimestamp == nil {
+		m.archiveLag.Observe(max(0, time.Since(run.Status.EndTime.Add(after)).Seconds()))
+	}
 }
 
 // observeScheduled records the scheduling latency of a task just scheduled.

@@ -5,6 +5,7 @@ package main
 import (
 	"flag"
 	"os"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -30,9 +31,11 @@ func main() {
 	flag.BoolVar(&opts.Controllers.ExecutorInsecureHTTP, "executor-insecure-http", false, "Fetch from executors' http:// endpoints too (the executors' token then crosses the network in clear); by default only https, trusting the executor CA of each namespace (the Secret runservice-executor-ca).")
 	flag.Var(&opts.Controllers.EndpointAllow, "executor-endpoint-allow", "Address ranges the fetcher may dial although executors' endpoints there are refused by default: comma-separated CIDRs and the words loopback, link-local (default none: loopback, link-local, unspecified and multicast addresses are refused).")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:///dir or s3://bucket?endpoint=...) for step logs and workspace archives.")
+	flag.DurationVar(&opts.Controllers.ArchiveAfter, "archive-after", 10*time.Minute, "How long after its end a finished run is archived into the object store and deleted from etcd (0s: at once; negative: never).")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	opts.Controllers.Archive = opts.Controllers.ArchiveAfter >= 0
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	log := ctrl.Log.WithName("setup")
 
