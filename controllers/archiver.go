@@ -42,10 +42,11 @@ import (
 type ArchiverReconciler struct {
 	Client client.Client
 	Store  *objectstore.Store
-	// After is how long after its end a run is archived.
-	After   time.Duration
-	Workers int
-	Metrics *Metrics
+	// After is how long after its end a run is archived; Retention, when positive, how long an
+	// archived run is kept (by the hour of its archiving) before it is deleted from the store.
+	After, Retention time.Duration
+	Workers          int
+	Metrics          *Metrics
 	// StepDone, when set, is called after each step of archiving a run ("document", "segment",
 	// "executortasks", "finalizer"); an error ends the archiving there: fault tests stop the manager
 	// at that point, as a crash would.
@@ -223,6 +224,14 @@ func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.Add(r.segments); err != nil {
 		return err
 	}
+	if r.Retention > 0 {
+		// Archives expire by the hour of their archiving: looking more often than every few minutes
+		// finds nothing new.
+		interval := min(max(r.Retention/10, time.Minute), 10*time.Minute)
+		if err := mgr.Add(&retention{store: r.Store, keep: r.Retention, interval: interval, metrics: r.Metrics}); err != nil {
+			return err
+		}
+	}
 	final := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return o.(*rsv1.Run).Status.Phase.IsFinal()
 	})
@@ -240,6 +249,39 @@ func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers}).
 		Complete(r)
 }
+
+// retention deletes, every Interval, what was archived more than Keep ago (archive.Expire).
+type retention struct {
+	store    *objectstore.Store
+	keep     time.Duration
+	interval time.Duration
+	metrics  *Metrics
+}
+
+// Start expires what is due until ctx ends (a manager.Runnable, on the leader).
+func (r *retention) Start(ctx context.Context) error {
+	log := ctrl.LoggerFrom(ctx).WithName("archive-retention")
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		n, err := archive.Expire(ctx, r.store, now.Add(-r.keep), now)
+		r.metrics.observeExpired(n)
+		if err != nil {
+			log.Error(err, "expiring archived runs (retried)", "expired", n)
+		} else if n > 0 {
+			log.V(1).Info("expired archived runs", "expired", n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// NeedLeaderElection: one replica expires.
+func (r *retention) NeedLeaderElection() bool { return true }
 
 // segmentBatcher writes the index entries of the runs archived meanwhile as one segment: a run
 // leaves etcd only once its entry is in a segment, and a segment per run would be a million objects

@@ -19,6 +19,7 @@ type Metrics struct {
 	runs              *runPhaseCollector
 	archived          prometheus.Counter
 	archiveLag        prometheus.Histogram
+	expired           prometheus.Counter
 }
 
 var (
@@ -55,8 +56,12 @@ func newMetrics(c client.Reader) *Metrics {
 		Help:    "Time from when a run was due for archiving (its end plus --archive-after) to archived.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
 	})
+	m.expired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "runservice_archive_expired_runs_total",
+		Help: "Archived runs deleted from the object store by --archive-retention, with their logs and workspace archives.",
+	})
 	m.runs = &runPhaseCollector{client: c}
-	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs, m.archived, m.archiveLag)
+	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs, m.archived, m.archiveLag, m.expired)
 	sharedMetrics = m
 	return m
 }
@@ -72,6 +77,8 @@ func (m *Metrics) observeArchived(run *rsv1.Run, after time.Duration) {
 		m.archiveLag.Observe(max(0, time.Since(run.Status.EndTime.Add(after)).Seconds()))
 	}
 }
+
+func (m *Metrics) observeExpired(n int) { m.expired.Add(float64(n)) }
 
 // observeScheduled records the scheduling latency of a task just scheduled.
 func (m *Metrics) observeScheduled(run *rsv1.Run, task *rsv1.Task) {

@@ -64,6 +64,9 @@ type Options struct {
 	Archive        bool
 	ArchiveAfter   time.Duration
 	ArchiveWorkers int
+	// ArchiveRetention, when positive, deletes archived runs (their documents, logs and workspace
+	// archives) that long after they were archived.
+	ArchiveRetention time.Duration
 	// ArchiveStepDone, when set, is called after each step of archiving a run (see
 	// ArchiverReconciler.StepDone): for fault tests.
 	ArchiveStepDone func(run types.NamespacedName, step string) error
@@ -190,7 +193,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		}
 	}
 	if opts.Archive {
-		archiver := &ArchiverReconciler{Client: mgr.GetClient(), Store: opts.Store, After: opts.ArchiveAfter, Workers: opts.ArchiveWorkers, Metrics: metrics, StepDone: opts.ArchiveStepDone}
+		archiver := &ArchiverReconciler{Client: mgr.GetClient(), Store: opts.Store, After: opts.ArchiveAfter, Retention: opts.ArchiveRetention, Workers: opts.ArchiveWorkers, Metrics: metrics, StepDone: opts.ArchiveStepDone}
 		if err := archiver.SetupWithManager(mgr); err != nil {
 			return err
 		}

@@ -32,6 +32,7 @@ func main() {
 	flag.Var(&opts.Controllers.EndpointAllow, "executor-endpoint-allow", "Address ranges the fetcher may dial although executors' endpoints there are refused by default: comma-separated CIDRs and the words loopback, link-local (default none: loopback, link-local, unspecified and multicast addresses are refused).")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:///dir or s3://bucket?endpoint=...) for step logs and workspace archives.")
 	flag.DurationVar(&opts.Controllers.ArchiveAfter, "archive-after", 10*time.Minute, "How long after its end a finished run is archived into the object store and deleted from etcd (0s: at once; negative: never).")
+	flag.DurationVar(&opts.Controllers.ArchiveRetention, "archive-retention", 0, "How long an archived run is kept (by the hour it was archived) before it is deleted from the object store with its logs and workspace archives (default 0: for ever).")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
