@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bufio"
+	"compress/flate"
 	"compress/gzip"
 	"context"
 	"crypto/rand"
@@ -26,6 +27,10 @@ const SegmentPrefix = "archive/segments/"
 // maxSegmentEntries bounds what one segment may hold when read: a larger one is refused, not read
 // into memory.
 const maxSegmentEntries = 1 << 20
+
+// ErrBadSegment says that a segment's content cannot be read or indexed (not gzip, not JSON lines
+// of Entries, too large, an entry without what an index needs): reading it again does not help.
+var ErrBadSegment = errors.New("bad index segment")
 
 // SegmentKey is the key of a segment written at t.
 func SegmentKey(t time.Time) string {
@@ -77,22 +82,26 @@ func ReadSegment(ctx context.Context, store *objectstore.Store, key string) ([]E
 	defer r.Close()
 	zr, err := gzip.NewReader(r)
 	if err != nil {
-		return nil, fmt.Errorf("reading index segment %s: %w", key, err)
+		return nil, fmt.Errorf("%w %s: %w", ErrBadSegment, key, err)
 	}
 	var out []Entry
 	sc := bufio.NewScanner(zr)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		if len(out) == maxSegmentEntries {
-			return nil, fmt.Errorf("reading index segment %s: more than %d entries", key, maxSegmentEntries)
+			return nil, fmt.Errorf("%w %s: more than %d entries", ErrBadSegment, key, maxSegmentEntries)
 		}
 		var e Entry
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return nil, fmt.Errorf("reading index segment %s, entry %d: %w", key, len(out)+1, err)
+			return nil, fmt.Errorf("%w %s, entry %d: %w", ErrBadSegment, key, len(out)+1, err)
 		}
 		out = append(out, e)
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, io.EOF) {
+		var corrupt flate.CorruptInputError
+		if errors.Is(err, bufio.ErrTooLong) || errors.Is(err, gzip.ErrChecksum) || errors.As(err, &corrupt) {
+			return nil, fmt.Errorf("%w %s: %w", ErrBadSegment, key, err)
+		}
 		return nil, fmt.Errorf("reading index segment %s: %w", key, err)
 	}
 	return out, nil
