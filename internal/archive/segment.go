@@ -106,3 +106,73 @@ func ReadSegment(ctx context.Context, store *objectstore.Store, key string) ([]E
 	}
 	return out, nil
 }
+
+// maxMergedEntries bounds a segment CompactHour writes, far below what ReadSegment accepts.
+const maxMergedEntries = 100_000
+
+// CompactHour merges the segments of t's hour into few (one per 100,000 entries), then deletes
+// the ones merged, so that a cold rebuild reads few objects. Entries keep their order (the
+// segments' key order, then each one's), so applying the merged segments indexes what applying
+// the small ones did. A crash between the write and the deletes loses nothing: the small segments
+// are applied again, idempotently, and merged again by the next CompactHour. A bad segment is left
+// as it is. Writers must be done with the hour: compact hours older than the previous one, which
+// followers list as new. It returns the number of segments merged.
+func CompactHour(ctx context.Context, store *objectstore.Store, t time.Time) (int, error) {
+	// Merged segments are named by the hour's last instant, after the ones they merge, and are
+	// not merged again.
+	at := t.UTC().Truncate(time.Hour).Add(time.Hour - 1)
+	mergedPrefix := fmt.Sprintf("%s%019d-", HourPrefix(t), at.UnixNano())
+	all, err := store.List(ctx, HourPrefix(t))
+	if err != nil {
+		return 0, fmt.Errorf("compacting index segments: %w", err)
+	}
+	var keys []string
+	for _, k := range all {
+		if !strings.HasPrefix(k, mergedPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) < 2 {
+		return 0, nil
+	}
+	var merged []string
+	var entries []Entry
+	flush := func() error {
+		if len(entries) == 0 {
+			return nil
+		}
+		if _, err := WriteSegment(ctx, store, at, entries); err != nil {
+			return fmt.Errorf("compacting index segments: %w", err)
+		}
+		entries = nil
+		return nil
+	}
+	for _, k := range keys {
+		es, err := ReadSegment(ctx, store, k)
+		if errors.Is(err, ErrBadSegment) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("compacting index segments: %w", err)
+		}
+		if len(entries) > 0 && len(entries)+len(es) > maxMergedEntries {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+		}
+		entries = append(entries, es...)
+		merged = append(merged, k)
+	}
+	if len(merged) < 2 {
+		return 0, nil
+	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	for _, k := range merged {
+		if err := store.Delete(ctx, k); err != nil {
+			return 0, fmt.Errorf("compacting index segments: %w", err)
+		}
+	}
+	return len(merged), nil
+}

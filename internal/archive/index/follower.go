@@ -42,8 +42,9 @@ const (
 // cold rebuild); after that, Sync lists the hours since its last listing, and the one before it
 // (writers' clocks differ a little), and applies what it has not. Segments are read Parallel at
 // a time and applied in key order. A segment whose content is bad (archive.ErrBadSegment) is
-// skipped and logged: reading it again would not help. Any other failure is returned, and the
-// next Sync lists the same hours again.
+// skipped and logged: reading it again would not help. A segment deleted between the listing and
+// its read (merged by CompactHour) is skipped too, and the next Sync lists the same hours again.
+// Any other failure is returned, and the next Sync lists the same hours again.
 func (f *Follower) Sync(ctx context.Context) error {
 	start := time.Now()
 	rebuilt, err := get(f.Index.db, keyRebuilt)
@@ -79,8 +80,15 @@ func (f *Follower) Sync(ctx context.Context) error {
 		}
 	}
 	slices.Sort(keys)
-	if err := f.applyAll(ctx, keys); err != nil {
+	gone, err := f.applyAll(ctx, keys)
+	if err != nil {
 		return err
+	}
+	f.ready.Store(true)
+	if gone {
+		// A segment listed was deleted before it was read: compacted into another one, which
+		// this listing may have missed. The next Sync lists the same hours again.
+		return nil
 	}
 	b := f.Index.db.NewBatch()
 	defer b.Close()
@@ -96,7 +104,6 @@ func (f *Follower) Sync(ctx context.Context) error {
 	if rebuilt == nil {
 		ctrl.LoggerFrom(ctx).Info("Rebuilt the archive index", "segments", len(keys), "duration", time.Since(start).Round(time.Millisecond))
 	}
-	f.ready.Store(true)
 	return nil
 }
 
@@ -119,10 +126,10 @@ func (ix *Index) synced() (time.Time, error) {
 	return time.Unix(0, int64(binary.BigEndian.Uint64(v))), nil
 }
 
-// applyAll reads keys Parallel at a time and applies them in order. A read is started only when
-// a slot is free, and a slot is freed when its segment is applied: at most Parallel segments are
-// held in memory.
-func (f *Follower) applyAll(ctx context.Context, keys []string) error {
+// applyAll reads keys Parallel at a time and applies them in order, and says whether a segment
+// was gone when read. A read is started only when a slot is free, and a slot is freed when its
+// segment is applied: at most Parallel segments are held in memory.
+func (f *Follower) applyAll(ctx context.Context, keys []string) (gone bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type read struct {
@@ -157,12 +164,13 @@ func (f *Follower) applyAll(ctx context.Context, keys []string) error {
 		select {
 		case r = <-results[i]:
 		case <-ctx.Done():
-			return ctx.Err()
+			return gone, ctx.Err()
 		}
 		<-slots
 		switch {
 		case errors.Is(r.err, objectstore.ErrNotFound):
-			continue // compacted away since it was listed: its entries are in the merged segment
+			gone = true
+			continue
 		case r.err != nil:
 		default:
 			r.err = f.Index.Apply(k, r.entries)
@@ -170,15 +178,15 @@ func (f *Follower) applyAll(ctx context.Context, keys []string) error {
 		if errors.Is(r.err, archive.ErrBadSegment) {
 			log.Error(r.err, "Skipping an archive index segment that cannot be indexed", "segment", k)
 			if err := f.Index.db.Set(keyBad(k), []byte(r.err.Error()), pebble.NoSync); err != nil {
-				return fmt.Errorf("recording bad segment %s: %w", k, err)
+				return gone, fmt.Errorf("recording bad segment %s: %w", k, err)
 			}
 			continue
 		}
 		if r.err != nil {
-			return r.err
+			return gone, r.err
 		}
 	}
-	return nil
+	return gone, nil
 }
 
 // Start runs Sync, then again every Interval until ctx ends; a failed Sync is logged and tried

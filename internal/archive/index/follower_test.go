@@ -45,7 +45,7 @@ func follow(t *testing.T, ctx context.Context, store *objectstore.Store) {
 	old := batch("old", 50, 0, "a")
 	write(now.Add(-50*time.Hour), old...)
 	write(now.Add(-3*time.Hour), batch("mid", 30, 100, "a", "b")...)
-	write(now.Add(-3*time.Hour+time.Second), failed(with(old[7], func(e *archive.Entry) { e.Archived = e.Archived.Add(time.Hour) })))
+	write(now.Add(-3*time.Hour), failed(with(old[7], func(e *archive.Entry) { e.Archived = e.Archived.Add(time.Hour) })))
 	write(now, with(old[3], func(e *archive.Entry) { e.Deleted = true }))
 	bad := archive.HourPrefix(now) + fmt.Sprintf("%019d-bad.jsonl.gz", now.UnixNano())
 	if err := store.Put(ctx, bad, strings.NewReader("not gzip")); err != nil {
@@ -95,7 +95,11 @@ func follow(t *testing.T, ctx context.Context, store *objectstore.Store) {
 		t.Fatalf("group b, followed: %v", got)
 	}
 
-	// A cold rebuild into a fresh directory equals the index built step by step.
+	// The hour of three hours ago is compacted; a cold rebuild into a fresh directory (which reads
+	// the merged segment) equals the index built step by step.
+	if n, err := archive.CompactHour(context.Background(), store, now.Add(-3*time.Hour)); err != nil || n != 2 {
+		t.Fatalf("CompactHour: %d merged, %v; want 2", n, err)
+	}
 	cold, err := index.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

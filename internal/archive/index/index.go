@@ -11,8 +11,8 @@
 //	meta/rebuilt, meta/synced            the Follower's progress
 //	s/<segment>                          the segment was applied
 //	x/<segment>                          the segment cannot be indexed (why): the Follower skips it
-//	u/<uid>                              the entry (JSON)
-//	t/<uid>                              the run's document was deleted: its entry never comes back
+//	u/<uid>                              the entry (JSON), or its tombstone: the run's document was
+//	                                     deleted, and its entry never comes back
 //	n/<ns>\0<name>\0<pos>                by name (names repeat over time)
 //	l/<scope>\0<phase>\0<result>\0<pos>  the list keys, one per scope the entry is in
 //	c/<scope>\0<phase>\0<result>         the number of entries of the scope with that phase/result
@@ -29,6 +29,7 @@
 package index
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -67,7 +68,6 @@ var (
 func keyApplied(segment string) []byte { return []byte("s/" + segment) }
 func keyBad(segment string) []byte     { return []byte("x/" + segment) }
 func keyEntry(uid string) []byte       { return []byte("u/" + uid) }
-func keyTombstone(uid string) []byte   { return []byte("t/" + uid) }
 func prefixName(ns, name string) []byte {
 	return []byte("n/" + ns + sep + name + sep)
 }
@@ -261,19 +261,38 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 	if ok, err := ix.Applied(segment); err != nil || ok {
 		return err
 	}
-	b := ix.db.NewIndexedBatch() // reads see the batch's own writes: a uid may repeat in a segment
+	b := ix.db.NewBatch()
 	defer b.Close()
+	// What this segment has made of each uid so far: a uid may repeat in a segment, and the
+	// batch is not read back.
+	current := map[string]*archive.Entry{}
 	counts := map[string]int64{}
+	// Most uids are new, and most of the index is in pebble's last level, whose bloom filters a
+	// Get does not read: an iterator that reads them spares a data block read per new uid.
+	it, err := ix.db.NewIter(&pebble.IterOptions{UseL6Filters: true})
+	if err != nil {
+		return fmt.Errorf("reading archive index: %w", err)
+	}
+	defer it.Close()
 	for i := range entries {
-		if err := apply(b, &entries[i], counts); err != nil {
+		e := &entries[i]
+		old, ok := current[e.UID]
+		if !ok {
+			if old, err = seekEntry(it, e.UID); err != nil {
+				return err
+			}
+		}
+		if next, err := apply(b, old, e, counts); err != nil {
 			return fmt.Errorf("applying archive index segment %s: %w", segment, err)
+		} else if next != nil {
+			current[e.UID] = next
 		}
 	}
 	for k, d := range counts {
 		if d == 0 {
 			continue
 		}
-		v, err := get(b, []byte(k))
+		v, err := seek(it, []byte(k))
 		if err != nil {
 			return err
 		}
@@ -330,43 +349,39 @@ func check(e *archive.Entry) error {
 	return nil
 }
 
-// apply writes e into b, counting what it adds and removes in counts.
-func apply(b *pebble.Batch, e *archive.Entry, counts map[string]int64) error {
-	tomb, err := get(b, keyTombstone(e.UID))
-	if err != nil || tomb != nil {
-		return err
-	}
-	old, err := entry(b, e.UID)
-	if err != nil {
-		return err
-	}
-	if old != nil && !e.Deleted && e.Archived.Before(old.Archived) {
-		return nil
-	}
-	if old != nil {
+// apply writes into b what e makes of old (the uid's entry or tombstone; nil when it has none),
+// counting what it adds and removes in counts, and returns what b now holds for the uid (nil: no
+// change).
+func apply(b *pebble.Batch, old, e *archive.Entry, counts map[string]int64) (*archive.Entry, error) {
+	switch {
+	case old != nil && old.Deleted:
+		return nil, nil // deleted for good
+	case old != nil && !e.Deleted && e.Archived.Before(old.Archived):
+		return nil, nil // an older copy
+	case old != nil:
 		if err := unindex(b, old, counts); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if e.Deleted {
-		if err := b.Delete(keyEntry(e.UID), nil); err != nil {
-			return err
-		}
-		return b.Set(keyTombstone(e.UID), nil, nil)
+		e = &archive.Entry{UID: e.UID, Deleted: true} // a tombstone keeps the uid only
 	}
 	v, err := json.Marshal(e)
 	if err != nil {
-		return fmt.Errorf("encoding entry %s: %w", e.UID, err)
+		return nil, fmt.Errorf("encoding entry %s: %w", e.UID, err)
 	}
 	if err := b.Set(keyEntry(e.UID), v, nil); err != nil {
-		return err
+		return nil, err
+	}
+	if e.Deleted {
+		return e, nil
 	}
 	for _, k := range indexKeys(e, counts, 1) {
 		if err := b.Set(k, nil, nil); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return e, nil
 }
 
 func unindex(b *pebble.Batch, e *archive.Entry, counts map[string]int64) error {
@@ -389,12 +404,37 @@ func indexKeys(e *archive.Entry, counts map[string]int64, d int64) [][]byte {
 	return keys
 }
 
-// entry reads the entry of uid; nil when there is none.
+// entry reads the entry of uid, or its tombstone (Deleted); nil when there is neither.
 func entry(r pebble.Reader, uid string) (*archive.Entry, error) {
 	v, err := get(r, keyEntry(uid))
 	if err != nil || v == nil {
 		return nil, err
 	}
+	return decodeEntry(uid, v)
+}
+
+// seekEntry is entry read through it.
+func seekEntry(it *pebble.Iterator, uid string) (*archive.Entry, error) {
+	v, err := seek(it, keyEntry(uid))
+	if err != nil || v == nil {
+		return nil, err
+	}
+	return decodeEntry(uid, v)
+}
+
+// seek is get through it: the value of key, valid until it moves; nil when there is none.
+func seek(it *pebble.Iterator, key []byte) ([]byte, error) {
+	if !it.SeekPrefixGE(key) || !bytes.Equal(it.Key(), key) {
+		return nil, it.Error()
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return nil, fmt.Errorf("reading archive index key %q: %w", key, err)
+	}
+	return v, nil
+}
+
+func decodeEntry(uid string, v []byte) (*archive.Entry, error) {
 	e := &archive.Entry{}
 	if err := json.Unmarshal(v, e); err != nil {
 		return nil, fmt.Errorf("decoding archive index entry %s: %w", uid, err)
@@ -405,7 +445,7 @@ func entry(r pebble.Reader, uid string) (*archive.Entry, error) {
 // GetUID is the entry of the run with uid in namespace.
 func (ix *Index) GetUID(namespace, uid string) (archive.Entry, bool, error) {
 	e, err := entry(ix.db, uid)
-	if err != nil || e == nil || e.Namespace != namespace {
+	if err != nil || e == nil || e.Deleted || e.Namespace != namespace {
 		return archive.Entry{}, false, err
 	}
 	return *e, true, nil
@@ -427,7 +467,7 @@ func (ix *Index) Get(namespace, name string) ([]archive.Entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		if e == nil {
+		if e == nil || e.Deleted {
 			return nil, fmt.Errorf("archive index: name key %q has no entry", it.Key())
 		}
 		out = append(out, *e)

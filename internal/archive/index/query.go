@@ -94,7 +94,7 @@ func (ix *Index) List(q Query) (Page, error) {
 		if err != nil {
 			return Page{}, err
 		}
-		if e == nil {
+		if e == nil || e.Deleted {
 			return Page{}, fmt.Errorf("archive index: list key at %x has no entry", pos)
 		}
 		if !hasGroups(e, others) {
