@@ -183,8 +183,15 @@ func TestListEntriesAndRemainingItemCount(t *testing.T) {
 	if p.RemainingItemCount == nil || *p.RemainingItemCount != 2 {
 		t.Fatalf("failed runs: remainingItemCount %v, want 2", p.RemainingItemCount)
 	}
-	if _, err := ix.List(index.Query{Limit: -1}); err == nil || !strings.Contains(err.Error(), "limit") {
-		t.Fatalf("a negative limit: %v", err)
+	for want, q := range map[string]index.Query{
+		"limit -1":                       {Limit: -1},
+		`changeGroups[1] "": not a`:      {ChangeGroups: []string{"a", ""}},
+		`changeGroups[0] "a\x00b"`:       {ChangeGroups: []string{"a\x00b"}},
+		`namespace "n\x00": holds a NUL`: {Namespace: "n\x00"},
+	} {
+		if _, err := ix.List(q); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("List(%+v): %v, want an error naming %s", q, err, want)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -49,8 +50,8 @@ var ErrBadContinue = errors.New("invalid continue token")
 // With several change groups the page is read from the smallest group's keys and the others are
 // checked on each entry: the cost grows with how many runs of that group lack the others.
 func (ix *Index) List(q Query) (Page, error) {
-	if q.Limit < 0 {
-		return Page{}, fmt.Errorf("limit %d: must not be negative", q.Limit)
+	if err := q.check(); err != nil {
+		return Page{}, err
 	}
 	groups := slices.Clone(q.ChangeGroups)
 	slices.Sort(groups)
@@ -115,6 +116,24 @@ func (ix *Index) List(q Query) (Page, error) {
 		return Page{}, fmt.Errorf("reading archive index: %w", err)
 	}
 	return page, nil
+}
+
+// check says what in q cannot select anything.
+func (q *Query) check() error {
+	if q.Limit < 0 {
+		return fmt.Errorf("limit %d: must not be negative", q.Limit)
+	}
+	for i, g := range q.ChangeGroups {
+		if g == "" || strings.Contains(g, sep) {
+			return fmt.Errorf("changeGroups[%d] %q: not a change group name", i, g)
+		}
+	}
+	for _, f := range []struct{ name, value string }{{"namespace", q.Namespace}, {"phase", q.Phase}, {"result", q.Result}} {
+		if strings.Contains(f.value, sep) {
+			return fmt.Errorf("%s %q: holds a NUL", f.name, f.value)
+		}
+	}
+	return nil
 }
 
 func hasGroups(e *archive.Entry, groups []string) bool {
