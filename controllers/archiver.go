@@ -224,13 +224,14 @@ func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.Add(r.segments); err != nil {
 		return err
 	}
+	// Archives expire by the hour of their archiving, and hours are compacted once past: looking
+	// more often than every few minutes finds nothing new.
+	interval := 10 * time.Minute
 	if r.Retention > 0 {
-		// Archives expire by the hour of their archiving: looking more often than every few minutes
-		// finds nothing new.
-		interval := min(max(r.Retention/10, time.Minute), 10*time.Minute)
-		if err := mgr.Add(&retention{store: r.Store, keep: r.Retention, interval: interval, metrics: r.Metrics}); err != nil {
-			return err
-		}
+		interval = min(max(r.Retention/10, time.Minute), interval)
+	}
+	if err := mgr.Add(&archiveUpkeep{store: r.Store, keep: r.Retention, interval: interval, metrics: r.Metrics}); err != nil {
+		return err
 	}
 	final := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return o.(*rsv1.Run).Status.Phase.IsFinal()
@@ -250,27 +251,38 @@ func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// retention deletes, every Interval, what was archived more than Keep ago (archive.Expire).
-type retention struct {
+// archiveUpkeep keeps the archive's segments few and its age bounded, on the leader: every
+// interval it merges the segments of each past hour that writers are done with (archive.CompactHour:
+// a cold index rebuild then reads a few objects per hour instead of one per batch of archives), and,
+// with a positive keep, deletes what was archived more than keep ago (archive.Expire).
+type archiveUpkeep struct {
 	store    *objectstore.Store
 	keep     time.Duration
 	interval time.Duration
 	metrics  *Metrics
+
+	compacted map[time.Time]bool
 }
 
-// Start expires what is due until ctx ends (a manager.Runnable, on the leader).
-func (r *retention) Start(ctx context.Context) error {
-	log := ctrl.LoggerFrom(ctx).WithName("archive-retention")
-	t := time.NewTicker(r.interval)
+// Start works until ctx ends (a manager.Runnable).
+func (u *archiveUpkeep) Start(ctx context.Context) error {
+	log := ctrl.LoggerFrom(ctx).WithName("archive-upkeep")
+	u.compacted = map[time.Time]bool{}
+	t := time.NewTicker(u.interval)
 	defer t.Stop()
 	for {
-		now := time.Now()
-		n, err := archive.Expire(ctx, r.store, now.Add(-r.keep), now)
-		r.metrics.observeExpired(n)
-		if err != nil {
-			log.Error(err, "expiring archived runs (retried)", "expired", n)
-		} else if n > 0 {
-			log.V(1).Info("expired archived runs", "expired", n)
+		if err := u.compact(ctx, time.Now()); err != nil {
+			log.Error(err, "compacting index segments (retried)")
+		}
+		if u.keep > 0 {
+			now := time.Now()
+			n, err := archive.Expire(ctx, u.store, now.Add(-u.keep), now)
+			u.metrics.observeExpired(n)
+			if err != nil {
+				log.Error(err, "expiring archived runs (retried)", "expired", n)
+			} else if n > 0 {
+				log.V(1).Info("expired archived runs", "expired", n)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -280,8 +292,27 @@ func (r *retention) Start(ctx context.Context) error {
 	}
 }
 
-// NeedLeaderElection: one replica expires.
-func (r *retention) NeedLeaderElection() bool { return true }
+// compact merges the segments of the hours before the previous one (which writers and followers
+// may still be busy with) that this process has not merged yet.
+func (u *archiveUpkeep) compact(ctx context.Context, now time.Time) error {
+	hours, err := archive.HoursBefore(ctx, u.store, now.Truncate(time.Hour).Add(-time.Hour))
+	if err != nil {
+		return err
+	}
+	for _, h := range hours {
+		if u.compacted[h] {
+			continue
+		}
+		if _, err := archive.CompactHour(ctx, u.store, h); err != nil {
+			return err
+		}
+		u.compacted[h] = true
+	}
+	return nil
+}
+
+// NeedLeaderElection: one replica keeps the archive.
+func (u *archiveUpkeep) NeedLeaderElection() bool { return true }
 
 // segmentBatcher writes the index entries of the runs archived meanwhile as one segment: a run
 // leaves etcd only once its entry is in a segment, and a segment per run would be a million objects

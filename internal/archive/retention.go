@@ -60,15 +60,28 @@ func Expire(ctx context.Context, store *objectstore.Store, before, now time.Time
 
 // expiredHours are the segment hour prefixes whose hour ended before before, oldest first.
 func expiredHours(ctx context.Context, store *objectstore.Store, before time.Time) ([]string, error) {
+	hours, err := HoursBefore(ctx, store, before)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(hours))
+	for i, h := range hours {
+		out[i] = HourPrefix(h)
+	}
+	return out, nil
+}
+
+// HoursBefore are the hours with segments that ended before before, oldest first.
+func HoursBefore(ctx context.Context, store *objectstore.Store, before time.Time) ([]time.Time, error) {
 	days, err := store.ListDirs(ctx, SegmentPrefix)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []time.Time
 	for _, day := range days {
 		d, err := time.Parse("2006-01-02", strings.TrimSuffix(strings.TrimPrefix(day, SegmentPrefix), "/"))
 		if err != nil || !d.Before(before) {
-			continue // not a day of segments, or not over before before
+			continue // not a day of segments, or not begun before before
 		}
 		hours, err := store.ListDirs(ctx, day)
 		if err != nil {
@@ -76,11 +89,11 @@ func expiredHours(ctx context.Context, store *objectstore.Store, before time.Tim
 		}
 		for _, hour := range hours {
 			var h int
-			if _, err := fmt.Sscanf(strings.TrimPrefix(hour, day), "%02d/", &h); err != nil {
+			if _, err := fmt.Sscanf(strings.TrimPrefix(hour, day), "%02d/", &h); err != nil || h < 0 || h > 23 {
 				continue
 			}
-			if !d.Add(time.Duration(h+1) * time.Hour).After(before) {
-				out = append(out, hour)
+			if t := d.Add(time.Duration(h) * time.Hour); !t.Add(time.Hour).After(before) {
+				out = append(out, t)
 			}
 		}
 	}
