@@ -185,9 +185,9 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 	return nil
 }
 
-// keepArchivedTasks adds to doc the ExecutorTasks that an earlier attempt archived and deleted: a run
-// whose status names an ExecutorTask that is gone may have been archived before, and rewriting its
-// document from what is left would lose them.
+// keepArchivedTasks adds to doc the ExecutorTasks that an earlier attempt archived and deleted, and
+// the log keys it folded from them: a run whose status names an ExecutorTask that is gone may have
+// been archived before, and rewriting its document from what is left would lose them.
 func (r *ArchiverReconciler) keepArchivedTasks(ctx context.Context, run *rsv1.Run, doc *arv1.ArchivedRun) error {
 	have := map[string]bool{}
 	for _, et := range doc.Status.ExecutorTasks {
@@ -212,6 +212,20 @@ func (r *ArchiverReconciler) keepArchivedTasks(ctx context.Context, run *rsv1.Ru
 	for _, et := range old.Status.ExecutorTasks {
 		if !have[et.Name] {
 			doc.Status.ExecutorTasks = append(doc.Status.ExecutorTasks, et)
+		}
+	}
+	// The log keys folded into the earlier document from the fetched ExecutorTasks, which the run's
+	// status may not show: without them the archived run's logs are not found.
+	for i := range doc.Status.Tasks {
+		ts := &doc.Status.Tasks[i]
+		j := slices.IndexFunc(old.Status.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == ts.Name && o.ExecutorTask == ts.ExecutorTask })
+		if j < 0 {
+			continue
+		}
+		for k := range min(len(ts.Steps), len(old.Status.Tasks[j].Steps)) {
+			if ts.Steps[k].LogKey == "" {
+				ts.Steps[k].LogKey = old.Status.Tasks[j].Steps[k].LogKey
+			}
 		}
 	}
 	slices.SortFunc(doc.Status.ExecutorTasks, func(a, b arv1.ArchivedExecutorTask) int { return strings.Compare(a.Name, b.Name) })

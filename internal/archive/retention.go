@@ -2,6 +2,7 @@ package archive
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -13,24 +14,33 @@ import (
 // by those hours' segments, with its document, logs and workspace archives (everything under its run
 // prefix), then the segments. A tombstone segment naming the runs is written first, so that every
 // index drops them, and a crash anywhere repeats the work on the next call without orphaning
-// anything. It returns how many runs it deleted.
+// anything. A bad segment (ErrBadSegment) is left where it is and reported once the rest is done:
+// reading it again does not help, and stopping there would stop retention for good. It returns how
+// many runs it deleted.
 func Expire(ctx context.Context, store *objectstore.Store, before, now time.Time) (int, error) {
 	hours, err := expiredHours(ctx, store, before)
 	if err != nil {
 		return 0, err
 	}
 	deleted := 0
+	var bad []error
 	for _, hour := range hours {
-		keys, err := store.List(ctx, hour)
+		all, err := store.List(ctx, hour)
 		if err != nil {
 			return deleted, err
 		}
+		var keys []string
 		var tombs []Entry
-		for _, key := range keys {
+		for _, key := range all {
 			entries, err := ReadSegment(ctx, store, key)
+			if errors.Is(err, ErrBadSegment) {
+				bad = append(bad, fmt.Errorf("expiring %s: %w", hour, err))
+				continue
+			}
 			if err != nil {
 				return deleted, fmt.Errorf("expiring %s: %w", hour, err)
 			}
+			keys = append(keys, key)
 			for _, e := range entries {
 				if !e.Deleted {
 					e.Deleted = true
@@ -55,7 +65,7 @@ func Expire(ctx context.Context, store *objectstore.Store, before, now time.Time
 			}
 		}
 	}
-	return deleted, nil
+	return deleted, errors.Join(bad...)
 }
 
 // expiredHours are the segment hour prefixes whose hour ended before before, oldest first.

@@ -2,6 +2,7 @@ package archive_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -121,4 +122,36 @@ func onlyTombstones(t *testing.T, store *objectstore.Store, keys []string) bool 
 		}
 	}
 	return true
+}
+
+// TestExpireGoesPastABadSegment: a segment that cannot be read (ErrBadSegment: reading it again does
+// not help) is left where it is and reported, and does not stop retention: the runs the other
+// segments of its hour and of later hours name are expired all the same.
+func TestExpireGoesPastABadSegment(t *testing.T) {
+	h1 := time.Date(2026, 11, 30, 22, 10, 0, 0, time.UTC)
+	h2 := time.Date(2026, 11, 30, 23, 10, 0, 0, time.UTC)
+	now := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
+	for name, store := range testenv.Stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			bad := archive.HourPrefix(h1) + "0000000000000000001-bad.jsonl.gz"
+			if err := store.Put(ctx, bad, strings.NewReader("not gzip")); err != nil {
+				t.Fatal(err)
+			}
+			old := []archive.Entry{archiveAt(t, store, "same-hour", h1), archiveAt(t, store, "next-hour", h2)}
+
+			n, err := archive.Expire(ctx, store, now, now)
+			if n != 2 || !errors.Is(err, archive.ErrBadSegment) {
+				t.Errorf("expired %d (%v), want both runs and ErrBadSegment", n, err)
+			}
+			for _, e := range old {
+				if keys, _ := store.List(ctx, objectstore.RunPrefix(e.Namespace, e.Name, e.UID)); len(keys) != 0 {
+					t.Errorf("left of expired run %s: %v", e.Name, keys)
+				}
+			}
+			if keys, _ := store.List(ctx, archive.HourPrefix(h1)); !slices.Equal(keys, []string{bad}) {
+				t.Errorf("left of the hour with the bad segment: %v, want the bad segment alone", keys)
+			}
+		})
+	}
 }
