@@ -301,3 +301,4 @@ func TestArchiveAfterIsValidated(t *testing.T) {
 		}
 	}
 }
+

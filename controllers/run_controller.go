@@ -211,7 +211,8 @@ func (r *RunReconciler) setupError(run *rsv1.Run, errs field.ErrorList) {
 
 // ensureGroups creates the run's change groups that do not exist yet: groups are created on first use.
 func (r *RunReconciler) ensureGroups(ctx context.Context, run *rsv1.Run) error {
-	if run.Status.Phase != "" {
+	if run.Status.Phase != "" || run.DeletionTimestamp != nil {
+		// A deleted run only ends (its namespace may be terminating, where nothing is created).
 		return nil
 	}
 	for _, g := range run.Spec.ChangeGroups {
