@@ -301,4 +301,3 @@ func TestArchiveAfterIsValidated(t *testing.T) {
 		}
 	}
 }
-
