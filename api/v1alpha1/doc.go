@@ -1,4 +1,5 @@
 // Package v1alpha1 holds the runservice.dev/v1alpha1 API: Run, ChangeGroup, Executor and ExecutorTask.
 // +kubebuilder:object:generate=true
 // +groupName=runservice.dev
+// +k8s:openapi-gen=true
 package v1alpha1

@@ -30,6 +30,9 @@ func main() {
 	flag.BoolVar(&opts.Controllers.ExecutorInsecureHTTP, "executor-insecure-http", false, "Fetch from executors' http:// endpoints too (the executors' token then crosses the network in clear); by default only https, trusting the executor CA of each namespace (the Secret runservice-executor-ca).")
 	flag.Var(&opts.Controllers.EndpointAllow, "executor-endpoint-allow", "Address ranges the fetcher may dial although executors' endpoints there are refused by default: comma-separated CIDRs and the words loopback, link-local (default none: loopback, link-local, unspecified and multicast addresses are refused).")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:///dir or s3://bucket?endpoint=...) for step logs and workspace archives.")
+	flag.IntVar(&opts.ArchiveAPI.Port, "archive-api-port", 0, "Port of the archive API (archivedruns.archive.runservice.dev, registered by an APIService); 0 disables it.")
+	flag.StringVar(&opts.ArchiveAPI.Host, "archive-api-host", "", "Address the archive API listens on (default: every interface).")
+	flag.StringVar(&opts.ArchiveAPI.CertDir, "archive-api-cert-dir", "", "Directory with tls.crt and tls.key for the archive API (default: the webhook's certificate, and with --webhook-cert-secret the APIService's caBundle is kept too).")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()

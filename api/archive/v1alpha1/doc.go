@@ -3,4 +3,5 @@
 // read-only; the document kept in the object store is the ArchivedRun itself.
 // +kubebuilder:object:generate=true
 // +groupName=archive.runservice.dev
+// +k8s:openapi-gen=true
 package v1alpha1
