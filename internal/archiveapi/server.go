@@ -65,7 +65,8 @@ func New(cfg *clientrest.Config, opts Options) (*Server, error) {
 		return genericapiserver.DefaultBuildHandlerChain(withTableRequests(h), c)
 	}
 
-	serving := genericoptions.NewSecureServingOptions()
+	// The generic server calls itself through a loopback client, with a certificate of its own.
+	serving := genericoptions.NewSecureServingOptions().WithLoopback()
 	serving.BindPort = opts.Port
 	if opts.Host != "" {
 		if serving.BindAddress = net.ParseIP(opts.Host); serving.BindAddress == nil {
@@ -76,7 +77,7 @@ func New(cfg *clientrest.Config, opts Options) (*Server, error) {
 		CertFile: filepath.Join(opts.CertDir, "tls.crt"),
 		KeyFile:  filepath.Join(opts.CertDir, "tls.key"),
 	}
-	if err := serving.ApplyTo(&c.SecureServing); err != nil {
+	if err := serving.ApplyTo(&c.SecureServing, &c.LoopbackClientConfig); err != nil {
 		return nil, fmt.Errorf("archive API serving on port %d: %w", opts.Port, err)
 	}
 	if err := delegate(cfg, c); err != nil {
