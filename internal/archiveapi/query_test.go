@@ -1,6 +1,7 @@
 package archiveapi
 
 import (
+	"context"
 	"reflect"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 
+	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	"runservice.dev/runservice/internal/archive"
 )
 
@@ -152,5 +154,16 @@ func TestRow(t *testing.T) {
 		if got := row(tc.e, now); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("row of %s: %q, want %q", tc.e.Name, got, tc.want)
 		}
+	}
+}
+
+// TestNoIndex: without an index, lists are empty (with a warning) and gets are 503s.
+func TestNoIndex(t *testing.T) {
+	s := &archivedRuns{}
+	if list, err := s.List(context.Background(), nil); err != nil || len(list.(*arv1.ArchivedRunList).Items) != 0 {
+		t.Errorf("list without an index: %v %v, want an empty list", list, err)
+	}
+	if _, err := s.Get(context.Background(), "x", nil); !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("get without an index: %v, want a 503", err)
 	}
 }

@@ -32,7 +32,8 @@ type Options struct {
 	// CertDir holds its serving certificate, tls.crt and tls.key, reloaded when they change; the
 	// APIService's caBundle must trust it.
 	CertDir string
-	// Index answers the lists; Store holds the documents.
+	// Index answers the lists (nil: lists are empty with a warning, gets a 503, saying there is no
+	// index); Store holds the documents.
 	Index Index
 	Store *objectstore.Store
 }
@@ -46,8 +47,8 @@ type Server struct {
 // (TokenReview, and the front proxy's CA from kube-system/extension-apiserver-authentication) and
 // authorization (SubjectAccessReview).
 func New(cfg *clientrest.Config, opts Options) (*Server, error) {
-	if opts.Index == nil || opts.Store == nil {
-		return nil, errors.New("the archive API needs the archive's index and object store")
+	if opts.Store == nil {
+		return nil, errors.New("the archive API needs the archive's object store")
 	}
 	if opts.CertDir == "" {
 		return nil, errors.New("the archive API needs a serving certificate (tls.crt and tls.key in a directory)")
@@ -115,25 +116,27 @@ func (*Server) NeedLeaderElection() bool { return false }
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch,resourceNames=extension-apiserver-authentication
 
 // delegate makes the cluster's apiserver authenticate and authorize the server's requests, with
-// archived runs authorized as runs (asRuns). The generic server's delegating options read the
-// connection from a kubeconfig file: cfg is written into a private one for as long as they read it.
+// archived runs authorized as runs (asRuns). The generic server's delegating options connect with
+// the in-cluster config, or a kubeconfig file: out of a cluster, cfg is written into a private one
+// for as long as they read it (in a pod, whose root filesystem is read-only, nothing is written).
 func delegate(cfg *clientrest.Config, c *genericapiserver.Config) error {
-	dir, err := os.MkdirTemp("", "runservice-archive-api-")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(kubeconfigOf(cfg), kubeconfig); err != nil {
-		return fmt.Errorf("writing the archive API's kubeconfig: %w", err)
-	}
 	authn := genericoptions.NewDelegatingAuthenticationOptions()
-	authn.RemoteKubeConfigFile = kubeconfig
-	if err := authn.ApplyTo(&c.Authentication, c.SecureServing, c.OpenAPIConfig); err != nil {
-		return fmt.Errorf("delegating the archive API's authentication to the cluster: %w", err)
-	}
 	authz := genericoptions.NewDelegatingAuthorizationOptions()
-	authz.RemoteKubeConfigFile = kubeconfig
+	if in, err := clientrest.InClusterConfig(); err != nil || in.Host != cfg.Host {
+		dir, err := os.MkdirTemp("", "runservice-archive-api-")
+		if err != nil {
+			return err
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		kubeconfig := filepath.Join(dir, "kubeconfig")
+		if err := clientcmd.WriteToFile(kubeconfigOf(cfg), kubeconfig); err != nil {
+			return fmt.Errorf("writing the archive API's kubeconfig: %w", err)
+		}
+		authn.RemoteKubeConfigFile, authz.RemoteKubeConfigFile = kubeconfig, kubeconfig
+	}
+	if err := authn.ApplyTo(&c.Authentication, c.SecureServing, c.OpenAPIConfig); err != nil {
+		return fmt.Errorf("delegating the archive API's authentication to the cluster (its apiserver must aggregate APIs: --requestheader-client-ca-file and --proxy-client-cert-file; or turn the archive API off): %w", err)
+	}
 	if err := authz.ApplyTo(&c.Authorization); err != nil {
 		return fmt.Errorf("delegating the archive API's authorization to the cluster: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
+	"k8s.io/apiserver/pkg/warning"
 
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	"runservice.dev/runservice/internal/archive"
@@ -51,6 +52,9 @@ func (*archivedRuns) GetSingularName() string { return "archivedrun" }
 // Get returns the document of the newest archived run named name in the request's namespace, or
 // of the archived run whose uid is name.
 func (s *archivedRuns) Get(ctx context.Context, name string, _ *metav1.GetOptions) (runtime.Object, error) {
+	if s.index == nil {
+		return nil, errNoIndex
+	}
 	ns := genericapirequest.NamespaceValue(ctx)
 	entries, err := s.index.Get(ns, name)
 	if err != nil {
@@ -90,6 +94,11 @@ func (s *archivedRuns) List(ctx context.Context, opts *metainternalversion.ListO
 	q, err := queryFor(genericapirequest.NamespaceValue(ctx), opts)
 	if err != nil {
 		return nil, err
+	}
+	if s.index == nil {
+		// An error would fail kubectl get runservice, whose category lists archived runs too.
+		warning.AddWarning(ctx, "", noIndex+": no archived run is listed")
+		return &arv1.ArchivedRunList{Items: []arv1.ArchivedRun{}}, nil
 	}
 	var page Page
 	if q.Name != "" {
@@ -143,6 +152,11 @@ func (s *archivedRuns) List(ctx context.Context, opts *metainternalversion.ListO
 	}
 	return list, nil
 }
+
+// noIndex says why a server given no index answers nothing.
+const noIndex = "this manager has no archive index to answer from"
+
+var errNoIndex = apierrors.NewServiceUnavailable(noIndex)
 
 // indexError is the API error of a failed index query: a bad continue token is the client's.
 func indexError(err error) error {
