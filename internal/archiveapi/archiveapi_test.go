@@ -30,6 +30,7 @@ import (
 	"runservice.dev/runservice/internal/manager"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
+	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
 
 var (
@@ -471,5 +472,41 @@ func TestBadInputIsRefused(t *testing.T) {
 	out, _ := admin.run(ctx, "get", "--raw", path+"?limit=5&continue="+page.Continue)
 	if !strings.Contains(out, "(BadRequest)") {
 		t.Errorf("a token of another list: %s", out)
+	}
+}
+
+// TestTypedClient: the generated clientset pages through archived runs and gets one.
+func TestTypedClient(t *testing.T) {
+	ctx := context.Background()
+	runs := versioned.NewForConfigOrDie(env.Config).ArchiveV1alpha1().ArchivedRuns(nsRuns)
+	var got []string
+	opts := metav1.ListOptions{LabelSelector: "runservice.dev/result=Failed", Limit: 3}
+	for {
+		page, err := runs.List(ctx, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page.Items {
+			got = append(got, r.Name)
+			if r.Status.Result != rsv1.RunResultFailed || len(r.Status.ExecutorTasks) != 2 {
+				t.Fatalf("%s: result %s, %d executor tasks: not the document", r.Name, r.Status.Result, len(r.Status.ExecutorTasks))
+			}
+		}
+		if opts.Continue = page.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	if want := expected(func(i int) bool { return i%5 == 0 }); !slices.Equal(got, want) {
+		t.Fatalf("listed %v, want %v", got, want)
+	}
+	run, err := runs.Get(ctx, "run-13", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run.TypeMeta = seeded["run-13"].TypeMeta // client-go's decoder drops it
+	got1, _ := json.Marshal(run)
+	want1, _ := json.Marshal(seeded["run-13"])
+	if !jsonEqual(t, got1, want1) {
+		t.Fatalf("got %s\nwant the document %s", got1, want1)
 	}
 }
