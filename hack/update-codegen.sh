@@ -29,8 +29,13 @@ openapi=pkg/generated/openapi
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 rm -f "$openapi/zz_generated.openapi.go"
+# Model names (zz_generated.model_name.go beside the types) are the ones the server's scheme gives
+# the kinds, so that the models carry their group, version and kind.
 go tool openapi-gen --go-header-file "$header" --report-filename "$report" \
   --output-dir "$openapi" --output-pkg "$module/$openapi" --output-file zz_generated.openapi.go \
+  --output-model-name-file zz_generated.model_name.go \
+  --readonly-pkg k8s.io/apimachinery/pkg/apis/meta/v1 --readonly-pkg k8s.io/apimachinery/pkg/runtime \
+  --readonly-pkg k8s.io/apimachinery/pkg/version --readonly-pkg k8s.io/apimachinery/pkg/api/resource \
   k8s.io/apimachinery/pkg/apis/meta/v1 k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/version \
   k8s.io/apimachinery/pkg/api/resource "$api" "$archive"
 if grep -F "$module/" "$report"; then

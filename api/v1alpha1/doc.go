@@ -2,4 +2,5 @@
 // +kubebuilder:object:generate=true
 // +groupName=runservice.dev
 // +k8s:openapi-gen=true
+// +k8s:openapi-model-package=dev.runservice.v1alpha1
 package v1alpha1

@@ -279,6 +279,17 @@ func TestKubectlGetPrintsTheTable(t *testing.T) {
 	if short := admin.ok(t, "get", "ar", "-n", nsRuns); short != out {
 		t.Fatalf("kubectl get ar differs from kubectl get archivedruns:\n%s", short)
 	}
+	// The OpenAPI models the server publishes reach kubectl through the apiserver (which fetches
+	// them within seconds of the APIService's start).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		explain, _ := admin.run(context.Background(), "explain", "archivedruns.status.executorTasks")
+		if strings.Contains(explain, "executorTasks are the run's ExecutorTasks") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubectl explain does not describe archived runs:\n%s", explain)
+		}
+	}
 	category := admin.ok(t, "get", "runservice", "-n", nsRuns, "-o", "name")
 	if !strings.Contains(category, "archivedrun.archive.runservice.dev/run-49\n") {
 		t.Fatalf("kubectl get runservice does not list archived runs:\n%s", category)

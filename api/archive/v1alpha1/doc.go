@@ -4,4 +4,5 @@
 // +kubebuilder:object:generate=true
 // +groupName=archive.runservice.dev
 // +k8s:openapi-gen=true
+// +k8s:openapi-model-package=dev.runservice.archive.v1alpha1
 package v1alpha1

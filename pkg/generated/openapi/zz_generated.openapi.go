@@ -18,97 +18,99 @@ import (
 	version "k8s.io/apimachinery/pkg/version"
 	common "k8s.io/kube-openapi/pkg/common"
 	spec "k8s.io/kube-openapi/pkg/validation/spec"
+	v1alpha1 "runservice.dev/runservice/api/archive/v1alpha1"
+	apiv1alpha1 "runservice.dev/runservice/api/v1alpha1"
 )
 
 func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenAPIDefinition {
 	return map[string]common.OpenAPIDefinition{
-		resource.Quantity{}.OpenAPIModelName():                                schema_apimachinery_pkg_api_resource_Quantity(ref),
-		v1.APIGroup{}.OpenAPIModelName():                                      schema_pkg_apis_meta_v1_APIGroup(ref),
-		v1.APIGroupList{}.OpenAPIModelName():                                  schema_pkg_apis_meta_v1_APIGroupList(ref),
-		v1.APIResource{}.OpenAPIModelName():                                   schema_pkg_apis_meta_v1_APIResource(ref),
-		v1.APIResourceList{}.OpenAPIModelName():                               schema_pkg_apis_meta_v1_APIResourceList(ref),
-		v1.APIVersions{}.OpenAPIModelName():                                   schema_pkg_apis_meta_v1_APIVersions(ref),
-		v1.ApplyOptions{}.OpenAPIModelName():                                  schema_pkg_apis_meta_v1_ApplyOptions(ref),
-		v1.Condition{}.OpenAPIModelName():                                     schema_pkg_apis_meta_v1_Condition(ref),
-		v1.CreateOptions{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_CreateOptions(ref),
-		v1.DeleteOptions{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_DeleteOptions(ref),
-		v1.Duration{}.OpenAPIModelName():                                      schema_pkg_apis_meta_v1_Duration(ref),
-		v1.FieldSelectorRequirement{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_FieldSelectorRequirement(ref),
-		v1.FieldsV1{}.OpenAPIModelName():                                      schema_pkg_apis_meta_v1_FieldsV1(ref),
-		v1.GetOptions{}.OpenAPIModelName():                                    schema_pkg_apis_meta_v1_GetOptions(ref),
-		v1.GroupKind{}.OpenAPIModelName():                                     schema_pkg_apis_meta_v1_GroupKind(ref),
-		v1.GroupResource{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_GroupResource(ref),
-		v1.GroupVersion{}.OpenAPIModelName():                                  schema_pkg_apis_meta_v1_GroupVersion(ref),
-		v1.GroupVersionForDiscovery{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_GroupVersionForDiscovery(ref),
-		v1.GroupVersionKind{}.OpenAPIModelName():                              schema_pkg_apis_meta_v1_GroupVersionKind(ref),
-		v1.GroupVersionResource{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_GroupVersionResource(ref),
-		v1.InternalEvent{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_InternalEvent(ref),
-		v1.LabelSelector{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_LabelSelector(ref),
-		v1.LabelSelectorRequirement{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_LabelSelectorRequirement(ref),
-		v1.List{}.OpenAPIModelName():                                          schema_pkg_apis_meta_v1_List(ref),
-		v1.ListMeta{}.OpenAPIModelName():                                      schema_pkg_apis_meta_v1_ListMeta(ref),
-		v1.ListOptions{}.OpenAPIModelName():                                   schema_pkg_apis_meta_v1_ListOptions(ref),
-		v1.ManagedFieldsEntry{}.OpenAPIModelName():                            schema_pkg_apis_meta_v1_ManagedFieldsEntry(ref),
-		v1.MicroTime{}.OpenAPIModelName():                                     schema_pkg_apis_meta_v1_MicroTime(ref),
-		v1.ObjectMeta{}.OpenAPIModelName():                                    schema_pkg_apis_meta_v1_ObjectMeta(ref),
-		v1.OwnerReference{}.OpenAPIModelName():                                schema_pkg_apis_meta_v1_OwnerReference(ref),
-		v1.PartialObjectMetadata{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_PartialObjectMetadata(ref),
-		v1.PartialObjectMetadataList{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_PartialObjectMetadataList(ref),
-		v1.Patch{}.OpenAPIModelName():                                         schema_pkg_apis_meta_v1_Patch(ref),
-		v1.PatchOptions{}.OpenAPIModelName():                                  schema_pkg_apis_meta_v1_PatchOptions(ref),
-		v1.Preconditions{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_Preconditions(ref),
-		v1.RootPaths{}.OpenAPIModelName():                                     schema_pkg_apis_meta_v1_RootPaths(ref),
-		v1.ServerAddressByClientCIDR{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_ServerAddressByClientCIDR(ref),
-		v1.ShardInfo{}.OpenAPIModelName():                                     schema_pkg_apis_meta_v1_ShardInfo(ref),
-		v1.Status{}.OpenAPIModelName():                                        schema_pkg_apis_meta_v1_Status(ref),
-		v1.StatusCause{}.OpenAPIModelName():                                   schema_pkg_apis_meta_v1_StatusCause(ref),
-		v1.StatusDetails{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_StatusDetails(ref),
-		v1.Table{}.OpenAPIModelName():                                         schema_pkg_apis_meta_v1_Table(ref),
-		v1.TableColumnDefinition{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_TableColumnDefinition(ref),
-		v1.TableOptions{}.OpenAPIModelName():                                  schema_pkg_apis_meta_v1_TableOptions(ref),
-		v1.TableRow{}.OpenAPIModelName():                                      schema_pkg_apis_meta_v1_TableRow(ref),
-		v1.TableRowCondition{}.OpenAPIModelName():                             schema_pkg_apis_meta_v1_TableRowCondition(ref),
-		v1.Time{}.OpenAPIModelName():                                          schema_pkg_apis_meta_v1_Time(ref),
-		v1.Timestamp{}.OpenAPIModelName():                                     schema_pkg_apis_meta_v1_Timestamp(ref),
-		v1.TypeMeta{}.OpenAPIModelName():                                      schema_pkg_apis_meta_v1_TypeMeta(ref),
-		v1.UpdateOptions{}.OpenAPIModelName():                                 schema_pkg_apis_meta_v1_UpdateOptions(ref),
-		v1.WatchEvent{}.OpenAPIModelName():                                    schema_pkg_apis_meta_v1_WatchEvent(ref),
-		runtime.RawExtension{}.OpenAPIModelName():                             schema_k8sio_apimachinery_pkg_runtime_RawExtension(ref),
-		runtime.TypeMeta{}.OpenAPIModelName():                                 schema_k8sio_apimachinery_pkg_runtime_TypeMeta(ref),
-		runtime.Unknown{}.OpenAPIModelName():                                  schema_k8sio_apimachinery_pkg_runtime_Unknown(ref),
-		version.Info{}.OpenAPIModelName():                                     schema_k8sio_apimachinery_pkg_version_Info(ref),
-		"runservice.dev/runservice/api/archive/v1alpha1.ArchivedExecutorTask": schema_runservice_api_archive_v1alpha1_ArchivedExecutorTask(ref),
-		"runservice.dev/runservice/api/archive/v1alpha1.ArchivedRun":          schema_runservice_api_archive_v1alpha1_ArchivedRun(ref),
-		"runservice.dev/runservice/api/archive/v1alpha1.ArchivedRunList":      schema_runservice_api_archive_v1alpha1_ArchivedRunList(ref),
-		"runservice.dev/runservice/api/archive/v1alpha1.ArchivedRunStatus":    schema_runservice_api_archive_v1alpha1_ArchivedRunStatus(ref),
-		"runservice.dev/runservice/api/v1alpha1.ChangeGroup":                  schema_runservicedev_runservice_api_v1alpha1_ChangeGroup(ref),
-		"runservice.dev/runservice/api/v1alpha1.ChangeGroupList":              schema_runservicedev_runservice_api_v1alpha1_ChangeGroupList(ref),
-		"runservice.dev/runservice/api/v1alpha1.ChangeGroupSpec":              schema_runservicedev_runservice_api_v1alpha1_ChangeGroupSpec(ref),
-		"runservice.dev/runservice/api/v1alpha1.ChangeGroupStatus":            schema_runservicedev_runservice_api_v1alpha1_ChangeGroupStatus(ref),
-		"runservice.dev/runservice/api/v1alpha1.Container":                    schema_runservicedev_runservice_api_v1alpha1_Container(ref),
-		"runservice.dev/runservice/api/v1alpha1.ContainerResources":           schema_runservicedev_runservice_api_v1alpha1_ContainerResources(ref),
-		"runservice.dev/runservice/api/v1alpha1.EnvVar":                       schema_runservicedev_runservice_api_v1alpha1_EnvVar(ref),
-		"runservice.dev/runservice/api/v1alpha1.Executor":                     schema_runservicedev_runservice_api_v1alpha1_Executor(ref),
-		"runservice.dev/runservice/api/v1alpha1.ExecutorList":                 schema_runservicedev_runservice_api_v1alpha1_ExecutorList(ref),
-		"runservice.dev/runservice/api/v1alpha1.ExecutorSpec":                 schema_runservicedev_runservice_api_v1alpha1_ExecutorSpec(ref),
-		"runservice.dev/runservice/api/v1alpha1.ExecutorStatus":               schema_runservicedev_runservice_api_v1alpha1_ExecutorStatus(ref),
-		"runservice.dev/runservice/api/v1alpha1.ExecutorTask":                 schema_runservicedev_runservice_api_v1alpha1_ExecutorTask(ref),
-		"runservice.dev/runservice/api/v1alpha1.ExecutorTaskList":             schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskList(ref),
-		"runservice.dev/runservice/api/v1alpha1.ExecutorTaskSpec":             schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref),
-		"runservice.dev/runservice/api/v1alpha1.ExecutorTaskStatus":           schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref),
-		"runservice.dev/runservice/api/v1alpha1.RestoreWorkspaceStep":         schema_runservicedev_runservice_api_v1alpha1_RestoreWorkspaceStep(ref),
-		"runservice.dev/runservice/api/v1alpha1.Run":                          schema_runservicedev_runservice_api_v1alpha1_Run(ref),
-		"runservice.dev/runservice/api/v1alpha1.RunList":                      schema_runservicedev_runservice_api_v1alpha1_RunList(ref),
-		"runservice.dev/runservice/api/v1alpha1.RunSpec":                      schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref),
-		"runservice.dev/runservice/api/v1alpha1.RunStatus":                    schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref),
-		"runservice.dev/runservice/api/v1alpha1.RunStep":                      schema_runservicedev_runservice_api_v1alpha1_RunStep(ref),
-		"runservice.dev/runservice/api/v1alpha1.SaveContent":                  schema_runservicedev_runservice_api_v1alpha1_SaveContent(ref),
-		"runservice.dev/runservice/api/v1alpha1.SaveToWorkspaceStep":          schema_runservicedev_runservice_api_v1alpha1_SaveToWorkspaceStep(ref),
-		"runservice.dev/runservice/api/v1alpha1.Step":                         schema_runservicedev_runservice_api_v1alpha1_Step(ref),
-		"runservice.dev/runservice/api/v1alpha1.StepStatus":                   schema_runservicedev_runservice_api_v1alpha1_StepStatus(ref),
-		"runservice.dev/runservice/api/v1alpha1.Task":                         schema_runservicedev_runservice_api_v1alpha1_Task(ref),
-		"runservice.dev/runservice/api/v1alpha1.TaskDependency":               schema_runservicedev_runservice_api_v1alpha1_TaskDependency(ref),
-		"runservice.dev/runservice/api/v1alpha1.TaskStatus":                   schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref),
+		resource.Quantity{}.OpenAPIModelName():                schema_apimachinery_pkg_api_resource_Quantity(ref),
+		v1.APIGroup{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_APIGroup(ref),
+		v1.APIGroupList{}.OpenAPIModelName():                  schema_pkg_apis_meta_v1_APIGroupList(ref),
+		v1.APIResource{}.OpenAPIModelName():                   schema_pkg_apis_meta_v1_APIResource(ref),
+		v1.APIResourceList{}.OpenAPIModelName():               schema_pkg_apis_meta_v1_APIResourceList(ref),
+		v1.APIVersions{}.OpenAPIModelName():                   schema_pkg_apis_meta_v1_APIVersions(ref),
+		v1.ApplyOptions{}.OpenAPIModelName():                  schema_pkg_apis_meta_v1_ApplyOptions(ref),
+		v1.Condition{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_Condition(ref),
+		v1.CreateOptions{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_CreateOptions(ref),
+		v1.DeleteOptions{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_DeleteOptions(ref),
+		v1.Duration{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_Duration(ref),
+		v1.FieldSelectorRequirement{}.OpenAPIModelName():      schema_pkg_apis_meta_v1_FieldSelectorRequirement(ref),
+		v1.FieldsV1{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_FieldsV1(ref),
+		v1.GetOptions{}.OpenAPIModelName():                    schema_pkg_apis_meta_v1_GetOptions(ref),
+		v1.GroupKind{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_GroupKind(ref),
+		v1.GroupResource{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_GroupResource(ref),
+		v1.GroupVersion{}.OpenAPIModelName():                  schema_pkg_apis_meta_v1_GroupVersion(ref),
+		v1.GroupVersionForDiscovery{}.OpenAPIModelName():      schema_pkg_apis_meta_v1_GroupVersionForDiscovery(ref),
+		v1.GroupVersionKind{}.OpenAPIModelName():              schema_pkg_apis_meta_v1_GroupVersionKind(ref),
+		v1.GroupVersionResource{}.OpenAPIModelName():          schema_pkg_apis_meta_v1_GroupVersionResource(ref),
+		v1.InternalEvent{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_InternalEvent(ref),
+		v1.LabelSelector{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_LabelSelector(ref),
+		v1.LabelSelectorRequirement{}.OpenAPIModelName():      schema_pkg_apis_meta_v1_LabelSelectorRequirement(ref),
+		v1.List{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_List(ref),
+		v1.ListMeta{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_ListMeta(ref),
+		v1.ListOptions{}.OpenAPIModelName():                   schema_pkg_apis_meta_v1_ListOptions(ref),
+		v1.ManagedFieldsEntry{}.OpenAPIModelName():            schema_pkg_apis_meta_v1_ManagedFieldsEntry(ref),
+		v1.MicroTime{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_MicroTime(ref),
+		v1.ObjectMeta{}.OpenAPIModelName():                    schema_pkg_apis_meta_v1_ObjectMeta(ref),
+		v1.OwnerReference{}.OpenAPIModelName():                schema_pkg_apis_meta_v1_OwnerReference(ref),
+		v1.PartialObjectMetadata{}.OpenAPIModelName():         schema_pkg_apis_meta_v1_PartialObjectMetadata(ref),
+		v1.PartialObjectMetadataList{}.OpenAPIModelName():     schema_pkg_apis_meta_v1_PartialObjectMetadataList(ref),
+		v1.Patch{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_Patch(ref),
+		v1.PatchOptions{}.OpenAPIModelName():                  schema_pkg_apis_meta_v1_PatchOptions(ref),
+		v1.Preconditions{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_Preconditions(ref),
+		v1.RootPaths{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_RootPaths(ref),
+		v1.ServerAddressByClientCIDR{}.OpenAPIModelName():     schema_pkg_apis_meta_v1_ServerAddressByClientCIDR(ref),
+		v1.ShardInfo{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_ShardInfo(ref),
+		v1.Status{}.OpenAPIModelName():                        schema_pkg_apis_meta_v1_Status(ref),
+		v1.StatusCause{}.OpenAPIModelName():                   schema_pkg_apis_meta_v1_StatusCause(ref),
+		v1.StatusDetails{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_StatusDetails(ref),
+		v1.Table{}.OpenAPIModelName():                         schema_pkg_apis_meta_v1_Table(ref),
+		v1.TableColumnDefinition{}.OpenAPIModelName():         schema_pkg_apis_meta_v1_TableColumnDefinition(ref),
+		v1.TableOptions{}.OpenAPIModelName():                  schema_pkg_apis_meta_v1_TableOptions(ref),
+		v1.TableRow{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_TableRow(ref),
+		v1.TableRowCondition{}.OpenAPIModelName():             schema_pkg_apis_meta_v1_TableRowCondition(ref),
+		v1.Time{}.OpenAPIModelName():                          schema_pkg_apis_meta_v1_Time(ref),
+		v1.Timestamp{}.OpenAPIModelName():                     schema_pkg_apis_meta_v1_Timestamp(ref),
+		v1.TypeMeta{}.OpenAPIModelName():                      schema_pkg_apis_meta_v1_TypeMeta(ref),
+		v1.UpdateOptions{}.OpenAPIModelName():                 schema_pkg_apis_meta_v1_UpdateOptions(ref),
+		v1.WatchEvent{}.OpenAPIModelName():                    schema_pkg_apis_meta_v1_WatchEvent(ref),
+		runtime.RawExtension{}.OpenAPIModelName():             schema_k8sio_apimachinery_pkg_runtime_RawExtension(ref),
+		runtime.TypeMeta{}.OpenAPIModelName():                 schema_k8sio_apimachinery_pkg_runtime_TypeMeta(ref),
+		runtime.Unknown{}.OpenAPIModelName():                  schema_k8sio_apimachinery_pkg_runtime_Unknown(ref),
+		version.Info{}.OpenAPIModelName():                     schema_k8sio_apimachinery_pkg_version_Info(ref),
+		v1alpha1.ArchivedExecutorTask{}.OpenAPIModelName():    schema_runservice_api_archive_v1alpha1_ArchivedExecutorTask(ref),
+		v1alpha1.ArchivedRun{}.OpenAPIModelName():             schema_runservice_api_archive_v1alpha1_ArchivedRun(ref),
+		v1alpha1.ArchivedRunList{}.OpenAPIModelName():         schema_runservice_api_archive_v1alpha1_ArchivedRunList(ref),
+		v1alpha1.ArchivedRunStatus{}.OpenAPIModelName():       schema_runservice_api_archive_v1alpha1_ArchivedRunStatus(ref),
+		apiv1alpha1.ChangeGroup{}.OpenAPIModelName():          schema_runservicedev_runservice_api_v1alpha1_ChangeGroup(ref),
+		apiv1alpha1.ChangeGroupList{}.OpenAPIModelName():      schema_runservicedev_runservice_api_v1alpha1_ChangeGroupList(ref),
+		apiv1alpha1.ChangeGroupSpec{}.OpenAPIModelName():      schema_runservicedev_runservice_api_v1alpha1_ChangeGroupSpec(ref),
+		apiv1alpha1.ChangeGroupStatus{}.OpenAPIModelName():    schema_runservicedev_runservice_api_v1alpha1_ChangeGroupStatus(ref),
+		apiv1alpha1.Container{}.OpenAPIModelName():            schema_runservicedev_runservice_api_v1alpha1_Container(ref),
+		apiv1alpha1.ContainerResources{}.OpenAPIModelName():   schema_runservicedev_runservice_api_v1alpha1_ContainerResources(ref),
+		apiv1alpha1.EnvVar{}.OpenAPIModelName():               schema_runservicedev_runservice_api_v1alpha1_EnvVar(ref),
+		apiv1alpha1.Executor{}.OpenAPIModelName():             schema_runservicedev_runservice_api_v1alpha1_Executor(ref),
+		apiv1alpha1.ExecutorList{}.OpenAPIModelName():         schema_runservicedev_runservice_api_v1alpha1_ExecutorList(ref),
+		apiv1alpha1.ExecutorSpec{}.OpenAPIModelName():         schema_runservicedev_runservice_api_v1alpha1_ExecutorSpec(ref),
+		apiv1alpha1.ExecutorStatus{}.OpenAPIModelName():       schema_runservicedev_runservice_api_v1alpha1_ExecutorStatus(ref),
+		apiv1alpha1.ExecutorTask{}.OpenAPIModelName():         schema_runservicedev_runservice_api_v1alpha1_ExecutorTask(ref),
+		apiv1alpha1.ExecutorTaskList{}.OpenAPIModelName():     schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskList(ref),
+		apiv1alpha1.ExecutorTaskSpec{}.OpenAPIModelName():     schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref),
+		apiv1alpha1.ExecutorTaskStatus{}.OpenAPIModelName():   schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref),
+		apiv1alpha1.RestoreWorkspaceStep{}.OpenAPIModelName(): schema_runservicedev_runservice_api_v1alpha1_RestoreWorkspaceStep(ref),
+		apiv1alpha1.Run{}.OpenAPIModelName():                  schema_runservicedev_runservice_api_v1alpha1_Run(ref),
+		apiv1alpha1.RunList{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunList(ref),
+		apiv1alpha1.RunSpec{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref),
+		apiv1alpha1.RunStatus{}.OpenAPIModelName():            schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref),
+		apiv1alpha1.RunStep{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunStep(ref),
+		apiv1alpha1.SaveContent{}.OpenAPIModelName():          schema_runservicedev_runservice_api_v1alpha1_SaveContent(ref),
+		apiv1alpha1.SaveToWorkspaceStep{}.OpenAPIModelName():  schema_runservicedev_runservice_api_v1alpha1_SaveToWorkspaceStep(ref),
+		apiv1alpha1.Step{}.OpenAPIModelName():                 schema_runservicedev_runservice_api_v1alpha1_Step(ref),
+		apiv1alpha1.StepStatus{}.OpenAPIModelName():           schema_runservicedev_runservice_api_v1alpha1_StepStatus(ref),
+		apiv1alpha1.Task{}.OpenAPIModelName():                 schema_runservicedev_runservice_api_v1alpha1_Task(ref),
+		apiv1alpha1.TaskDependency{}.OpenAPIModelName():       schema_runservicedev_runservice_api_v1alpha1_TaskDependency(ref),
+		apiv1alpha1.TaskStatus{}.OpenAPIModelName():           schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref),
 	}
 }
 
@@ -2834,7 +2836,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedExecutorTask(ref common.Refe
 						SchemaProps: spec.SchemaProps{
 							Description: "status is the ExecutorTask's status, as its executor last wrote it.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ExecutorTaskStatus"),
+							Ref:         ref(apiv1alpha1.ExecutorTaskStatus{}.OpenAPIModelName()),
 						},
 					},
 				},
@@ -2842,7 +2844,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedExecutorTask(ref common.Refe
 			},
 		},
 		Dependencies: []string{
-			"runservice.dev/runservice/api/v1alpha1.ExecutorTaskStatus"},
+			apiv1alpha1.ExecutorTaskStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -2878,14 +2880,14 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRun(ref common.ReferenceCall
 						SchemaProps: spec.SchemaProps{
 							Description: "spec is the Run's spec.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.RunSpec"),
+							Ref:         ref(apiv1alpha1.RunSpec{}.OpenAPIModelName()),
 						},
 					},
 					"status": {
 						SchemaProps: spec.SchemaProps{
 							Description: "status is the Run's last status, with its ExecutorTasks' and when it was archived.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/archive/v1alpha1.ArchivedRunStatus"),
+							Ref:         ref(v1alpha1.ArchivedRunStatus{}.OpenAPIModelName()),
 						},
 					},
 				},
@@ -2893,7 +2895,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRun(ref common.ReferenceCall
 			},
 		},
 		Dependencies: []string{
-			v1.ObjectMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/archive/v1alpha1.ArchivedRunStatus", "runservice.dev/runservice/api/v1alpha1.RunSpec"},
+			v1.ObjectMeta{}.OpenAPIModelName(), v1alpha1.ArchivedRunStatus{}.OpenAPIModelName(), apiv1alpha1.RunSpec{}.OpenAPIModelName()},
 	}
 }
 
@@ -2930,7 +2932,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRunList(ref common.Reference
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/archive/v1alpha1.ArchivedRun"),
+										Ref: ref(v1alpha1.ArchivedRun{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -2941,7 +2943,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRunList(ref common.Reference
 			},
 		},
 		Dependencies: []string{
-			v1.ListMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/archive/v1alpha1.ArchivedRun"},
+			v1.ListMeta{}.OpenAPIModelName(), v1alpha1.ArchivedRun{}.OpenAPIModelName()},
 	}
 }
 
@@ -3034,7 +3036,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRunStatus(ref common.Referen
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.TaskStatus"),
+										Ref: ref(apiv1alpha1.TaskStatus{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3061,7 +3063,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRunStatus(ref common.Referen
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/archive/v1alpha1.ArchivedExecutorTask"),
+										Ref: ref(v1alpha1.ArchivedExecutorTask{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3072,7 +3074,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRunStatus(ref common.Referen
 			},
 		},
 		Dependencies: []string{
-			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), "runservice.dev/runservice/api/archive/v1alpha1.ArchivedExecutorTask", "runservice.dev/runservice/api/v1alpha1.TaskStatus"},
+			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), v1alpha1.ArchivedExecutorTask{}.OpenAPIModelName(), apiv1alpha1.TaskStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -3107,21 +3109,21 @@ func schema_runservicedev_runservice_api_v1alpha1_ChangeGroup(ref common.Referen
 						SchemaProps: spec.SchemaProps{
 							Description: "spec configures the group.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ChangeGroupSpec"),
+							Ref:         ref(apiv1alpha1.ChangeGroupSpec{}.OpenAPIModelName()),
 						},
 					},
 					"status": {
 						SchemaProps: spec.SchemaProps{
 							Description: "status is the admission ledger.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ChangeGroupStatus"),
+							Ref:         ref(apiv1alpha1.ChangeGroupStatus{}.OpenAPIModelName()),
 						},
 					},
 				},
 			},
 		},
 		Dependencies: []string{
-			v1.ObjectMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.ChangeGroupSpec", "runservice.dev/runservice/api/v1alpha1.ChangeGroupStatus"},
+			v1.ObjectMeta{}.OpenAPIModelName(), apiv1alpha1.ChangeGroupSpec{}.OpenAPIModelName(), apiv1alpha1.ChangeGroupStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -3158,7 +3160,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ChangeGroupList(ref common.Ref
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.ChangeGroup"),
+										Ref: ref(apiv1alpha1.ChangeGroup{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3169,7 +3171,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ChangeGroupList(ref common.Ref
 			},
 		},
 		Dependencies: []string{
-			v1.ListMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.ChangeGroup"},
+			v1.ListMeta{}.OpenAPIModelName(), apiv1alpha1.ChangeGroup{}.OpenAPIModelName()},
 	}
 }
 
@@ -3297,7 +3299,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Container(ref common.Reference
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.EnvVar"),
+										Ref: ref(apiv1alpha1.EnvVar{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3320,7 +3322,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Container(ref common.Reference
 					"resources": {
 						SchemaProps: spec.SchemaProps{
 							Description: "resources are the container's compute resources (cpu, memory): requests and limits of the pod's container with the Kubernetes driver, limits of the container with the Docker driver.",
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ContainerResources"),
+							Ref:         ref(apiv1alpha1.ContainerResources{}.OpenAPIModelName()),
 						},
 					},
 				},
@@ -3328,7 +3330,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Container(ref common.Reference
 			},
 		},
 		Dependencies: []string{
-			"runservice.dev/runservice/api/v1alpha1.ContainerResources", "runservice.dev/runservice/api/v1alpha1.EnvVar"},
+			apiv1alpha1.ContainerResources{}.OpenAPIModelName(), apiv1alpha1.EnvVar{}.OpenAPIModelName()},
 	}
 }
 
@@ -3435,14 +3437,14 @@ func schema_runservicedev_runservice_api_v1alpha1_Executor(ref common.ReferenceC
 						SchemaProps: spec.SchemaProps{
 							Description: "spec is what the executor registered.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ExecutorSpec"),
+							Ref:         ref(apiv1alpha1.ExecutorSpec{}.OpenAPIModelName()),
 						},
 					},
 					"status": {
 						SchemaProps: spec.SchemaProps{
 							Description: "status is what the manager observed.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ExecutorStatus"),
+							Ref:         ref(apiv1alpha1.ExecutorStatus{}.OpenAPIModelName()),
 						},
 					},
 				},
@@ -3450,7 +3452,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Executor(ref common.ReferenceC
 			},
 		},
 		Dependencies: []string{
-			v1.ObjectMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.ExecutorSpec", "runservice.dev/runservice/api/v1alpha1.ExecutorStatus"},
+			v1.ObjectMeta{}.OpenAPIModelName(), apiv1alpha1.ExecutorSpec{}.OpenAPIModelName(), apiv1alpha1.ExecutorStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -3487,7 +3489,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorList(ref common.Refere
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.Executor"),
+										Ref: ref(apiv1alpha1.Executor{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3498,7 +3500,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorList(ref common.Refere
 			},
 		},
 		Dependencies: []string{
-			v1.ListMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.Executor"},
+			v1.ListMeta{}.OpenAPIModelName(), apiv1alpha1.Executor{}.OpenAPIModelName()},
 	}
 }
 
@@ -3666,14 +3668,14 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTask(ref common.Refere
 						SchemaProps: spec.SchemaProps{
 							Description: "spec is written by the manager.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ExecutorTaskSpec"),
+							Ref:         ref(apiv1alpha1.ExecutorTaskSpec{}.OpenAPIModelName()),
 						},
 					},
 					"status": {
 						SchemaProps: spec.SchemaProps{
 							Description: "status is written by the executor.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.ExecutorTaskStatus"),
+							Ref:         ref(apiv1alpha1.ExecutorTaskStatus{}.OpenAPIModelName()),
 						},
 					},
 				},
@@ -3681,7 +3683,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTask(ref common.Refere
 			},
 		},
 		Dependencies: []string{
-			v1.ObjectMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.ExecutorTaskSpec", "runservice.dev/runservice/api/v1alpha1.ExecutorTaskStatus"},
+			v1.ObjectMeta{}.OpenAPIModelName(), apiv1alpha1.ExecutorTaskSpec{}.OpenAPIModelName(), apiv1alpha1.ExecutorTaskStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -3718,7 +3720,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskList(ref common.Re
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.ExecutorTask"),
+										Ref: ref(apiv1alpha1.ExecutorTask{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3729,7 +3731,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskList(ref common.Re
 			},
 		},
 		Dependencies: []string{
-			v1.ListMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.ExecutorTask"},
+			v1.ListMeta{}.OpenAPIModelName(), apiv1alpha1.ExecutorTask{}.OpenAPIModelName()},
 	}
 }
 
@@ -3783,7 +3785,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 						SchemaProps: spec.SchemaProps{
 							Description: "task is the task's definition, copied from the Run.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.Task"),
+							Ref:         ref(apiv1alpha1.Task{}.OpenAPIModelName()),
 						},
 					},
 					"environment": {
@@ -3801,7 +3803,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.EnvVar"),
+										Ref: ref(apiv1alpha1.EnvVar{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3838,7 +3840,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 			},
 		},
 		Dependencies: []string{
-			"runservice.dev/runservice/api/v1alpha1.EnvVar", "runservice.dev/runservice/api/v1alpha1.Task"},
+			apiv1alpha1.EnvVar{}.OpenAPIModelName(), apiv1alpha1.Task{}.OpenAPIModelName()},
 	}
 }
 
@@ -3887,7 +3889,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref common.
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.StepStatus"),
+										Ref: ref(apiv1alpha1.StepStatus{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -3897,7 +3899,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref common.
 			},
 		},
 		Dependencies: []string{
-			v1.Time{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.StepStatus"},
+			v1.Time{}.OpenAPIModelName(), apiv1alpha1.StepStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -3954,14 +3956,14 @@ func schema_runservicedev_runservice_api_v1alpha1_Run(ref common.ReferenceCallba
 						SchemaProps: spec.SchemaProps{
 							Description: "spec is the run's graph.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.RunSpec"),
+							Ref:         ref(apiv1alpha1.RunSpec{}.OpenAPIModelName()),
 						},
 					},
 					"status": {
 						SchemaProps: spec.SchemaProps{
 							Description: "status is what the manager observed.",
 							Default:     map[string]interface{}{},
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.RunStatus"),
+							Ref:         ref(apiv1alpha1.RunStatus{}.OpenAPIModelName()),
 						},
 					},
 				},
@@ -3969,7 +3971,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Run(ref common.ReferenceCallba
 			},
 		},
 		Dependencies: []string{
-			v1.ObjectMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.RunSpec", "runservice.dev/runservice/api/v1alpha1.RunStatus"},
+			v1.ObjectMeta{}.OpenAPIModelName(), apiv1alpha1.RunSpec{}.OpenAPIModelName(), apiv1alpha1.RunStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -4006,7 +4008,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunList(ref common.ReferenceCa
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.Run"),
+										Ref: ref(apiv1alpha1.Run{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4017,7 +4019,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunList(ref common.ReferenceCa
 			},
 		},
 		Dependencies: []string{
-			v1.ListMeta{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.Run"},
+			v1.ListMeta{}.OpenAPIModelName(), apiv1alpha1.Run{}.OpenAPIModelName()},
 	}
 }
 
@@ -4095,7 +4097,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref common.ReferenceCa
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.EnvVar"),
+										Ref: ref(apiv1alpha1.EnvVar{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4116,7 +4118,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref common.ReferenceCa
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.Task"),
+										Ref: ref(apiv1alpha1.Task{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4127,7 +4129,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref common.ReferenceCa
 			},
 		},
 		Dependencies: []string{
-			"runservice.dev/runservice/api/v1alpha1.EnvVar", "runservice.dev/runservice/api/v1alpha1.Task"},
+			apiv1alpha1.EnvVar{}.OpenAPIModelName(), apiv1alpha1.Task{}.OpenAPIModelName()},
 	}
 }
 
@@ -4220,7 +4222,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref common.Reference
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.TaskStatus"),
+										Ref: ref(apiv1alpha1.TaskStatus{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4230,7 +4232,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref common.Reference
 			},
 		},
 		Dependencies: []string{
-			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.TaskStatus"},
+			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), apiv1alpha1.TaskStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -4278,7 +4280,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunStep(ref common.ReferenceCa
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.EnvVar"),
+										Ref: ref(apiv1alpha1.EnvVar{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4289,7 +4291,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunStep(ref common.ReferenceCa
 			},
 		},
 		Dependencies: []string{
-			"runservice.dev/runservice/api/v1alpha1.EnvVar"},
+			apiv1alpha1.EnvVar{}.OpenAPIModelName()},
 	}
 }
 
@@ -4361,7 +4363,7 @@ func schema_runservicedev_runservice_api_v1alpha1_SaveToWorkspaceStep(ref common
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.SaveContent"),
+										Ref: ref(apiv1alpha1.SaveContent{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4372,7 +4374,7 @@ func schema_runservicedev_runservice_api_v1alpha1_SaveToWorkspaceStep(ref common
 			},
 		},
 		Dependencies: []string{
-			"runservice.dev/runservice/api/v1alpha1.SaveContent"},
+			apiv1alpha1.SaveContent{}.OpenAPIModelName()},
 	}
 }
 
@@ -4386,26 +4388,26 @@ func schema_runservicedev_runservice_api_v1alpha1_Step(ref common.ReferenceCallb
 					"run": {
 						SchemaProps: spec.SchemaProps{
 							Description: "run runs a command.",
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.RunStep"),
+							Ref:         ref(apiv1alpha1.RunStep{}.OpenAPIModelName()),
 						},
 					},
 					"saveToWorkspace": {
 						SchemaProps: spec.SchemaProps{
 							Description: "saveToWorkspace archives paths for the tasks that depend on this one.",
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.SaveToWorkspaceStep"),
+							Ref:         ref(apiv1alpha1.SaveToWorkspaceStep{}.OpenAPIModelName()),
 						},
 					},
 					"restoreWorkspace": {
 						SchemaProps: spec.SchemaProps{
 							Description: "restoreWorkspace restores the archives of the parent tasks.",
-							Ref:         ref("runservice.dev/runservice/api/v1alpha1.RestoreWorkspaceStep"),
+							Ref:         ref(apiv1alpha1.RestoreWorkspaceStep{}.OpenAPIModelName()),
 						},
 					},
 				},
 			},
 		},
 		Dependencies: []string{
-			"runservice.dev/runservice/api/v1alpha1.RestoreWorkspaceStep", "runservice.dev/runservice/api/v1alpha1.RunStep", "runservice.dev/runservice/api/v1alpha1.SaveToWorkspaceStep"},
+			apiv1alpha1.RestoreWorkspaceStep{}.OpenAPIModelName(), apiv1alpha1.RunStep{}.OpenAPIModelName(), apiv1alpha1.SaveToWorkspaceStep{}.OpenAPIModelName()},
 	}
 }
 
@@ -4494,7 +4496,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Task(ref common.ReferenceCallb
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.Container"),
+										Ref: ref(apiv1alpha1.Container{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4556,7 +4558,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Task(ref common.ReferenceCallb
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.TaskDependency"),
+										Ref: ref(apiv1alpha1.TaskDependency{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4574,7 +4576,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Task(ref common.ReferenceCallb
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.Step"),
+										Ref: ref(apiv1alpha1.Step{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4585,7 +4587,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Task(ref common.ReferenceCallb
 			},
 		},
 		Dependencies: []string{
-			v1.LabelSelector{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.Container", "runservice.dev/runservice/api/v1alpha1.Step", "runservice.dev/runservice/api/v1alpha1.TaskDependency"},
+			v1.LabelSelector{}.OpenAPIModelName(), apiv1alpha1.Container{}.OpenAPIModelName(), apiv1alpha1.Step{}.OpenAPIModelName(), apiv1alpha1.TaskDependency{}.OpenAPIModelName()},
 	}
 }
 
@@ -4712,7 +4714,7 @@ func schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref common.Referenc
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
 									SchemaProps: spec.SchemaProps{
-										Ref: ref("runservice.dev/runservice/api/v1alpha1.StepStatus"),
+										Ref: ref(apiv1alpha1.StepStatus{}.OpenAPIModelName()),
 									},
 								},
 							},
@@ -4723,6 +4725,6 @@ func schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref common.Referenc
 			},
 		},
 		Dependencies: []string{
-			v1.Time{}.OpenAPIModelName(), "runservice.dev/runservice/api/v1alpha1.StepStatus"},
+			v1.Time{}.OpenAPIModelName(), apiv1alpha1.StepStatus{}.OpenAPIModelName()},
 	}
 }
