@@ -329,9 +329,15 @@ func TestDeletingAnActiveRunReleasesItsSlot(t *testing.T) {
 	if err := k8s.Delete(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "doomed", Namespace: ns}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the run gone and its slot released", func() (bool, error) {
+	// The slot is free at once; the run itself stays until its task has stopped and it is archived.
+	eventually(t, 30*time.Second, "the slot released", func() (bool, error) {
+		return len(getGroup(t, ns, "grp").Status.ActiveRuns) == 0, nil
+	})
+	et := waitTask(t, ns, "doomed", "only")
+	report(t, ns, et.Name, rsv1.TaskPhaseStopped, "")
+	eventually(t, 30*time.Second, "the run gone", func() (bool, error) {
 		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "doomed"}, &rsv1.Run{})
-		return apierrors.IsNotFound(err) && len(getGroup(t, ns, "grp").Status.ActiveRuns) == 0, nil
+		return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
 	})
 }
 

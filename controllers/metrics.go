@@ -17,6 +17,9 @@ type Metrics struct {
 	schedulingLatency prometheus.Histogram
 	transitions       *prometheus.CounterVec
 	runs              *runPhaseCollector
+	archived          prometheus.Counter
+	archiveLag        prometheus.Histogram
+	expired           prometheus.Counter
 }
 
 var (
@@ -44,8 +47,21 @@ func newMetrics(c client.Reader) *Metrics {
 			Help: "Run phase transitions, by the phase entered.",
 		}, []string{"phase"}),
 	}
+	m.archived = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "runservice_archived_runs_total",
+		Help: "Runs archived into the object store and deleted from etcd.",
+	})
+	m.archiveLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "runservice_archive_lag_seconds",
+		Help:    "Time from when a run was due for archiving (its end plus --archive-after) to archived.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
+	})
+	m.expired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "runservice_archive_expired_runs_total",
+		Help: "Archived runs deleted from the object store by --archive-retention, with their logs and workspace archives.",
+	})
 	m.runs = &runPhaseCollector{client: c}
-	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs)
+	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs, m.archived, m.archiveLag, m.expired)
 	sharedMetrics = m
 	return m
 }
@@ -53,6 +69,16 @@ func newMetrics(c client.Reader) *Metrics {
 func (m *Metrics) observePhase(run *rsv1.Run, _ rsv1.RunPhase) {
 	m.transitions.WithLabelValues(string(run.Status.Phase)).Inc()
 }
+
+// observeArchived records a run archived after being due for after.
+func (m *Metrics) observeArchived(run *rsv1.Run, after time.Duration) {
+	m.archived.Inc()
+	if run.Status.EndTime != nil && run.DeletionTimestamp == nil {
+		m.archiveLag.Observe(max(0, time.Since(run.Status.EndTime.Add(after)).Seconds()))
+	}
+}
+
+func (m *Metrics) observeExpired(n int) { m.expired.Add(float64(n)) }
 
 // observeScheduled records the scheduling latency of a task just scheduled.
 func (m *Metrics) observeScheduled(run *rsv1.Run, task *rsv1.Task) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -58,6 +59,11 @@ func TestRecreatedRunGetsItsOwnExecutorTasks(t *testing.T) {
 	old := getRun(t, ns, "again")
 	waitRunPhase(t, ns, "again", rsv1.RunPhaseFinished)
 	oldET := waitTask(t, ns, "again", "a")
+	// Deleted without its archive (the archiver would delete its ExecutorTasks too).
+	patch := client.RawPatch(types.JSONPatchType, []byte(`[{"op":"remove","path":"/metadata/finalizers"}]`))
+	if err := k8s.Patch(ctx, old, patch); err != nil {
+		t.Fatal(err)
+	}
 	if err := k8s.Delete(ctx, old); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/archive"
 	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/pkg/dag"
@@ -93,12 +95,17 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{RequeueAfter: cacheLagRetry}, nil
 	}
 	if run.DeletionTimestamp != nil {
-		return requeueOnConflict(r.release(ctx, run), "")
-	}
-	if len(run.Spec.ChangeGroups) > 0 && !run.Status.Phase.IsFinal() && !controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) {
-		err := r.patchMeta(ctx, run, func() { controllerutil.AddFinalizer(run, rsv1.FinalizerChangeGroupLedger) })
-		if err != nil {
-			return requeueOnConflict(err, "adding finalizer")
+		// A deleted run leaves its change groups at once.
+		if err := r.release(ctx, run); err != nil || run.Status.Phase.IsFinal() || !controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
+			return requeueOnConflict(err, "")
+		}
+		// Deleted before it ended and kept for its archive: stopped, so that it ends and is archived
+		// instead of leaving with tasks running. Not written: the deletion says it.
+		stop := true
+		run.Spec.Stop = &stop
+	} else if !run.Status.Phase.IsFinal() {
+		if err := r.ensureMeta(ctx, run); err != nil {
+			return requeueOnConflict(err, "adding finalizers")
 		}
 	}
 	if run.Status.Phase.IsFinal() {
@@ -568,15 +575,68 @@ func (r *RunReconciler) writeStatus(ctx context.Context, run *rsv1.Run, old *rsv
 	return nil
 }
 
-// release takes a final or deleted run out of its groups' ledgers, then drops the finalizer.
-func (r *RunReconciler) release(ctx context.Context, run *rsv1.Run) error {
-	if !controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) {
+// ensureMeta gives a live run, in one write, what its life needs: FinalizerChangeGroupLedger when it
+// is in change groups, FinalizerArchive when runs are archived, and a label per change group.
+func (r *RunReconciler) ensureMeta(ctx context.Context, run *rsv1.Run) error {
+	want := func(finalizer string, needed bool) bool {
+		return needed && !controllerutil.ContainsFinalizer(run, finalizer)
+	}
+	ledger := want(rsv1.FinalizerChangeGroupLedger, len(run.Spec.ChangeGroups) > 0)
+	archived := want(rsv1.FinalizerArchive, r.Options.Archive)
+	labels := missingLabels(run)
+	if !ledger && !archived && len(labels) == 0 {
 		return nil
 	}
-	if err := r.Ledger.Release(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups); err != nil {
-		return fmt.Errorf("releasing run from its change groups: %w", err)
+	return r.patchMeta(ctx, run, func() {
+		if ledger {
+			controllerutil.AddFinalizer(run, rsv1.FinalizerChangeGroupLedger)
+		}
+		if archived {
+			controllerutil.AddFinalizer(run, rsv1.FinalizerArchive)
+		}
+		setLabels(run, labels)
+	})
+}
+
+// missingLabels are the labels live and archived runs carry alike (archive.Labels: the change
+// groups, and the phase and result of a final run) that run lacks or has with another value.
+func missingLabels(run *rsv1.Run) map[string]string {
+	out := map[string]string{}
+	for k, v := range archive.Labels(run) {
+		if have, ok := run.Labels[k]; !ok || have != v {
+			out[k] = v
+		}
 	}
-	err := r.patchMeta(ctx, run, func() { controllerutil.RemoveFinalizer(run, rsv1.FinalizerChangeGroupLedger) })
+	return out
+}
+
+func setLabels(run *rsv1.Run, labels map[string]string) {
+	if len(labels) == 0 {
+		return
+	}
+	if run.Labels == nil {
+		run.Labels = map[string]string{}
+	}
+	maps.Copy(run.Labels, labels)
+}
+
+// release takes a final or deleted run out of its groups' ledgers and labels a final one with its
+// phase and result, in one write.
+func (r *RunReconciler) release(ctx context.Context, run *rsv1.Run) error {
+	ledgered := controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger)
+	labels := missingLabels(run)
+	if !ledgered && len(labels) == 0 {
+		return nil
+	}
+	if ledgered {
+		if err := r.Ledger.Release(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups); err != nil {
+			return fmt.Errorf("releasing run from its change groups: %w", err)
+		}
+	}
+	err := r.patchMeta(ctx, run, func() {
+		controllerutil.RemoveFinalizer(run, rsv1.FinalizerChangeGroupLedger)
+		setLabels(run, labels)
+	})
 	if client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("removing finalizer: %w", err)
 	}

@@ -59,6 +59,17 @@ type Options struct {
 	MaxConcurrentFetches int
 	FetchesPerExecutor   int
 	FetchBackoff         time.Duration
+	// Archive turns the archiver on (it needs Store): finished runs move out of etcd into the
+	// object store ArchiveAfter after their end, ArchiveWorkers at a time.
+	Archive        bool
+	ArchiveAfter   time.Duration
+	ArchiveWorkers int
+	// ArchiveRetention, when positive, deletes archived runs (their documents, logs and workspace
+	// archives) that long after they were archived.
+	ArchiveRetention time.Duration
+	// ArchiveStepDone, when set, is called after each step of archiving a run (see
+	// ArchiverReconciler.StepDone): for fault tests.
+	ArchiveStepDone func(run types.NamespacedName, step string) error
 }
 
 func (o *Options) defaults() {
@@ -93,6 +104,12 @@ func (o *Options) defaults() {
 	}
 	if o.FetchBackoff == 0 {
 		o.FetchBackoff = 2 * time.Second
+	}
+	o.Archive = o.Archive && o.Store != nil
+	if o.ArchiveWorkers == 0 {
+		// An archive waits on the object store and a few deletes, and its segment on the others'
+		// (a segment is written for the archives of up to half a second).
+		o.ArchiveWorkers = 32
 	}
 }
 
@@ -172,6 +189,12 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 			Slots:        &fetchSlots{perExecutor: opts.FetchesPerExecutor, base: opts.FetchBackoff, max: 5 * time.Minute},
 		}
 		if err := fetcher.SetupWithManager(mgr); err != nil {
+			return err
+		}
+	}
+	if opts.Archive {
+		archiver := &ArchiverReconciler{Client: mgr.GetClient(), Store: opts.Store, After: opts.ArchiveAfter, Retention: opts.ArchiveRetention, Workers: opts.ArchiveWorkers, Metrics: metrics, StepDone: opts.ArchiveStepDone}
+		if err := archiver.SetupWithManager(mgr); err != nil {
 			return err
 		}
 	}

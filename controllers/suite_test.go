@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
@@ -42,7 +43,9 @@ var (
 	mgrDone   chan struct{}
 	mgrCache  cache.Cache
 	nsCounter atomic.Int64
-	storeDir  string // the manager's object store
+	// archiveStepDone, when set, is called by the manager's archiver after each step.
+	archiveStepDone atomic.Pointer[func(types.NamespacedName, string) error]
+	storeDir        string // the manager's object store
 )
 
 func TestMain(m *testing.M) {
@@ -56,7 +59,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	storeURL = objectstore.FileURL(store)
+	storeDir, storeURL = store, objectstore.FileURL(store)
 	env, err = testenv.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -93,6 +96,16 @@ func startManager() error {
 	opts.Controllers.ExecutorInsecureHTTP = true // most fake executors are httptest servers
 	opts.Controllers.FetchTimeouts = executorhttp.Timeouts{ResponseHeader: time.Second, Stall: time.Second}
 	opts.Controllers.FetchBackoff = 500 * time.Millisecond
+	// Runs are archived an hour after their end unless a test's run says otherwise
+	// (runservice.dev/archive-after); archiveStepDone lets fault tests stop the manager mid-way.
+	opts.Controllers.Archive = true
+	opts.Controllers.ArchiveAfter = time.Hour
+	opts.Controllers.ArchiveStepDone = func(run types.NamespacedName, step string) error {
+		if f := archiveStepDone.Load(); f != nil {
+			return (*f)(run, step)
+		}
+		return nil
+	}
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &recordingTransport{next: rt} })
 	mgr, err := manager.New(ctx, cfg, opts)

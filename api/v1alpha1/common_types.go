@@ -1,5 +1,10 @@
 package v1alpha1
 
+import (
+	"fmt"
+	"time"
+)
+
 // Well-known labels, annotations and finalizers.
 const (
 	// LabelRun names the Run an ExecutorTask (and its containers or pods) belongs to (hashed when
@@ -50,6 +55,15 @@ const (
 	// no longer count it.
 	FinalizerChangeGroupLedger = "runservice.dev/changegroup-ledger"
 
+	// AnnotationArchiveAfter on a Run overrides the manager's --archive-after for it: a duration
+	// (e.g. "0s", "30m", "168h") after its end when it is archived.
+	AnnotationArchiveAfter = "runservice.dev/archive-after"
+
+	// FinalizerArchive keeps a Run in etcd until the archiver has written it (its document and
+	// index entry) into the object store. A run deleted before it ended is stopped first, then
+	// archived; a user who wants a run gone without its archive removes the finalizer.
+	FinalizerArchive = "runservice.dev/archive"
+
 	// FinalizerExecutorTasks keeps a deleted Executor until its tasks' containers or pods are known
 	// gone: the executor itself (or, for a dead member of a group, the sibling cleaning up after it)
 	// removes them, confirms it, and only then releases it. Only then does the manager fail the
@@ -84,4 +98,19 @@ type EnvVar struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=32768
 	Value string `json:"value,omitempty"`
+}
+
+// ParseArchiveAfter parses an AnnotationArchiveAfter value: nil when it is empty.
+func ParseArchiveAfter(v string) (*time.Duration, error) {
+	if v == "" {
+		return nil, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return nil, fmt.Errorf("not a duration (e.g. 0s, 30m, 168h): %q", v)
+	}
+	if d < 0 {
+		return nil, fmt.Errorf("must not be negative: %q", v)
+	}
+	return &d, nil
 }

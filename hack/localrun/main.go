@@ -33,15 +33,16 @@ import (
 func main() {
 	local := flag.Bool("local", false, "Always boot the local control plane, even when a cluster is reachable.")
 	samples := flag.Bool("samples", true, "Apply config/samples once the manager runs (local control plane only).")
+	archiveAfter := flag.Duration("archive-after", 10*time.Minute, "How long after its end a finished run is archived into the object store and deleted from etcd (0s: at once; negative: never); a run's runservice.dev/archive-after annotation overrides it.")
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseDevMode(true)))
-	if err := run(*local, *samples); err != nil {
+	if err := run(*local, *samples, *archiveAfter); err != nil {
 		fmt.Fprintln(os.Stderr, "make run:", err)
 		os.Exit(1)
 	}
 }
 
-func run(forceLocal, samples bool) error {
+func run(forceLocal, samples bool, archiveAfter time.Duration) error {
 	ctx := ctrl.SetupSignalHandler()
 	if !forceLocal {
 		if cfg, ok := reachableCluster(); ok {
@@ -71,6 +72,7 @@ func run(forceLocal, samples bool) error {
 	opts := env.ManagerOptions()
 	opts.MetricsAddr, opts.ProbeAddr = ":8080", ":8081"
 	opts.ObjectStore = store
+	opts.Controllers.Archive, opts.Controllers.ArchiveAfter = archiveAfter >= 0, archiveAfter
 	// The archive API, registered with the control plane as config/ registers it in a cluster.
 	if opts.ArchiveAPI, err = env.ArchiveAPI(ctx); err != nil {
 		return err

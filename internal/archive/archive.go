@@ -49,7 +49,7 @@ func Document(run *rsv1.Run, tasks []rsv1.ExecutorTask, now time.Time) *arv1.Arc
 		doc.Status.ExecutorTasks = append(doc.Status.ExecutorTasks, arv1.ArchivedExecutorTask{
 			Name:     et.Name,
 			UID:      et.UID,
-			Task:     et.Spec.Task.Name,
+			Task:     et.Spec.TaskName,
 			Executor: et.Spec.Executor,
 			Fetched:  et.Annotations[rsv1.AnnotationFetched],
 			Status:   *et.Status.DeepCopy(),

@@ -169,6 +169,38 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// ListDirs returns the "directories" right under prefix (keys cut after the next "/", with it).
+func (s *Store) ListDirs(ctx context.Context, prefix string) ([]string, error) {
+	var dirs []string
+	it := s.bucket.List(&blob.ListOptions{Prefix: prefix, Delimiter: "/"})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			return dirs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", prefix, err)
+		}
+		if obj.IsDir {
+			dirs = append(dirs, obj.Key)
+		}
+	}
+}
+
+// DeletePrefix deletes every key under prefix.
+func (s *Store) DeletePrefix(ctx context.Context, prefix string) error {
+	keys, err := s.List(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := s.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // List returns the keys under prefix.
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	var keys []string

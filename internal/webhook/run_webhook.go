@@ -70,6 +70,7 @@ func (v *RunValidator) Handle(ctx context.Context, req admission.Request) admiss
 
 func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) admission.Response {
 	errs := append(dag.Validate(&run.Spec, field.NewPath("spec")), dag.ValidateSize(run)...)
+	errs = append(errs, validateArchiveAfter(run)...)
 	if len(run.Name)+1+63 > 253 {
 		errs = append(errs, field.TooLong(field.NewPath("metadata", "name"), run.Name, 253-64))
 	}
@@ -94,8 +95,18 @@ func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) a
 	return v.touch(ctx, run, tokens, dryRun)
 }
 
+// validateArchiveAfter checks the run's AnnotationArchiveAfter.
+func validateArchiveAfter(run *rsv1.Run) field.ErrorList {
+	v := run.Annotations[rsv1.AnnotationArchiveAfter]
+	if _, err := rsv1.ParseArchiveAfter(v); err != nil {
+		return field.ErrorList{field.Invalid(field.NewPath("metadata", "annotations").Key(rsv1.AnnotationArchiveAfter), v, err.Error())}
+	}
+	return nil
+}
+
 func (v *RunValidator) update(ctx context.Context, old, run *rsv1.Run, dryRun bool) admission.Response {
 	errs := dag.ValidateApprovedTasks(&run.Spec, old.Spec.ApprovedTasks, field.NewPath("spec"))
+	errs = append(errs, validateArchiveAfter(run)...)
 	if len(dag.ValidateSize(old)) == 0 {
 		// An update (annotations, approvals) may not make a run that fits outgrow what it may hold;
 		// a run admitted before the limits existed can still be stopped.

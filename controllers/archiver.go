@@ -1,0 +1,366 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/archive"
+	"runservice.dev/runservice/internal/objectstore"
+)
+
+// ArchiverReconciler moves finished runs out of etcd into the object store. A run is archived once
+// it is final (Finished, Cancelled, SetupError), every ExecutorTask of it is final and fetched (its
+// logs and archives are in the store, or known lost), and it ended After ago (at once when it is being
+// deleted). Each step can be repeated after a crash and loses nothing:
+//
+//  1. the document (the Run and its ExecutorTasks) is written at a key derived from the run's uid;
+//     written again, it keeps the ExecutorTasks an earlier attempt archived and deleted since;
+//  2. its index entry is written in a segment (batched with other runs'), so that a rebuilt index
+//     finds it;
+//  3. the ExecutorTasks are deleted, each only as the uid archived;
+//  4. FinalizerArchive is removed, locked on the resourceVersion archived, and the run is deleted
+//     with that uid and resourceVersion as preconditions: what leaves etcd is what was archived (a
+//     run changed meanwhile is archived again).
+type ArchiverReconciler struct {
+	Client client.Client
+	Store  *objectstore.Store
+	// After is how long after its end a run is archived; Retention, when positive, how long an
+	// archived run is kept (by the hour of its archiving) before it is deleted from the store.
+	After, Retention time.Duration
+	Workers          int
+	Metrics          *Metrics
+	// StepDone, when set, is called after each step of archiving a run ("document", "segment",
+	// "executortasks", "finalizer"); an error ends the archiving there: fault tests stop the manager
+	// at that point, as a crash would.
+	StepDone func(run types.NamespacedName, step string) error
+
+	segments *segmentBatcher
+}
+
+// +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;patch;delete
+// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;delete
+
+// Reconcile implements reconcile.Reconciler.
+func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	run := &rsv1.Run{}
+	if err := r.Client.Get(ctx, req.NamespacedName, run); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !run.Status.Phase.IsFinal() {
+		return ctrl.Result{}, nil // the run controller ends it, also when it is being deleted
+	}
+	deleting := run.DeletionTimestamp != nil
+	if deleting && !controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
+		return ctrl.Result{}, nil
+	}
+	after := archiveAfter(run, r.After)
+	if !deleting && run.Status.EndTime != nil {
+		if wait := time.Until(run.Status.EndTime.Add(after)); wait > 0 {
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+	}
+	tasks, ready, err := r.executorTasks(ctx, run)
+	if err != nil || !ready {
+		return ctrl.Result{}, err // an ExecutorTask's fetch brings the run back
+	}
+	if err := r.archive(ctx, run, tasks); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			// The run changed since it was read (archived again, with the change, once the cache has
+			// it), or is gone (deleted by someone else after it was archived).
+			return ctrl.Result{RequeueAfter: cacheLagRetry}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	r.Metrics.observeArchived(run, after)
+	ctrl.LoggerFrom(ctx).V(1).Info("archived", "uid", run.UID)
+	return ctrl.Result{}, nil
+}
+
+// archiveAfter is how long after its end run is archived: its AnnotationArchiveAfter (checked by
+// the webhook), else the manager's.
+func archiveAfter(run *rsv1.Run, after time.Duration) time.Duration {
+	if d, err := rsv1.ParseArchiveAfter(run.Annotations[rsv1.AnnotationArchiveAfter]); err == nil && d != nil {
+		return *d
+	}
+	return after
+}
+
+// executorTasks are run's ExecutorTasks (by its uid: a run of the same name before it is another
+// run), and whether each is final and done with its fetch.
+func (r *ArchiverReconciler) executorTasks(ctx context.Context, run *rsv1.Run) ([]rsv1.ExecutorTask, bool, error) {
+	var list rsv1.ExecutorTaskList
+	if err := r.Client.List(ctx, &list, client.InNamespace(run.Namespace), client.MatchingFields{indexRunName: run.Name}); err != nil {
+		return nil, false, fmt.Errorf("listing executor tasks: %w", err)
+	}
+	tasks := list.Items[:0]
+	for _, et := range list.Items {
+		if ref := metav1.GetControllerOf(&et); ref == nil || ref.UID != run.UID {
+			continue
+		}
+		if !et.Status.Phase.IsFinal() || et.Annotations[rsv1.AnnotationFetched] == "" {
+			return nil, false, nil
+		}
+		tasks = append(tasks, et)
+	}
+	slices.SortFunc(tasks, func(a, b rsv1.ExecutorTask) int { return strings.Compare(a.Name, b.Name) })
+	return tasks, true, nil
+}
+
+// archive takes run through the steps, each repeatable.
+func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks []rsv1.ExecutorTask) error {
+	key := client.ObjectKeyFromObject(run)
+	done := func(step string) error {
+		if r.StepDone != nil {
+			return r.StepDone(key, step)
+		}
+		return nil
+	}
+	byTask := make(map[string]*rsv1.ExecutorTask, len(tasks))
+	for i := range tasks {
+		byTask[tasks[i].Spec.TaskName] = &tasks[i]
+	}
+	archived := run.DeepCopy()
+	foldLogKeys(archived, byTask) // the logs fetched since the run's last status write
+	doc := archive.Document(archived, tasks, time.Now())
+	if err := r.keepArchivedTasks(ctx, run, doc); err != nil {
+		return err
+	}
+	if err := archive.PutDocument(ctx, r.Store, doc); err != nil {
+		return fmt.Errorf("archiving run: %w", err)
+	}
+	if err := done("document"); err != nil {
+		return err
+	}
+	if err := r.segments.add(ctx, archive.EntryOf(doc)); err != nil {
+		return fmt.Errorf("archiving run: %w", err)
+	}
+	if err := done("segment"); err != nil {
+		return err
+	}
+	for i := range tasks {
+		et := &tasks[i]
+		err := r.Client.Delete(ctx, et, client.Preconditions{UID: &et.UID})
+		if client.IgnoreNotFound(err) != nil && !apierrors.IsConflict(err) {
+			return fmt.Errorf("deleting archived executor task %s: %w", et.Name, err)
+		}
+	}
+	if err := done("executortasks"); err != nil {
+		return err
+	}
+	if controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
+		base := run.DeepCopy()
+		controllerutil.RemoveFinalizer(run, rsv1.FinalizerArchive)
+		if err := r.Client.Patch(ctx, run, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+			return fmt.Errorf("removing finalizer %s: %w", rsv1.FinalizerArchive, err)
+		}
+		if err := done("finalizer"); err != nil {
+			return err
+		}
+		if run.DeletionTimestamp != nil {
+			return nil // deleted already: gone with its last finalizer
+		}
+	}
+	rv := run.ResourceVersion
+	if err := r.Client.Delete(ctx, run, client.Preconditions{UID: &run.UID, ResourceVersion: &rv}); err != nil {
+		return fmt.Errorf("deleting archived run: %w", err)
+	}
+	return nil
+}
+
+// keepArchivedTasks adds to doc the ExecutorTasks that an earlier attempt archived and deleted: a run
+// whose status names an ExecutorTask that is gone may have been archived before, and rewriting its
+// document from what is left would lose them.
+func (r *ArchiverReconciler) keepArchivedTasks(ctx context.Context, run *rsv1.Run, doc *arv1.ArchivedRun) error {
+	have := map[string]bool{}
+	for _, et := range doc.Status.ExecutorTasks {
+		have[et.Name] = true
+	}
+	missing := false
+	for _, t := range run.Status.Tasks {
+		if t.ExecutorTask != "" && !have[t.ExecutorTask] {
+			missing = true
+		}
+	}
+	if !missing {
+		return nil
+	}
+	old, err := archive.GetDocument(ctx, r.Store, run.Namespace, run.Name, string(run.UID))
+	if errors.Is(err, objectstore.ErrNotFound) {
+		return nil // deleted by someone else: archived as it is
+	}
+	if err != nil {
+		return fmt.Errorf("reading the run's earlier archive: %w", err)
+	}
+	for _, et := range old.Status.ExecutorTasks {
+		if !have[et.Name] {
+			doc.Status.ExecutorTasks = append(doc.Status.ExecutorTasks, et)
+		}
+	}
+	slices.SortFunc(doc.Status.ExecutorTasks, func(a, b arv1.ArchivedExecutorTask) int { return strings.Compare(a.Name, b.Name) })
+	return nil
+}
+
+// SetupWithManager registers the archiver: it runs on the leader only, as every reconciler.
+func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.segments = &segmentBatcher{store: r.Store, max: 500, wait: 500 * time.Millisecond, kick: make(chan struct{}, 1)}
+	if err := mgr.Add(r.segments); err != nil {
+		return err
+	}
+	if r.Retention > 0 {
+		// Archives expire by the hour of their archiving: looking more often than every few minutes
+		// finds nothing new.
+		interval := min(max(r.Retention/10, time.Minute), 10*time.Minute)
+		if err := mgr.Add(&retention{store: r.Store, keep: r.Retention, interval: interval, metrics: r.Metrics}); err != nil {
+			return err
+		}
+	}
+	final := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return o.(*rsv1.Run).Status.Phase.IsFinal()
+	})
+	fetched := predicate.Funcs{
+		CreateFunc: func(e event.CreateEvent) bool { return e.Object.GetAnnotations()[rsv1.AnnotationFetched] != "" },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return e.ObjectOld.GetAnnotations()[rsv1.AnnotationFetched] == "" && e.ObjectNew.GetAnnotations()[rsv1.AnnotationFetched] != ""
+		},
+		DeleteFunc: func(event.DeleteEvent) bool { return false },
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("archiver").
+		For(&rsv1.Run{}, builder.WithPredicates(final)).
+		Watches(&rsv1.ExecutorTask{}, enqueueAfter(0, ownerRun), builder.WithPredicates(fetched)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers}).
+		Complete(r)
+}
+
+// retention deletes, every Interval, what was archived more than Keep ago (archive.Expire).
+type retention struct {
+	store    *objectstore.Store
+	keep     time.Duration
+	interval time.Duration
+	metrics  *Metrics
+}
+
+// Start expires what is due until ctx ends (a manager.Runnable, on the leader).
+func (r *retention) Start(ctx context.Context) error {
+	log := ctrl.LoggerFrom(ctx).WithName("archive-retention")
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		n, err := archive.Expire(ctx, r.store, now.Add(-r.keep), now)
+		r.metrics.observeExpired(n)
+		if err != nil {
+			log.Error(err, "expiring archived runs (retried)", "expired", n)
+		} else if n > 0 {
+			log.V(1).Info("expired archived runs", "expired", n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// NeedLeaderElection: one replica expires.
+func (r *retention) NeedLeaderElection() bool { return true }
+
+// segmentBatcher writes the index entries of the runs archived meanwhile as one segment: a run
+// leaves etcd only once its entry is in a segment, and a segment per run would be a million objects
+// to read on a cold index rebuild.
+type segmentBatcher struct {
+	store *objectstore.Store
+	// max entries in a segment; wait is how long the first entry of a segment waits for others.
+	max  int
+	wait time.Duration
+
+	kick chan struct{} // a segment has its first entry, or is full
+
+	mu      sync.Mutex
+	pending []archive.Entry
+	waiters []chan error
+}
+
+// add returns once e is in a segment written to the store.
+func (b *segmentBatcher) add(ctx context.Context, e archive.Entry) error {
+	done := make(chan error, 1)
+	b.mu.Lock()
+	b.pending = append(b.pending, e)
+	b.waiters = append(b.waiters, done)
+	kick := len(b.pending) == 1 || len(b.pending) >= b.max
+	b.mu.Unlock()
+	if kick {
+		select {
+		case b.kick <- struct{}{}:
+		default:
+		}
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Start writes segments until ctx ends (a manager.Runnable).
+func (b *segmentBatcher) Start(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			b.flush(ctx)
+			return nil
+		case <-b.kick:
+		}
+		t := time.NewTimer(b.wait)
+		for full := false; !full; {
+			select {
+			case <-ctx.Done():
+				full = true
+			case <-t.C:
+				full = true
+			case <-b.kick:
+				b.mu.Lock()
+				full = len(b.pending) >= b.max
+				b.mu.Unlock()
+			}
+		}
+		t.Stop()
+		b.flush(ctx)
+	}
+}
+
+func (b *segmentBatcher) flush(ctx context.Context) {
+	b.mu.Lock()
+	entries, waiters := b.pending, b.waiters
+	b.pending, b.waiters = nil, nil
+	b.mu.Unlock()
+	if len(entries) == 0 {
+		return
+	}
+	_, err := archive.WriteSegment(context.WithoutCancel(ctx), b.store, time.Now(), entries)
+	for _, w := range waiters {
+		w <- err
+	}
+}
+
+// NeedLeaderElection: segments are written by the leader's archiver.
+func (b *segmentBatcher) NeedLeaderElection() bool { return true }
