@@ -191,7 +191,7 @@ func document(ns, name, uid string, groups []string, result rsv1.RunResult, crea
 	for _, t := range run.Spec.Tasks {
 		tasks = append(tasks, rsv1.ExecutorTask{
 			ObjectMeta: metav1.ObjectMeta{Name: name + "-" + t.Name, UID: types.UID(uid + "-" + t.Name)},
-			Spec:       rsv1.ExecutorTaskSpec{Executor: "docker-1", Task: t},
+			Spec:       rsv1.ExecutorTaskSpec{Executor: "docker-1", TaskName: t.Name, Task: t},
 			Status:     rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseSuccess},
 		})
 	}
