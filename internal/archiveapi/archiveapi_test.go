@@ -276,6 +276,10 @@ func TestKubectlGetPrintsTheTable(t *testing.T) {
 			t.Fatalf("row %d: %q, want %q and an age", i, cells, want)
 		}
 	}
+	// Every namespace: the 50 runs, the run archived twice, the indexed-only run.
+	if all := strings.Split(strings.TrimSpace(admin.ok(t, "get", "ar", "-A", "--no-headers")), "\n"); len(all) != runCount+3 {
+		t.Fatalf("kubectl get ar -A: %d rows, want %d", len(all), runCount+3)
+	}
 	if short := admin.ok(t, "get", "ar", "-n", nsRuns); short != out {
 		t.Fatalf("kubectl get ar differs from kubectl get archivedruns:\n%s", short)
 	}
