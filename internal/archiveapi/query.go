@@ -57,6 +57,9 @@ func queryFor(namespace string, opts *metainternalversion.ListOptions) (listQuer
 	if err := q.fields(opts.FieldSelector); err != nil {
 		return q, err
 	}
+	if q.Name != "" && q.Namespace == "" {
+		return q, apierrors.NewBadRequest(fieldName + ": a list by name is of one namespace; give it (-n, or " + fieldNamespace + ")")
+	}
 	if q.Name != "" && q.Continue != "" {
 		return q, apierrors.NewBadRequest("continue: a list by " + fieldName + " is never paged, so no continue token is valid for it")
 	}

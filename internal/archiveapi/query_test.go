@@ -64,6 +64,8 @@ func TestQueryFor(t *testing.T) {
 		{name: "field not equal", namespace: "ns", opts: opts("", "metadata.name!=x", 0, ""), err: "metadata.name=<name> and metadata.namespace=<namespace> only"},
 		{name: "two names", namespace: "ns", opts: opts("", "metadata.name=a,metadata.name=b", 0, ""), err: "two names"},
 		{name: "another namespace", namespace: "ns", opts: opts("", "metadata.namespace=other", 0, ""), err: `for namespace "ns"`},
+		{name: "a name in every namespace", opts: opts("", "metadata.name=a", 0, ""), err: "a list by name is of one namespace"},
+		{name: "a name in a namespace of an all-namespaces list", opts: opts("", "metadata.name=a,metadata.namespace=ns", 0, ""), want: listQuery{Query: Query{Namespace: "ns"}, Name: "a"}},
 		{name: "a name list continued", namespace: "ns", opts: opts("", "metadata.name=a", 0, "tok"), err: "never paged"},
 		{name: "negative limit", namespace: "ns", opts: opts("", "", -1, ""), err: "must not be negative"},
 	} {

@@ -107,7 +107,7 @@ func (s *archivedRuns) List(ctx context.Context, opts *metainternalversion.ListO
 			return nil, indexError(err)
 		}
 		for _, e := range entries {
-			if (q.Namespace == "" || e.Namespace == q.Namespace) && q.matches(&e) {
+			if q.matches(&e) {
 				page.Entries = append(page.Entries, e)
 			}
 		}
