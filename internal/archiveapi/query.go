@@ -33,24 +33,34 @@ const (
 	fieldNamespace = "metadata.namespace"
 )
 
+// maxPage bounds a page of a list, which the index would otherwise read to its end: millions of
+// runs. A client that asks for more, or for no limit, gets this many and a continue token (the
+// API lets a server return fewer than the limit; kubectl pages by 500).
+const maxPage = 500
+
 // listQuery is what a list request asks of the index.
 type listQuery struct {
 	Query
 	// Name, from a metadata.name field selector: the runs of that name only, read with Index.Get.
 	Name string
+	// Unlimited: the client set no limit, and may not follow continue tokens.
+	Unlimited bool
 }
 
 // queryFor turns a list request in namespace ("" for all) into the index's query, or a 400 that
 // names what it cannot serve.
 func queryFor(namespace string, opts *metainternalversion.ListOptions) (listQuery, error) {
-	q := listQuery{Query: Query{Namespace: namespace}}
+	q := listQuery{Query: Query{Namespace: namespace, Limit: maxPage}, Unlimited: true}
 	if opts == nil {
 		return q, nil
 	}
 	if opts.Limit < 0 {
 		return q, apierrors.NewBadRequest(fmt.Sprintf("limit %d: must not be negative", opts.Limit))
 	}
-	q.Limit, q.Continue = int(opts.Limit), opts.Continue
+	if opts.Limit > 0 {
+		q.Limit, q.Unlimited = int(min(opts.Limit, maxPage)), false
+	}
+	q.Continue = opts.Continue
 	if err := q.labels(opts.LabelSelector); err != nil {
 		return q, err
 	}

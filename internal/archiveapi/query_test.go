@@ -42,16 +42,17 @@ func TestQueryFor(t *testing.T) {
 		want      listQuery
 		err       string // a 400 saying this
 	}{
-		{name: "no options", namespace: "ns", want: listQuery{Query: Query{Namespace: "ns"}}},
+		{name: "no options", namespace: "ns", want: listQuery{Unlimited: true, Query: Query{Limit: maxPage, Namespace: "ns"}}},
 		{name: "paging", namespace: "ns", opts: opts("", "", 7, "tok"), want: listQuery{Query: Query{Namespace: "ns", Limit: 7, Continue: "tok"}}},
+		{name: "a page larger than the server's", namespace: "ns", opts: opts("", "", 5000, ""), want: listQuery{Query: Query{Namespace: "ns", Limit: maxPage}}},
 		{name: "groups, phase and result", namespace: "ns",
 			opts: opts("changegroup.runservice.dev/a,changegroup.runservice.dev/b=,runservice.dev/phase=Finished,runservice.dev/result==Failed", "", 0, ""),
-			want: listQuery{Query: Query{Namespace: "ns", ChangeGroups: []string{"a", "b"}, Phase: "Finished", Result: "Failed"}}},
+			want: listQuery{Unlimited: true, Query: Query{Limit: maxPage, Namespace: "ns", ChangeGroups: []string{"a", "b"}, Phase: "Finished", Result: "Failed"}}},
 		{name: "a group given twice", namespace: "ns", opts: opts("changegroup.runservice.dev/a,changegroup.runservice.dev/a=", "", 0, ""),
-			want: listQuery{Query: Query{Namespace: "ns", ChangeGroups: []string{"a"}}}},
-		{name: "by name", namespace: "ns", opts: opts("", "metadata.name=build", 0, ""), want: listQuery{Query: Query{Namespace: "ns"}, Name: "build"}},
-		{name: "namespace of an all-namespaces list", opts: opts("", "metadata.namespace=ns", 0, ""), want: listQuery{Query: Query{Namespace: "ns"}}},
-		{name: "the request's namespace again", namespace: "ns", opts: opts("", "metadata.namespace=ns", 0, ""), want: listQuery{Query: Query{Namespace: "ns"}}},
+			want: listQuery{Unlimited: true, Query: Query{Limit: maxPage, Namespace: "ns", ChangeGroups: []string{"a"}}}},
+		{name: "by name", namespace: "ns", opts: opts("", "metadata.name=build", 0, ""), want: listQuery{Unlimited: true, Query: Query{Limit: maxPage, Namespace: "ns"}, Name: "build"}},
+		{name: "namespace of an all-namespaces list", opts: opts("", "metadata.namespace=ns", 0, ""), want: listQuery{Unlimited: true, Query: Query{Limit: maxPage, Namespace: "ns"}}},
+		{name: "the request's namespace again", namespace: "ns", opts: opts("", "metadata.namespace=ns", 0, ""), want: listQuery{Unlimited: true, Query: Query{Limit: maxPage, Namespace: "ns"}}},
 
 		{name: "unknown label", namespace: "ns", opts: opts("team=infra", "", 0, ""), err: "team is not a selectable label"},
 		{name: "group by value", namespace: "ns", opts: opts("changegroup.runservice.dev/a=x", "", 0, ""), err: "by existence only"},
@@ -65,7 +66,7 @@ func TestQueryFor(t *testing.T) {
 		{name: "two names", namespace: "ns", opts: opts("", "metadata.name=a,metadata.name=b", 0, ""), err: "two names"},
 		{name: "another namespace", namespace: "ns", opts: opts("", "metadata.namespace=other", 0, ""), err: `for namespace "ns"`},
 		{name: "a name in every namespace", opts: opts("", "metadata.name=a", 0, ""), err: "a list by name is of one namespace"},
-		{name: "a name in a namespace of an all-namespaces list", opts: opts("", "metadata.name=a,metadata.namespace=ns", 0, ""), want: listQuery{Query: Query{Namespace: "ns"}, Name: "a"}},
+		{name: "a name in a namespace of an all-namespaces list", opts: opts("", "metadata.name=a,metadata.namespace=ns", 0, ""), want: listQuery{Unlimited: true, Query: Query{Limit: maxPage, Namespace: "ns"}, Name: "a"}},
 		{name: "a name list continued", namespace: "ns", opts: opts("", "metadata.name=a", 0, "tok"), err: "never paged"},
 		{name: "negative limit", namespace: "ns", opts: opts("", "", -1, ""), err: "must not be negative"},
 	} {

@@ -114,6 +114,9 @@ func (s *archivedRuns) List(ctx context.Context, opts *metainternalversion.ListO
 	} else if page, err = s.index.List(q.Query); err != nil {
 		return nil, indexError(err)
 	}
+	if q.Unlimited && page.Continue != "" {
+		warning.AddWarning(ctx, "", fmt.Sprintf("archived runs are listed %d at a time: this list goes on (its continue token; kubectl: --chunk-size)", maxPage))
+	}
 	list := &arv1.ArchivedRunList{
 		ListMeta: metav1.ListMeta{Continue: page.Continue, RemainingItemCount: page.RemainingItemCount},
 		Items:    make([]arv1.ArchivedRun, 0, len(page.Entries)),
