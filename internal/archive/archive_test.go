@@ -18,34 +18,6 @@ import (
 	"runservice.dev/runservice/internal/testenv"
 )
 
-// stores opens the embedded default (a directory) and a real S3 server.
-func stores(t *testing.T) map[string]*objectstore.Store {
-	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s3, err := testenv.StartS3(root, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s3.Stop)
-	for _, kv := range s3.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	out := map[string]*objectstore.Store{}
-	for name, url := range map[string]string{"file": objectstore.FileURL(t.TempDir()), "s3": s3.URL} {
-		s, err := objectstore.Open(context.Background(), url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		out[name] = s
-	}
-	return out
-}
-
 func finishedRun() (*rsv1.Run, []rsv1.ExecutorTask) {
 	start, end := metav1.NewTime(time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)), metav1.NewTime(time.Date(2026, 12, 1, 10, 1, 0, 0, time.UTC))
 	run := &rsv1.Run{
@@ -79,7 +51,7 @@ func TestDocumentRoundTrip(t *testing.T) {
 	if len(doc.Status.ExecutorTasks) != 1 || doc.Status.ExecutorTasks[0].Fetched != rsv1.FetchedLost || doc.Status.ExecutorTasks[0].Task != "a" {
 		t.Errorf("executor tasks %+v", doc.Status.ExecutorTasks)
 	}
-	for name, store := range stores(t) {
+	for name, store := range testenv.Stores(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			if _, err := archive.GetDocument(ctx, store, "ns", "r", "uid-1"); !errors.Is(err, objectstore.ErrNotFound) {
@@ -116,7 +88,7 @@ func TestSegmentRoundTrip(t *testing.T) {
 	tomb := e
 	tomb.UID, tomb.Deleted = "uid-2", true
 	now := time.Date(2026, 12, 1, 10, 59, 59, 0, time.UTC)
-	for name, store := range stores(t) {
+	for name, store := range testenv.Stores(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			k1, err := archive.WriteSegment(ctx, store, now, []archive.Entry{e, tomb})

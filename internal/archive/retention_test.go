@@ -13,6 +13,7 @@ import (
 
 	"runservice.dev/runservice/internal/archive"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/testenv"
 )
 
 // archiveAt writes, as the archiver would at t, the document, a log and a workspace archive of run
@@ -48,7 +49,7 @@ func TestExpireDeletesWhatExpiredHoursArchived(t *testing.T) {
 	h1 := time.Date(2026, 11, 30, 23, 10, 0, 0, time.UTC)
 	h2 := time.Date(2026, 12, 1, 0, 5, 0, 0, time.UTC)
 	now := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
-	for name, store := range stores(t) {
+	for name, store := range testenv.Stores(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			var old []archive.Entry

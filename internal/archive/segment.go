@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bufio"
+	"compress/flate"
 	"compress/gzip"
 	"context"
 	"crypto/rand"
@@ -26,6 +27,10 @@ const SegmentPrefix = "archive/segments/"
 // maxSegmentEntries bounds what one segment may hold when read: a larger one is refused, not read
 // into memory.
 const maxSegmentEntries = 1 << 20
+
+// ErrBadSegment says that a segment's content cannot be read or indexed (not gzip, not JSON lines
+// of Entries, too large, an entry without what an index needs): reading it again does not help.
+var ErrBadSegment = errors.New("bad index segment")
 
 // SegmentKey is the key of a segment written at t.
 func SegmentKey(t time.Time) string {
@@ -77,23 +82,97 @@ func ReadSegment(ctx context.Context, store *objectstore.Store, key string) ([]E
 	defer r.Close()
 	zr, err := gzip.NewReader(r)
 	if err != nil {
-		return nil, fmt.Errorf("reading index segment %s: %w", key, err)
+		return nil, fmt.Errorf("%w %s: %w", ErrBadSegment, key, err)
 	}
 	var out []Entry
 	sc := bufio.NewScanner(zr)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		if len(out) == maxSegmentEntries {
-			return nil, fmt.Errorf("reading index segment %s: more than %d entries", key, maxSegmentEntries)
+			return nil, fmt.Errorf("%w %s: more than %d entries", ErrBadSegment, key, maxSegmentEntries)
 		}
 		var e Entry
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return nil, fmt.Errorf("reading index segment %s, entry %d: %w", key, len(out)+1, err)
+			return nil, fmt.Errorf("%w %s, entry %d: %w", ErrBadSegment, key, len(out)+1, err)
 		}
 		out = append(out, e)
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, io.EOF) {
+		var corrupt flate.CorruptInputError
+		if errors.Is(err, bufio.ErrTooLong) || errors.Is(err, gzip.ErrChecksum) || errors.As(err, &corrupt) {
+			return nil, fmt.Errorf("%w %s: %w", ErrBadSegment, key, err)
+		}
 		return nil, fmt.Errorf("reading index segment %s: %w", key, err)
 	}
 	return out, nil
+}
+
+// maxMergedEntries bounds a segment CompactHour writes, far below what ReadSegment accepts.
+const maxMergedEntries = 100_000
+
+// CompactHour merges the segments of t's hour into few (one per 100,000 entries), then deletes
+// the ones merged, so that a cold rebuild reads few objects. Entries keep their order (the
+// segments' key order, then each one's), so applying the merged segments indexes what applying
+// the small ones did. A crash between the write and the deletes loses nothing: the small segments
+// are applied again, idempotently, and merged again by the next CompactHour. A bad segment is left
+// as it is. Writers must be done with the hour: compact hours older than the previous one, which
+// followers list as new. It returns the number of segments merged.
+func CompactHour(ctx context.Context, store *objectstore.Store, t time.Time) (int, error) {
+	// Merged segments are named by the hour's last instant, after the ones they merge, and are
+	// not merged again.
+	at := t.UTC().Truncate(time.Hour).Add(time.Hour - 1)
+	mergedPrefix := fmt.Sprintf("%s%019d-", HourPrefix(t), at.UnixNano())
+	all, err := store.List(ctx, HourPrefix(t))
+	if err != nil {
+		return 0, fmt.Errorf("compacting index segments: %w", err)
+	}
+	var keys []string
+	for _, k := range all {
+		if !strings.HasPrefix(k, mergedPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) < 2 {
+		return 0, nil
+	}
+	var merged []string
+	var entries []Entry
+	flush := func() error {
+		if len(entries) == 0 {
+			return nil
+		}
+		if _, err := WriteSegment(ctx, store, at, entries); err != nil {
+			return fmt.Errorf("compacting index segments: %w", err)
+		}
+		entries = nil
+		return nil
+	}
+	for _, k := range keys {
+		es, err := ReadSegment(ctx, store, k)
+		if errors.Is(err, ErrBadSegment) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("compacting index segments: %w", err)
+		}
+		if len(entries) > 0 && len(entries)+len(es) > maxMergedEntries {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+		}
+		entries = append(entries, es...)
+		merged = append(merged, k)
+	}
+	if len(merged) < 2 {
+		return 0, nil
+	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	for _, k := range merged {
+		if err := store.Delete(ctx, k); err != nil {
+			return 0, fmt.Errorf("compacting index segments: %w", err)
+		}
+	}
+	return len(merged), nil
 }

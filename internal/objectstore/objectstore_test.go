@@ -17,27 +17,9 @@ import (
 
 // TestBackends runs the same checks against the embedded default (a directory) and a real S3 server.
 func TestBackends(t *testing.T) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s3, err := testenv.StartS3(root, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s3.Stop)
-	for _, kv := range s3.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	for name, url := range map[string]string{"file": objectstore.FileURL(t.TempDir() + "/new/dir"), "s3": s3.URL} {
+	for name, store := range testenv.Stores(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			store, err := objectstore.Open(ctx, url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer store.Close()
 			task := objectstore.Task{Namespace: "ns", Run: "run", RunUID: "uid-1", ExecutorTask: "run-task-0123456789"}
 			big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 			for i := range 3 {

@@ -1,13 +1,17 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
+
+	"runservice.dev/runservice/internal/objectstore"
 )
 
 // S3 is a running S3 server (versitygw with its posix backend) with one bucket.
@@ -65,4 +69,34 @@ func StartS3(root, dir string) (*S3, error) {
 func (s *S3) Stop() {
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
+}
+
+// Stores starts an S3 server for t and opens a bucket of each kind the object store supports, by
+// scheme: "file" (a new directory) and "s3" (a bucket of that server, whose credentials are set in
+// t's environment for the processes t starts). A server that cannot start fails t, CI or not.
+func Stores(t testing.TB) map[string]*objectstore.Store {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := StartS3(root, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s3.Stop)
+	for _, kv := range s3.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	out := map[string]*objectstore.Store{}
+	for name, url := range map[string]string{"file": objectstore.FileURL(filepath.Join(t.TempDir(), "new", "dir")), "s3": s3.URL} {
+		store, err := objectstore.Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = store.Close() })
+		out[name] = store
+	}
+	return out
 }
