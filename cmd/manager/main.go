@@ -5,6 +5,7 @@ package main
 import (
 	"flag"
 	"os"
+	"path/filepath"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -35,6 +36,7 @@ func main() {
 	flag.DurationVar(&opts.Controllers.ArchiveRetention, "archive-retention", 0, "How long an archived run is kept (by the hour it was archived) before it is deleted from the object store with its logs and workspace archives (default 0: for ever).")
 	flag.IntVar(&opts.ArchiveAPI.Port, "archive-api-port", 0, "Port of the archive API (archivedruns.archive.runservice.dev, registered by an APIService); 0 disables it.")
 	flag.StringVar(&opts.ArchiveAPI.Host, "archive-api-host", "", "Address the archive API listens on (default: every interface).")
+	flag.StringVar(&opts.ArchiveIndexDir, "archive-index-dir", filepath.Join(objectstore.DataDir(), "archive-index"), "Directory of the archive API's index (disposable: rebuilt from the object store's index segments when missing).")
 	flag.StringVar(&opts.ArchiveAPI.CertDir, "archive-api-cert-dir", "", "Directory with tls.crt and tls.key for the archive API (default: the webhook's certificate, and with --webhook-cert-secret the APIService's caBundle is kept too).")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(flag.CommandLine)

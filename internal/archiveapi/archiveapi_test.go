@@ -78,10 +78,6 @@ func run(m *testing.M) (int, error) {
 	if err := seed(ctx); err != nil {
 		return 1, err
 	}
-	index, err := loadIndex(ctx, store)
-	if err != nil {
-		return 1, err
-	}
 
 	if env, err = testenv.Start(); err != nil {
 		return 1, err
@@ -98,7 +94,7 @@ func run(m *testing.M) (int, error) {
 	if opts.ArchiveAPI, err = env.ArchiveAPI(ctx); err != nil {
 		return 1, err
 	}
-	opts.ArchiveAPI.Index = index
+	opts.ArchiveIndexDir = filepath.Join(dir, "index") // rebuilt from the seeded segment
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		return 1, err
@@ -112,16 +108,17 @@ func run(m *testing.M) (int, error) {
 	return m.Run(), nil
 }
 
-// waitForAPI waits until the apiserver serves the archive API through its APIService.
+// waitForAPI waits until the apiserver serves the archive API through its APIService, and its
+// index has been rebuilt from the store.
 func waitForAPI(ctx context.Context) error {
 	deadline := time.Now().Add(time.Minute)
 	for {
-		out, err := admin.run(ctx, "get", "--raw", "/apis/"+arv1.GroupVersion.String())
+		out, err := admin.run(ctx, "get", "--raw", "/apis/"+arv1.GroupVersion.String()+"/archivedruns")
 		if err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the archive API is not served through its APIService after a minute: %s", out)
+			return fmt.Errorf("the archive API does not list archived runs through its APIService after a minute: %s", out)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

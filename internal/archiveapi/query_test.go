@@ -14,6 +14,7 @@ import (
 
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	"runservice.dev/runservice/internal/archive"
+	"runservice.dev/runservice/internal/archive/index"
 )
 
 func TestQueryFor(t *testing.T) {
@@ -160,7 +161,8 @@ func TestRow(t *testing.T) {
 	}
 }
 
-// TestNoIndex: without an index, lists are empty (with a warning) and gets are 503s.
+// TestNoIndex: without an index, lists are empty (with a warning) and gets are 503s; while the
+// index is rebuilt, both are 503s.
 func TestNoIndex(t *testing.T) {
 	s := &archivedRuns{}
 	if list, err := s.List(context.Background(), nil); err != nil || len(list.(*arv1.ArchivedRunList).Items) != 0 {
@@ -168,5 +170,13 @@ func TestNoIndex(t *testing.T) {
 	}
 	if _, err := s.Get(context.Background(), "x", nil); !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("get without an index: %v, want a 503", err)
+	}
+	// An index being rebuilt is not read: its lists would leave runs out.
+	rebuilding := &archivedRuns{index: (*index.Index)(nil), ready: func() bool { return false }}
+	if _, err := rebuilding.List(context.Background(), nil); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "being rebuilt") {
+		t.Errorf("list of an index being rebuilt: %v, want a 503", err)
+	}
+	if _, err := rebuilding.Get(context.Background(), "x", nil); !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("get of an index being rebuilt: %v, want a 503", err)
 	}
 }

@@ -36,6 +36,9 @@ type Options struct {
 	// index); Store holds the documents.
 	Index Index
 	Store *objectstore.Store
+	// Ready reports whether Index has caught up with the archive (nil: always); until then reads
+	// are 503s, since a list of a half-rebuilt index would leave runs out.
+	Ready func() bool
 }
 
 // Server is the archive API server: run it on every replica (it needs no leader).
@@ -93,7 +96,7 @@ func New(cfg *clientrest.Config, opts Options) (*Server, error) {
 	}
 	group := genericapiserver.NewDefaultAPIGroupInfo(arv1.GroupVersion.Group, scheme, metav1.ParameterCodec, codecs)
 	group.VersionedResourcesStorageMap[arv1.GroupVersion.Version] = map[string]rest.Storage{
-		resource: &archivedRuns{index: opts.Index, store: opts.Store},
+		resource: &archivedRuns{index: opts.Index, store: opts.Store, ready: opts.Ready},
 	}
 	if err := s.InstallAPIGroup(&group); err != nil {
 		_ = c.SecureServing.Listener.Close()

@@ -30,6 +30,7 @@ type archivedRuns struct {
 	tableConvertor
 	index Index
 	store *objectstore.Store
+	ready func() bool
 }
 
 var (
@@ -52,8 +53,8 @@ func (*archivedRuns) GetSingularName() string { return "archivedrun" }
 // Get returns the document of the newest archived run named name in the request's namespace, or
 // of the archived run whose uid is name.
 func (s *archivedRuns) Get(ctx context.Context, name string, _ *metav1.GetOptions) (runtime.Object, error) {
-	if s.index == nil {
-		return nil, errNoIndex
+	if err := s.indexReady(); err != nil {
+		return nil, err
 	}
 	ns := genericapirequest.NamespaceValue(ctx)
 	entries, err := s.index.Get(ns, name)
@@ -99,6 +100,9 @@ func (s *archivedRuns) List(ctx context.Context, opts *metainternalversion.ListO
 		// An error would fail kubectl get runservice, whose category lists archived runs too.
 		warning.AddWarning(ctx, "", noIndex+": no archived run is listed")
 		return &arv1.ArchivedRunList{Items: []arv1.ArchivedRun{}}, nil
+	}
+	if err := s.indexReady(); err != nil {
+		return nil, err
 	}
 	var page Page
 	if q.Name != "" {
@@ -160,6 +164,17 @@ func (s *archivedRuns) List(ctx context.Context, opts *metainternalversion.ListO
 const noIndex = "this manager has no archive index to answer from"
 
 var errNoIndex = apierrors.NewServiceUnavailable(noIndex)
+
+// indexReady is nil when the index can answer.
+func (s *archivedRuns) indexReady() error {
+	switch {
+	case s.index == nil:
+		return errNoIndex
+	case s.ready != nil && !s.ready():
+		return apierrors.NewServiceUnavailable("this manager's archive index is being rebuilt from the object store; ask again in a moment")
+	}
+	return nil
+}
 
 // indexError is the API error of a failed index query: a bad continue token is the client's.
 func indexError(err error) error {

@@ -53,8 +53,10 @@ type Options struct {
 	WebhookConfiguration string
 	Namespace            string
 	// ArchiveAPI serves archived runs (archive.runservice.dev) on every replica when its Port is not
-	// 0; its certificate is the webhook's unless it has a CertDir, and its Store is ObjectStore.
-	ArchiveAPI archiveapi.Options
+	// 0; its certificate is the webhook's unless it has a CertDir, its Store is ObjectStore, and its
+	// Index the replica's own, kept in ArchiveIndexDir.
+	ArchiveAPI      archiveapi.Options
+	ArchiveIndexDir string
 }
 
 // Scheme returns the scheme of every kind the manager uses.
