@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -43,6 +44,7 @@ func main() {
 	flag.Parse()
 	opts.Controllers.Archive = opts.Controllers.ArchiveAfter >= 0
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	klog.SetLogger(ctrl.Log) // the archive API's generic server and client-go log through klog
 	log := ctrl.Log.WithName("setup")
 
 	ctx := ctrl.SetupSignalHandler()

@@ -18,6 +18,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -56,6 +57,7 @@ func TestMain(m *testing.M) {
 		level = zapcore.DebugLevel
 	}
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
+	klog.SetLogger(logf.Log) // the generic server's logs, at the same level
 	code, err := run(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
