@@ -40,8 +40,8 @@ lint: vet ## Lint (gofmt check and go vet).
 
 .PHONY: verify
 verify: generate manifests lint ## Fail when regeneration changes the tree.
-	@if [ -n "$$(git status --porcelain -- api config pkg/client)" ]; then \
-		git status --porcelain -- api config pkg/client; git diff --stat -- api config pkg/client; \
+	@if [ -n "$$(git status --porcelain -- api config pkg/client pkg/generated)" ]; then \
+		git status --porcelain -- api config pkg/client pkg/generated; git diff --stat -- api config pkg/client pkg/generated; \
 		echo "generated files are out of date: run make generate manifests"; exit 1; fi
 
 .PHONY: control-plane

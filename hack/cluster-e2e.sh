@@ -79,6 +79,13 @@ leader=${leader%%_*}
 metrics=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$leader:8080/proxy/metrics") || fail "the leader $leader serves no metrics"
 echo "$metrics" | grep -q '^runservice_runs{phase="Finished"} [1-9]' || fail "the leader's metrics do not count the finished run: $(echo "$metrics" | grep '^runservice_')"
 
+# The archive API: registered by its APIService and served by every manager replica behind its
+# Service (the front proxy of hack/cluster.sh, the caBundle the manager keeps, delegated auth).
+kubectl wait --for=condition=Available apiservice/v1alpha1.archive.runservice.dev --timeout=60s >/dev/null ||
+  fail "the archive API's APIService is not Available: $(kubectl get apiservice v1alpha1.archive.runservice.dev -o jsonpath='{.status.conditions}')"
+kubectl get --raw /apis/archive.runservice.dev/v1alpha1 | grep -q '"name":"archivedruns"' || fail "the archive API does not serve archivedruns"
+log "archive API: Available through its Service"
+
 # 2. Bad input is refused at apply time, through the webhook Service.
 bad=$(kubectl apply -f - 2>&1 <<'YAML' || true
 apiVersion: runservice.dev/v1alpha1
@@ -165,6 +172,10 @@ may "$mgr_sa" get secret/runservice-executor-token -n rbac-probe
 may "$mgr_sa" update secret/runservice-webhook-cert -n runservice-system
 mayNot "$mgr_sa" patch validatingwebhookconfiguration/another-webhook
 may "$mgr_sa" patch validatingwebhookconfiguration/runservice-validating-webhook-configuration
+may "$mgr_sa" patch apiservice/v1alpha1.archive.runservice.dev
+mayNot "$mgr_sa" patch apiservice/v1.apps
+may "$mgr_sa" get configmap/extension-apiserver-authentication -n kube-system
+mayNot "$mgr_sa" get configmap/kube-root-ca.crt -n kube-system
 mayNot "$mgr_sa" update leases -n kube-system
 # The executors: no Secret read but their token's; no ExecutorTask spec, no Executor status.
 mayNot "$ex_sa" list secrets -n default

@@ -67,16 +67,22 @@ certs() {
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=runservice-local-ca \
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
-  # sign NAME SUBJECT EXTENSIONS
+  # The front proxy's CA (API aggregation: the apiserver's client certificate toward the archive API),
+  # apart from the cluster's, as kubeadm makes it.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=runservice-front-proxy-ca \
+    -keyout "$d/front-proxy-ca.key" -out "$d/front-proxy-ca.crt" 2>/dev/null
+  # sign NAME SUBJECT EXTENSIONS [CA]
   sign() {
+    local ca=${4:-ca}
     openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
-    openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 365 \
+    openssl x509 -req -in "$d/$1.csr" -CA "$d/$ca.crt" -CAkey "$d/$ca.key" -CAcreateserial -days 365 \
       -out "$d/$1.crt" -extfile <(printf '%s\n' "$3") 2>/dev/null
     rm -f "$d/$1.csr"
   }
   sign apiserver /CN=kube-apiserver "subjectAltName=DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$node_ip,IP:$SERVICE_IP
 extendedKeyUsage=serverAuth"
   sign admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
+  sign front-proxy-client /CN=front-proxy-client "extendedKeyUsage=clientAuth" front-proxy-ca
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
   cat > "$state/kubeconfig" <<YAML
@@ -134,7 +140,12 @@ up() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --authorization-mode Node,RBAC --allow-privileged=true
+    --authorization-mode Node,RBAC --allow-privileged=true \
+    --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-uid-headers X-Remote-Uid \
+    --requestheader-group-headers X-Remote-Group --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
+    --enable-aggregator-routing=true
   wait_for "the apiserver" 60 "$assets/kubectl" --kubeconfig "$kc" get --raw /readyz
   start kube-controller-manager "$nodebin/kube-controller-manager" --kubeconfig "$kc" --leader-elect=false \
     --secure-port 0 --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \

@@ -5,8 +5,10 @@ package main
 import (
 	"flag"
 	"os"
+	"path/filepath"
 	"time"
 
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -33,11 +35,16 @@ func main() {
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:///dir or s3://bucket?endpoint=...) for step logs and workspace archives.")
 	flag.DurationVar(&opts.Controllers.ArchiveAfter, "archive-after", 10*time.Minute, "How long after its end a finished run is archived into the object store and deleted from etcd (0s: at once; negative: never).")
 	flag.DurationVar(&opts.Controllers.ArchiveRetention, "archive-retention", 0, "How long an archived run is kept (by the hour it was archived) before it is deleted from the object store with its logs and workspace archives (default 0: for ever).")
+	flag.IntVar(&opts.ArchiveAPI.Port, "archive-api-port", 0, "Port of the archive API (archivedruns.archive.runservice.dev, registered by an APIService); 0 disables it.")
+	flag.StringVar(&opts.ArchiveAPI.Host, "archive-api-host", "", "Address the archive API listens on (default: every interface).")
+	flag.StringVar(&opts.ArchiveIndexDir, "archive-index-dir", filepath.Join(objectstore.DataDir(), "archive-index"), "Directory of the archive API's index (disposable: rebuilt from the object store's index segments when missing).")
+	flag.StringVar(&opts.ArchiveAPI.CertDir, "archive-api-cert-dir", "", "Directory with tls.crt and tls.key for the archive API (default: the webhook's certificate, and with --webhook-cert-secret the APIService's caBundle is kept too).")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	opts.Controllers.Archive = opts.Controllers.ArchiveAfter >= 0
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	klog.SetLogger(ctrl.Log) // the archive API's generic server and client-go log through klog
 	log := ctrl.Log.WithName("setup")
 
 	ctx := ctrl.SetupSignalHandler()

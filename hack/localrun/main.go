@@ -73,6 +73,12 @@ func run(forceLocal, samples bool, archiveAfter time.Duration) error {
 	opts.MetricsAddr, opts.ProbeAddr = ":8080", ":8081"
 	opts.ObjectStore = store
 	opts.Controllers.Archive, opts.Controllers.ArchiveAfter = archiveAfter >= 0, archiveAfter
+	// The archive API, registered with the control plane as config/ registers it in a cluster, and
+	// its index beside the store it follows.
+	if opts.ArchiveAPI, err = env.ArchiveAPI(ctx); err != nil {
+		return err
+	}
+	opts.ArchiveIndexDir = filepath.Join(bin, "archive-index")
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		return err
@@ -94,6 +100,7 @@ local control plane is up; from another terminal:
   export KUBECONFIG=%s PATH=%s:$PATH RUNSERVICE_OBJECT_STORE='%s'
   kubectl get runservice
   kubectl runs logs diamond build        # or: runctl logs diamond build
+  kubectl get archivedruns               # finished runs archived out of etcd
 
 metrics: http://localhost:8080/metrics   probes: http://localhost:8081/readyz
 Ctrl-C stops the manager, the executor and the control plane.

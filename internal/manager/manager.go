@@ -26,6 +26,7 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/controllers"
+	"runservice.dev/runservice/internal/archiveapi"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/webhookcert"
 )
@@ -51,6 +52,11 @@ type Options struct {
 	WebhookService       string
 	WebhookConfiguration string
 	Namespace            string
+	// ArchiveAPI serves archived runs (archive.runservice.dev) on every replica when its Port is not
+	// 0; its certificate is the webhook's unless it has a CertDir, its Store is ObjectStore, and its
+	// Index the replica's own, kept in ArchiveIndexDir.
+	ArchiveAPI      archiveapi.Options
+	ArchiveIndexDir string
 }
 
 // Scheme returns the scheme of every kind the manager uses.
@@ -100,6 +106,9 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 				Client: c, Namespace: opts.Namespace, Secret: opts.WebhookCertSecret, Service: opts.WebhookService,
 				WebhookConfiguration: opts.WebhookConfiguration, CertDir: opts.WebhookCertDir,
 			}
+			if opts.ArchiveAPI.Port != 0 && opts.ArchiveAPI.CertDir == "" {
+				certs.APIService = archiveapi.APIService // served with the same certificate
+			}
 			// Before the webhook server starts: it needs the files.
 			if err := certs.Ensure(ctx); err != nil {
 				return nil, fmt.Errorf("providing the webhook certificate: %w", err)
@@ -121,6 +130,9 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		context.AfterFunc(ctx, func() { _ = store.Close() })
 	}
 	if err := controllers.SetupWithManager(ctx, mgr, opts.Controllers); err != nil {
+		return nil, err
+	}
+	if err := addArchiveAPI(mgr, cfg, opts); err != nil {
 		return nil, err
 	}
 	if certs != nil {

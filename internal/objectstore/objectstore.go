@@ -30,18 +30,23 @@ type Store struct {
 // manager, the executors and runctl alike (in a cluster: from a Secret, with the AWS_* credentials).
 const EnvURL = "RUNSERVICE_OBJECT_STORE"
 
-// DefaultURL is $RUNSERVICE_OBJECT_STORE, else the embedded default: a directory under the user's
-// data dir.
+// DefaultURL is $RUNSERVICE_OBJECT_STORE, else the embedded default: a directory under DataDir.
 func DefaultURL() string {
 	if u := os.Getenv(EnvURL); u != "" {
 		return u
 	}
+	return FileURL(filepath.Join(DataDir(), "store"))
+}
+
+// DataDir is where runservice keeps local data: $XDG_DATA_HOME/runservice, else
+// ~/.local/share/runservice.
+func DataDir() string {
 	dir := os.Getenv("XDG_DATA_HOME")
 	if dir == "" {
 		home, _ := os.UserHomeDir()
 		dir = filepath.Join(home, ".local", "share")
 	}
-	return FileURL(filepath.Join(dir, "runservice", "store"))
+	return filepath.Join(dir, "runservice")
 }
 
 // FileURL is the URL of a local directory bucket, created when missing.

@@ -95,13 +95,18 @@ func Renew(data map[string][]byte, name string) (ca *CA, out map[string][]byte, 
 		return nil, nil, false, err
 	}
 	out = map[string][]byte{
-		CACertKey: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}),
+		CACertKey: ca.CertPEM(),
 		CAKeyKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 	}
 	if old != nil && time.Now().Before(old.Cert.NotAfter) {
 		out[PreviousCAKey] = data[CACertKey]
 	}
 	return ca, out, true, nil
+}
+
+// CertPEM is the CA's certificate as PEM: what its clients trust.
+func (ca *CA) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
 }
 
 // Bundle is what clients trust: the CA, and the previous one while it is valid.
@@ -123,21 +128,9 @@ func (ca *CA) Issue(hosts []string) (certPEM, keyPEM []byte, err error) {
 	if len(hosts) == 0 {
 		return nil, nil, errors.New("a serving certificate needs a host name or address")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	end := time.Now().Add(Validity)
-	if ca.Cert.NotAfter.Before(end) {
-		end = ca.Cert.NotAfter
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     end,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: hosts[0]},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -146,9 +139,42 @@ func (ca *CA) Issue(hosts []string) (certPEM, keyPEM []byte, err error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	certPEM, keyPEM, err = ca.sign(tmpl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("signing the serving certificate for %v: %w", hosts, err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+// IssueClient signs a client certificate whose common name is name (the user a Kubernetes
+// apiserver sees), valid as Issue's.
+func (ca *CA) IssueClient(name string) (certPEM, keyPEM []byte, err error) {
+	certPEM, keyPEM, err = ca.sign(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing the client certificate of %s: %w", name, err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+// sign completes tmpl with a new key, a serial and its validity, and signs it.
+func (ca *CA) sign(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	end := time.Now().Add(Validity)
+	if ca.Cert.NotAfter.Before(end) {
+		end = ca.Cert.NotAfter
+	}
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), end
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return nil, nil, err
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {

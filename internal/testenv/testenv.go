@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"runservice.dev/runservice/internal/archiveapi"
 	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/manager"
 )
@@ -29,6 +30,9 @@ type Env struct {
 	Assets string
 	// Root is the repository root.
 	Root string
+
+	dir        string              // the front proxy's and the archive API's certificates
+	archiveAPI *archiveapi.Options // set by ArchiveAPI
 }
 
 // RepoRoot finds the repository root from the working directory.
@@ -117,6 +121,14 @@ func Start(opts ...Option) (*Env, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	dir, err := os.MkdirTemp("", "runservice-testenv-")
+	if err != nil {
+		return nil, err
+	}
+	if err := configureAggregation(env, dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("configuring API aggregation: %w", err)
+	}
 	if o.auditLog != "" {
 		policy := filepath.Join(filepath.Dir(o.auditLog), "audit-policy.yaml")
 		text := auditPolicy
@@ -135,22 +147,30 @@ func Start(opts ...Option) (*Env, error) {
 		// The log is never rotated (the default rotates at 100 MB): the benchmark reads it by offset.
 		args.Set("audit-log-maxsize", "1000000")
 	}
+	e := &Env{Environment: env, Assets: assets, Root: root, dir: dir}
 	cfg, err := env.Start()
 	if err != nil {
-		_ = env.Stop() // a failed CRD or webhook install leaves etcd and the apiserver running
+		_ = e.Stop() // a failed CRD or webhook install leaves etcd and the apiserver running
 		return nil, fmt.Errorf("starting the control plane: %w", err)
 	}
 	admin, err := env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, cfg)
 	if err != nil {
-		_ = env.Stop()
+		_ = e.Stop()
 		return nil, fmt.Errorf("adding the admin user: %w", err)
 	}
-	kubeconfig, err := admin.KubeConfig()
-	if err != nil {
-		_ = env.Stop()
+	if e.Kubeconfig, err = admin.KubeConfig(); err != nil {
+		_ = e.Stop()
 		return nil, fmt.Errorf("writing the admin kubeconfig: %w", err)
 	}
-	return &Env{Environment: env, Config: admin.Config(), Kubeconfig: kubeconfig, Assets: assets, Root: root}, nil
+	e.Config = admin.Config()
+	return e, nil
+}
+
+// Stop stops the control plane and removes its files.
+func (e *Env) Stop() error {
+	err := e.Environment.Stop()
+	_ = os.RemoveAll(e.dir)
+	return err
 }
 
 // ManagerOptions are the manager options that serve the webhook where the control plane calls it.

@@ -2,11 +2,14 @@
 // serving certificate in a Secret (shared by all replicas, created by the first), writes them where
 // the webhook server reads them (controller-runtime reloads changed files), points the
 // ValidatingWebhookConfiguration's caBundle at the CA, and renews the certificates before they expire.
+// The archive API, served behind the same Service, uses the same certificate: its APIService's
+// caBundle is kept too.
 package webhookcert
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -17,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -40,6 +44,8 @@ type Manager struct {
 	WebhookConfiguration string
 	// CertDir is where tls.crt and tls.key are written for the webhook server.
 	CertDir string
+	// APIService, when set, is an APIService served through Service whose caBundle is kept too.
+	APIService string
 }
 
 // By name only: the Secret config/selfsigned passes as --webhook-cert-secret, in the manager's own
@@ -48,6 +54,7 @@ type Manager struct {
 // +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;update,resourceNames=runservice-webhook-cert
 // +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=create
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;patch,resourceNames=runservice-validating-webhook-configuration
+// +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=patch,resourceNames=v1alpha1.archive.runservice.dev
 
 // Ensure makes the certificates valid, written and trusted. It is safe to run from every replica.
 func (m *Manager) Ensure(ctx context.Context) error {
@@ -151,6 +158,20 @@ func (m *Manager) patchCABundle(ctx context.Context, ca []byte) error {
 	}
 	if err := m.Client.Patch(ctx, patched, client.MergeFrom(cfg)); err != nil {
 		return fmt.Errorf("setting the caBundle of %s: %w", m.WebhookConfiguration, err)
+	}
+	if m.APIService == "" {
+		return nil
+	}
+	svc := &unstructured.Unstructured{}
+	svc.SetAPIVersion("apiregistration.k8s.io/v1")
+	svc.SetKind("APIService")
+	svc.SetName(m.APIService)
+	patch, err := json.Marshal(map[string]any{"spec": map[string]any{"caBundle": ca}})
+	if err != nil {
+		return err
+	}
+	if err := m.Client.Patch(ctx, svc, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		return fmt.Errorf("setting the caBundle of APIService %s: %w", m.APIService, err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"math/big"
 	"os"
@@ -18,6 +19,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -61,6 +63,41 @@ func TestEnsure(t *testing.T) {
 		t.Fatal(err)
 	}
 	verify(t, other, vwc.Webhooks[0].ClientConfig.CABundle, "renamed-service.runservice-system.svc")
+}
+
+// TestAPIServiceCABundle: the archive API, served behind the webhook's Service with its
+// certificate, gets its APIService's caBundle kept too.
+func TestAPIServiceCABundle(t *testing.T) {
+	ctx := context.Background()
+	c, vwc := start(t)
+	svc := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+		"metadata": map[string]any{"name": "v1.test.runservice.dev"},
+		"spec": map[string]any{
+			"group": "test.runservice.dev", "version": "v1", "groupPriorityMinimum": int64(10), "versionPriority": int64(10),
+			"service": map[string]any{"namespace": "runservice-system", "name": "runservice-webhook-service", "port": int64(8443)},
+		},
+	}}
+	if err := c.Create(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	m := &webhookcert.Manager{
+		Client: c, Namespace: "runservice-system", Secret: "runservice-webhook-cert",
+		Service: "runservice-webhook-service", WebhookConfiguration: vwc.Name, CertDir: dir, APIService: svc.GetName(),
+	}
+	if err := m.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(svc), svc); err != nil {
+		t.Fatal(err)
+	}
+	encoded, _, _ := unstructured.NestedString(svc.Object, "spec", "caBundle")
+	bundle, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify(t, dir, bundle, "runservice-webhook-service.runservice-system.svc")
 }
 
 func verify(t *testing.T, dir string, ca []byte, name string) {

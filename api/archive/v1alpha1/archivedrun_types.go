@@ -69,6 +69,8 @@ type ArchivedRunStatus struct {
 
 	// executorTasks are the run's ExecutorTasks as they were when the run was archived.
 	// +optional
+	// +listType=map
+	// +listMapKey=name
 	ExecutorTasks []ArchivedExecutorTask `json:"executorTasks,omitempty"`
 }
 

@@ -3,4 +3,6 @@
 // read-only; the document kept in the object store is the ArchivedRun itself.
 // +kubebuilder:object:generate=true
 // +groupName=archive.runservice.dev
+// +k8s:openapi-gen=true
+// +k8s:openapi-model-package=dev.runservice.archive.v1alpha1
 package v1alpha1

@@ -16,22 +16,30 @@ import (
 	rest "k8s.io/client-go/rest"
 	flowcontrol "k8s.io/client-go/util/flowcontrol"
 	runservicev1alpha1 "runservice.dev/runservice/pkg/client/clientset/versioned/typed/api/v1alpha1"
+	archivev1alpha1 "runservice.dev/runservice/pkg/client/clientset/versioned/typed/archive/v1alpha1"
 )
 
 type Interface interface {
 	Discovery() discovery.DiscoveryInterfaces
 	RunserviceV1alpha1() runservicev1alpha1.RunserviceV1alpha1Interface
+	ArchiveV1alpha1() archivev1alpha1.ArchiveV1alpha1Interface
 }
 
 // Clientset contains the clients for groups.
 type Clientset struct {
 	*discovery.DiscoveryClient
 	runserviceV1alpha1 *runservicev1alpha1.RunserviceV1alpha1Client
+	archiveV1alpha1    *archivev1alpha1.ArchiveV1alpha1Client
 }
 
 // RunserviceV1alpha1 retrieves the RunserviceV1alpha1Client
 func (c *Clientset) RunserviceV1alpha1() runservicev1alpha1.RunserviceV1alpha1Interface {
 	return c.runserviceV1alpha1
+}
+
+// ArchiveV1alpha1 retrieves the ArchiveV1alpha1Client
+func (c *Clientset) ArchiveV1alpha1() archivev1alpha1.ArchiveV1alpha1Interface {
+	return c.archiveV1alpha1
 }
 
 // Discovery retrieves the DiscoveryClient
@@ -82,6 +90,10 @@ func NewForConfigAndClient(c *rest.Config, httpClient *http.Client) (*Clientset,
 	if err != nil {
 		return nil, err
 	}
+	cs.archiveV1alpha1, err = archivev1alpha1.NewForConfigAndClient(&configShallowCopy, httpClient)
+	if err != nil {
+		return nil, err
+	}
 
 	cs.DiscoveryClient, err = discovery.NewDiscoveryClientForConfigAndClient(&configShallowCopy, httpClient)
 	if err != nil {
@@ -104,6 +116,7 @@ func NewForConfigOrDie(c *rest.Config) *Clientset {
 func New(c rest.Interface) *Clientset {
 	var cs Clientset
 	cs.runserviceV1alpha1 = runservicev1alpha1.New(c)
+	cs.archiveV1alpha1 = archivev1alpha1.New(c)
 
 	cs.DiscoveryClient = discovery.NewDiscoveryClient(c)
 	return &cs

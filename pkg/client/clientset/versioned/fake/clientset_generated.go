@@ -18,6 +18,8 @@ import (
 	clientset "runservice.dev/runservice/pkg/client/clientset/versioned"
 	runservicev1alpha1 "runservice.dev/runservice/pkg/client/clientset/versioned/typed/api/v1alpha1"
 	fakerunservicev1alpha1 "runservice.dev/runservice/pkg/client/clientset/versioned/typed/api/v1alpha1/fake"
+	archivev1alpha1 "runservice.dev/runservice/pkg/client/clientset/versioned/typed/archive/v1alpha1"
+	fakearchivev1alpha1 "runservice.dev/runservice/pkg/client/clientset/versioned/typed/archive/v1alpha1/fake"
 )
 
 // NewSimpleClientset returns a clientset that will respond with the provided objects.
@@ -88,4 +90,9 @@ var (
 // RunserviceV1alpha1 retrieves the RunserviceV1alpha1Client
 func (c *Clientset) RunserviceV1alpha1() runservicev1alpha1.RunserviceV1alpha1Interface {
 	return &fakerunservicev1alpha1.FakeRunserviceV1alpha1{Fake: &c.Fake}
+}
+
+// ArchiveV1alpha1 retrieves the ArchiveV1alpha1Client
+func (c *Clientset) ArchiveV1alpha1() archivev1alpha1.ArchiveV1alpha1Interface {
+	return &fakearchivev1alpha1.FakeArchiveV1alpha1{Fake: &c.Fake}
 }

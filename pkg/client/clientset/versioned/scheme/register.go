@@ -14,6 +14,7 @@ import (
 	schema "k8s.io/apimachinery/pkg/runtime/schema"
 	serializer "k8s.io/apimachinery/pkg/runtime/serializer"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	archivev1alpha1 "runservice.dev/runservice/api/archive/v1alpha1"
 	runservicev1alpha1 "runservice.dev/runservice/api/v1alpha1"
 )
 
@@ -22,6 +23,7 @@ var Codecs = serializer.NewCodecFactory(Scheme)
 var ParameterCodec = runtime.NewParameterCodec(Scheme)
 var localSchemeBuilder = runtime.SchemeBuilder{
 	runservicev1alpha1.AddToScheme,
+	archivev1alpha1.AddToScheme,
 }
 
 // AddToScheme adds all types of this clientset into the given scheme. This allows composition
