@@ -110,6 +110,14 @@ func (l *logs) init(kubeconfig, namespace string) error {
 func (l *logs) print(ctx context.Context, args []string) error {
 	runName, taskName := args[0], args[1]
 	run, err := l.rs.RunserviceV1alpha1().Runs(l.ns).Get(ctx, runName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		// Archived: its document keeps the status, with each step's log key.
+		archived, aerr := l.rs.ArchiveV1alpha1().ArchivedRuns(l.ns).Get(ctx, runName, metav1.GetOptions{})
+		if aerr != nil {
+			return fmt.Errorf("%w, and no archived run of that name: %w", err, aerr)
+		}
+		run, err = &rsv1.Run{ObjectMeta: archived.ObjectMeta, Spec: archived.Spec, Status: archived.Status.RunStatus}, nil
+	}
 	if err != nil {
 		return err
 	}

@@ -219,6 +219,26 @@ func SampleDiamond(t *testing.T, h *Harness, ns string) {
 	}
 }
 
+// ArchivedDiamond: the finished sample diamond, once archived (its runservice.dev/archive-after set
+// to 0s), is gone from etcd and served by the archive API: kubectl lists it with its phase, result
+// and tasks, and runctl still reads its logs.
+func ArchivedDiamond(t *testing.T, h *Harness, ns string) {
+	if out, err := h.KubectlRun(ns, "annotate", "run", "diamond", rsv1.AnnotationArchiveAfter+"=0s"); err != nil {
+		t.Fatalf("kubectl annotate: %v\n%s", err, out)
+	}
+	h.Eventually(t, "the diamond archived and gone from etcd", func() bool {
+		out, err := h.KubectlRun(ns, "get", "runs", "diamond")
+		return err != nil && strings.Contains(out, "NotFound")
+	})
+	h.Eventually(t, "the diamond listed as archived", func() bool {
+		out, err := h.KubectlRun(ns, "get", "archivedruns", "-l", "runservice.dev/result=Success")
+		return err == nil && strings.Contains(out, "diamond") && strings.Contains(out, "Finished") && strings.Contains(out, "4/4")
+	})
+	if log, err := h.Logs(ns, "diamond", "build", "build"); err != nil || !strings.Contains(log, "main.c") {
+		t.Fatalf("runctl logs of the archived diamond's build: %v\n%s", err, log)
+	}
+}
+
 // FailingStep: a failing step's exit code reaches the run's status and fails the run; a command
 // that is not found gives 127; the failed task's child is skipped; the logs say why.
 func FailingStep(t *testing.T, h *Harness, ns string) {

@@ -110,6 +110,13 @@ func testMain(m *testing.M) int {
 	defer cancel()
 	opts := env.ManagerOptions()
 	opts.ObjectStore = storeURL
+	// Runs are archived an hour after their end unless a test says otherwise; the archive API is
+	// registered with the apiserver.
+	opts.Controllers.Archive, opts.Controllers.ArchiveAfter = true, time.Hour
+	if opts.ArchiveAPI, err = env.ArchiveAPI(ctx); err != nil {
+		return fail(err)
+	}
+	opts.ArchiveIndexDir = filepath.Join(tmp, "archive-index")
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		return fail(err)
@@ -172,6 +179,7 @@ func TestSampleDiamondEndToEnd(t *testing.T) {
 	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
 	e2e.SampleDiamond(t, h, ns)
+	e2e.ArchivedDiamond(t, h, ns)
 	waitNoContainers(t, "docker-1")
 }
 
