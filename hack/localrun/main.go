@@ -176,6 +176,21 @@ func follow(ctx context.Context, env *testenv.Env, kubeconfig, bin, store, run s
 		out, _ := exec.CommandContext(ctx, filepath.Join(bin, "runctl"), "logs", run, task, "--kubeconfig", kubeconfig, "--object-store", store).CombinedOutput()
 		fmt.Printf("--- runctl logs %s %s\n%s", run, task, out)
 	}
+	// The archive: the run moves out of etcd into the object store and is read back from there.
+	kubectl := func(args ...string) string {
+		out, _ := exec.CommandContext(ctx, env.Kubectl(), append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+		return string(out)
+	}
+	fmt.Printf("--- kubectl annotate run %s %s=0s (archive it now instead of after -archive-after)\n%s", run, rsv1.AnnotationArchiveAfter,
+		kubectl("annotate", "run", run, rsv1.AnnotationArchiveAfter+"=0s"))
+	for i := 0; i < 60 && ctx.Err() == nil; i++ {
+		if out := kubectl("get", "archivedruns", run); strings.Contains(out, run) && strings.Contains(kubectl("get", "run", run), "NotFound") {
+			fmt.Printf("--- kubectl get runs (%s has left etcd)\n%s--- kubectl get archivedruns\n%s", run, kubectl("get", "runs"), out)
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	fmt.Printf("the run %s was not archived within a minute: see kubectl describe run %s\n", run, run)
 }
 
 // applySamples applies config/samples once the webhook answers.
