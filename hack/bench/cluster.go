@@ -59,6 +59,9 @@ type clusterBench struct {
 	rate       float64
 	steady     time.Duration
 	submitters int
+	// archiveAfter, when set, is the manager's --archive-after: phases then last until their runs
+	// are archived.
+	archiveAfter string
 }
 
 // clusterPhase is what one phase measured.
@@ -71,6 +74,10 @@ type clusterPhase struct {
 	writes      writeCounts
 	usage       usage
 	peaksReset  bool
+	// archiveLag (seen Finished -> seen deleted from etcd, sorted) and archivedIn (first create to
+	// the last run archived), when the manager archives.
+	archiveLag []time.Duration
+	archivedIn time.Duration
 }
 
 func (p *clusterPhase) tasks() int { return p.runs * len(benchTasks()) }
@@ -253,7 +260,25 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 	if err := waitNoPods(ctx, b.kube, ns); err != nil {
 		return nil, err
 	}
+	if b.archiveAfter != "" {
+		select {
+		case <-t.archived:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%d of %d runs archived: %w", len(t.deletedR), runs, ctx.Err())
+		}
+	}
 	p := &clusterPhase{name: name, runs: runs, elapsed: end.Sub(start), submittedIn: lastCreated.Sub(start), usage: set.end(), peaksReset: set.resets}
+	if b.archiveAfter != "" {
+		t.mu.Lock()
+		for run, gone := range t.deletedR {
+			if fin, ok := t.finishedR[run]; ok {
+				p.archiveLag = append(p.archiveLag, gone.Sub(fin))
+			}
+			p.archivedIn = max(p.archivedIn, gone.Sub(start))
+		}
+		t.mu.Unlock()
+		p.archiveLag = sortedCopy(p.archiveLag)
+	}
 	time.Sleep(2 * time.Second)
 	to, err := b.audit.offset()
 	if err != nil {
@@ -308,11 +333,14 @@ func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error)
 	if err := os.MkdirAll(filepath.Join(dir, "store"), 0o755); err != nil {
 		return nil, err
 	}
-	return startProc(dir, "manager", "manager", []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "manager"),
-		"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+	args := []string{"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
 		"--webhook-port", strconv.Itoa(w.LocalServingPort), "--webhook-cert-dir", w.LocalServingCertDir,
-		"--object-store", "file://"+filepath.Join(dir, "store"),
-		"--executor-insecure-http", "--executor-endpoint-allow", "loopback")
+		"--object-store", "file://" + filepath.Join(dir, "store"),
+		"--executor-insecure-http", "--executor-endpoint-allow", "loopback"}
+	if b.archiveAfter != "" {
+		args = append(args, "--archive-after", b.archiveAfter)
+	}
+	return startProc(dir, "manager", "manager", []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "manager"), args...)
 }
 
 func (b *clusterBench) startExecutor(dir, bins, kubeconfig, ns string, i int) (*proc, error) {
@@ -457,6 +485,11 @@ func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
 	fmt.Fprintf(out, "%s: %d runs (%d tasks) in %.1fs = %.0f runs/min; create->finish p50 %.2fs p99 %.2fs max %.2fs; the last create returned at %.1fs\n",
 		p.name, p.runs, tasks, secs, float64(p.runs)/secs*60,
 		percentile(p.latency, 0.5).Seconds(), percentile(p.latency, 0.99).Seconds(), percentile(p.latency, 1).Seconds(), p.submittedIn.Seconds())
+	if p.archiveLag != nil {
+		fmt.Fprintf(out, "  archived (the manager's --archive-after and the fetches included): finished -> gone from etcd p50 %.2fs p99 %.2fs max %.2fs; all %d archived %.1fs after the first create = %.0f runs/min (finished at %.0f runs/min)\n",
+			percentile(p.archiveLag, 0.5).Seconds(), percentile(p.archiveLag, 0.99).Seconds(), percentile(p.archiveLag, 1).Seconds(),
+			p.runs, p.archivedIn.Seconds(), float64(p.runs)/p.archivedIn.Seconds()*60, float64(p.runs)/secs*60)
+	}
 	fmt.Fprintf(out, "  ratio: %.1f tasks/s / raw pod creates %.0f/s = %.3f; / raw pods Succeeded %.0f/s = %.3f\n",
 		float64(tasks)/secs, raw.create.rate(), float64(tasks)/secs/raw.create.rate(), raw.lifeRate(), float64(tasks)/secs/raw.lifeRate())
 	per := func(n int) float64 { return float64(n) / float64(tasks) }

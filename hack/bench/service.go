@@ -57,6 +57,10 @@ type tracker struct {
 	finishedT  map[taskKey]time.Time
 	failed     error
 	done       chan struct{} // closed once every run is Finished
+	// deletedR holds when each run was seen deleted (archived, when the manager archives);
+	// archived is closed once every run is.
+	deletedR map[string]time.Time
+	archived chan struct{}
 }
 
 func newTracker(runs int) *tracker {
@@ -67,6 +71,8 @@ func newTracker(runs int) *tracker {
 		scheduledT: map[taskKey]time.Time{},
 		finishedT:  map[taskKey]time.Time{},
 		done:       make(chan struct{}),
+		deletedR:   map[string]time.Time{},
+		archived:   make(chan struct{}),
 	}
 }
 
@@ -109,6 +115,26 @@ func (t *tracker) observe(run *rsv1.Run, at time.Time) {
 		if len(t.finishedR) == t.want {
 			close(t.done)
 		}
+	}
+}
+
+// gone records a run deleted: by the archiver, once it is archived.
+func (t *tracker) gone(obj any, at time.Time) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	run, ok := obj.(*rsv1.Run)
+	if !ok || !strings.HasPrefix(run.Name, t.prefix) {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, seen := t.deletedR[run.Name]; seen {
+		return
+	}
+	t.deletedR[run.Name] = at
+	if len(t.deletedR) == t.want {
+		close(t.archived)
 	}
 }
 
@@ -430,6 +456,7 @@ func watchRuns(ctx context.Context, sub versioned.Interface, ns string, t *track
 	if _, err := runs.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
 		UpdateFunc: func(_, obj any) { t.observe(obj.(*rsv1.Run), time.Now()) },
+		DeleteFunc: func(obj any) { t.gone(obj, time.Now()) },
 	}); err != nil {
 		return fmt.Errorf("watching runs: %w", err)
 	}
