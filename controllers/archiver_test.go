@@ -301,3 +301,20 @@ func TestArchiveAfterIsValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestLabelsArchivedRunsAreSelectedByCannotBeForged: the labels a selector on runs and archived runs
+// shares say what the run is: a run that claims a phase or result it has not reached, or a change
+// group it is not in, is refused at admission with the label named.
+func TestLabelsArchivedRunsAreSelectedByCannotBeForged(t *testing.T) {
+	ns := newNamespace(t)
+	for key, value := range map[string]string{
+		arv1.LabelPhase: "Finished", arv1.LabelResult: "Success", arv1.LabelChangeGroupPrefix + "other": "",
+	} {
+		run := fanOut(ns, fmt.Sprintf("forged-%d", len(key)))
+		run.Labels = map[string]string{key: value}
+		err := k8s.Create(context.Background(), run)
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "metadata.labels["+key+"]") {
+			t.Errorf("label %s=%q: %v, want Invalid naming metadata.labels[%s]", key, value, err, key)
+		}
+	}
+}

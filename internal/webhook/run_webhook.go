@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -20,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/pkg/dag"
@@ -71,6 +74,7 @@ func (v *RunValidator) Handle(ctx context.Context, req admission.Request) admiss
 func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) admission.Response {
 	errs := append(dag.Validate(&run.Spec, field.NewPath("spec")), dag.ValidateSize(run)...)
 	errs = append(errs, validateArchiveAfter(run)...)
+	errs = append(errs, validateSelectedLabels(run)...)
 	if len(run.Name)+1+63 > 253 {
 		errs = append(errs, field.TooLong(field.NewPath("metadata", "name"), run.Name, 253-64))
 	}
@@ -104,9 +108,30 @@ func validateArchiveAfter(run *rsv1.Run) field.ErrorList {
 	return nil
 }
 
+// validateSelectedLabels checks the labels that select live and archived runs alike
+// (archive.Labels): they say what the run is, so a run may not claim a phase or result it has not
+// reached or a change group it is not in.
+func validateSelectedLabels(run *rsv1.Run) field.ErrorList {
+	var errs field.ErrorList
+	path := field.NewPath("metadata", "labels")
+	final := run.Status.Phase.IsFinal()
+	for k, v := range run.Labels {
+		switch {
+		case k == arv1.LabelPhase && (!final || v != string(run.Status.Phase)):
+			errs = append(errs, field.Forbidden(path.Key(k), "set by the manager when the run ends, to its final phase"))
+		case k == arv1.LabelResult && (!final || v != string(run.Status.Result)):
+			errs = append(errs, field.Forbidden(path.Key(k), "set by the manager when the run ends, to its result"))
+		case strings.HasPrefix(k, arv1.LabelChangeGroupPrefix) && !slices.Contains(run.Spec.ChangeGroups, strings.TrimPrefix(k, arv1.LabelChangeGroupPrefix)):
+			errs = append(errs, field.Forbidden(path.Key(k), "the run is not in that change group: name it in spec.changeGroups (the label follows)"))
+		}
+	}
+	return errs
+}
+
 func (v *RunValidator) update(ctx context.Context, old, run *rsv1.Run, dryRun bool) admission.Response {
 	errs := dag.ValidateApprovedTasks(&run.Spec, old.Spec.ApprovedTasks, field.NewPath("spec"))
 	errs = append(errs, validateArchiveAfter(run)...)
+	errs = append(errs, validateSelectedLabels(run)...)
 	if len(dag.ValidateSize(old)) == 0 {
 		// An update (annotations, approvals) may not make a run that fits outgrow what it may hold;
 		// a run admitted before the limits existed can still be stopped.
