@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -81,6 +82,9 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err != nil || !ready {
 		return ctrl.Result{}, err // an ExecutorTask's fetch brings the run back
 	}
+	if !settled(run, tasks) {
+		return ctrl.Result{}, nil // the run controller's write to come brings the run back
+	}
 	if err := r.archive(ctx, run, tasks); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			// The run changed since it was read (archived again, with the change, once the cache has
@@ -124,6 +128,23 @@ func (r *ArchiverReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (
 	return tasks, true, nil
 }
 
+// settled reports whether the run controller is done with run: its change groups released, the
+// labels of its end added, and the logs of its fetched tasks folded into its status. Archived before
+// that, the run would be archived without what the run controller is about to write, and the
+// archiver's write locked on the run would be refused for the run controller's.
+func settled(run *rsv1.Run, tasks []rsv1.ExecutorTask) bool {
+	if controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) || len(missingLabels(run)) > 0 {
+		return false
+	}
+	byTask := make(map[string]*rsv1.ExecutorTask, len(tasks))
+	for i := range tasks {
+		byTask[tasks[i].Spec.TaskName] = &tasks[i]
+	}
+	folded := run.DeepCopy()
+	foldLogKeys(folded, byTask)
+	return equality.Semantic.DeepEqual(folded.Status.Tasks, run.Status.Tasks)
+}
+
 // archive takes run through the steps, each repeatable.
 func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks []rsv1.ExecutorTask) error {
 	key := client.ObjectKeyFromObject(run)
@@ -133,13 +154,7 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 		}
 		return nil
 	}
-	byTask := make(map[string]*rsv1.ExecutorTask, len(tasks))
-	for i := range tasks {
-		byTask[tasks[i].Spec.TaskName] = &tasks[i]
-	}
-	archived := run.DeepCopy()
-	foldLogKeys(archived, byTask) // the logs fetched since the run's last status write
-	doc := archive.Document(archived, tasks, time.Now())
+	doc := archive.Document(run, tasks, time.Now())
 	if err := r.keepArchivedTasks(ctx, run, doc); err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -316,5 +318,52 @@ func TestLabelsArchivedRunsAreSelectedByCannotBeForged(t *testing.T) {
 		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "metadata.labels["+key+"]") {
 			t.Errorf("label %s=%q: %v, want Invalid naming metadata.labels[%s]", key, value, err, key)
 		}
+	}
+}
+
+// TestArchivingWaitsForTheRunControllersLastWrites: the archiver takes a run once the run
+// controller is done with it (the log keys fetched tasks got, the change groups released, the phase
+// and result labels), so that the archiver's writes are never refused for a copy of the run the run
+// controller has just changed: no conflict, and the document has the log keys.
+func TestArchivingWaitsForTheRunControllersLastWrites(t *testing.T) {
+	ns := newNamespace(t)
+	executorToken(t, ns)
+	exe := serveHTTP(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "log") })
+	startExecutor(t, ns, "ex1", withFetchEndpoint(exe.URL))
+	const runs = 6
+	var finished []*rsv1.Run
+	for i := range runs {
+		createRun(t, archivedSoon(fanOut(ns, fmt.Sprintf("r%d", i)), "0s"))
+	}
+	for i := range runs {
+		name := fmt.Sprintf("r%d", i)
+		for _, task := range []string{"a", "b", "c"} {
+			complete(t, ns, name, task, rsv1.TaskPhaseSuccess)
+		}
+		finished = append(finished, waitRunPhase(t, ns, name, rsv1.RunPhaseFinished))
+	}
+	for _, run := range finished {
+		doc := waitArchived(t, run)
+		for _, et := range doc.Status.ExecutorTasks {
+			if et.Fetched == "" || et.Fetched == rsv1.FetchedLost {
+				t.Errorf("%s: task %s archived with fetch outcome %q, want its logs stored", run.Name, et.Task, et.Fetched)
+			}
+		}
+		for _, ts := range doc.Status.Tasks {
+			for j, s := range ts.Steps {
+				if s.Phase != rsv1.StepPhaseNotStarted && s.LogKey == "" {
+					t.Errorf("%s: task %s step %d archived without its log key", run.Name, ts.Name, j)
+				}
+			}
+		}
+	}
+	var conflicts []string
+	for _, w := range managerWritesIn(ns) {
+		if w.code == 409 {
+			conflicts = append(conflicts, fmt.Sprintf("%s %s", w.method, w.path))
+		}
+	}
+	if len(conflicts) > 0 {
+		t.Errorf("%d of the manager's writes were refused for conflicts while archiving %d runs:\n%s", len(conflicts), runs, strings.Join(conflicts, "\n"))
 	}
 }

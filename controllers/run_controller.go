@@ -96,13 +96,15 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	}
 	if run.DeletionTimestamp != nil {
 		// A deleted run leaves its change groups at once.
-		if err := r.release(ctx, run); err != nil || run.Status.Phase.IsFinal() || !controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
+		if err := r.release(ctx, run); err != nil || !controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
 			return requeueOnConflict(err, "")
 		}
-		// Deleted before it ended and kept for its archive: stopped, so that it ends and is archived
-		// instead of leaving with tasks running. Not written: the deletion says it.
-		stop := true
-		run.Spec.Stop = &stop
+		if !run.Status.Phase.IsFinal() {
+			// Deleted before it ended and kept for its archive: stopped, so that it ends and is
+			// archived instead of leaving with tasks running. Not written: the deletion says it.
+			stop := true
+			run.Spec.Stop = &stop
+		}
 	} else if !run.Status.Phase.IsFinal() {
 		if err := r.ensureMeta(ctx, run); err != nil {
 			return requeueOnConflict(err, "adding finalizers")
