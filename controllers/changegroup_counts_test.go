@@ -232,6 +232,7 @@ func TestChangeGroupControllerKeepsTheCounts(t *testing.T) {
 	if err := k8s.Create(context.Background(), cg); err != nil {
 		t.Fatal(err)
 	}
+	w := watchGroups(t, ns)
 	for i := range runs {
 		createRun(t, inGroup(ns, fmt.Sprintf("r%d", i), "limited", false))
 	}
@@ -239,7 +240,13 @@ func TestChangeGroupControllerKeepsTheCounts(t *testing.T) {
 		g := getGroup(t, ns, "limited")
 		return g.Status.Finished.Success == runs && len(g.Status.ActiveRuns) == 0 && g.Status.QueuedRuns == 0, nil
 	})
-	time.Sleep(2 * time.Second) // the controllers' last writes, if any, land meanwhile
+	// Every version of the group, up to the controllers' last writes: a count never goes down.
+	versions := w.versions("limited", 2*time.Second)
+	for i := 1; i < len(versions); i++ {
+		if prev, cur := versions[i-1].Status.Finished.Success, versions[i].Status.Finished.Success; cur < prev {
+			t.Errorf("version %s of the group counts %d successes, the one before %d", versions[i].ResourceVersion, cur, prev)
+		}
+	}
 	expectFinished(t, ns, "limited", rsv1.FinishedRuns{Success: runs})
 }
 
