@@ -2,7 +2,6 @@ package controllers_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -193,8 +192,6 @@ func TestADeletedRunIsStoppedThenArchived(t *testing.T) {
 	}
 }
 
-var errCrash = errors.New("the manager stopped here")
-
 // TestArchivingSurvivesACrashAtEveryStep: the manager stops after each step of archiving (the
 // document written, the index segment written, the ExecutorTasks deleted, the finalizer removed);
 // a new manager finishes the work: the run is gone from etcd with its ExecutorTasks, its one
@@ -206,18 +203,12 @@ func TestArchivingSurvivesACrashAtEveryStep(t *testing.T) {
 	for _, step := range []string{"document", "segment", "executortasks", "finalizer"} {
 		t.Run(step, func(t *testing.T) {
 			name := "crash-" + step
-			crashed := make(chan struct{})
+			crash := newManagerCrash()
 			hook := func(run types.NamespacedName, s string) error {
 				if run.Name != name || s != step {
 					return nil
 				}
-				select {
-				case <-crashed:
-				default:
-					close(crashed)
-					go stopManager()
-				}
-				return errCrash
+				return crash.now()
 			}
 			archiveStepDone.Store(&hook)
 			createRun(t, archivedSoon(fanOut(ns, name), "0s"))
@@ -225,16 +216,7 @@ func TestArchivingSurvivesACrashAtEveryStep(t *testing.T) {
 				complete(t, ns, name, task, rsv1.TaskPhaseSuccess)
 			}
 			run := waitRunPhase(t, ns, name, rsv1.RunPhaseFinished)
-			select {
-			case <-crashed:
-			case <-time.After(60 * time.Second):
-				t.Fatalf("the archiver never reached step %s", step)
-			}
-			eventually(t, 60*time.Second, "the manager stopped", func() (bool, error) {
-				mgrMu.Lock()
-				defer mgrMu.Unlock()
-				return mgrCancel == nil, nil
-			})
+			crash.wait(t, "archiving step "+step)
 			archiveStepDone.Store(nil)
 			if err := startManager(); err != nil {
 				t.Fatal(err)

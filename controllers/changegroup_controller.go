@@ -21,7 +21,9 @@ import (
 // ChangeGroupReconciler keeps a group's ledger whole: it counts queued runs, starts queued runs oldest
 // first when the group has maxActiveRuns, and drops entries of runs that were admitted by the webhook
 // but never came to be (their request failed after admission). It never removes an entry on the word
-// of the cache alone: a live read must confirm it, twice, PhantomGrace apart.
+// of the cache alone: a live read must confirm it, twice, PhantomGrace apart. It leaves the finished
+// counts as they are (a dropped entry's run never started, so is not counted) and writes at the
+// version it read, so a count written meanwhile by the run controller is never rewritten.
 type ChangeGroupReconciler struct {
 	Client    client.Client
 	APIReader client.Reader

@@ -623,8 +623,10 @@ func setLabels(run *rsv1.Run, labels map[string]string) {
 	maps.Copy(run.Labels, labels)
 }
 
-// release takes a final or deleted run out of its groups' ledgers and labels a final one with its
-// phase and result, in one write.
+// release takes a final or deleted run out of its groups' ledgers, counting it there by its result
+// in the same write (a run deleted before its end, as Stopped unless it has Failed already), then
+// drops the ledger finalizer and labels a final run with its phase and result, in one write. A
+// retry after a crash between the two writes finds the run no longer active and counts nothing.
 func (r *RunReconciler) release(ctx context.Context, run *rsv1.Run) error {
 	ledgered := controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger)
 	labels := missingLabels(run)
@@ -632,8 +634,13 @@ func (r *RunReconciler) release(ctx context.Context, run *rsv1.Run) error {
 		return nil
 	}
 	if ledgered {
-		if err := r.Ledger.Release(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups); err != nil {
+		if err := r.Ledger.Finish(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups, run.Status.Result); err != nil {
 			return fmt.Errorf("releasing run from its change groups: %w", err)
+		}
+		if hook := r.Options.LedgerReleased; hook != nil {
+			if err := hook(client.ObjectKeyFromObject(run)); err != nil {
+				return err
+			}
 		}
 	}
 	err := r.patchMeta(ctx, run, func() {

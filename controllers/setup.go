@@ -70,6 +70,10 @@ type Options struct {
 	// ArchiveStepDone, when set, is called after each step of archiving a run (see
 	// ArchiverReconciler.StepDone): for fault tests.
 	ArchiveStepDone func(run types.NamespacedName, step string) error
+	// LedgerReleased, when set, is called after a run has left its groups' ledgers (and been
+	// counted there) and before its ledger finalizer is removed; an error stops the release there:
+	// for fault tests.
+	LedgerReleased func(run types.NamespacedName) error
 }
 
 func (o *Options) defaults() {

@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -45,7 +46,10 @@ var (
 	nsCounter atomic.Int64
 	// archiveStepDone, when set, is called by the manager's archiver after each step.
 	archiveStepDone atomic.Pointer[func(types.NamespacedName, string) error]
-	storeDir        string // the manager's object store
+	// ledgerReleased, when set, is called by the manager's run controller after a run left its
+	// groups' ledgers and before its ledger finalizer is removed.
+	ledgerReleased atomic.Pointer[func(types.NamespacedName) error]
+	storeDir       string // the manager's object store
 )
 
 func TestMain(m *testing.M) {
@@ -103,6 +107,12 @@ func startManager() error {
 	opts.Controllers.ArchiveStepDone = func(run types.NamespacedName, step string) error {
 		if f := archiveStepDone.Load(); f != nil {
 			return (*f)(run, step)
+		}
+		return nil
+	}
+	opts.Controllers.LedgerReleased = func(run types.NamespacedName) error {
+		if f := ledgerReleased.Load(); f != nil {
+			return (*f)(run)
 		}
 		return nil
 	}
@@ -166,6 +176,42 @@ func managerWritesIn(ns string) []managerWrite {
 		}
 	}
 	return out
+}
+
+var errCrash = errors.New("the manager stopped here")
+
+// managerCrash stops the manager the first time a fault hook calls it, as a crash at that point of
+// the hook's caller would.
+type managerCrash struct {
+	once    sync.Once
+	crashed chan struct{}
+}
+
+func newManagerCrash() *managerCrash { return &managerCrash{crashed: make(chan struct{})} }
+
+// now stops the manager (the first time) and returns errCrash, so that its caller does not go on.
+func (c *managerCrash) now() error {
+	c.once.Do(func() {
+		close(c.crashed)
+		go stopManager()
+	})
+	return errCrash
+}
+
+// wait waits until the crash happened, within a minute of its caller reaching the point where,
+// and the manager has stopped.
+func (c *managerCrash) wait(t *testing.T, where string) {
+	t.Helper()
+	select {
+	case <-c.crashed:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the manager never reached %s", where)
+	}
+	eventually(t, 60*time.Second, "the manager stopped", func() (bool, error) {
+		mgrMu.Lock()
+		defer mgrMu.Unlock()
+		return mgrCancel == nil, nil
+	})
 }
 
 // managerCache is the running manager's cache.

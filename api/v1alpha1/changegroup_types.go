@@ -30,9 +30,36 @@ type ChangeGroupStatus struct {
 	// +optional
 	QueuedRuns int32 `json:"queuedRuns"`
 
+	// finished counts the group's runs that left its active runs for good, by result: a run is
+	// counted once, in the same write that removes it from activeRuns (so counting costs no write
+	// and no change of the token of its own). A run that never became active (cancelled or deleted
+	// while queued, or refused at setup while queued) is not counted. Archiving a run does not
+	// change the counts.
+	// +optional
+	Finished FinishedRuns `json:"finished"`
+
 	// sequence grows with every write of the ledger, so that each write gives a new token.
 	// +optional
 	Sequence int64 `json:"sequence,omitempty"`
+}
+
+// FinishedRuns counts runs by their result.
+type FinishedRuns struct {
+	// success is the number of runs that ended with result Success.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Success int64 `json:"success"`
+
+	// failed is the number of runs that ended with result Failed (SetupError included).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Failed int64 `json:"failed"`
+
+	// stopped is the number of runs that ended with result Stopped: stopped, cancelled after they
+	// were admitted, or deleted before they ended.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Stopped int64 `json:"stopped"`
 }
 
 // ChangeGroup groups runs for admission control and optimistic locking.
@@ -43,6 +70,9 @@ type ChangeGroupStatus struct {
 // +kubebuilder:printcolumn:name="Queued",type=integer,JSONPath=`.status.queuedRuns`
 // +kubebuilder:printcolumn:name="Active",type=integer,JSONPath=`.status.active`
 // +kubebuilder:printcolumn:name="Max",type=integer,JSONPath=`.spec.maxActiveRuns`
+// +kubebuilder:printcolumn:name="Succeeded",type=integer,JSONPath=`.status.finished.success`
+// +kubebuilder:printcolumn:name="Failed",type=integer,JSONPath=`.status.finished.failed`
+// +kubebuilder:printcolumn:name="Stopped",type=integer,JSONPath=`.status.finished.stopped`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ChangeGroup struct {
 	metav1.TypeMeta   `json:",inline"`

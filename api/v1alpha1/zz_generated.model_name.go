@@ -87,6 +87,11 @@ func (in ExecutorTaskStatus) OpenAPIModelName() string {
 }
 
 // OpenAPIModelName returns the OpenAPI model name for this type.
+func (in FinishedRuns) OpenAPIModelName() string {
+	return "dev.runservice.v1alpha1.FinishedRuns"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
 func (in RestoreWorkspaceStep) OpenAPIModelName() string {
 	return "dev.runservice.v1alpha1.RestoreWorkspaceStep"
 }

@@ -1,6 +1,7 @@
-// Package ledger owns every write of a ChangeGroup's admission ledger (status.activeRuns). The
-// webhook, the run controller and the changegroup controller all go through it, so the group's
-// resourceVersion (the update token) changes with every admission-relevant event.
+// Package ledger owns every write of a ChangeGroup's admission ledger (status.activeRuns, and the
+// counts of the runs that left it, status.finished). The webhook, the run controller and the
+// changegroup controller all go through it, so the group's resourceVersion (the update token)
+// changes with every admission-relevant event.
 //
 // Reads are live (an uncached reader): the ledger is never rebuilt from an informer cache, which could
 // be stale and lower a count.
@@ -78,8 +79,37 @@ func (l *Ledger) Touch(ctx context.Context, namespace string, groups []string, t
 	return nil
 }
 
-// Release removes the run from each group's active runs. Missing groups are fine.
+// Release removes the run from each group's active runs without counting it: the undo of an
+// admission. Missing groups are fine.
 func (l *Ledger) Release(ctx context.Context, namespace, run string, groups []string) error {
+	return l.leave(ctx, namespace, run, groups, func(*rsv1.ChangeGroupStatus) {})
+}
+
+// Finish removes the run from each group's active runs for good and counts it by result in
+// status.finished, in the same write: counting costs no write and no change of the token of its
+// own. A group where the run is not active (a retry after the run was counted there, or a run
+// never admitted) is not written, so each group counts a run at most once, and exactly once when
+// its caller retries until it succeeds. A result not known yet counts as Stopped: a run leaves
+// before its end only when it is deleted, which stops it. Missing groups are fine.
+func (l *Ledger) Finish(ctx context.Context, namespace, run string, groups []string, result rsv1.RunResult) error {
+	return l.leave(ctx, namespace, run, groups, func(st *rsv1.ChangeGroupStatus) { Count(&st.Finished, result) })
+}
+
+// Count adds one run of the given result to f (Stopped when the result is not known yet).
+func Count(f *rsv1.FinishedRuns, result rsv1.RunResult) {
+	switch result {
+	case rsv1.RunResultSuccess:
+		f.Success++
+	case rsv1.RunResultFailed:
+		f.Failed++
+	default:
+		f.Stopped++
+	}
+}
+
+// leave removes the run from each group's active runs, applying also to a group it leaves in
+// the same write.
+func (l *Ledger) leave(ctx context.Context, namespace, run string, groups []string, also func(*rsv1.ChangeGroupStatus)) error {
 	for _, g := range groups {
 		err := l.update(ctx, namespace, g, false, func(st *rsv1.ChangeGroupStatus) bool {
 			i := slices.Index(st.ActiveRuns, run)
@@ -87,6 +117,7 @@ func (l *Ledger) Release(ctx context.Context, namespace, run string, groups []st
 				return false
 			}
 			st.ActiveRuns = slices.Delete(st.ActiveRuns, i, i+1)
+			also(st)
 			return true
 		})
 		if err != nil {

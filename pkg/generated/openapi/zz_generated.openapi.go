@@ -98,6 +98,7 @@ func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenA
 		apiv1alpha1.ExecutorTaskList{}.OpenAPIModelName():     schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskList(ref),
 		apiv1alpha1.ExecutorTaskSpec{}.OpenAPIModelName():     schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref),
 		apiv1alpha1.ExecutorTaskStatus{}.OpenAPIModelName():   schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref),
+		apiv1alpha1.FinishedRuns{}.OpenAPIModelName():         schema_runservicedev_runservice_api_v1alpha1_FinishedRuns(ref),
 		apiv1alpha1.RestoreWorkspaceStep{}.OpenAPIModelName(): schema_runservicedev_runservice_api_v1alpha1_RestoreWorkspaceStep(ref),
 		apiv1alpha1.Run{}.OpenAPIModelName():                  schema_runservicedev_runservice_api_v1alpha1_Run(ref),
 		apiv1alpha1.RunList{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunList(ref),
@@ -3237,6 +3238,13 @@ func schema_runservicedev_runservice_api_v1alpha1_ChangeGroupStatus(ref common.R
 							Format:      "int32",
 						},
 					},
+					"finished": {
+						SchemaProps: spec.SchemaProps{
+							Description: "finished counts the group's runs that left its active runs for good, by result: a run is counted once, in the same write that removes it from activeRuns (so counting costs no write and no change of the token of its own). A run that never became active (cancelled or deleted while queued, or refused at setup while queued) is not counted. Archiving a run does not change the counts.",
+							Default:     map[string]interface{}{},
+							Ref:         ref(apiv1alpha1.FinishedRuns{}.OpenAPIModelName()),
+						},
+					},
 					"sequence": {
 						SchemaProps: spec.SchemaProps{
 							Description: "sequence grows with every write of the ledger, so that each write gives a new token.",
@@ -3247,6 +3255,8 @@ func schema_runservicedev_runservice_api_v1alpha1_ChangeGroupStatus(ref common.R
 				},
 			},
 		},
+		Dependencies: []string{
+			apiv1alpha1.FinishedRuns{}.OpenAPIModelName()},
 	}
 }
 
@@ -3900,6 +3910,43 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref common.
 		},
 		Dependencies: []string{
 			v1.Time{}.OpenAPIModelName(), apiv1alpha1.StepStatus{}.OpenAPIModelName()},
+	}
+}
+
+func schema_runservicedev_runservice_api_v1alpha1_FinishedRuns(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "FinishedRuns counts runs by their result.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"success": {
+						SchemaProps: spec.SchemaProps{
+							Description: "success is the number of runs that ended with result Success.",
+							Default:     0,
+							Type:        []string{"integer"},
+							Format:      "int64",
+						},
+					},
+					"failed": {
+						SchemaProps: spec.SchemaProps{
+							Description: "failed is the number of runs that ended with result Failed (SetupError included).",
+							Default:     0,
+							Type:        []string{"integer"},
+							Format:      "int64",
+						},
+					},
+					"stopped": {
+						SchemaProps: spec.SchemaProps{
+							Description: "stopped is the number of runs that ended with result Stopped: stopped, cancelled after they were admitted, or deleted before they ended.",
+							Default:     0,
+							Type:        []string{"integer"},
+							Format:      "int64",
+						},
+					},
+				},
+			},
+		},
 	}
 }
 
