@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/controllers"
 )
@@ -65,11 +67,12 @@ func TestRunStatusWritesPerRun(t *testing.T) {
 	}
 	t.Logf("run status writes: %d for %d runs (%v); conflicts: %d", total, runs, statusWrites, len(conflicts))
 	// A run's status changes at its start (a scheduled), when a ends (b and c scheduled), and when
-	// b and c end (the run Finished): three batches. A fourth is allowed for an executor's reports
-	// that straddle a batch; once per ExecutorTask event would be seven.
-	if total > 4*runs || len(conflicts) > 0 {
+	// b and c end (the run Finished): three batches. Two more are allowed for an executor's reports
+	// that straddle a batch (on a loaded machine, the reports of b and c come apart); once per
+	// ExecutorTask event would be seven.
+	if total > 5*runs || len(conflicts) > 0 {
 		t.Fatalf("the manager wrote run statuses %d times for %d runs (at most %d), with %d conflicts %v; its writes of runs:\n%s",
-			total, runs, 4*runs, len(conflicts), conflicts, strings.Join(runWrites, "\n"))
+			total, runs, 5*runs, len(conflicts), conflicts, strings.Join(runWrites, "\n"))
 	}
 }
 
@@ -160,4 +163,42 @@ func newSchedulerOnManagerCache(t *testing.T) *controllers.Scheduler {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestARunIsCreatedWithWhatItsLifeNeeds: the defaulting webhook gives a run, as it is created, the
+// finalizers and change-group labels the manager keeps on it, so that the manager writes its
+// metadata once in its life (at its end: released from its groups, labelled with its result), not
+// also at its start.
+func TestARunIsCreatedWithWhatItsLifeNeeds(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "ex1")
+	run := newRun(ns, "r", task("a"))
+	run.Spec.ChangeGroups = []string{"g1", "g2"}
+	createRun(t, run)
+	for _, f := range []string{rsv1.FinalizerChangeGroupLedger, rsv1.FinalizerArchive} {
+		if !slices.Contains(run.Finalizers, f) {
+			t.Errorf("created with finalizers %v, want %s among them", run.Finalizers, f)
+		}
+	}
+	for _, g := range run.Spec.ChangeGroups {
+		if v, ok := run.Labels[arv1.LabelChangeGroupPrefix+g]; !ok || v != "" {
+			t.Errorf("created with labels %v, want %s%s", run.Labels, arv1.LabelChangeGroupPrefix, g)
+		}
+	}
+	complete(t, ns, "r", "a", rsv1.TaskPhaseSuccess)
+	waitRunPhase(t, ns, "r", rsv1.RunPhaseFinished)
+	eventually(t, 30*time.Second, "the finished run released from its groups", func() (bool, error) {
+		got := &rsv1.Run{}
+		err := k8s.Get(context.Background(), client.ObjectKeyFromObject(run), got)
+		return err == nil && !slices.Contains(got.Finalizers, rsv1.FinalizerChangeGroupLedger), err
+	})
+	var metaWrites []string
+	for _, w := range managerWritesIn(ns) {
+		if strings.HasSuffix(w.path, "/runs/r") {
+			metaWrites = append(metaWrites, fmt.Sprintf("%s %s %d", w.method, w.path, w.code))
+		}
+	}
+	if len(metaWrites) != 1 {
+		t.Errorf("the manager wrote the run's metadata %d times, want once (at its end):\n%s", len(metaWrites), strings.Join(metaWrites, "\n"))
+	}
 }

@@ -35,6 +35,7 @@ import (
 	"runservice.dev/runservice/internal/archive"
 	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/webhook"
 	"runservice.dev/runservice/pkg/dag"
 )
 
@@ -581,21 +582,19 @@ func (r *RunReconciler) writeStatus(ctx context.Context, run *rsv1.Run, old *rsv
 // ensureMeta gives a live run, in one write, what its life needs: FinalizerChangeGroupLedger when it
 // is in change groups, FinalizerArchive when runs are archived, and a label per change group.
 func (r *RunReconciler) ensureMeta(ctx context.Context, run *rsv1.Run) error {
-	want := func(finalizer string, needed bool) bool {
-		return needed && !controllerutil.ContainsFinalizer(run, finalizer)
+	var finalizers []string
+	for _, f := range webhook.Finalizers(run, r.Options.Archive) {
+		if !controllerutil.ContainsFinalizer(run, f) {
+			finalizers = append(finalizers, f)
+		}
 	}
-	ledger := want(rsv1.FinalizerChangeGroupLedger, len(run.Spec.ChangeGroups) > 0)
-	archived := want(rsv1.FinalizerArchive, r.Options.Archive)
 	labels := missingLabels(run)
-	if !ledger && !archived && len(labels) == 0 {
-		return nil
+	if len(finalizers) == 0 && len(labels) == 0 {
+		return nil // set at creation by the defaulting webhook
 	}
 	return r.patchMeta(ctx, run, func() {
-		if ledger {
-			controllerutil.AddFinalizer(run, rsv1.FinalizerChangeGroupLedger)
-		}
-		if archived {
-			controllerutil.AddFinalizer(run, rsv1.FinalizerArchive)
+		for _, f := range finalizers {
+			controllerutil.AddFinalizer(run, f)
 		}
 		setLabels(run, labels)
 	})

@@ -24,7 +24,7 @@ import (
 
 // Options configure the manager's reconcilers.
 type Options struct {
-	// Webhook registers the Run validating webhook on the manager's webhook server.
+	// Webhook registers the Run webhooks (defaulting and validating) on the manager's webhook server.
 	Webhook bool
 	// PhantomGrace is how long a ledger entry whose run never started (its create or update failed
 	// after the webhook admitted it) is kept before it is dropped.
@@ -207,6 +207,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		return err
 	}
 	if opts.Webhook {
+		(&webhook.RunDefaulter{Archiving: opts.Archive}).SetupWithManager(mgr)
 		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader()}).SetupWithManager(mgr)
 	}
 	return nil

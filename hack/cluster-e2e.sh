@@ -172,6 +172,8 @@ may "$mgr_sa" get secret/runservice-executor-token -n rbac-probe
 may "$mgr_sa" update secret/runservice-webhook-cert -n runservice-system
 mayNot "$mgr_sa" patch validatingwebhookconfiguration/another-webhook
 may "$mgr_sa" patch validatingwebhookconfiguration/runservice-validating-webhook-configuration
+may "$mgr_sa" patch mutatingwebhookconfiguration/runservice-mutating-webhook-configuration
+mayNot "$mgr_sa" patch mutatingwebhookconfiguration/another-webhook
 may "$mgr_sa" patch apiservice/v1alpha1.archive.runservice.dev
 mayNot "$mgr_sa" patch apiservice/v1.apps
 may "$mgr_sa" get configmap/extension-apiserver-authentication -n kube-system

@@ -51,7 +51,10 @@ type Options struct {
 	WebhookCertSecret    string
 	WebhookService       string
 	WebhookConfiguration string
-	Namespace            string
+	// MutatingWebhookConfiguration is the Run defaulting webhook's configuration, whose caBundle is
+	// kept beside WebhookConfiguration's.
+	MutatingWebhookConfiguration string
+	Namespace                    string
 	// ArchiveAPI serves archived runs (archive.runservice.dev) on every replica when its Port is not
 	// 0; its certificate is the webhook's unless it has a CertDir, its Store is ObjectStore, and its
 	// Index the replica's own, kept in ArchiveIndexDir.
@@ -104,7 +107,8 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 			}
 			certs = &webhookcert.Manager{
 				Client: c, Namespace: opts.Namespace, Secret: opts.WebhookCertSecret, Service: opts.WebhookService,
-				WebhookConfiguration: opts.WebhookConfiguration, CertDir: opts.WebhookCertDir,
+				WebhookConfiguration: opts.WebhookConfiguration, MutatingWebhookConfiguration: opts.MutatingWebhookConfiguration,
+				CertDir: opts.WebhookCertDir,
 			}
 			if opts.ArchiveAPI.Port != 0 && opts.ArchiveAPI.CertDir == "" {
 				certs.APIService = archiveapi.APIService // served with the same certificate

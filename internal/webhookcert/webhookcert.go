@@ -1,7 +1,7 @@
 // Package webhookcert lets the manager serve its webhook without cert-manager: it keeps a CA and a
 // serving certificate in a Secret (shared by all replicas, created by the first), writes them where
 // the webhook server reads them (controller-runtime reloads changed files), points the
-// ValidatingWebhookConfiguration's caBundle at the CA, and renews the certificates before they expire.
+// webhook configurations' caBundle at the CA, and renews the certificates before they expire.
 // The archive API, served behind the same Service, uses the same certificate: its APIService's
 // caBundle is kept too.
 package webhookcert
@@ -42,6 +42,9 @@ type Manager struct {
 	Namespace, Secret, Service string
 	// WebhookConfiguration is the ValidatingWebhookConfiguration whose caBundle is kept.
 	WebhookConfiguration string
+	// MutatingWebhookConfiguration, when set, is a MutatingWebhookConfiguration whose caBundle is
+	// kept too.
+	MutatingWebhookConfiguration string
 	// CertDir is where tls.crt and tls.key are written for the webhook server.
 	CertDir string
 	// APIService, when set, is an APIService served through Service whose caBundle is kept too.
@@ -54,6 +57,7 @@ type Manager struct {
 // +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;update,resourceNames=runservice-webhook-cert
 // +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=create
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;patch,resourceNames=runservice-validating-webhook-configuration
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=get;patch,resourceNames=runservice-mutating-webhook-configuration
 // +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=patch,resourceNames=v1alpha1.archive.runservice.dev
 
 // Ensure makes the certificates valid, written and trusted. It is safe to run from every replica.
@@ -143,21 +147,25 @@ func (m *Manager) issue(old map[string][]byte) (map[string][]byte, error) {
 	return data, nil
 }
 
-// patchCABundle sets the caBundle of the configuration's webhooks that call the Service.
+// patchCABundle sets the caBundle of the configurations' webhooks that call the Service.
 func (m *Manager) patchCABundle(ctx context.Context, ca []byte) error {
-	cfg := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-	if err := m.Client.Get(ctx, types.NamespacedName{Name: m.WebhookConfiguration}, cfg); err != nil {
-		return fmt.Errorf("reading webhook configuration %s: %w", m.WebhookConfiguration, err)
+	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	if err := m.patchWebhooks(ctx, vwc, m.WebhookConfiguration, ca, func() []*admissionregistrationv1.WebhookClientConfig {
+		return clientConfigs(vwc.Webhooks, func(w *admissionregistrationv1.ValidatingWebhook) *admissionregistrationv1.WebhookClientConfig {
+			return &w.ClientConfig
+		})
+	}); err != nil {
+		return err
 	}
-	patched := cfg.DeepCopy()
-	for i := range patched.Webhooks {
-		svc := patched.Webhooks[i].ClientConfig.Service
-		if svc != nil && svc.Name == m.Service && svc.Namespace == m.Namespace {
-			patched.Webhooks[i].ClientConfig.CABundle = ca
+	if m.MutatingWebhookConfiguration != "" {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := m.patchWebhooks(ctx, mwc, m.MutatingWebhookConfiguration, ca, func() []*admissionregistrationv1.WebhookClientConfig {
+			return clientConfigs(mwc.Webhooks, func(w *admissionregistrationv1.MutatingWebhook) *admissionregistrationv1.WebhookClientConfig {
+				return &w.ClientConfig
+			})
+		}); err != nil {
+			return err
 		}
-	}
-	if err := m.Client.Patch(ctx, patched, client.MergeFrom(cfg)); err != nil {
-		return fmt.Errorf("setting the caBundle of %s: %w", m.WebhookConfiguration, err)
 	}
 	if m.APIService == "" {
 		return nil
@@ -174,6 +182,33 @@ func (m *Manager) patchCABundle(ctx context.Context, ca []byte) error {
 		return fmt.Errorf("setting the caBundle of APIService %s: %w", m.APIService, err)
 	}
 	return nil
+}
+
+// patchWebhooks reads the webhook configuration name into cfg and sets, with one patch, the caBundle
+// of those of its webhooks (configs lists their client configurations) that call the Service.
+func (m *Manager) patchWebhooks(ctx context.Context, cfg client.Object, name string, ca []byte, configs func() []*admissionregistrationv1.WebhookClientConfig) error {
+	if err := m.Client.Get(ctx, types.NamespacedName{Name: name}, cfg); err != nil {
+		return fmt.Errorf("reading webhook configuration %s: %w", name, err)
+	}
+	base := cfg.DeepCopyObject().(client.Object)
+	for _, c := range configs() {
+		if svc := c.Service; svc != nil && svc.Name == m.Service && svc.Namespace == m.Namespace {
+			c.CABundle = ca
+		}
+	}
+	if err := m.Client.Patch(ctx, cfg, client.MergeFrom(base)); err != nil {
+		return fmt.Errorf("setting the caBundle of %s: %w", name, err)
+	}
+	return nil
+}
+
+// clientConfigs are the client configurations of a configuration's webhooks, to set in place.
+func clientConfigs[W any](hooks []W, of func(*W) *admissionregistrationv1.WebhookClientConfig) []*admissionregistrationv1.WebhookClientConfig {
+	out := make([]*admissionregistrationv1.WebhookClientConfig, len(hooks))
+	for i := range hooks {
+		out[i] = of(&hooks[i])
+	}
+	return out
 }
 
 func writeIfChanged(path string, data []byte) error {

@@ -66,10 +66,21 @@ func TestEnsure(t *testing.T) {
 }
 
 // TestAPIServiceCABundle: the archive API, served behind the webhook's Service with its
-// certificate, gets its APIService's caBundle kept too.
+// certificate, gets its APIService's caBundle kept too, and so does the defaulting webhook.
 func TestAPIServiceCABundle(t *testing.T) {
 	ctx := context.Background()
 	c, vwc := start(t)
+	v := vwc.Webhooks[0]
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "test-mwc"},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name: "mtest.runservice.dev", ClientConfig: v.ClientConfig, Rules: v.Rules, FailurePolicy: v.FailurePolicy,
+			SideEffects: v.SideEffects, AdmissionReviewVersions: v.AdmissionReviewVersions,
+		}},
+	}
+	if err := c.Create(ctx, mwc); err != nil {
+		t.Fatal(err)
+	}
 	svc := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
 		"metadata": map[string]any{"name": "v1.test.runservice.dev"},
@@ -84,11 +95,16 @@ func TestAPIServiceCABundle(t *testing.T) {
 	dir := t.TempDir()
 	m := &webhookcert.Manager{
 		Client: c, Namespace: "runservice-system", Secret: "runservice-webhook-cert",
-		Service: "runservice-webhook-service", WebhookConfiguration: vwc.Name, CertDir: dir, APIService: svc.GetName(),
+		Service: "runservice-webhook-service", WebhookConfiguration: vwc.Name, MutatingWebhookConfiguration: mwc.Name,
+		CertDir: dir, APIService: svc.GetName(),
 	}
 	if err := m.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(mwc), mwc); err != nil {
+		t.Fatal(err)
+	}
+	verify(t, dir, mwc.Webhooks[0].ClientConfig.CABundle, "runservice-webhook-service.runservice-system.svc")
 	if err := c.Get(ctx, client.ObjectKeyFromObject(svc), svc); err != nil {
 		t.Fatal(err)
 	}
