@@ -339,13 +339,15 @@ func TestArchivingWaitsForTheRunControllersLastWrites(t *testing.T) {
 			}
 		}
 	}
+	// The ledger's writes of the group, which the runs leave together, may conflict among themselves
+	// (each is retried); the runs' own writes may not.
 	var conflicts []string
 	for _, w := range managerWritesIn(ns) {
-		if w.code == 409 {
+		if w.code == 409 && strings.Contains(w.path, "/runs/") {
 			conflicts = append(conflicts, fmt.Sprintf("%s %s", w.method, w.path))
 		}
 	}
 	if len(conflicts) > 0 {
-		t.Errorf("%d of the manager's writes were refused for conflicts while archiving %d runs:\n%s", len(conflicts), runs, strings.Join(conflicts, "\n"))
+		t.Errorf("%d of the manager's writes of runs were refused for conflicts while archiving %d runs:\n%s", len(conflicts), runs, strings.Join(conflicts, "\n"))
 	}
 }
