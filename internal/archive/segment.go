@@ -49,6 +49,13 @@ func HourPrefix(t time.Time) string {
 // WriteSegment writes entries as a new segment and returns its key. The segment appears whole or
 // not at all.
 func WriteSegment(ctx context.Context, store *objectstore.Store, now time.Time, entries []Entry) (string, error) {
+	return WriteSegmentMidway(ctx, store, now, entries, nil)
+}
+
+// WriteSegmentMidway is WriteSegment that calls midway, when set, once the first half of entries
+// has gone to the store: an error from it ends the write there, as a crash of the writer would
+// (the archiver's fault tests), and the segment does not appear.
+func WriteSegmentMidway(ctx context.Context, store *objectstore.Store, now time.Time, entries []Entry, midway func() error) (string, error) {
 	pr, pw := io.Pipe()
 	go func() {
 		zw := gzip.NewWriter(pw)
@@ -57,6 +64,16 @@ func WriteSegment(ctx context.Context, store *objectstore.Store, now time.Time, 
 			if err := enc.Encode(&entries[i]); err != nil {
 				pw.CloseWithError(err)
 				return
+			}
+			if midway != nil && i == (len(entries)-1)/2 {
+				if err := zw.Flush(); err != nil {
+					pw.CloseWithError(err)
+					return
+				}
+				if err := midway(); err != nil {
+					pw.CloseWithError(err)
+					return
+				}
 			}
 		}
 		pw.CloseWithError(zw.Close())
