@@ -272,6 +272,9 @@ func s3Store(t *testing.T) archiveStore {
 func useStore(t *testing.T, url string) {
 	t.Helper()
 	prev := storeURL
+	if url == prev {
+		return
+	}
 	stopManager()
 	storeURL = url
 	if err := startManager(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,6 +25,7 @@ import (
 // still reads the logs of a failed and a successful one.
 func ArchivedMany(t *testing.T, h *Harness, ns string, n int) {
 	ctx := context.Background()
+	start := time.Now()
 	groups := []string{"project-a", "project-b"}
 	for i := range n {
 		tasks := []rsv1.Task{ShellTask("main", fmt.Sprintf("echo run %d", i))}
@@ -42,7 +44,8 @@ func ArchivedMany(t *testing.T, h *Harness, ns string, n int) {
 	// What each run finished with, as the table of archived runs shows it: name, change groups,
 	// phase, result, tasks.
 	finished := map[string]string{}
-	h.Eventually(t, fmt.Sprintf("the %d runs finished", n), func() bool {
+	// n runs of real containers take longer than one wait of the harness on a loaded machine.
+	Eventually(t, max(h.Timeout, time.Duration(n)*5*time.Second), fmt.Sprintf("the %d runs finished", n), func() bool {
 		var list rsv1.RunList
 		if err := h.Client.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) != n {
 			return false
@@ -55,6 +58,7 @@ func ArchivedMany(t *testing.T, h *Harness, ns string, n int) {
 		}
 		return true
 	})
+	t.Logf("%d runs finished in %v", n, time.Since(start).Round(time.Millisecond))
 	for i := range n {
 		name, want := fmt.Sprintf("many-%02d", i), rsv1.RunResultSuccess
 		if i%5 == 0 {
@@ -75,6 +79,8 @@ func ArchivedMany(t *testing.T, h *Harness, ns string, n int) {
 			h.Client.List(ctx, &tasks, client.InNamespace(ns)) == nil && len(tasks.Items) == 0
 	})
 
+	t.Logf("archived and gone from etcd %v later", time.Since(start).Round(time.Millisecond))
+
 	// Every run once, in pages of 7, as it finished.
 	var rows []string
 	var requests string
@@ -86,6 +92,7 @@ func ArchivedMany(t *testing.T, h *Harness, ns string, n int) {
 		rows, requests = strings.Split(strings.TrimSpace(out), "\n"), log
 		return len(rows) >= n
 	})
+	t.Logf("listed %v later", time.Since(start).Round(time.Millisecond))
 	got := map[string]string{}
 	for _, row := range rows {
 		f := strings.Fields(row)
