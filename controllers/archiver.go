@@ -49,8 +49,9 @@ type ArchiverReconciler struct {
 	Workers          int
 	Metrics          *Metrics
 	// StepDone, when set, is called after each step of archiving a run ("document", "segment",
-	// "executortasks", "finalizer"); an error ends the archiving there: fault tests stop the manager
-	// at that point, as a crash would.
+	// "executortasks", "finalizer"), and in the middle of writing the segment that holds its index
+	// entry ("segment-write", half of the segment's entries sent to the store); an error ends the
+	// archiving there: fault tests stop the manager at that point, as a crash would.
 	StepDone func(run types.NamespacedName, step string) error
 
 	segments *segmentBatcher
@@ -249,7 +250,7 @@ func (r *ArchiverReconciler) keepArchivedTasks(ctx context.Context, run *rsv1.Ru
 
 // SetupWithManager registers the archiver: it runs on the leader only, as every reconciler.
 func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	r.segments = &segmentBatcher{store: r.Store, max: 500, wait: 500 * time.Millisecond, kick: make(chan struct{}, 1)}
+	r.segments = &segmentBatcher{store: r.Store, max: 500, wait: 500 * time.Millisecond, kick: make(chan struct{}, 1), stepDone: r.StepDone}
 	if err := mgr.Add(r.segments); err != nil {
 		return err
 	}
@@ -353,6 +354,9 @@ type segmentBatcher struct {
 	wait time.Duration
 
 	kick chan struct{} // a segment has its first entry, or is full
+	// stepDone is the archiver's StepDone, called for each run of a segment midway through its
+	// write.
+	stepDone func(run types.NamespacedName, step string) error
 
 	mu      sync.Mutex
 	pending []archive.Entry
@@ -416,7 +420,18 @@ func (b *segmentBatcher) flush(ctx context.Context) {
 	if len(entries) == 0 {
 		return
 	}
-	_, err := archive.WriteSegment(context.WithoutCancel(ctx), b.store, time.Now(), entries)
+	var midway func() error
+	if b.stepDone != nil {
+		midway = func() error {
+			for _, e := range entries {
+				if err := b.stepDone(types.NamespacedName{Namespace: e.Namespace, Name: e.Name}, "segment-write"); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	_, err := archive.WriteSegmentMidway(context.WithoutCancel(ctx), b.store, time.Now(), entries, midway)
 	for _, w := range waiters {
 		w <- err
 	}

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +21,9 @@ import (
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/archive"
+	"runservice.dev/runservice/internal/archive/index"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/testenv"
 )
 
 // archivedSoon makes run archived as soon as it ends (the suite's manager waits an hour).
@@ -192,52 +197,39 @@ func TestADeletedRunIsStoppedThenArchived(t *testing.T) {
 	}
 }
 
-// TestArchivingSurvivesACrashAtEveryStep: the manager stops after each step of archiving (the
-// document written, the index segment written, the ExecutorTasks deleted, the finalizer removed);
-// a new manager finishes the work: the run is gone from etcd with its ExecutorTasks, its one
-// document holds every ExecutorTask, and an index segment names it.
-func TestArchivingSurvivesACrashAtEveryStep(t *testing.T) {
-	ns := newNamespace(t)
-	startExecutor(t, ns, "ex1")
-	t.Cleanup(func() { archiveStepDone.Store(nil) })
-	for _, step := range []string{"document", "segment", "executortasks", "finalizer"} {
-		t.Run(step, func(t *testing.T) {
-			name := "crash-" + step
-			crash := newManagerCrash()
-			hook := func(run types.NamespacedName, s string) error {
-				if run.Name != name || s != step {
-					return nil
-				}
-				return crash.now()
+// archiveSteps are where the archiver's StepDone is called, in order ("segment-write" is midway
+// through the segment's write).
+var archiveSteps = []string{"document", "segment-write", "segment", "executortasks", "finalizer"}
+
+// archiveStore is an object store the archive's fault tests run the manager on, and how to take it
+// away for a while and bring it back.
+type archiveStore struct {
+	url      string
+	down, up func(t *testing.T)
+}
+
+// onEachStore runs f twice, the manager restarted on each store: the suite's directory (file://)
+// and a bucket of a real S3 server (versitygw). Afterwards the suite's manager is back on its
+// directory.
+func onEachStore(t *testing.T, f func(t *testing.T, s archiveStore)) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			var s archiveStore
+			if kind == "file" {
+				s = dirStore(t)
+			} else {
+				s = s3Store(t)
 			}
-			archiveStepDone.Store(&hook)
-			createRun(t, archivedSoon(fanOut(ns, name), "0s"))
-			for _, task := range []string{"a", "b", "c"} {
-				complete(t, ns, name, task, rsv1.TaskPhaseSuccess)
-			}
-			run := waitRunPhase(t, ns, name, rsv1.RunPhaseFinished)
-			crash.wait(t, "archiving step "+step)
-			archiveStepDone.Store(nil)
-			if err := startManager(); err != nil {
-				t.Fatal(err)
-			}
-			doc := waitArchived(t, run)
-			checkDocument(t, doc, run, "a", "b", "c")
+			useStore(t, s.url)
+			f(t, s)
 		})
 	}
 }
 
-// TestArchivingWaitsForTheObjectStore: while the object store refuses writes, a finished run stays
-// in etcd with its ExecutorTasks; once the store is back it is archived.
-func TestArchivingWaitsForTheObjectStore(t *testing.T) {
-	ns := newNamespace(t)
-	startExecutor(t, ns, "ex1")
-	// The suite's store is a directory: a file in its place makes every write fail.
+// dirStore is the suite's directory; down puts a file in its place, so that every write fails.
+func dirStore(t *testing.T) archiveStore {
 	moved := storeDir + ".away"
-	if err := os.Rename(storeDir, moved); err != nil {
-		t.Fatal(err)
-	}
-	restore := func() {
+	up := func(t *testing.T) {
 		if _, err := os.Stat(moved); err == nil {
 			_ = os.Remove(storeDir)
 			if err := os.Rename(moved, storeDir); err != nil {
@@ -245,24 +237,284 @@ func TestArchivingWaitsForTheObjectStore(t *testing.T) {
 			}
 		}
 	}
-	t.Cleanup(restore)
-	if err := os.WriteFile(storeDir, []byte("unavailable"), 0o600); err != nil {
+	t.Cleanup(func() { up(t) })
+	return archiveStore{url: storeURL, up: up, down: func(t *testing.T) {
+		if err := os.Rename(storeDir, moved); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(storeDir, []byte("unavailable"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}}
+}
+
+// s3Store is a bucket of a versitygw started for t; down stops the server (its port refuses), up
+// starts it again on the same port and data.
+func s3Store(t *testing.T) archiveStore {
+	srv, err := testenv.StartS3(env.Root, t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
-	createRun(t, archivedSoon(fanOut(ns, "waits"), "0s"))
-	for _, task := range []string{"a", "b", "c"} {
-		complete(t, ns, "waits", task, rsv1.TaskPhaseSuccess)
+	t.Cleanup(srv.Stop)
+	for _, kv := range srv.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v) // read by the manager when it opens the store
 	}
-	run := waitRunPhase(t, ns, "waits", rsv1.RunPhaseFinished)
-	time.Sleep(3 * time.Second) // several attempts fail meanwhile
-	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(run), &rsv1.Run{}); err != nil {
-		t.Fatalf("the run left etcd while the store was unavailable: %v", err)
+	return archiveStore{url: srv.URL, down: func(*testing.T) { srv.Stop() }, up: func(t *testing.T) {
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}}
+}
+
+// useStore restarts the manager on the store at url until t ends.
+func useStore(t *testing.T, url string) {
+	t.Helper()
+	prev := storeURL
+	if url == prev {
+		return
 	}
-	if n := len(runTasks(t, ns, run)); n != 3 {
-		t.Fatalf("%d ExecutorTasks left while the store was unavailable, want 3", n)
+	stopManager()
+	storeURL = url
+	if err := startManager(); err != nil {
+		t.Fatal(err)
 	}
-	restore()
-	checkDocument(t, waitArchived(t, run), run, "a", "b", "c")
+	t.Cleanup(func() {
+		stopManager()
+		storeURL = prev
+		if err := startManager(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// crasher stops the manager at steps of archiving the runs r00, r01... of one namespace, as a
+// crash would, and starts a new one. It crashes each step once: at the first run that reaches it
+// from a run chosen at random on. While a manager stops, every step of every run fails, as nothing
+// more happens in a dead process.
+type crasher struct {
+	t    *testing.T
+	ns   string
+	from map[string]int // step -> the first run that may crash there
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	// down: a manager is stopping; crashed: the steps crashed; off: no more crashes.
+	down, off bool
+	crashed   map[string]int
+}
+
+func newCrasher(t *testing.T, ns string, runs int) *crasher {
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	c := &crasher{t: t, ns: ns, from: map[string]int{}, crashed: map[string]int{}}
+	for _, step := range archiveSteps {
+		c.from[step] = rng.IntN(runs)
+	}
+	t.Logf("crashes from runs %v (seed %d)", c.from, seed)
+	hook := c.stepDone
+	archiveStepDone.Store(&hook)
+	t.Cleanup(c.stop)
+	return c
+}
+
+func (c *crasher) stepDone(run types.NamespacedName, step string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.down {
+		return errCrash
+	}
+	var i int
+	if _, err := fmt.Sscanf(run.Name, "r%d", &i); err != nil || c.off || run.Namespace != c.ns || c.crashed[step] > 0 || i < c.from[step] {
+		return nil
+	}
+	c.crashed[step]++
+	c.down = true
+	c.t.Logf("crash after step %s of run %s", step, run.Name)
+	c.wg.Go(func() {
+		stopManager()
+		c.mu.Lock()
+		c.down = false
+		c.mu.Unlock()
+		if err := startManager(); err != nil {
+			c.t.Errorf("restarting the manager: %v", err)
+		}
+	})
+	return errCrash
+}
+
+// stop ends the crashes and waits for the last restart.
+func (c *crasher) stop() {
+	c.mu.Lock()
+	c.off = true
+	c.mu.Unlock()
+	c.wg.Wait()
+	archiveStepDone.Store(nil)
+}
+
+// finishing creates n runs a → (b, c) in change group g1, archived as soon as they end, and drives
+// them to their end one after the other: every fourth one fails (a fails, b and c are skipped). It
+// returns the runs as they finished, with the tasks that have ExecutorTasks.
+func finishing(t *testing.T, ns string, n int) []finishedRun {
+	var out []finishedRun
+	for i := range n {
+		run := createRun(t, archivedSoon(fanOut(ns, fmt.Sprintf("r%02d", i)), "0s"))
+		f := finishedRun{run: run, tasks: []string{"a", "b", "c"}}
+		run.Status.Phase, run.Status.Result = rsv1.RunPhaseFinished, rsv1.RunResultSuccess
+		run.Status.Tasks = []rsv1.TaskStatus{{Name: "a"}, {Name: "b"}, {Name: "c"}}
+		if i%4 == 3 {
+			run.Status.Result, f.tasks = rsv1.RunResultFailed, []string{"a"}
+		}
+		out = append(out, f)
+	}
+	for _, f := range out {
+		if f.run.Status.Result == rsv1.RunResultFailed {
+			complete(t, ns, f.run.Name, "a", rsv1.TaskPhaseFailed)
+			continue
+		}
+		for _, task := range f.tasks {
+			complete(t, ns, f.run.Name, task, rsv1.TaskPhaseSuccess)
+		}
+	}
+	return out
+}
+
+// finishedRun is a run as it finished (uid, phase, result, tasks), and the tasks it ran.
+type finishedRun struct {
+	run   *rsv1.Run
+	tasks []string
+}
+
+// checkArchiveOutcome checks the whole outcome of archiving the runs of ns, which finished as
+// runs say: each is gone from etcd with its ExecutorTasks; the store holds exactly one document
+// per run, of its uid, with its result and ExecutorTasks; and an index rebuilt cold from the
+// store's segments lists and counts exactly these documents.
+func checkArchiveOutcome(t *testing.T, ns string, runs []finishedRun) {
+	t.Helper()
+	ctx := context.Background()
+	want := map[string]finishedRun{}
+	counts := map[string]int64{}
+	for _, f := range runs {
+		checkDocument(t, waitArchived(t, f.run), f.run, f.tasks...)
+		want[f.run.Name] = f
+		counts[string(f.run.Status.Phase)+"/"+string(f.run.Status.Result)]++
+	}
+	var live rsv1.RunList
+	var tasks rsv1.ExecutorTaskList
+	if err := k8s.List(ctx, &live, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.List(ctx, &tasks, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(live.Items) != 0 || len(tasks.Items) != 0 {
+		t.Errorf("%d runs and %d ExecutorTasks left in etcd, want none", len(live.Items), len(tasks.Items))
+	}
+
+	store := openStore(t)
+	keys, err := store.List(ctx, "runs/"+ns+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := map[string][]string{} // run name -> the uids of its documents
+	for _, k := range keys {
+		if parts := strings.Split(k, "/"); len(parts) == 5 && parts[4] == "run.json" {
+			docs[parts[2]] = append(docs[parts[2]], parts[3])
+		}
+	}
+	if len(docs) != len(want) {
+		t.Errorf("documents of %d runs in the store, want the %d that finished", len(docs), len(want))
+	}
+	for name, uids := range docs {
+		if f, ok := want[name]; !ok || len(uids) != 1 || uids[0] != string(f.run.UID) {
+			t.Errorf("run %s has documents of uids %v, want one, of %s", name, uids, f.run.UID)
+		}
+	}
+
+	ix, err := index.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	if err := (&index.Follower{Store: store, Index: ix}).Sync(ctx); err != nil {
+		t.Fatalf("cold rebuild of the index from the store: %v", err)
+	}
+	seen := map[string]bool{}
+	q := index.Query{Namespace: ns, Limit: 7}
+	for {
+		page, err := ix.List(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page.Entries {
+			f, ok := want[e.Name]
+			if !ok || seen[e.Name] || e.UID != string(f.run.UID) || e.Phase != string(f.run.Status.Phase) || e.Result != string(f.run.Status.Result) {
+				t.Errorf("the rebuilt index lists %s %s %s/%s (listed before: %v), want each finished run once as it finished", e.Name, e.UID, e.Phase, e.Result, seen[e.Name])
+			}
+			seen[e.Name] = true
+		}
+		if q.Continue = page.Continue; q.Continue == "" {
+			break
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("the rebuilt index lists %d runs, want %d", len(seen), len(want))
+	}
+	for _, group := range []string{"", "g1"} {
+		if got, err := ix.Count(ns, group); err != nil || !maps.Equal(got, counts) {
+			t.Errorf("the rebuilt index counts %v in group %q (%v), want %v", got, group, err, counts)
+		}
+	}
+}
+
+// TestArchivingSurvivesACrashAtEveryStep: on each store, 20 runs finish while the manager is
+// stopped, once after each step of archiving (the document written, midway through the index
+// segment's write, the segment written, the ExecutorTasks deleted, the finalizer removed) at a
+// run chosen at random, and a new manager started each time. Afterwards each run is archived once, as it
+// finished, and gone from etcd with its ExecutorTasks, and an index rebuilt cold from the store
+// equals the documents.
+func TestArchivingSurvivesACrashAtEveryStep(t *testing.T) {
+	onEachStore(t, func(t *testing.T, _ archiveStore) {
+		ns := newNamespace(t)
+		startExecutor(t, ns, "ex1")
+		c := newCrasher(t, ns, 20)
+		runs := finishing(t, ns, 20)
+		for _, f := range runs {
+			waitArchived(t, f.run)
+		}
+		c.stop()
+		for _, step := range archiveSteps {
+			if c.crashed[step] == 0 {
+				t.Errorf("no crash after step %s", step)
+			}
+		}
+		checkArchiveOutcome(t, ns, runs)
+	})
+}
+
+// TestArchivingWaitsForTheObjectStore: on each store, while the store is unavailable (the
+// directory replaced by a file; the S3 server stopped, its port refusing), finished runs stay in
+// etcd with their ExecutorTasks; once the store is back they are archived, whole.
+func TestArchivingWaitsForTheObjectStore(t *testing.T) {
+	onEachStore(t, func(t *testing.T, s archiveStore) {
+		ns := newNamespace(t)
+		startExecutor(t, ns, "ex1")
+		s.down(t)
+		runs := finishing(t, ns, 4)
+		for _, f := range runs {
+			waitRunPhase(t, ns, f.run.Name, rsv1.RunPhaseFinished)
+		}
+		time.Sleep(3 * time.Second) // several attempts fail meanwhile
+		for _, f := range runs {
+			if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(f.run), &rsv1.Run{}); err != nil {
+				t.Fatalf("run %s left etcd while the store was unavailable: %v", f.run.Name, err)
+			}
+			if n := len(runTasks(t, ns, f.run)); n != len(f.tasks) {
+				t.Fatalf("run %s: %d ExecutorTasks left while the store was unavailable, want %d", f.run.Name, n, len(f.tasks))
+			}
+		}
+		s.up(t)
+		checkArchiveOutcome(t, ns, runs)
+	})
 }
 
 func runTasks(t *testing.T, ns string, run *rsv1.Run) []rsv1.ExecutorTask {

@@ -2,7 +2,6 @@ package archive
 
 import (
 	"bufio"
-	"compress/flate"
 	"compress/gzip"
 	"context"
 	"crypto/rand"
@@ -49,6 +48,13 @@ func HourPrefix(t time.Time) string {
 // WriteSegment writes entries as a new segment and returns its key. The segment appears whole or
 // not at all.
 func WriteSegment(ctx context.Context, store *objectstore.Store, now time.Time, entries []Entry) (string, error) {
+	return WriteSegmentMidway(ctx, store, now, entries, nil)
+}
+
+// WriteSegmentMidway is WriteSegment that calls midway, when set, once the first half of entries
+// has gone to the store: an error from it ends the write there, as a crash of the writer would
+// (the archiver's fault tests), and the segment does not appear.
+func WriteSegmentMidway(ctx context.Context, store *objectstore.Store, now time.Time, entries []Entry, midway func() error) (string, error) {
 	pr, pw := io.Pipe()
 	go func() {
 		zw := gzip.NewWriter(pw)
@@ -57,6 +63,16 @@ func WriteSegment(ctx context.Context, store *objectstore.Store, now time.Time, 
 			if err := enc.Encode(&entries[i]); err != nil {
 				pw.CloseWithError(err)
 				return
+			}
+			if midway != nil && i == (len(entries)-1)/2 {
+				if err := zw.Flush(); err != nil {
+					pw.CloseWithError(err)
+					return
+				}
+				if err := midway(); err != nil {
+					pw.CloseWithError(err)
+					return
+				}
 			}
 		}
 		pw.CloseWithError(zw.Close())
@@ -70,7 +86,9 @@ func WriteSegment(ctx context.Context, store *objectstore.Store, now time.Time, 
 	return key, nil
 }
 
-// ReadSegment reads the segment at key.
+// ReadSegment reads the segment at key. A segment whose content cannot be indexed is
+// ErrBadSegment; one that could not be read whole (the store failed midway) is another error, to
+// be read again.
 func ReadSegment(ctx context.Context, store *objectstore.Store, key string) ([]Entry, error) {
 	if !strings.HasPrefix(key, SegmentPrefix) {
 		return nil, fmt.Errorf("%s is not an index segment", key)
@@ -80,31 +98,55 @@ func ReadSegment(ctx context.Context, store *objectstore.Store, key string) ([]E
 		return nil, err
 	}
 	defer r.Close()
-	zr, err := gzip.NewReader(r)
+	return readSegment(key, r)
+}
+
+func readSegment(key string, r io.Reader) ([]Entry, error) {
+	src := &readErr{r: r}
+	bad := func(err error) error {
+		if src.err != nil {
+			// What was read is cut short by the read, not by the segment: not bad.
+			return fmt.Errorf("reading index segment %s: %w", key, src.err)
+		}
+		return fmt.Errorf("%w %s: %w", ErrBadSegment, key, err)
+	}
+	zr, err := gzip.NewReader(src)
 	if err != nil {
-		return nil, fmt.Errorf("%w %s: %w", ErrBadSegment, key, err)
+		return nil, bad(err)
 	}
 	var out []Entry
 	sc := bufio.NewScanner(zr)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		if len(out) == maxSegmentEntries {
-			return nil, fmt.Errorf("%w %s: more than %d entries", ErrBadSegment, key, maxSegmentEntries)
+			return nil, bad(fmt.Errorf("more than %d entries", maxSegmentEntries))
 		}
 		var e Entry
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return nil, fmt.Errorf("%w %s, entry %d: %w", ErrBadSegment, key, len(out)+1, err)
+			return nil, bad(fmt.Errorf("entry %d: %w", len(out)+1, err))
 		}
 		out = append(out, e)
 	}
-	if err := sc.Err(); err != nil && !errors.Is(err, io.EOF) {
-		var corrupt flate.CorruptInputError
-		if errors.Is(err, bufio.ErrTooLong) || errors.Is(err, gzip.ErrChecksum) || errors.As(err, &corrupt) {
-			return nil, fmt.Errorf("%w %s: %w", ErrBadSegment, key, err)
-		}
-		return nil, fmt.Errorf("reading index segment %s: %w", key, err)
+	if err := sc.Err(); err != nil {
+		// The object ends midway through its gzip stream (io.ErrUnexpectedEOF), is corrupt, or
+		// holds a line too long.
+		return nil, bad(err)
 	}
 	return out, nil
+}
+
+// readErr remembers the error, other than io.EOF, that a read of r returned.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		r.err = err
+	}
+	return n, err
 }
 
 // maxMergedEntries bounds a segment CompactHour writes, far below what ReadSegment accepts.

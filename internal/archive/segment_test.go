@@ -1,11 +1,17 @@
 package archive_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"runservice.dev/runservice/internal/archive"
@@ -68,5 +74,83 @@ func TestCompactHour(t *testing.T) {
 				t.Fatalf("the next hour's segment: %v, %v", ok, err)
 			}
 		})
+	}
+}
+
+// TestASegmentCutShortIsBad: a segment whose object ends midway through its gzip stream (written
+// cut short by an earlier version, or damaged) is a bad segment, skipped by indexes, not an error
+// that a follower retries for ever.
+func TestASegmentCutShortIsBad(t *testing.T) {
+	for name, store := range testenv.Stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			now := time.Now()
+			var entries []archive.Entry
+			for i := range 200 {
+				entries = append(entries, archive.Entry{Namespace: "ns", Name: fmt.Sprintf("r%d", i), UID: fmt.Sprintf("uid-%d", i), Phase: "Finished", Created: now, Archived: now})
+			}
+			key, err := archive.WriteSegment(ctx, store, now, entries)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc, err := store.Get(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			whole, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Cut mid-line, and after whole lines (flushed, its gzip stream never closed).
+			var flushed bytes.Buffer
+			zw := gzip.NewWriter(&flushed)
+			for i := range 3 {
+				if err := json.NewEncoder(zw).Encode(&entries[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := zw.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			for i, content := range [][]byte{whole[:len(whole)/2], flushed.Bytes()} {
+				cut := archive.HourPrefix(now) + fmt.Sprintf("000000000000000000%d-cut.jsonl.gz", i)
+				if err := store.Put(ctx, cut, bytes.NewReader(content)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := archive.ReadSegment(ctx, store, cut); !errors.Is(err, archive.ErrBadSegment) {
+					t.Fatalf("reading a segment cut short (%d): %v, want ErrBadSegment", i, err)
+				}
+			}
+			if got, err := archive.ReadSegment(ctx, store, key); err != nil || len(got) != len(entries) {
+				t.Fatalf("the whole segment: %d entries, %v", len(got), err)
+			}
+		})
+	}
+}
+
+// TestASegmentReadThatFailsIsNotBad: a whole segment whose read fails midway (the store's
+// connection drops) is not a bad segment: a follower reads it again rather than skip it for ever.
+func TestASegmentReadThatFailsIsNotBad(t *testing.T) {
+	var whole bytes.Buffer
+	zw := gzip.NewWriter(&whole)
+	for i := range 200 {
+		e := archive.Entry{Namespace: "ns", Name: fmt.Sprintf("r%d", i), UID: fmt.Sprintf("uid-%d", i), Phase: "Finished"}
+		if err := json.NewEncoder(zw).Encode(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dropped := errors.New("connection reset")
+	for _, n := range []int{5, whole.Len() / 2} { // within the gzip header, and mid-line
+		r := io.MultiReader(bytes.NewReader(whole.Bytes()[:n]), iotest.ErrReader(dropped))
+		if _, err := archive.ReadSegmentFrom("archive/segments/x.jsonl.gz", r); errors.Is(err, archive.ErrBadSegment) || !errors.Is(err, dropped) {
+			t.Errorf("a read failing after %d bytes: %v, want the read's error, not a bad segment", n, err)
+		}
+	}
+	if got, err := archive.ReadSegmentFrom("archive/segments/x.jsonl.gz", bytes.NewReader(whole.Bytes())); err != nil || len(got) != 200 {
+		t.Fatalf("the whole segment: %d entries, %v", len(got), err)
 	}
 }

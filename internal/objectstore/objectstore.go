@@ -125,13 +125,18 @@ func (t Task) ArchiveKey(step int) string {
 	return fmt.Sprintf("%sarchives/%d.tar", t.Prefix(), step)
 }
 
-// Put writes r at key; the object appears whole or not at all.
+// Put writes r at key; the object appears whole or not at all: a read of r that fails leaves the
+// key as it was.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
+	// A gocloud writer commits what it was given on Close; only a cancelled context aborts it.
+	ctx, abort := context.WithCancel(ctx)
+	defer abort()
 	w, err := s.bucket.NewWriter(ctx, key, nil)
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", key, err)
 	}
 	if _, err := io.Copy(w, r); err != nil {
+		abort()
 		_ = w.Close()
 		return fmt.Errorf("writing %s: %w", key, err)
 	}

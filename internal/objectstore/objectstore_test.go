@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
@@ -63,6 +64,44 @@ func TestBackends(t *testing.T) {
 			}
 			if _, err := store.Get(ctx, "runs/ns/run/tasks/nope/steps/0.log"); !errors.Is(err, objectstore.ErrNotFound) {
 				t.Fatalf("missing key: %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+// TestAPutThatFailsMidwayLeavesNothing: a reader that fails after half of an object (an executor
+// that drops the connection mid-body, an encoder that fails) stores nothing at the key, on either
+// backend: neither a new object cut short nor a change to the one written before.
+func TestAPutThatFailsMidwayLeavesNothing(t *testing.T) {
+	for name, store := range testenv.Stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			broken := errors.New("the connection dropped")
+			half := func(n int) io.Reader {
+				return io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("x"), n)), iotest.ErrReader(broken))
+			}
+			for _, n := range []int{10, 6 << 20} { // one request, and a multipart upload on S3
+				key := fmt.Sprintf("half/new-%d", n)
+				if err := store.Put(ctx, key, half(n)); !errors.Is(err, broken) {
+					t.Fatalf("put of %d bytes then an error: %v, want the reader's error", n, err)
+				}
+				if ok, err := store.Exists(ctx, key); err != nil || ok {
+					t.Fatalf("after a put that failed after %d bytes, the key exists: %v (%v)", n, ok, err)
+				}
+			}
+			if err := store.Put(ctx, "half/old", strings.NewReader("whole")); err != nil {
+				t.Fatal(err)
+			}
+			if err := store.Put(ctx, "half/old", half(3)); !errors.Is(err, broken) {
+				t.Fatalf("overwrite that fails: %v", err)
+			}
+			rc, err := store.Get(ctx, "half/old")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			if got, err := io.ReadAll(rc); err != nil || string(got) != "whole" {
+				t.Fatalf("the object a failed put would have replaced reads %q (%v), want it whole", got, err)
 			}
 		})
 	}

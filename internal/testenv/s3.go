@@ -20,7 +20,9 @@ type S3 struct {
 	URL string
 	// Env is what a process needs to reach it: the credentials, as AWS_* variables.
 	Env []string
-	cmd *exec.Cmd
+
+	bin, addr, dir, access, secret string
+	cmd                            *exec.Cmd
 }
 
 // StartS3 builds (once, hack/s3.sh) and starts versitygw on a free loopback port, storing under dir.
@@ -29,7 +31,6 @@ func StartS3(root, dir string) (*S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building versitygw with hack/s3.sh: %w", err)
 	}
-	bin := strings.TrimSpace(string(out))
 	const bucket = "runservice"
 	if err := os.MkdirAll(filepath.Join(dir, bucket), 0o755); err != nil {
 		return nil, err
@@ -40,35 +41,49 @@ func StartS3(root, dir string) (*S3, error) {
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close()
-	access, secret := "runservice", "runservice-secret-key"
-	cmd := exec.Command(bin, "--port", addr, "--access", access, "--secret", secret, "posix", "--nometa", dir)
+	s := &S3{
+		URL:  fmt.Sprintf("s3://%s?endpoint=http://%s&use_path_style=true&region=us-east-1", bucket, addr),
+		bin:  strings.TrimSpace(string(out)),
+		addr: addr, dir: dir, access: "runservice", secret: "runservice-secret-key",
+	}
+	s.Env = []string{"AWS_ACCESS_KEY_ID=" + s.access, "AWS_SECRET_ACCESS_KEY=" + s.secret, "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required"}
+	if err := s.Start(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Start starts the server (again, after Stop) on its address, serving what it stored before, and
+// waits until it answers.
+func (s *S3) Start() error {
+	cmd := exec.Command(s.bin, "--port", s.addr, "--access", s.access, "--secret", s.secret, "posix", "--nometa", s.dir)
 	cmd.Stderr = os.Stderr // its access log goes to stdout: dropped
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting versitygw: %w", err)
+		return fmt.Errorf("starting versitygw: %w", err)
 	}
+	s.cmd = cmd
 	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", addr)
+		c, err := net.Dial("tcp", s.addr)
 		if err == nil {
 			_ = c.Close()
-			break
+			return nil
 		}
 		if i > 100 {
-			_ = cmd.Process.Kill()
-			return nil, fmt.Errorf("versitygw does not answer on %s", addr)
+			s.Stop()
+			return fmt.Errorf("versitygw does not answer on %s", s.addr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return &S3{
-		URL: fmt.Sprintf("s3://%s?endpoint=http://%s&use_path_style=true&region=us-east-1", bucket, addr),
-		Env: []string{"AWS_ACCESS_KEY_ID=" + access, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required"},
-		cmd: cmd,
-	}, nil
 }
 
-// Stop stops the server.
+// Stop stops the server; clients then find its port closed.
 func (s *S3) Stop() {
+	if s.cmd == nil {
+		return
+	}
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
+	s.cmd = nil
 }
 
 // Stores starts an S3 server for t and opens a bucket of each kind the object store supports, by

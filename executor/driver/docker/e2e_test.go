@@ -183,6 +183,15 @@ func TestSampleDiamondEndToEnd(t *testing.T) {
 	waitNoContainers(t, "docker-1")
 }
 
+// TestArchivedManyEndToEnd: 50 runs of real containers, archived, read back with kubectl and runctl
+// (see e2e.ArchivedMany).
+func TestArchivedManyEndToEnd(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "d")
+	startExecutor(t, ns, "docker-1")
+	e2e.ArchivedMany(t, h, ns, 50)
+	waitNoContainers(t, "docker-1")
+}
+
 func TestFailingStepFailsTheRun(t *testing.T) {
 	ns := e2e.NewNamespace(t, k8s, "d")
 	startExecutor(t, ns, "docker-1")
