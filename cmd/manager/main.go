@@ -19,6 +19,7 @@ import (
 func main() {
 	var opts manager.Options
 	flag.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	flag.StringVar(&opts.PprofAddr, "pprof-bind-address", "", "Address serving Go's profiles (/debug/pprof/, unauthenticated: keep it on loopback); empty (the default) disables it.")
 	flag.StringVar(&opts.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz probes.")
 	flag.BoolVar(&opts.LeaderElection, "leader-elect", false, "Elect a leader among manager replicas (a Lease in the manager's namespace).")
 	flag.StringVar(&opts.LeaderElectionNS, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's namespace).")

@@ -83,25 +83,12 @@ type clusterPhase struct {
 func (p *clusterPhase) tasks() int { return p.runs * len(benchTasks()) }
 
 func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
-	tmp, err := os.MkdirTemp("", "runservice-bench-cluster-")
+	pd, err := newProcDir(b.env, "runservice-bench-cluster-")
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err == nil {
-			_ = os.RemoveAll(tmp)
-		} else {
-			err = fmt.Errorf("%w (the processes' logs are in %s)", err, tmp)
-		}
-	}()
-	bins, err := buildBinaries(b.env.Root, tmp)
-	if err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, b.env.Kubeconfig, 0o600); err != nil {
-		return err
-	}
+	defer pd.finish(&err)
+	tmp, bins, kubeconfig := pd.dir, pd.bins, pd.kubeconfig
 	kw, err := b.env.StartKwokWith(ctx, filepath.Join(tmp, "kwok"), testenv.KwokOptions{
 		Nodes: clusterNodes, NodePrefix: clusterPool, Complete: clusterComplete,
 	})
@@ -329,18 +316,27 @@ leaderElection: {leaderElect: false}
 }
 
 func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error) {
-	w := b.env.WebhookInstallOptions
+	var extra []string
+	if b.archiveAfter != "" {
+		extra = append(extra, "--archive-after", b.archiveAfter)
+	}
+	return startManagerProc(b.env, dir, bins, kubeconfig, extra...)
+}
+
+// startManagerProc starts the manager built into bins as a process of its own, with its default
+// options but for the webhook (served where the control plane calls it), its object store and
+// archive index (file:// under dir), the fetcher's leave to dial executors on loopback over http, and
+// extra.
+func startManagerProc(env *testenv.Env, dir, bins, kubeconfig string, extra ...string) (*proc, error) {
+	w := env.WebhookInstallOptions
 	if err := os.MkdirAll(filepath.Join(dir, "store"), 0o755); err != nil {
 		return nil, err
 	}
 	args := []string{"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
 		"--webhook-port", strconv.Itoa(w.LocalServingPort), "--webhook-cert-dir", w.LocalServingCertDir,
-		"--object-store", "file://" + filepath.Join(dir, "store"),
+		"--object-store", "file://" + filepath.Join(dir, "store"), "--archive-index-dir", filepath.Join(dir, "archive-index"),
 		"--executor-insecure-http", "--executor-endpoint-allow", "loopback"}
-	if b.archiveAfter != "" {
-		args = append(args, "--archive-after", b.archiveAfter)
-	}
-	return startProc(dir, "manager", "manager", []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "manager"), args...)
+	return startProc(dir, "manager", "manager", []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "manager"), append(args, extra...)...)
 }
 
 func (b *clusterBench) startExecutor(dir, bins, kubeconfig, ns string, i int) (*proc, error) {

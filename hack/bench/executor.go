@@ -34,6 +34,9 @@ const (
 type executor struct {
 	name, ns string
 	workers  int
+	// endpoint, when set, is the Executor's spec.endpoint: where the manager fetches its logs from
+	// (without one, the fetcher marks every task's logs lost at once).
+	endpoint string
 	rs       versioned.Interface
 	kube     kubernetes.Interface
 	tracker  *tracker
@@ -62,7 +65,7 @@ func newExecutor(cfg *rest.Config, ns, name string, workers int, t *tracker) (*e
 func (e *executor) start(ctx context.Context, wg *sync.WaitGroup) error {
 	ex := &rsv1.Executor{
 		ObjectMeta: metav1.ObjectMeta{Name: e.name, Namespace: e.ns},
-		Spec:       rsv1.ExecutorSpec{Driver: rsv1.DriverDocker, Permanent: true, Archs: []string{"amd64"}},
+		Spec:       rsv1.ExecutorSpec{Driver: rsv1.DriverDocker, Permanent: true, Archs: []string{"amd64"}, Endpoint: e.endpoint},
 	}
 	if _, err := e.rs.RunserviceV1alpha1().Executors(e.ns).Create(ctx, ex, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("registering executor %s: %w", e.name, err)

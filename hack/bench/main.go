@@ -8,6 +8,7 @@
 //     runs as pods on a node kwok simulates, against the raw pod create rate of the same apiserver;
 //   - docker (-docker): a Docker executor's per-task overhead against raw containers, and fan-out runs/s;
 //   - node (-node, as root): the Kubernetes driver on the real node of hack/node against bare pods;
+//   - soak (-soak): issue 9's archive soak, the manager a process archiving at once, many runs;
 //
 // and prints throughput, scheduling latency and API writes per task, by writer.
 package main
@@ -63,6 +64,7 @@ type config struct {
 	steadyRate   float64
 	steady       time.Duration
 	reads        bool
+	soak         soakConfig
 }
 
 func main() {
@@ -89,6 +91,7 @@ func main() {
 	flag.BoolVar(&c.reads, "cluster-reads", false, "cluster scenario: also count the reads (get, list) per task by component, from the audit log (which then costs the apiserver more)")
 	flag.StringVar(&c.archiveAfter, "cluster-archive-after", "", "cluster scenario: the manager's --archive-after (e.g. 0s): each phase then lasts until its runs are archived, and reports the archive lag (finished -> gone from etcd) and the writes with the archive's; default: the manager's (10m), so nothing is archived during the scenario")
 	flag.DurationVar(&c.steady, "cluster-steady", 2*time.Minute, "cluster scenario: how long the steady phase submits; 0 skips it (20s with -quick)")
+	c.soak.flags()
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -226,6 +229,15 @@ func run(c config, out io.Writer) (err error) {
 		}
 		if err := (&nodeBench{env: env, ns: nns, tasks: c.dockerTasks}).run(ctx, out); err != nil {
 			return fmt.Errorf("real-node benchmark: %w", err)
+		}
+	}
+	if c.soak.on {
+		// The soak runs its own manager, as a process: this one stops first.
+		if err := mgr.stop(); err != nil {
+			return err
+		}
+		if err := c.soak.bench(env, kube, suffix).run(ctx, out); err != nil {
+			return fmt.Errorf("soak: %w", err)
 		}
 	}
 	if c.cluster {

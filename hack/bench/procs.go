@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"runservice.dev/runservice/internal/testenv"
 )
 
 // proc is a component of the cluster scenario running as a process of its own, so that its CPU
@@ -47,6 +49,36 @@ func startProc(dir, component, name string, env []string, bin string, args ...st
 		close(p.exited)
 	}()
 	return p, nil
+}
+
+// procDir is a scenario's directory for its processes: the manager and the executor built into
+// bins, the admin kubeconfig, their logs.
+type procDir struct{ dir, bins, kubeconfig string }
+
+func newProcDir(env *testenv.Env, prefix string) (*procDir, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, err
+	}
+	d := &procDir{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig")}
+	if d.bins, err = buildBinaries(env.Root, dir); err == nil {
+		err = os.WriteFile(d.kubeconfig, env.Kubeconfig, 0o600)
+	}
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return d, nil
+}
+
+// finish removes the directory after a scenario that succeeded; a failed one's *err names it, for
+// the logs.
+func (d *procDir) finish(err *error) {
+	if *err == nil {
+		_ = os.RemoveAll(d.dir)
+	} else {
+		*err = fmt.Errorf("%w (the processes' logs are in %s)", *err, d.dir)
+	}
 }
 
 // stop asks the process to stop (SIGTERM), and kills it after grace.
@@ -116,7 +148,13 @@ func (p *proc) cpu() time.Duration {
 }
 
 // peakRSS is the process's peak resident set (VmHWM) since it started or since resetPeak.
-func (p *proc) peakRSS() int64 {
+func (p *proc) peakRSS() int64 { return p.status("VmHWM:") }
+
+// rss is the process's resident set now (VmRSS).
+func (p *proc) rss() int64 { return p.status("VmRSS:") }
+
+// status reads a size in kB from /proc/<pid>/status, in bytes; 0 if the process is gone.
+func (p *proc) status(field string) int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.pid))
 	if err != nil {
 		return 0
@@ -124,7 +162,7 @@ func (p *proc) peakRSS() int64 {
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(s.Text(), field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb << 10
 		}

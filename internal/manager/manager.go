@@ -33,7 +33,10 @@ import (
 
 // Options configure the manager process.
 type Options struct {
-	MetricsAddr      string
+	MetricsAddr string
+	// PprofAddr, when set, serves Go's profiles (/debug/pprof/) there: for finding what holds memory
+	// or CPU in a running manager.
+	PprofAddr        string
 	ProbeAddr        string
 	LeaderElection   bool
 	LeaderElectionNS string
@@ -86,6 +89,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		Scheme:                        Scheme(),
 		Metrics:                       metricsserver.Options{BindAddress: opts.MetricsAddr},
 		HealthProbeBindAddress:        opts.ProbeAddr,
+		PprofBindAddress:              opts.PprofAddr,
 		LeaderElection:                opts.LeaderElection,
 		LeaderElectionID:              "runservice-manager.runservice.dev",
 		LeaderElectionNamespace:       opts.LeaderElectionNS,
