@@ -329,18 +329,27 @@ leaderElection: {leaderElect: false}
 }
 
 func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error) {
-	w := b.env.WebhookInstallOptions
 	if err := os.MkdirAll(filepath.Join(dir, "store"), 0o755); err != nil {
 		return nil, err
 	}
-	args := []string{"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
-		"--webhook-port", strconv.Itoa(w.LocalServingPort), "--webhook-cert-dir", w.LocalServingCertDir,
-		"--object-store", "file://" + filepath.Join(dir, "store"),
-		"--executor-insecure-http", "--executor-endpoint-allow", "loopback"}
+	var args []string
 	if b.archiveAfter != "" {
 		args = append(args, "--archive-after", b.archiveAfter)
 	}
-	return startProc(dir, "manager", "manager", []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "manager"), args...)
+	return startManagerProc(b.env, dir, bins, kubeconfig, "file://"+filepath.Join(dir, "store"), nil, args...)
+}
+
+// startManagerProc starts the manager binary of bins with its webhook where the control plane
+// calls it, the object store at storeURL, procEnv added to its environment and args to its flags;
+// its log goes to dir/manager.log.
+func startManagerProc(env *testenv.Env, dir, bins, kubeconfig, storeURL string, procEnv []string, args ...string) (*proc, error) {
+	w := env.WebhookInstallOptions
+	args = append([]string{"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+		"--webhook-port", strconv.Itoa(w.LocalServingPort), "--webhook-cert-dir", w.LocalServingCertDir,
+		"--object-store", storeURL,
+		"--executor-insecure-http", "--executor-endpoint-allow", "loopback"}, args...)
+	procEnv = append([]string{"KUBECONFIG=" + kubeconfig}, procEnv...)
+	return startProc(dir, "manager", "manager", procEnv, filepath.Join(bins, "manager"), args...)
 }
 
 func (b *clusterBench) startExecutor(dir, bins, kubeconfig, ns string, i int) (*proc, error) {
