@@ -73,6 +73,7 @@ type archiveStoreResult struct {
 	managerRSS        int64 // before the scan
 	managerPeak       int64 // during the scan
 	kubectlPeak       int64
+	scanCPU           [2]time.Duration // the manager's and kubectl's CPU time during the scan
 	managerReadyAfter time.Duration // from its start to the API answering, over the rebuilt index
 }
 
@@ -109,12 +110,8 @@ func (b *archiveBench) run(ctx context.Context, out io.Writer) (err error) {
 			err = fmt.Errorf("%w (the manager's logs are in %s)", err, tmp)
 		}
 	}()
-	bins, err := buildBinaries(b.env.Root, tmp)
+	bins, kubeconfig, err := buildForProcs(b.env, tmp)
 	if err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, b.env.Kubeconfig, 0o600); err != nil {
 		return err
 	}
 	reg, err := b.env.ArchiveAPI(ctx)
@@ -529,6 +526,7 @@ func (b *archiveBench) scanAll(ctx context.Context, kubeconfig string, mgr *proc
 		return errors.New("cannot reset the manager's peak RSS (/proc/<pid>/clear_refs needs root)")
 	}
 	res.managerRSS = mgr.peakRSS()
+	cpu := mgr.cpu()
 	cmd := exec.CommandContext(ctx, b.env.Kubectl(), "--kubeconfig", kubeconfig, "get", "archivedruns", "-A", "--chunk-size=500", "--no-headers")
 	lines := &lineCounter{}
 	var stderr strings.Builder
@@ -539,6 +537,8 @@ func (b *archiveBench) scanAll(ctx context.Context, kubeconfig string, mgr *proc
 	}
 	res.scanTook = time.Since(begin)
 	res.managerPeak = mgr.peakRSS()
+	res.scanCPU[0] = mgr.cpu() - cpu
+	res.scanCPU[1] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		res.kubectlPeak = ru.Maxrss << 10
 	}
@@ -629,6 +629,12 @@ func printArchive(out io.Writer, results []*archiveStoreResult, docBytes, writer
 			return "not scanned (-archive-scan, first store only)"
 		}
 		return fmt.Sprintf("%d rows in %.1fs (%.0f rows/s)", r.scanRows, r.scanTook.Seconds(), rate(r.scanRows, r.scanTook))
+	})
+	row("  CPU time: manager / kubectl", func(r *archiveStoreResult) string {
+		if r.scanRows == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1fs / %.1fs", r.scanCPU[0].Seconds(), r.scanCPU[1].Seconds())
 	})
 	row("  peak RSS: manager (before the scan) / kubectl", func(r *archiveStoreResult) string {
 		if r.scanRows == 0 {

@@ -94,12 +94,8 @@ func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 			err = fmt.Errorf("%w (the processes' logs are in %s)", err, tmp)
 		}
 	}()
-	bins, err := buildBinaries(b.env.Root, tmp)
+	bins, kubeconfig, err := buildForProcs(b.env, tmp)
 	if err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, b.env.Kubeconfig, 0o600); err != nil {
 		return err
 	}
 	kw, err := b.env.StartKwokWith(ctx, filepath.Join(tmp, "kwok"), testenv.KwokOptions{
@@ -296,6 +292,16 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 	t.mu.Unlock()
 	p.latency = sortedCopy(p.latency)
 	return p, nil
+}
+
+// buildForProcs builds the binaries (buildBinaries) and writes the admin's kubeconfig into dir, for
+// the processes a scenario starts.
+func buildForProcs(env *testenv.Env, dir string) (bins, kubeconfig string, err error) {
+	if bins, err = buildBinaries(env.Root, dir); err != nil {
+		return "", "", err
+	}
+	kubeconfig = filepath.Join(dir, "kubeconfig")
+	return bins, kubeconfig, os.WriteFile(kubeconfig, env.Kubeconfig, 0o600)
 }
 
 // buildBinaries builds the manager and the executor as `make build` would, into dir.
