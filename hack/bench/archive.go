@@ -74,7 +74,7 @@ type archiveStoreResult struct {
 	managerPeak       int64 // during the scan
 	kubectlPeak       int64
 	scanCPU           [2]time.Duration // the manager's and kubectl's CPU time during the scan
-	managerReadyAfter time.Duration // from its start to the API answering, over the rebuilt index
+	managerReadyAfter time.Duration    // from its start to the API answering, over the rebuilt index
 }
 
 func (r *archiveStoreResult) add(kind, way string, d time.Duration) {
