@@ -136,14 +136,55 @@ func (b *archiveBench) run(ctx context.Context, out io.Writer) (err error) {
 
 	var results []*archiveStoreResult
 	for i, kind := range b.stores {
-		r, err := b.measureStore(ctx, gen, kind, filepath.Join(tmp, kind), bins, kubeconfig, reg.Host, reg.Port, reg.CertDir, docBytes, now, b.scan && i == 0)
+		dir := filepath.Join(tmp, kind)
+		r, err := b.measureStore(ctx, gen, kind, dir, bins, kubeconfig, reg.Host, reg.Port, reg.CertDir, docBytes, now, b.scan && i == 0)
+		if err == nil {
+			// Printed before the store is deleted, which takes minutes for a million runs.
+			printArchive(out, []*archiveStoreResult{r}, docBytes, b.writers)
+			results = append(results, r)
+		}
+		if b.keep == "" {
+			// The store and the index, not the manager's log.
+			fmt.Fprintf(os.Stderr, "  ... archive %s: deleting the store\n", kind)
+			for _, d := range []string{"bucket", "s3", "index"} {
+				if rerr := removeParallel(filepath.Join(dir, d)); rerr != nil && err == nil {
+					err = rerr
+				}
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("%s store: %w", kind, err)
 		}
-		results = append(results, r)
 	}
-	printArchive(out, results, docBytes, b.writers)
+	if len(results) > 1 {
+		printArchive(out, results, docBytes, b.writers)
+	}
 	return nil
+}
+
+// removeParallel removes dir, the trees three levels down (runs/<ns>/<run>) at once: one at a
+// time, a million runs' directories take long on a busy machine.
+func removeParallel(dir string) error {
+	subs, _ := filepath.Glob(filepath.Join(dir, "*", "*", "*"))
+	sem := make(chan struct{}, 16)
+	errs := make(chan error, len(subs))
+	for _, s := range subs {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			errs <- os.RemoveAll(s)
+		}()
+	}
+	for range cap(sem) {
+		sem <- struct{}{}
+	}
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(dir)
 }
 
 func (b *archiveBench) printShape(out io.Writer, g *archiveGen, docBytes int) {
@@ -168,13 +209,6 @@ func (b *archiveBench) printShape(out io.Writer, g *archiveGen, docBytes int) {
 func (b *archiveBench) measureStore(ctx context.Context, gen *archiveGen, kind, dir, bins, kubeconfig, apiHost string, apiPort int, certDir string, docBytes int, now time.Time, scan bool) (res *archiveStoreResult, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
-	}
-	if b.keep == "" {
-		defer func() {
-			if err == nil {
-				err = os.RemoveAll(dir)
-			}
-		}()
 	}
 	var storeURL string
 	var procEnv []string
