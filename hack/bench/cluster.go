@@ -285,6 +285,16 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 	return p, nil
 }
 
+// buildForProcs builds the binaries (buildBinaries) and writes the admin's kubeconfig into dir, for
+// the processes a scenario starts.
+func buildForProcs(env *testenv.Env, dir string) (bins, kubeconfig string, err error) {
+	if bins, err = buildBinaries(env.Root, dir); err != nil {
+		return "", "", err
+	}
+	kubeconfig = filepath.Join(dir, "kubeconfig")
+	return bins, kubeconfig, os.WriteFile(kubeconfig, env.Kubeconfig, 0o600)
+}
+
 // buildBinaries builds the manager and the executor as `make build` would, into dir.
 func buildBinaries(root, dir string) (string, error) {
 	bins := filepath.Join(dir, "bin")
@@ -316,27 +326,31 @@ leaderElection: {leaderElect: false}
 }
 
 func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error) {
-	var extra []string
+	var args []string
 	if b.archiveAfter != "" {
-		extra = append(extra, "--archive-after", b.archiveAfter)
+		args = append(args, "--archive-after", b.archiveAfter)
 	}
-	return startManagerProc(b.env, dir, bins, kubeconfig, extra...)
+	return startManagerProc(b.env, dir, bins, kubeconfig, "file://"+filepath.Join(dir, "store"), nil, args...)
 }
 
-// startManagerProc starts the manager built into bins as a process of its own, with its default
-// options but for the webhook (served where the control plane calls it), its object store and
-// archive index (file:// under dir), the fetcher's leave to dial executors on loopback over http, and
-// extra.
-func startManagerProc(env *testenv.Env, dir, bins, kubeconfig string, extra ...string) (*proc, error) {
-	w := env.WebhookInstallOptions
-	if err := os.MkdirAll(filepath.Join(dir, "store"), 0o755); err != nil {
-		return nil, err
+// startManagerProc starts the manager binary of bins with its default options but for the webhook
+// (served where the control plane calls it), the object store at storeURL (a file:// one under dir is
+// created), its archive index under dir, the fetcher's leave to dial executors on loopback over http,
+// procEnv added to its environment and args to its flags (a flag given again there wins); its log goes
+// to dir/manager.log.
+func startManagerProc(env *testenv.Env, dir, bins, kubeconfig, storeURL string, procEnv []string, args ...string) (*proc, error) {
+	if path, ok := strings.CutPrefix(storeURL, "file://"); ok {
+		if err := os.MkdirAll(path, 0o755); err != nil {
+			return nil, err
+		}
 	}
-	args := []string{"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+	w := env.WebhookInstallOptions
+	args = append([]string{"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
 		"--webhook-port", strconv.Itoa(w.LocalServingPort), "--webhook-cert-dir", w.LocalServingCertDir,
-		"--object-store", "file://" + filepath.Join(dir, "store"), "--archive-index-dir", filepath.Join(dir, "archive-index"),
-		"--executor-insecure-http", "--executor-endpoint-allow", "loopback"}
-	return startProc(dir, "manager", "manager", []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "manager"), append(args, extra...)...)
+		"--object-store", storeURL, "--archive-index-dir", filepath.Join(dir, "archive-index"),
+		"--executor-insecure-http", "--executor-endpoint-allow", "loopback"}, args...)
+	procEnv = append([]string{"KUBECONFIG=" + kubeconfig}, procEnv...)
+	return startProc(dir, "manager", "manager", procEnv, filepath.Join(bins, "manager"), args...)
 }
 
 func (b *clusterBench) startExecutor(dir, bins, kubeconfig, ns string, i int) (*proc, error) {

@@ -9,6 +9,7 @@
 //   - docker (-docker): a Docker executor's per-task overhead against raw containers, and fan-out runs/s;
 //   - node (-node, as root): the Kubernetes driver on the real node of hack/node against bare pods;
 //   - soak (-soak): issue 9's archive soak, the manager a process archiving at once, many runs;
+//   - archive (-archive): 1M archived runs in each object store, queried by index and through the API;
 //
 // and prints throughput, scheduling latency and API writes per task, by writer.
 package main
@@ -65,6 +66,9 @@ type config struct {
 	steady       time.Duration
 	reads        bool
 	soak         soakConfig
+	archive      archiveBench
+	archiveOn    bool
+	archiveStore string
 }
 
 func main() {
@@ -92,6 +96,15 @@ func main() {
 	flag.StringVar(&c.archiveAfter, "cluster-archive-after", "", "cluster scenario: the manager's --archive-after (e.g. 0s): each phase then lasts until its runs are archived, and reports the archive lag (finished -> gone from etcd) and the writes with the archive's; default: the manager's (10m), so nothing is archived during the scenario")
 	flag.DurationVar(&c.steady, "cluster-steady", 2*time.Minute, "cluster scenario: how long the steady phase submits; 0 skips it (20s with -quick)")
 	c.soak.flags()
+	flag.BoolVar(&c.archiveOn, "archive", false, "issue 9's archive scenario: runs archived into each object store through the archiver's writer, the cold index rebuild, pages and counts by change group from the index and through the aggregated API, a kubectl scan's peak memory")
+	flag.IntVar(&c.archive.runs, "archive-runs", 1_000_000, "archive scenario: archived runs generated per store")
+	flag.StringVar(&c.archiveStore, "archive-stores", "file,s3", "archive scenario: the object stores measured, one after the other (file, s3: versitygw)")
+	flag.IntVar(&c.archive.groups, "archive-groups", 10_000, "archive scenario: change groups, of Zipf-distributed sizes")
+	flag.IntVar(&c.archive.hours, "archive-hours", 168, "archive scenario: the hours the runs were archived over")
+	flag.IntVar(&c.archive.writers, "archive-writers", 32, "archive scenario: goroutines writing documents and segments, and the baseline's PUTs")
+	flag.IntVar(&c.archive.samples, "archive-samples", 400, "archive scenario: timed queries of each kind per store and way")
+	flag.BoolVar(&c.archive.scan, "archive-scan", true, "archive scenario: scan every archived run with kubectl get --chunk-size=500 on the first store, with the manager's and kubectl's peak memory")
+	flag.StringVar(&c.archive.keep, "archive-keep", "", "archive scenario: keep the stores and indexes under this directory (default: deleted)")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -115,6 +128,11 @@ func main() {
 	}
 	if c.runs < 1 || c.executors < 1 || c.concurrency < 1 || c.submitters < 1 || c.rate < 0 || c.baselineN < 1 || c.kwokRuns < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -runs, -executors, -concurrency, -submitters, -baseline-objects and -kwok-runs must be positive, -rate not negative")
+		os.Exit(2)
+	}
+	c.archive.stores = strings.Split(c.archiveStore, ",")
+	if c.archive.runs < 1 || c.archive.groups < 1 || c.archive.groups > 1<<16 || c.archive.hours < 1 || c.archive.writers < 1 || c.archive.samples < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -archive-runs, -archive-hours, -archive-writers and -archive-samples must be positive, -archive-groups between 1 and 65536")
 		os.Exit(2)
 	}
 	var err error
@@ -250,6 +268,16 @@ func run(c config, out io.Writer) (err error) {
 			rate: c.steadyRate, steady: c.steady, submitters: c.submitters, archiveAfter: c.archiveAfter,
 		}).run(ctx, out); err != nil {
 			return fmt.Errorf("cluster scenario: %w", err)
+		}
+	}
+	if c.archiveOn {
+		// The scenario runs its own manager, as a process: this one stops first.
+		if err := mgr.stop(); err != nil {
+			return err
+		}
+		c.archive.env = env
+		if err := c.archive.run(ctx, out); err != nil {
+			return fmt.Errorf("archive scenario: %w", err)
 		}
 	}
 	return nil

@@ -60,11 +60,8 @@ func newProcDir(env *testenv.Env, prefix string) (*procDir, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &procDir{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig")}
-	if d.bins, err = buildBinaries(env.Root, dir); err == nil {
-		err = os.WriteFile(d.kubeconfig, env.Kubeconfig, 0o600)
-	}
-	if err != nil {
+	d := &procDir{dir: dir}
+	if d.bins, d.kubeconfig, err = buildForProcs(env, dir); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}

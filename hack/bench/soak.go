@@ -84,7 +84,7 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort), fmt.Sprintf("127.0.0.1:%d", pprofPort)
-	mgr, err := startManagerProc(b.env, tmp, bins, kubeconfig, "--archive-after", "0s",
+	mgr, err := startManagerProc(b.env, tmp, bins, kubeconfig, "file://"+filepath.Join(tmp, "store"), nil, "--archive-after", "0s",
 		"--metrics-bind-address", metricsAddr, "--pprof-bind-address", pprofAddr)
 	if err != nil {
 		return err
