@@ -23,6 +23,18 @@ import (
 // cleanupHolder is the Lease holder of a dead executor while a sibling removes what it left.
 func cleanupHolder(by string) string { return rsv1.LeaseHolderCleanupPrefix + by }
 
+// siblingDead reports whether a sibling's Lease expired more than a grace ago (a quarter of its
+// duration, at least 2s): a process restarted under the sibling's name waits for that expiry
+// (waitLease) and then takes the Lease over, and the grace lets it do so rather than race the
+// members that would reap the sibling for it.
+func siblingDead(l *coordinationv1.Lease, now time.Time) bool {
+	grace := 2 * time.Second
+	if l.Spec.LeaseDurationSeconds != nil {
+		grace = max(grace, time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second/4)
+	}
+	return leaseExpired(l, now.Add(-grace))
+}
+
 // leaseExpired reports whether a Lease was not renewed within its duration.
 func leaseExpired(l *coordinationv1.Lease, now time.Time) bool {
 	if l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
@@ -106,7 +118,7 @@ func (e *Executor) reapGroup(ctx context.Context) {
 			continue
 		}
 		lease, found := byName[ex.Name]
-		if found && !leaseExpired(lease, now) {
+		if found && !siblingDead(lease, now) {
 			continue
 		}
 		if !found && now.Sub(ex.CreationTimestamp.Time) < e.opts.LeaseDuration {
@@ -119,7 +131,7 @@ func (e *Executor) reapGroup(ctx context.Context) {
 				log.Error(err, "reading a sibling's lease", "sibling", ex.Name)
 				continue
 			}
-			if err == nil && !leaseExpired(lease, now) {
+			if err == nil && !siblingDead(lease, now) {
 				continue
 			}
 		}
