@@ -51,6 +51,13 @@ func (f *Follower) Sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if rebuilt == nil {
+		// A cold rebuild into an empty index need not read the index back as it writes it.
+		if _, err := f.Index.startLoad(); err != nil {
+			return err
+		}
+		defer f.Index.endLoad()
+	}
 	var prefixes []string
 	synced, err := f.Index.synced()
 	if err != nil {

@@ -34,6 +34,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -109,6 +111,42 @@ type Index struct {
 	db   *pebble.DB
 	lock *pebble.Lock // the directory's, held from Open to Close, across a wipe
 	mu   sync.Mutex   // serializes writers: counters are read, then written
+	load *load        // set during a cold rebuild into an empty index (see startLoad)
+}
+
+// load is what Apply knows for sure during a cold rebuild into an index that was empty when it
+// started, so that it need not read the index back: which uids it has written (a uid not among
+// them has no entry, and is not looked up) and the value of every counter (written, never read).
+// It holds hashes of uids, not uids: a collision costs a lookup, not a wrong answer.
+type load struct {
+	seed   maphash.Seed
+	seen   map[uint64]struct{}
+	counts map[string]int64
+}
+
+// startLoad sets ix up for a cold rebuild when it holds nothing but its format version, and
+// reports whether it did. Every Apply until endLoad relies on it; so does nothing else.
+func (ix *Index) startLoad() (bool, error) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	it, err := ix.db.NewIter(nil)
+	if err != nil {
+		return false, fmt.Errorf("reading archive index: %w", err)
+	}
+	defer it.Close()
+	fresh := it.First() && bytes.Equal(it.Key(), keyVersion) && !it.Next()
+	if err := it.Error(); err != nil || !fresh {
+		return false, err
+	}
+	ix.load = &load{seed: maphash.MakeSeed(), seen: map[uint64]struct{}{}, counts: map[string]int64{}}
+	return true, nil
+}
+
+// endLoad ends what startLoad began: Apply reads the index again.
+func (ix *Index) endLoad() {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.load = nil
 }
 
 // lockFile is the file pebble locks in its directory; a wipe leaves it, and so keeps the lock.
@@ -277,7 +315,7 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 	for i := range entries {
 		e := &entries[i]
 		old, ok := current[e.UID]
-		if !ok {
+		if !ok && ix.load.mayHave(e.UID) {
 			if old, err = seekEntry(it, e.UID); err != nil {
 				return err
 			}
@@ -288,18 +326,20 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 			current[e.UID] = next
 		}
 	}
+	totals := map[string]int64{} // the counters' new values
 	for k, d := range counts {
 		if d == 0 {
 			continue
 		}
-		v, err := seek(it, []byte(k))
-		if err != nil {
-			return err
-		}
 		n := d
-		if len(v) == 8 {
+		if ix.load != nil {
+			n += ix.load.counts[k]
+		} else if v, err := seek(it, []byte(k)); err != nil {
+			return err
+		} else if len(v) == 8 {
 			n += int64(binary.BigEndian.Uint64(v))
 		}
+		totals[k] = n
 		if n == 0 {
 			err = b.Delete([]byte(k), nil)
 		} else {
@@ -317,7 +357,29 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("applying archive index segment %s: %w", segment, err)
 	}
+	ix.load.applied(current, totals)
 	return nil
+}
+
+// mayHave reports whether the index may hold an entry of uid: always, but during a load, for a
+// uid it has not written.
+func (l *load) mayHave(uid string) bool {
+	if l == nil {
+		return true
+	}
+	_, ok := l.seen[maphash.String(l.seed, uid)]
+	return ok
+}
+
+// applied records a committed batch: the uids it wrote and its counters' values.
+func (l *load) applied(written map[string]*archive.Entry, totals map[string]int64) {
+	if l == nil {
+		return
+	}
+	for uid := range written {
+		l.seen[maphash.String(l.seed, uid)] = struct{}{}
+	}
+	maps.Copy(l.counts, totals)
 }
 
 // check says what about e could not be indexed.
