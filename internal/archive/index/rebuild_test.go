@@ -80,11 +80,43 @@ func TestColdRebuildEqualsOneByOne(t *testing.T) {
 				}
 			}
 			cold := open(t)
-			if err := (&index.Follower{Store: store, Index: cold, Parallel: 3}).Sync(ctx); err != nil {
+			// Readers while the rebuild reopens the index (for the load, and after it) are
+			// served throughout.
+			stop, read := make(chan struct{}), make(chan error)
+			go func() { read <- readUntil(cold, stop) }()
+			err = (&index.Follower{Store: store, Index: cold, Parallel: 3}).Sync(ctx)
+			close(stop)
+			if err := <-read; err != nil {
+				t.Fatalf("reading while rebuilding: %v", err)
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
 			sameAnswers(t, one, cold)
 		})
+	}
+}
+
+// readUntil lists, counts and gets from ix until stop is closed, and returns the first error.
+func readUntil(ix *index.Index, stop chan struct{}) error {
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		if _, err := ix.List(index.Query{Namespace: "ns1", Limit: 5}); err != nil {
+			return err
+		}
+		if _, err := ix.Count("", "a"); err != nil {
+			return err
+		}
+		if _, err := ix.Get("ns2", "run-3"); err != nil {
+			return err
+		}
+		if _, _, err := ix.GetUID("ns2", "u0003"); err != nil {
+			return err
+		}
 	}
 }
 
