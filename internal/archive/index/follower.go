@@ -45,11 +45,19 @@ const (
 // skipped and logged: reading it again would not help. A segment deleted between the listing and
 // its read (merged by CompactHour) is skipped too, and the next Sync lists the same hours again.
 // Any other failure is returned, and the next Sync lists the same hours again.
-func (f *Follower) Sync(ctx context.Context) error {
+func (f *Follower) Sync(ctx context.Context) (err error) {
 	start := time.Now()
-	rebuilt, err := get(f.Index.db, keyRebuilt)
+	rebuilt, err := f.Index.getKey(keyRebuilt)
 	if err != nil {
 		return err
+	}
+	if rebuilt == nil {
+		// A cold rebuild into an empty index need not read the index back as it writes it.
+		if loading, err := f.Index.startLoad(); err != nil {
+			return err
+		} else if loading {
+			defer func() { err = errors.Join(err, f.Index.endLoad(ctx)) }()
+		}
 	}
 	var prefixes []string
 	synced, err := f.Index.synced()
@@ -90,7 +98,12 @@ func (f *Follower) Sync(ctx context.Context) error {
 		// this listing may have missed. The next Sync lists the same hours again.
 		return nil
 	}
-	b := f.Index.db.NewBatch()
+	db, done, err := f.Index.reader()
+	if err != nil {
+		return err
+	}
+	defer done()
+	b := db.NewBatch()
 	defer b.Close()
 	if err := b.Set(keySynced, binary.BigEndian.AppendUint64(nil, uint64(start.UnixNano())), nil); err != nil {
 		return err
@@ -110,7 +123,7 @@ func (f *Follower) Sync(ctx context.Context) error {
 // done reports whether segment was applied, or skipped as bad.
 func (ix *Index) done(segment string) (bool, error) {
 	for _, k := range [][]byte{keyApplied(segment), keyBad(segment)} {
-		if v, err := get(ix.db, k); err != nil || v != nil {
+		if v, err := ix.getKey(k); err != nil || v != nil {
 			return v != nil, err
 		}
 	}
@@ -119,7 +132,7 @@ func (ix *Index) done(segment string) (bool, error) {
 
 // synced is when the Follower last listed the segments; zero when it never did.
 func (ix *Index) synced() (time.Time, error) {
-	v, err := get(ix.db, keySynced)
+	v, err := ix.getKey(keySynced)
 	if err != nil || len(v) != 8 {
 		return time.Time{}, err
 	}
@@ -177,7 +190,7 @@ func (f *Follower) applyAll(ctx context.Context, keys []string) (gone bool, _ er
 		}
 		if errors.Is(r.err, archive.ErrBadSegment) {
 			log.Error(r.err, "Skipping an archive index segment that cannot be indexed", "segment", k)
-			if err := f.Index.db.Set(keyBad(k), []byte(r.err.Error()), pebble.NoSync); err != nil {
+			if err := f.Index.setKey(keyBad(k), []byte(r.err.Error())); err != nil {
 				return gone, fmt.Errorf("recording bad segment %s: %w", k, err)
 			}
 			continue
@@ -217,3 +230,23 @@ func (f *Follower) NeedLeaderElection() bool { return false }
 
 // Ready reports whether the first Sync completed.
 func (f *Follower) Ready() bool { return f.ready.Load() }
+
+// getKey is get from ix.
+func (ix *Index) getKey(key []byte) ([]byte, error) {
+	db, done, err := ix.reader()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return get(db, key)
+}
+
+// setKey sets key in ix, NoSync (see Apply).
+func (ix *Index) setKey(key, value []byte) error {
+	db, done, err := ix.reader()
+	if err != nil {
+		return err
+	}
+	defer done()
+	return db.Set(key, value, pebble.NoSync)
+}

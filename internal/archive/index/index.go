@@ -30,10 +30,13 @@ package index
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -106,9 +109,95 @@ func invert(t time.Time) uint64 { return math.MaxUint64 - uint64(t.UnixNano()) }
 // Index is an opened index. Its methods are safe for concurrent use; Apply calls are serialized,
 // and readers see each Apply whole or not at all.
 type Index struct {
-	db   *pebble.DB
+	dir  string
 	lock *pebble.Lock // the directory's, held from Open to Close, across a wipe
 	mu   sync.Mutex   // serializes writers: counters are read, then written
+	load *load        // set during a cold rebuild into an empty index (see startLoad)
+	// dbMu is held for reading while db is read, and for writing (with mu) while startLoad and
+	// endLoad reopen db with other options.
+	dbMu sync.RWMutex
+	db   *pebble.DB
+}
+
+// load is what Apply knows for sure during a cold rebuild into an index that was empty when it
+// started, so that it need not read the index back: which uids it has written (a uid not among
+// them has no entry, and is not looked up) and the value of every counter (written, never read).
+// It holds hashes of uids, not uids: a collision costs a lookup, not a wrong answer.
+type load struct {
+	seed   maphash.Seed
+	seen   map[uint64]struct{}
+	counts map[string]int64
+}
+
+// startLoad sets ix up for a cold rebuild when it holds nothing but its format version, and
+// reports whether it did. Every Apply until endLoad relies on it; so does nothing else.
+func (ix *Index) startLoad() (bool, error) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	db, done, err := ix.reader()
+	if err != nil {
+		return false, err
+	}
+	fresh, err := versionOnly(db)
+	done()
+	if err != nil || !fresh {
+		return false, err
+	}
+	// Compacting as the load goes rewrites most keys several times (most of a rebuild's CPU):
+	// the load writes into L0 only and compacts once, in endLoad.
+	if err := ix.reopen(true); err != nil {
+		return false, err
+	}
+	ix.load = &load{seed: maphash.MakeSeed(), seen: map[uint64]struct{}{}, counts: map[string]int64{}}
+	return true, nil
+}
+
+// endLoad ends what startLoad began, whether the load completed or not: it compacts what was
+// loaded and reopens the index with its usual options.
+func (ix *Index) endLoad(ctx context.Context) error {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.load = nil
+	if ix.db == nil {
+		return errClosed
+	}
+	// Every key is ASCII and starts with a letter. A compaction cut short (ctx ended) still
+	// reopens: pebble's own compactions finish the work.
+	err := ix.db.Compact(ctx, []byte{0}, []byte{0xff}, true)
+	if err != nil {
+		err = fmt.Errorf("compacting the rebuilt archive index: %w", err)
+	}
+	return errors.Join(err, ix.reopen(false))
+}
+
+// reopen closes db and opens it again, for a load or not; the caller holds mu. A failure leaves
+// the index closed: every use of it then fails.
+func (ix *Index) reopen(loading bool) error {
+	ix.dbMu.Lock()
+	defer ix.dbMu.Unlock()
+	if err := ix.db.Close(); err != nil {
+		return fmt.Errorf("reopening archive index %s: %w", ix.dir, err)
+	}
+	db, err := openDB(ix.dir, ix.lock, loading)
+	if err != nil {
+		ix.db = nil
+		return fmt.Errorf("reopening archive index %s: %w", ix.dir, err)
+	}
+	ix.db = db
+	return nil
+}
+
+// errClosed is what an index says whose reopen failed.
+var errClosed = errors.New("archive index: closed after a failed reopen; restart to rebuild it")
+
+// reader is db, held open until done is called; errClosed when a reopen failed.
+func (ix *Index) reader() (db *pebble.DB, done func(), _ error) {
+	ix.dbMu.RLock()
+	if ix.db == nil {
+		ix.dbMu.RUnlock()
+		return nil, nil, errClosed
+	}
+	return ix.db, ix.dbMu.RUnlock, nil
 }
 
 // lockFile is the file pebble locks in its directory; a wipe leaves it, and so keeps the lock.
@@ -134,12 +223,12 @@ func Open(dir string) (*Index, error) {
 }
 
 func open(dir string, lock *pebble.Lock) (*Index, error) {
-	db, err := openDB(dir, lock)
+	db, err := openDB(dir, lock, false)
 	if err == nil {
 		var version []byte
 		version, err = get(db, keyVersion)
 		if err == nil && string(version) == formatVersion {
-			return &Index{db: db, lock: lock}, nil
+			return &Index{dir: dir, db: db, lock: lock}, nil
 		}
 		if err == nil && version == nil {
 			var fresh bool
@@ -156,7 +245,7 @@ func open(dir string, lock *pebble.Lock) (*Index, error) {
 	if err := wipe(dir); err != nil {
 		return nil, err
 	}
-	if db, err = openDB(dir, lock); err != nil {
+	if db, err = openDB(dir, lock, false); err != nil {
 		return nil, fmt.Errorf("opening archive index in %s: %w", dir, err)
 	}
 	return initialize(dir, db, lock)
@@ -168,7 +257,18 @@ func initialize(dir string, db *pebble.DB, lock *pebble.Lock) (*Index, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("initializing archive index in %s: %w", dir, err)
 	}
-	return &Index{db: db, lock: lock}, nil
+	return &Index{dir: dir, db: db, lock: lock}, nil
+}
+
+// versionOnly reports whether db holds its format version and no other key.
+func versionOnly(db *pebble.DB) (bool, error) {
+	it, err := db.NewIter(nil)
+	if err != nil {
+		return false, fmt.Errorf("reading archive index: %w", err)
+	}
+	defer it.Close()
+	fresh := it.First() && bytes.Equal(it.Key(), keyVersion) && !it.Next()
+	return fresh, it.Error()
 }
 
 // empty reports whether db holds no key.
@@ -181,12 +281,18 @@ func empty(db *pebble.DB) (bool, error) {
 	return !it.First(), it.Error()
 }
 
-func openDB(dir string, lock *pebble.Lock) (*pebble.DB, error) {
+// openDB opens the pebble database in dir; for a bulk load (loading), with no compactions and no
+// write stalls however much L0 grows: the load compacts once at its end.
+func openDB(dir string, lock *pebble.Lock, loading bool) (*pebble.DB, error) {
 	opts := &pebble.Options{Cache: pebble.NewCache(cacheBytes), Lock: lock, Logger: pebbleLogger{}}
 	defer opts.Cache.Unref() // the DB holds its own reference
 	// Apply looks every entry up before writing it; a bloom filter spares most of those reads
 	// for new entries (set for L0, inherited by the other levels).
 	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	if loading {
+		opts.DisableAutomaticCompactions = true
+		opts.L0StopWritesThreshold = math.MaxInt32
+	}
 	return pebble.Open(dir, opts)
 }
 
@@ -218,6 +324,11 @@ func (pebbleLogger) Fatalf(format string, args ...any) { klog.Fatalf("pebble: "+
 
 // Close closes the index.
 func (ix *Index) Close() error {
+	ix.dbMu.Lock()
+	defer ix.dbMu.Unlock()
+	if ix.db == nil {
+		return ix.lock.Close()
+	}
 	return errors.Join(ix.db.Close(), ix.lock.Close())
 }
 
@@ -239,7 +350,12 @@ func get(r pebble.Reader, key []byte) ([]byte, error) {
 
 // Applied reports whether segment was applied.
 func (ix *Index) Applied(segment string) (bool, error) {
-	v, err := get(ix.db, keyApplied(segment))
+	db, done, err := ix.reader()
+	if err != nil {
+		return false, err
+	}
+	defer done()
+	v, err := get(db, keyApplied(segment))
 	return v != nil, err
 }
 
@@ -261,7 +377,12 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 	if ok, err := ix.Applied(segment); err != nil || ok {
 		return err
 	}
-	b := ix.db.NewBatch()
+	db, done, err := ix.reader()
+	if err != nil {
+		return err
+	}
+	defer done()
+	b := db.NewBatch()
 	defer b.Close()
 	// What this segment has made of each uid so far: a uid may repeat in a segment, and the
 	// batch is not read back.
@@ -269,7 +390,7 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 	counts := map[string]int64{}
 	// Most uids are new, and most of the index is in pebble's last level, whose bloom filters a
 	// Get does not read: an iterator that reads them spares a data block read per new uid.
-	it, err := ix.db.NewIter(&pebble.IterOptions{UseL6Filters: true})
+	it, err := db.NewIter(&pebble.IterOptions{UseL6Filters: true})
 	if err != nil {
 		return fmt.Errorf("reading archive index: %w", err)
 	}
@@ -277,7 +398,7 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 	for i := range entries {
 		e := &entries[i]
 		old, ok := current[e.UID]
-		if !ok {
+		if !ok && ix.load.mayHave(e.UID) {
 			if old, err = seekEntry(it, e.UID); err != nil {
 				return err
 			}
@@ -288,18 +409,20 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 			current[e.UID] = next
 		}
 	}
+	totals := map[string]int64{} // the counters' new values
 	for k, d := range counts {
 		if d == 0 {
 			continue
 		}
-		v, err := seek(it, []byte(k))
-		if err != nil {
-			return err
-		}
 		n := d
-		if len(v) == 8 {
+		if ix.load != nil {
+			n += ix.load.counts[k]
+		} else if v, err := seek(it, []byte(k)); err != nil {
+			return err
+		} else if len(v) == 8 {
 			n += int64(binary.BigEndian.Uint64(v))
 		}
+		totals[k] = n
 		if n == 0 {
 			err = b.Delete([]byte(k), nil)
 		} else {
@@ -317,7 +440,29 @@ func (ix *Index) Apply(segment string, entries []archive.Entry) error {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("applying archive index segment %s: %w", segment, err)
 	}
+	ix.load.applied(current, totals)
 	return nil
+}
+
+// mayHave reports whether the index may hold an entry of uid: always, but during a load, for a
+// uid it has not written.
+func (l *load) mayHave(uid string) bool {
+	if l == nil {
+		return true
+	}
+	_, ok := l.seen[maphash.String(l.seed, uid)]
+	return ok
+}
+
+// applied records a committed batch: the uids it wrote and its counters' values.
+func (l *load) applied(written map[string]*archive.Entry, totals map[string]int64) {
+	if l == nil {
+		return
+	}
+	for uid := range written {
+		l.seen[maphash.String(l.seed, uid)] = struct{}{}
+	}
+	maps.Copy(l.counts, totals)
 }
 
 // check says what about e could not be indexed.
@@ -444,7 +589,12 @@ func decodeEntry(uid string, v []byte) (*archive.Entry, error) {
 
 // GetUID is the entry of the run with uid in namespace.
 func (ix *Index) GetUID(namespace, uid string) (archive.Entry, bool, error) {
-	e, err := entry(ix.db, uid)
+	db, done, err := ix.reader()
+	if err != nil {
+		return archive.Entry{}, false, err
+	}
+	defer done()
+	e, err := entry(db, uid)
 	if err != nil || e == nil || e.Deleted || e.Namespace != namespace {
 		return archive.Entry{}, false, err
 	}
@@ -453,7 +603,12 @@ func (ix *Index) GetUID(namespace, uid string) (archive.Entry, bool, error) {
 
 // Get is every archived run named name in namespace, newest first: names repeat over time.
 func (ix *Index) Get(namespace, name string) ([]archive.Entry, error) {
-	snap := ix.db.NewSnapshot()
+	db, done, err := ix.reader()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	snap := db.NewSnapshot()
 	defer snap.Close()
 	prefix := prefixName(namespace, name)
 	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upperBound(prefix)})
@@ -478,8 +633,13 @@ func (ix *Index) Get(namespace, name string) ([]archive.Entry, error) {
 // Count is the number of archived runs of group in namespace (group "": of the namespace;
 // namespace "": of every namespace) by "<phase>/<result>".
 func (ix *Index) Count(namespace, group string) (map[string]int64, error) {
+	db, done, err := ix.reader()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	out := map[string]int64{}
-	err := counters(ix.db, scope{namespace, group}, func(phase, result string, n int64) {
+	err = counters(db, scope{namespace, group}, func(phase, result string, n int64) {
 		out[phase+"/"+result] = n
 	})
 	return out, err

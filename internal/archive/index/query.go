@@ -65,7 +65,12 @@ func (ix *Index) List(q Query) (Page, error) {
 		}
 	}
 
-	snap := ix.db.NewSnapshot()
+	db, done, err := ix.reader()
+	if err != nil {
+		return Page{}, err
+	}
+	defer done()
+	snap := db.NewSnapshot()
 	defer snap.Close()
 	sc, others, total, err := pickScope(snap, q.Namespace, groups, q.Phase, q.Result)
 	if err != nil || sc == nil {
