@@ -545,6 +545,7 @@ func TestLabelsArchivedRunsAreSelectedByCannotBeForged(t *testing.T) {
 	ns := newNamespace(t)
 	for key, value := range map[string]string{
 		arv1.LabelPhase: "Finished", arv1.LabelResult: "Success", arv1.LabelChangeGroupPrefix + "other": "",
+		arv1.LabelChangeGroupPrefix + "g1": "x", // the run's group, with a value the manager would rewrite
 	} {
 		run := fanOut(ns, fmt.Sprintf("forged-%d", len(key)))
 		run.Labels = map[string]string{key: value}

@@ -123,6 +123,8 @@ func validateSelectedLabels(run *rsv1.Run) field.ErrorList {
 			errs = append(errs, field.Forbidden(path.Key(k), "set by the manager when the run ends, to its result"))
 		case strings.HasPrefix(k, arv1.LabelChangeGroupPrefix) && !slices.Contains(run.Spec.ChangeGroups, strings.TrimPrefix(k, arv1.LabelChangeGroupPrefix)):
 			errs = append(errs, field.Forbidden(path.Key(k), "the run is not in that change group: name it in spec.changeGroups (the label follows)"))
+		case strings.HasPrefix(k, arv1.LabelChangeGroupPrefix) && v != "":
+			errs = append(errs, field.Invalid(path.Key(k), v, "a change-group label has no value (the manager sets it, empty, for each of spec.changeGroups)"))
 		}
 	}
 	return errs
