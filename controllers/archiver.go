@@ -301,7 +301,7 @@ func (u *archiveUpkeep) Start(ctx context.Context) error {
 	t := time.NewTicker(u.interval)
 	defer t.Stop()
 	for {
-		if err := u.compact(ctx, time.Now()); err != nil {
+		if _, err := archive.CompactPast(ctx, u.store, time.Now(), u.compacted); err != nil {
 			log.Error(err, "compacting index segments (retried)")
 		}
 		if u.keep > 0 {
@@ -320,25 +320,6 @@ func (u *archiveUpkeep) Start(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-// compact merges the segments of the hours before the previous one (which writers and followers
-// may still be busy with) that this process has not merged yet.
-func (u *archiveUpkeep) compact(ctx context.Context, now time.Time) error {
-	hours, err := archive.HoursBefore(ctx, u.store, now.Truncate(time.Hour).Add(-time.Hour))
-	if err != nil {
-		return err
-	}
-	for _, h := range hours {
-		if u.compacted[h] {
-			continue
-		}
-		if _, err := archive.CompactHour(ctx, u.store, h); err != nil {
-			return err
-		}
-		u.compacted[h] = true
-	}
-	return nil
 }
 
 // NeedLeaderElection: one replica keeps the archive.

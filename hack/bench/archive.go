@@ -254,7 +254,7 @@ func (b *archiveBench) measureStore(ctx context.Context, gen *archiveGen, kind, 
 		return nil, err
 	}
 	begin := time.Now()
-	if res.merged, err = compactPast(ctx, store, now); err != nil {
+	if res.merged, err = archive.CompactPast(ctx, store, now, nil); err != nil {
 		return nil, err
 	}
 	res.compactTook = time.Since(begin)

@@ -286,21 +286,3 @@ func putBaseline(ctx context.Context, store *objectstore.Store, prefix string, n
 	}
 	return time.Since(begin), ctx.Err()
 }
-
-// compactPast compacts every hour before the previous one, as the archiver's upkeep does, and
-// returns how many segments it merged.
-func compactPast(ctx context.Context, store *objectstore.Store, now time.Time) (int, error) {
-	hours, err := archive.HoursBefore(ctx, store, now.Truncate(time.Hour).Add(-time.Hour))
-	if err != nil {
-		return 0, err
-	}
-	merged := 0
-	for _, h := range hours {
-		n, err := archive.CompactHour(ctx, store, h)
-		if err != nil {
-			return merged, err
-		}
-		merged += n
-	}
-	return merged, nil
-}

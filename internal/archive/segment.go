@@ -218,3 +218,28 @@ func CompactHour(ctx context.Context, store *objectstore.Store, t time.Time) (in
 	}
 	return len(merged), nil
 }
+
+// CompactPast compacts (CompactHour) every hour before the one before now's, which writers and
+// followers may still be busy with, but those in done, and records in done, when given, the hours
+// it compacted. It returns how many segments it merged.
+func CompactPast(ctx context.Context, store *objectstore.Store, now time.Time, done map[time.Time]bool) (int, error) {
+	hours, err := HoursBefore(ctx, store, now.Truncate(time.Hour).Add(-time.Hour))
+	if err != nil {
+		return 0, err
+	}
+	merged := 0
+	for _, h := range hours {
+		if done[h] {
+			continue
+		}
+		n, err := CompactHour(ctx, store, h)
+		if err != nil {
+			return merged, err
+		}
+		merged += n
+		if done != nil {
+			done[h] = true
+		}
+	}
+	return merged, nil
+}

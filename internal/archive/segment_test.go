@@ -77,6 +77,52 @@ func TestCompactHour(t *testing.T) {
 	}
 }
 
+// TestCompactPast: the hours before the one before now are compacted, those in done skipped and
+// those compacted recorded; the hour before now's and now's, which writers may still be busy with,
+// are left.
+func TestCompactPast(t *testing.T) {
+	for name, store := range testenv.Stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			now := time.Date(2026, 3, 1, 10, 30, 0, 0, time.UTC)
+			hours := []time.Time{now.Add(-4 * time.Hour), now.Add(-3 * time.Hour), now.Add(-2 * time.Hour), now.Add(-time.Hour), now}
+			for _, h := range hours {
+				for s := range 2 {
+					uid := fmt.Sprintf("%s-%d", h.Format("15"), s)
+					if _, err := archive.WriteSegment(ctx, store, h.Add(time.Duration(s)*time.Minute), []archive.Entry{{Namespace: "ns", Name: uid, UID: uid, Created: h}}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			skipped := hours[0].Truncate(time.Hour)
+			done := map[time.Time]bool{skipped: true}
+			n, err := archive.CompactPast(ctx, store, now, done)
+			if err != nil || n != 4 {
+				t.Fatalf("CompactPast: %d merged, %v; want the 4 segments of the 2 hours neither done nor recent", n, err)
+			}
+			for i, h := range hours {
+				keys, err := store.List(ctx, archive.HourPrefix(h))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := 2
+				if i == 1 || i == 2 {
+					want = 1
+					if !done[h.Truncate(time.Hour)] {
+						t.Errorf("hour %s compacted but not recorded in done", h.Format("15:04"))
+					}
+				}
+				if len(keys) != want {
+					t.Errorf("hour %s: %d segments, want %d", h.Format("15:04"), len(keys), want)
+				}
+			}
+			if n, err := archive.CompactPast(ctx, store, now, done); err != nil || n != 0 {
+				t.Fatalf("again: %d merged, %v; want none", n, err)
+			}
+		})
+	}
+}
+
 // TestASegmentCutShortIsBad: a segment whose object ends midway through its gzip stream (written
 // cut short by an earlier version, or damaged) is a bad segment, skipped by indexes, not an error
 // that a follower retries for ever.
