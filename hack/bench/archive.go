@@ -90,30 +90,18 @@ const (
 )
 
 func (b *archiveBench) run(ctx context.Context, out io.Writer) (err error) {
-	parent := b.keep
-	if parent != "" {
-		if err := os.MkdirAll(parent, 0o755); err != nil {
-			return err
-		}
-	}
-	tmp, err := os.MkdirTemp(parent, "runservice-bench-archive-")
+	pd, err := newProcDir(b.env, b.keep, "runservice-bench-archive-")
 	if err != nil {
 		return err
 	}
 	defer func() {
-		switch {
-		case b.keep != "":
-			fmt.Fprintf(out, "archive: stores, indexes and logs kept in %s\n", tmp)
-		case err == nil:
-			_ = os.RemoveAll(tmp)
-		default:
-			err = fmt.Errorf("%w (the manager's logs are in %s)", err, tmp)
+		if b.keep != "" {
+			fmt.Fprintf(out, "archive: stores, indexes and logs kept in %s\n", pd.dir)
+			return
 		}
+		pd.finish(&err)
 	}()
-	bins, kubeconfig, err := buildForProcs(b.env, tmp)
-	if err != nil {
-		return err
-	}
+	tmp, bins, kubeconfig := pd.dir, pd.bins, pd.kubeconfig
 	reg, err := b.env.ArchiveAPI(ctx)
 	if err != nil {
 		return err

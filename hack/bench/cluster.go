@@ -83,7 +83,7 @@ type clusterPhase struct {
 func (p *clusterPhase) tasks() int { return p.runs * len(benchTasks()) }
 
 func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
-	pd, err := newProcDir(b.env, "runservice-bench-cluster-")
+	pd, err := newProcDir(b.env, "", "runservice-bench-cluster-")
 	if err != nil {
 		return err
 	}
@@ -283,16 +283,6 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 	t.mu.Unlock()
 	p.latency = sortedCopy(p.latency)
 	return p, nil
-}
-
-// buildForProcs builds the binaries (buildBinaries) and writes the admin's kubeconfig into dir, for
-// the processes a scenario starts.
-func buildForProcs(env *testenv.Env, dir string) (bins, kubeconfig string, err error) {
-	if bins, err = buildBinaries(env.Root, dir); err != nil {
-		return "", "", err
-	}
-	kubeconfig = filepath.Join(dir, "kubeconfig")
-	return bins, kubeconfig, os.WriteFile(kubeconfig, env.Kubeconfig, 0o600)
 }
 
 // buildBinaries builds the manager and the executor as `make build` would, into dir.

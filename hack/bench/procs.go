@@ -55,13 +55,22 @@ func startProc(dir, component, name string, env []string, bin string, args ...st
 // bins, the admin kubeconfig, their logs.
 type procDir struct{ dir, bins, kubeconfig string }
 
-func newProcDir(env *testenv.Env, prefix string) (*procDir, error) {
-	dir, err := os.MkdirTemp("", prefix)
+// newProcDir makes the directory under parent ("": the system's temporary directory).
+func newProcDir(env *testenv.Env, parent, prefix string) (*procDir, error) {
+	if parent != "" {
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := os.MkdirTemp(parent, prefix)
 	if err != nil {
 		return nil, err
 	}
-	d := &procDir{dir: dir}
-	if d.bins, d.kubeconfig, err = buildForProcs(env, dir); err != nil {
+	d := &procDir{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig")}
+	if d.bins, err = buildBinaries(env.Root, dir); err == nil {
+		err = os.WriteFile(d.kubeconfig, env.Kubeconfig, 0o600)
+	}
+	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}

@@ -59,7 +59,7 @@ type soakSample struct {
 }
 
 func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
-	pd, err := newProcDir(b.env, "runservice-bench-soak-")
+	pd, err := newProcDir(b.env, "", "runservice-bench-soak-")
 	if err != nil {
 		return err
 	}
