@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -14,16 +13,18 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+
 	"runservice.dev/runservice/internal/testenv"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
@@ -368,7 +369,7 @@ func (l *soakLook) sample(ctx context.Context, at time.Duration, submitted int) 
 	return s, nil
 }
 
-// scrape reads the unlabelled metrics names from a Prometheus text endpoint.
+// scrape reads the unlabelled gauges and counters names from a Prometheus text endpoint.
 func scrape(ctx context.Context, url string, names ...string) (map[string]float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -379,29 +380,19 @@ func scrape(ctx context.Context, url string, names ...string) (map[string]float6
 		return nil, fmt.Errorf("reading the manager's metrics: %w", err)
 	}
 	defer resp.Body.Close()
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n] = true
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		if !ok || !want[name] {
-			continue
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
-			out[name] = v
-		}
-	}
-	if err := sc.Err(); err != nil {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
 		return nil, fmt.Errorf("reading the manager's metrics: %w", err)
 	}
+	out := map[string]float64{}
 	for _, n := range names {
-		if _, ok := out[n]; !ok {
+		f, ok := families[n]
+		if !ok || len(f.GetMetric()) == 0 {
 			return nil, fmt.Errorf("the manager's metrics have no %s", n)
 		}
+		m := f.GetMetric()[0]
+		out[n] = m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
 	}
 	return out, nil
 }
