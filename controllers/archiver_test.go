@@ -604,3 +604,35 @@ func TestArchivingWaitsForTheRunControllersLastWrites(t *testing.T) {
 		t.Errorf("%d of the manager's writes of runs were refused for conflicts while archiving %d runs:\n%s", len(conflicts), runs, strings.Join(conflicts, "\n"))
 	}
 }
+
+// TestADeletedFinishedRunIsArchivedWithItsLogs: a run deleted once it has finished, its logs
+// fetched after, is archived at once (its archive-after is not waited for) with their log keys:
+// the run controller folds them into a deleted run's status as into a live one's, which the
+// archiver waits for.
+func TestADeletedFinishedRunIsArchivedWithItsLogs(t *testing.T) {
+	ns := newNamespace(t)
+	executorToken(t, ns)
+	deleted := make(chan struct{})
+	exe := serveHTTP(t, func(w http.ResponseWriter, r *http.Request) {
+		<-deleted // the logs are fetched once the run is deleted
+		_, _ = io.WriteString(w, "log")
+	})
+	startExecutor(t, ns, "ex1", withFetchEndpoint(exe.URL))
+	createRun(t, fanOut(ns, "gone")) // the suite's archive-after: an hour
+	for _, task := range []string{"a", "b", "c"} {
+		complete(t, ns, "gone", task, rsv1.TaskPhaseSuccess)
+	}
+	run := waitRunPhase(t, ns, "gone", rsv1.RunPhaseFinished)
+	if err := k8s.Delete(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	close(deleted)
+	doc := waitArchived(t, run)
+	for _, ts := range doc.Status.Tasks {
+		for j, s := range ts.Steps {
+			if s.Phase != rsv1.StepPhaseNotStarted && s.LogKey == "" {
+				t.Errorf("task %s step %d archived without its log key", ts.Name, j)
+			}
+		}
+	}
+}
