@@ -55,6 +55,10 @@ const (
 	// no longer count it.
 	FinalizerChangeGroupLedger = "runservice.dev/changegroup-ledger"
 
+	// LabelRestartedFrom names, on a Run that restarts another (spec.restartFrom), the restarted
+	// run; set at admission, so `-l runservice.dev/restarted-from=NAME` lists a run's restarts.
+	LabelRestartedFrom = "runservice.dev/restarted-from"
+
 	// AnnotationArchiveAfter on a Run overrides the manager's --archive-after for it: a duration
 	// (e.g. "0s", "30m", "168h") after its end when it is archived.
 	AnnotationArchiveAfter = "runservice.dev/archive-after"

@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // DependCondition says which final phase of a parent task lets a child task run.
@@ -18,6 +19,7 @@ const (
 // RunSpec is what a client submits: a DAG of tasks.
 // +kubebuilder:validation:XValidation:rule="has(self.changeGroups) == has(oldSelf.changeGroups)",message="changeGroups is immutable",fieldPath=".changeGroups"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.stop) || !oldSelf.stop || (has(self.stop) && self.stop)",message="stop cannot be undone",fieldPath=".stop"
+// +kubebuilder:validation:XValidation:rule="has(self.restartFrom) == has(oldSelf.restartFrom)",message="restartFrom is immutable",fieldPath=".restartFrom"
 type RunSpec struct {
 	// changeGroups are the ChangeGroups of the run's namespace the run belongs to; a group that does
 	// not exist yet is created on first use. Immutable.
@@ -61,6 +63,42 @@ type RunSpec struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="tasks are immutable once the run is created"
 	Tasks []Task `json:"tasks"`
+	// restartFrom makes the run a restart of an earlier run of the namespace that has ended (live
+	// or archived). The run's own tasks are its graph, usually the restarted run's. Immutable.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="restartFrom is immutable"
+	RestartFrom *RunRestart `json:"restartFrom,omitempty"`
+}
+
+// RunRestart names the run a run restarts.
+type RunRestart struct {
+	// run is the name of the restarted run, in the run's namespace. It must have ended.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Run string `json:"run"`
+	// uid of the restarted run. Admission sets it, when it is empty, to the uid of the run of that
+	// name: the live one, else the newest archived one.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=36
+	UID types.UID `json:"uid,omitempty"`
+	// failedTasksOnly keeps what succeeded: a task that ended Success in the restarted run, with the
+	// same definition and all its ancestors kept too, is not executed again. It is Success with the
+	// restarted run's times, executor and logs, and its saved workspace serves its children. Every
+	// other task runs again. False restarts from scratch: the whole graph runs again.
+	// +optional
+	FailedTasksOnly bool `json:"failedTasksOnly,omitempty"`
+}
+
+// RunReference names a run of the same namespace, by name and uid.
+type RunReference struct {
+	// name of the run.
+	// +required
+	Name string `json:"name"`
+	// uid of the run.
+	// +required
+	UID types.UID `json:"uid"`
 }
 
 // Task is one node of a run's graph.
@@ -403,6 +441,9 @@ type RunStatus struct {
 	// +listMapKey=name
 	// +kubebuilder:validation:MaxItems=256
 	Tasks []TaskStatus `json:"tasks,omitempty"`
+	// restartedFrom is the run this run restarts (spec.restartFrom), as the manager found it.
+	// +optional
+	RestartedFrom *RunReference `json:"restartedFrom,omitempty"`
 }
 
 // TaskStatus is the state of one task of a run.
@@ -447,6 +488,10 @@ type TaskStatus struct {
 	// +optional
 	// +listType=atomic
 	Steps []StepStatus `json:"steps,omitempty"`
+	// fromRun names the restarted run (status.restartedFrom) whose result this task keeps: it was
+	// not executed again, and its executor, executorTask, times and step logs are that run's.
+	// +optional
+	FromRun string `json:"fromRun,omitempty"`
 }
 
 // StepPhase is where a step is.
@@ -501,6 +546,7 @@ type StepStatus struct {
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Started",type=date,JSONPath=`.status.startTime`,priority=1
 // +kubebuilder:printcolumn:name="Ended",type=date,JSONPath=`.status.endTime`,priority=1
+// +kubebuilder:printcolumn:name="Restarts",type=string,JSONPath=`.spec.restartFrom.run`,priority=1
 type Run struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

@@ -107,6 +107,16 @@ func (in RunList) OpenAPIModelName() string {
 }
 
 // OpenAPIModelName returns the OpenAPI model name for this type.
+func (in RunReference) OpenAPIModelName() string {
+	return "dev.runservice.v1alpha1.RunReference"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in RunRestart) OpenAPIModelName() string {
+	return "dev.runservice.v1alpha1.RunRestart"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
 func (in RunSpec) OpenAPIModelName() string {
 	return "dev.runservice.v1alpha1.RunSpec"
 }

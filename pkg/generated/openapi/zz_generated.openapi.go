@@ -102,6 +102,8 @@ func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenA
 		apiv1alpha1.RestoreWorkspaceStep{}.OpenAPIModelName(): schema_runservicedev_runservice_api_v1alpha1_RestoreWorkspaceStep(ref),
 		apiv1alpha1.Run{}.OpenAPIModelName():                  schema_runservicedev_runservice_api_v1alpha1_Run(ref),
 		apiv1alpha1.RunList{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunList(ref),
+		apiv1alpha1.RunReference{}.OpenAPIModelName():         schema_runservicedev_runservice_api_v1alpha1_RunReference(ref),
+		apiv1alpha1.RunRestart{}.OpenAPIModelName():           schema_runservicedev_runservice_api_v1alpha1_RunRestart(ref),
 		apiv1alpha1.RunSpec{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref),
 		apiv1alpha1.RunStatus{}.OpenAPIModelName():            schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref),
 		apiv1alpha1.RunStep{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunStep(ref),
@@ -3043,6 +3045,12 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRunStatus(ref common.Referen
 							},
 						},
 					},
+					"restartedFrom": {
+						SchemaProps: spec.SchemaProps{
+							Description: "restartedFrom is the run this run restarts (spec.restartFrom), as the manager found it.",
+							Ref:         ref(apiv1alpha1.RunReference{}.OpenAPIModelName()),
+						},
+					},
 					"archiveTime": {
 						SchemaProps: spec.SchemaProps{
 							Description: "archiveTime is when the run was archived.",
@@ -3075,7 +3083,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedRunStatus(ref common.Referen
 			},
 		},
 		Dependencies: []string{
-			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), v1alpha1.ArchivedExecutorTask{}.OpenAPIModelName(), apiv1alpha1.TaskStatus{}.OpenAPIModelName()},
+			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), v1alpha1.ArchivedExecutorTask{}.OpenAPIModelName(), apiv1alpha1.RunReference{}.OpenAPIModelName(), apiv1alpha1.TaskStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -4070,6 +4078,72 @@ func schema_runservicedev_runservice_api_v1alpha1_RunList(ref common.ReferenceCa
 	}
 }
 
+func schema_runservicedev_runservice_api_v1alpha1_RunReference(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "RunReference names a run of the same namespace, by name and uid.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"name": {
+						SchemaProps: spec.SchemaProps{
+							Description: "name of the run.",
+							Default:     "",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"uid": {
+						SchemaProps: spec.SchemaProps{
+							Description: "uid of the run.",
+							Default:     "",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+				},
+				Required: []string{"name", "uid"},
+			},
+		},
+	}
+}
+
+func schema_runservicedev_runservice_api_v1alpha1_RunRestart(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "RunRestart names the run a run restarts.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"run": {
+						SchemaProps: spec.SchemaProps{
+							Description: "run is the name of the restarted run, in the run's namespace. It must have ended.",
+							Default:     "",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"uid": {
+						SchemaProps: spec.SchemaProps{
+							Description: "uid of the restarted run. Admission sets it, when it is empty, to the uid of the run of that name: the live one, else the newest archived one.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"failedTasksOnly": {
+						SchemaProps: spec.SchemaProps{
+							Description: "failedTasksOnly keeps what succeeded: a task that ended Success in the restarted run, with the same definition and all its ancestors kept too, is not executed again. It is Success with the restarted run's times, executor and logs, and its saved workspace serves its children. Every other task runs again. False restarts from scratch: the whole graph runs again.",
+							Type:        []string{"boolean"},
+							Format:      "",
+						},
+					},
+				},
+				Required: []string{"run"},
+			},
+		},
+	}
+}
+
 func schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref common.ReferenceCallback) common.OpenAPIDefinition {
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
@@ -4171,12 +4245,18 @@ func schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref common.ReferenceCa
 							},
 						},
 					},
+					"restartFrom": {
+						SchemaProps: spec.SchemaProps{
+							Description: "restartFrom makes the run a restart of an earlier run of the namespace that has ended (live or archived). The run's own tasks are its graph, usually the restarted run's. Immutable.",
+							Ref:         ref(apiv1alpha1.RunRestart{}.OpenAPIModelName()),
+						},
+					},
 				},
 				Required: []string{"tasks"},
 			},
 		},
 		Dependencies: []string{
-			apiv1alpha1.EnvVar{}.OpenAPIModelName(), apiv1alpha1.Task{}.OpenAPIModelName()},
+			apiv1alpha1.EnvVar{}.OpenAPIModelName(), apiv1alpha1.RunRestart{}.OpenAPIModelName(), apiv1alpha1.Task{}.OpenAPIModelName()},
 	}
 }
 
@@ -4275,11 +4355,17 @@ func schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref common.Reference
 							},
 						},
 					},
+					"restartedFrom": {
+						SchemaProps: spec.SchemaProps{
+							Description: "restartedFrom is the run this run restarts (spec.restartFrom), as the manager found it.",
+							Ref:         ref(apiv1alpha1.RunReference{}.OpenAPIModelName()),
+						},
+					},
 				},
 			},
 		},
 		Dependencies: []string{
-			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), apiv1alpha1.TaskStatus{}.OpenAPIModelName()},
+			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), apiv1alpha1.RunReference{}.OpenAPIModelName(), apiv1alpha1.TaskStatus{}.OpenAPIModelName()},
 	}
 }
 
@@ -4765,6 +4851,13 @@ func schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref common.Referenc
 									},
 								},
 							},
+						},
+					},
+					"fromRun": {
+						SchemaProps: spec.SchemaProps{
+							Description: "fromRun names the restarted run (status.restartedFrom) whose result this task keeps: it was not executed again, and its executor, executorTask, times and step logs are that run's.",
+							Type:        []string{"string"},
+							Format:      "",
 						},
 					},
 				},
