@@ -207,8 +207,8 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		return err
 	}
 	if opts.Webhook {
-		(&webhook.RunDefaulter{Archiving: opts.Archive}).SetupWithManager(mgr)
-		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader()}).SetupWithManager(mgr)
+		(&webhook.RunDefaulter{Archiving: opts.Archive, Reader: mgr.GetAPIReader(), Store: opts.Store}).SetupWithManager(mgr)
+		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader(), Store: opts.Store}).SetupWithManager(mgr)
 	}
 	return nil
 }
