@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -98,4 +99,54 @@ func RestartFromFailedTasks(t *testing.T, h *Harness, cfg *rest.Config, ns strin
 		t.Fatalf("restart from scratch: %s %+v, want a again and b failing again", scratch.Status.Result, scratch.Status.Tasks)
 	}
 	return Restarts{Original: orig, FailedOnly: fixed, FromScratch: scratch}
+}
+
+// RestartRefusals: a restart of a run whose task still runs is refused, naming spec.restartFrom.run
+// and saying what to do; once stopped, a restart into its change group with a token the group has
+// moved past is refused with 409, and nothing is created.
+func RestartRefusals(t *testing.T, h *Harness, cfg *rest.Config, ns string) {
+	ctx := context.Background()
+	cs, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "busy", Namespace: ns}, Spec: rsv1.RunSpec{
+		ChangeGroups: []string{"g"}, Tasks: []rsv1.Task{ShellTask("sleeper", "sleep 60")},
+	}}
+	if err := h.Client.Create(ctx, busy); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitStepRunning(t, ns, "busy", "sleeper")
+	restart := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{GenerateName: "busy-", Namespace: ns}, Spec: rsv1.RunSpec{
+		Tasks: busy.Spec.Tasks, RestartFrom: &rsv1.RunRestart{Run: "busy"},
+	}}
+	err = h.Client.Create(ctx, restart)
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.restartFrom.run") || !strings.Contains(err.Error(), "run busy is still Running: stop it") {
+		t.Fatalf("restart of a running run: %v, want refused naming spec.restartFrom.run", err)
+	}
+	if _, err := runops.Stop(ctx, cs, ns, "busy"); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitRun(t, ns, "busy", rsv1.RunPhaseFinished)
+
+	cg, err := cs.RunserviceV1alpha1().ChangeGroups(ns).Get(ctx, "g", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := rsv1.UpdateToken(cg)
+	other := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "other-in-g", Namespace: ns}, Spec: rsv1.RunSpec{
+		ChangeGroups: []string{"g"}, Tasks: []rsv1.Task{ShellTask("quick", "true")},
+	}}
+	if err := h.Client.Create(ctx, other); err != nil { // g moves on: the token read before is spent
+		t.Fatal(err)
+	}
+	_, err = runops.Restart(ctx, cs, ns, "busy", runops.RestartOptions{FailedTasksOnly: true, UpdateToken: stale})
+	if !apierrors.IsConflict(err) || !strings.Contains(err.Error(), `change group "g"`) {
+		t.Fatalf("restart with a stale token: %v, want 409 naming change group g", err)
+	}
+	var runs rsv1.RunList
+	if err := h.Client.List(ctx, &runs, client.InNamespace(ns), client.MatchingLabels{rsv1.LabelRestartedFrom: "busy"}); err != nil || len(runs.Items) != 0 {
+		t.Fatalf("refused restarts left %d runs (%v)", len(runs.Items), err)
+	}
+	h.WaitRun(t, ns, "other-in-g", rsv1.RunPhaseFinished)
 }

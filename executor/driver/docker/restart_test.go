@@ -45,3 +45,11 @@ func TestRestartFromFailedTasksStartsNoKeptContainer(t *testing.T) {
 	}
 	waitNoContainers(t, "docker-1")
 }
+
+// TestRestartRefusals: see e2e.RestartRefusals, on real containers.
+func TestRestartRefusals(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "d")
+	startExecutor(t, ns, "docker-1")
+	e2e.RestartRefusals(t, h, env.Config, ns)
+	waitNoContainers(t, "docker-1")
+}
