@@ -2,11 +2,16 @@ package controllers_test
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -270,4 +275,64 @@ func TestRestartIntoChangeGroupsWithAStaleToken(t *testing.T) {
 		t.Errorf("restart's change groups %v, want the original's", restart.Spec.ChangeGroups)
 	}
 	waitTask(t, ns, restart.Name, "b") // admitted into the group and running
+}
+
+// TestARestartWhoseOriginalIsGoneIsASetupError: while the restarted run cannot be read (the
+// object store down), the restart waits, undecided, and the manager tries again; once it reads
+// that the run is gone for good (deleted without being archived meanwhile), the restart ends
+// SetupError with a condition saying so, and nothing of it runs.
+func TestARestartWhoseOriginalIsGoneIsASetupError(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "ex1")
+	ctx := context.Background()
+	orig := failB(t, ns, createRun(t, chain(ns, "doomed")).Name)
+
+	var reads atomic.Int64
+	var down atomic.Bool
+	down.Store(true)
+	hook := func(run types.NamespacedName) error {
+		if run.Namespace != ns {
+			return nil
+		}
+		reads.Add(1)
+		if down.Load() {
+			return errors.New("the object store is down")
+		}
+		return nil
+	}
+	restartReading.Store(&hook)
+	t.Cleanup(func() { restartReading.Store(nil) })
+
+	restart, err := runops.Restart(ctx, clientset(t), ns, orig.Name, runops.RestartOptions{FailedTasksOnly: true})
+	if err != nil {
+		t.Fatalf("restarting: %v", err)
+	}
+	eventually(t, 30*time.Second, "the manager trying again to read the restarted run", func() (bool, error) {
+		return reads.Load() >= 3, nil
+	})
+	if phase := getRun(t, ns, restart.Name).Status.Phase; phase != "" {
+		t.Fatalf("the restart is %s before its original was read, want undecided", phase)
+	}
+	// Gone for good: deleted without its archive.
+	updateRun(t, ns, orig.Name, func(r *rsv1.Run) { r.Finalizers = nil })
+	if err := k8s.Delete(ctx, orig); client.IgnoreNotFound(err) != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the original gone", func() (bool, error) {
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(orig), &rsv1.Run{})
+		return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+	})
+	down.Store(false)
+
+	done := waitRunPhase(t, ns, restart.Name, rsv1.RunPhaseSetupError)
+	c := meta.FindStatusCondition(done.Status.Conditions, "Valid")
+	if c == nil || c.Status != metav1.ConditionFalse || c.Reason != rsv1.ReasonRestartedRunGone || !strings.Contains(c.Message, "spec.restartFrom: no run doomed with uid "+string(orig.UID)) {
+		t.Errorf("condition Valid = %+v, want False %s naming the run", c, rsv1.ReasonRestartedRunGone)
+	}
+	if done.Status.Result != rsv1.RunResultFailed || len(done.Status.Tasks) != 0 {
+		t.Errorf("restart ended %s with tasks %+v, want Failed with none", done.Status.Result, done.Status.Tasks)
+	}
+	for _, name := range []string{"a", "b", "c", "d"} {
+		noTask(t, ns, restart.Name, name)
+	}
 }

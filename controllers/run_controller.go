@@ -237,6 +237,11 @@ func (r *RunReconciler) restartFrom(ctx context.Context, run *rsv1.Run) (*rsv1.R
 	if !from.FailedTasksOnly && from.UID != "" {
 		return &rsv1.RunReference{Name: from.Run, UID: from.UID}, nil, nil
 	}
+	if hook := r.Options.RestartReading; hook != nil {
+		if err := hook(client.ObjectKeyFromObject(run)); err != nil {
+			return nil, nil, err
+		}
+	}
 	doc, err := restart.Find(ctx, r.APIReader, r.Options.Store, run.Namespace, from, from.FailedTasksOnly)
 	if err != nil {
 		return nil, nil, err

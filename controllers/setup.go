@@ -74,6 +74,9 @@ type Options struct {
 	// counted there) and before its ledger finalizer is removed; an error stops the release there:
 	// for fault tests.
 	LedgerReleased func(run types.NamespacedName) error
+	// RestartReading, when set, is called before the run controller reads the run a restart
+	// restarts; an error is taken for a failed read (the object store down): for fault tests.
+	RestartReading func(run types.NamespacedName) error
 }
 
 func (o *Options) defaults() {
