@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"strings"
 	"time"
 
@@ -108,7 +109,7 @@ func newestArchived(ctx context.Context, store *objectstore.Store, namespace, na
 	}
 	var newest *arv1.ArchivedRun
 	for _, d := range dirs {
-		uid := strings.TrimSuffix(d[strings.LastIndex(strings.TrimSuffix(d, "/"), "/")+1:], "/")
+		uid := path.Base(d)
 		if uid == "tasks" { // the layout of runs from before run uids
 			continue
 		}
