@@ -469,7 +469,8 @@ func (r *runner) prepare(ctx context.Context) error {
 // restoring a workspace with a hole (the manager does not schedule such a task; this is the
 // defense in depth). A source without an ExecutorTask (skipped, or deleted since) tells nothing of
 // what it saved: what its prefix lists is taken, under this run's uid, so never another run's. A
-// source that is another run's ExecutorTask is refused: its workspace is not this run's to restore.
+// source that is another run's ExecutorTask is refused: its workspace is not this run's to restore,
+// unless the manager named it in spec.keptSources (a task a restart kept from the run it restarts).
 func (r *runner) downloadWorkspace(ctx context.Context, src string) error {
 	if i := slices.IndexFunc(r.et.Spec.KeptSources, func(k rsv1.KeptWorkspaceSource) bool { return k.ExecutorTask == src }); i >= 0 {
 		return r.downloadKept(ctx, &r.et.Spec.KeptSources[i])
