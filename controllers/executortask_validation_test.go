@@ -15,8 +15,8 @@ import (
 
 // TestExecutorTaskSpecIsImmutable: an executor runs what was scheduled. Whoever may update an
 // ExecutorTask (the manager, a namespace admin) can set stop, and nothing else of the spec: not the
-// task's steps or image, not the environment, the workspaces it restores or the run uid its store
-// keys carry.
+// task's steps or image, not the environment, the workspaces it restores (its own run's or, for a
+// restart, the restarted run's it kept) or the run uid its store keys carry.
 func TestExecutorTaskSpecIsImmutable(t *testing.T) {
 	ns := newNamespace(t)
 	ctx := context.Background()
@@ -26,7 +26,9 @@ func TestExecutorTaskSpecIsImmutable(t *testing.T) {
 			RunName: "r", RunUID: "11111111-1111-1111-1111-111111111111", TaskName: "build", Executor: "nowhere", ExecutorUID: "00000000-0000-0000-0000-000000000000",
 			Task:             task("build"),
 			Environment:      []rsv1.EnvVar{{Name: "CI", Value: "true"}},
-			WorkspaceSources: []string{"r-checkout"},
+			WorkspaceSources: []string{"r-checkout", "o-lint"},
+			KeptSources: []rsv1.KeptWorkspaceSource{{ExecutorTask: "o-lint", Archives: []int32{1},
+				Run: rsv1.RunReference{Name: "o", UID: "44444444-4444-4444-4444-444444444444"}}},
 		},
 	}
 	if err := k8s.Create(ctx, base); err != nil {
@@ -50,6 +52,11 @@ func TestExecutorTaskSpecIsImmutable(t *testing.T) {
 		// The run uid says where its logs and archives are kept, and whose workspaces it restores.
 		{"move it to another run's keys", func(s *rsv1.ExecutorTaskSpec) { s.RunUID = "22222222-2222-2222-2222-222222222222" }},
 		{"remove the run uid", func(s *rsv1.ExecutorTaskSpec) { s.RunUID = "" }},
+		// Kept sources say whose archives a restart's task restores.
+		{"point a kept source at another run", func(s *rsv1.ExecutorTaskSpec) {
+			s.KeptSources[0].Run = rsv1.RunReference{Name: "other", UID: "33333333-3333-3333-3333-333333333333"}
+		}},
+		{"remove the kept sources", func(s *rsv1.ExecutorTaskSpec) { s.KeptSources = nil }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

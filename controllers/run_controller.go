@@ -2,8 +2,6 @@ package controllers
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -35,6 +33,7 @@ import (
 	"runservice.dev/runservice/internal/archive"
 	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/restart"
 	"runservice.dev/runservice/internal/webhook"
 	"runservice.dev/runservice/pkg/dag"
 )
@@ -123,9 +122,26 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 
 	old := run.Status.DeepCopy()
 	var result ctrl.Result
+	var kept []rsv1.TaskStatus
 	if run.Status.Phase == "" {
+		setupErr := ""
 		if errs := append(dag.Validate(&run.Spec, field.NewPath("spec")), dag.ValidateSize(run)...); len(errs) > 0 {
-			r.setupError(run, errs)
+			r.setupError(run, rsv1.ReasonInvalidGraph, errs.ToAggregate().Error())
+			setupErr = rsv1.ReasonInvalidGraph
+		} else if run.Spec.RestartFrom != nil {
+			var gone *restart.GoneError
+			from, k, err := r.restartFrom(ctx, run)
+			switch {
+			case errors.As(err, &gone):
+				r.setupError(run, rsv1.ReasonRestartedRunGone, "spec.restartFrom: "+gone.Error())
+				setupErr = rsv1.ReasonRestartedRunGone
+			case err != nil:
+				// Not readable now (the object store or the apiserver): nothing is decided before it is.
+				return ctrl.Result{}, fmt.Errorf("reading the restarted run %s: %w", run.Spec.RestartFrom.Run, err)
+			}
+			run.Status.RestartedFrom, kept = from, k
+		}
+		if setupErr != "" {
 			if err := r.writeStatus(ctx, run, old); err != nil {
 				return requeueOnConflict(err, "")
 			}
@@ -142,7 +158,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	out := dag.Advance(dag.Input{Spec: &run.Spec, Status: &run.Status, Admitted: admitted, ExecutorTasks: states, Now: metav1.Now()})
+	out := dag.Advance(dag.Input{Spec: &run.Spec, Status: &run.Status, Admitted: admitted, ExecutorTasks: states, Now: metav1.Now(), Kept: kept})
 	run.Status = out.Status
 	run.Status.ObservedGeneration = run.Generation
 	setCondition(run, ConditionValid, metav1.ConditionTrue, "Valid", "the run's graph is valid")
@@ -202,14 +218,39 @@ func setCondition(run *rsv1.Run, typ string, status metav1.ConditionStatus, reas
 	})
 }
 
-func (r *RunReconciler) setupError(run *rsv1.Run, errs field.ErrorList) {
+// setupError ends a run that cannot start, with the reason and message on its Valid condition.
+func (r *RunReconciler) setupError(run *rsv1.Run, reason, msg string) {
 	now := metav1.Now()
 	run.Status.Phase = rsv1.RunPhaseSetupError
 	run.Status.Result = rsv1.RunResultFailed
 	run.Status.QueueTime, run.Status.EndTime = &now, &now
 	run.Status.ObservedGeneration = run.Generation
-	setCondition(run, ConditionValid, metav1.ConditionFalse, rsv1.ReasonInvalidGraph, errs.ToAggregate().Error())
-	r.Recorder.Eventf(run, nil, corev1.EventTypeWarning, rsv1.ReasonInvalidGraph, "Validate", "%s", errs.ToAggregate().Error())
+	setCondition(run, ConditionValid, metav1.ConditionFalse, reason, msg)
+	r.Recorder.Eventf(run, nil, corev1.EventTypeWarning, reason, "Validate", "%s", rsv1.TruncateMessage(msg))
+}
+
+// restartFrom finds the run that run restarts (spec.restartFrom) and the statuses of the tasks it
+// keeps of it: none from scratch, which needs nothing of the restarted run but its identity. It is
+// read from the apiserver, not the cache: admission saw it ended, the cache may not have yet.
+func (r *RunReconciler) restartFrom(ctx context.Context, run *rsv1.Run) (*rsv1.RunReference, []rsv1.TaskStatus, error) {
+	from := *run.Spec.RestartFrom
+	if !from.FailedTasksOnly && from.UID != "" {
+		return &rsv1.RunReference{Name: from.Run, UID: from.UID}, nil, nil
+	}
+	if hook := r.Options.RestartReading; hook != nil {
+		if err := hook(client.ObjectKeyFromObject(run)); err != nil {
+			return nil, nil, err
+		}
+	}
+	doc, err := restart.Find(ctx, r.APIReader, r.Options.Store, run.Namespace, from, from.FailedTasksOnly)
+	if err != nil {
+		return nil, nil, err
+	}
+	ref := &rsv1.RunReference{Name: doc.Name, UID: doc.UID}
+	if !from.FailedTasksOnly {
+		return ref, nil, nil
+	}
+	return ref, restart.Kept(&run.Spec, doc), nil
 }
 
 // ensureGroups creates the run's change groups that do not exist yet: groups are created on first use.
@@ -426,7 +467,7 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 				Name:      etName,
 				Namespace: run.Namespace,
 				Labels: map[string]string{
-					rsv1.LabelRun: labelValue(run.Name), rsv1.LabelRunUID: string(run.UID), rsv1.LabelTask: name, rsv1.LabelExecutor: ex.Name,
+					rsv1.LabelRun: rsv1.LabelValue(run.Name), rsv1.LabelRunUID: string(run.UID), rsv1.LabelTask: name, rsv1.LabelExecutor: ex.Name,
 				},
 			},
 			Spec: rsv1.ExecutorTaskSpec{
@@ -440,6 +481,11 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 			},
 		}
 		for _, a := range dag.Ancestors(&run.Spec, name) {
+			if ks, ok := keptSource(run, a); ok {
+				et.Spec.WorkspaceSources = append(et.Spec.WorkspaceSources, ks.ExecutorTask)
+				et.Spec.KeptSources = append(et.Spec.KeptSources, ks)
+				continue
+			}
 			// The name an ancestor ran under: a run scheduled by an earlier manager has ExecutorTasks
 			// named otherwise. One that never ran (skipped) has none, and saved nothing.
 			src := rsv1.ExecutorTaskName(run.Name, run.UID, a)
@@ -477,6 +523,22 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 	}
 	r.recordScheduled(run, name, etName, landedOn)
 	return nil
+}
+
+// keptSource is the workspace source of task name when a restart kept it: the ExecutorTask it
+// ran as in the run it keeps it from, and the archives it stored there.
+func keptSource(run *rsv1.Run, name string) (rsv1.KeptWorkspaceSource, bool) {
+	i := slices.IndexFunc(run.Status.Tasks, func(ts rsv1.TaskStatus) bool { return ts.Name == name })
+	j := slices.IndexFunc(run.Spec.Tasks, func(t rsv1.Task) bool { return t.Name == name })
+	if i < 0 || j < 0 || run.Status.Tasks[i].FromRun == "" || run.Status.Tasks[i].ExecutorTask == "" {
+		return rsv1.KeptWorkspaceSource{}, false
+	}
+	ts := &run.Status.Tasks[i]
+	ks := rsv1.KeptWorkspaceSource{ExecutorTask: ts.ExecutorTask, Run: rsv1.RunReference{Name: ts.FromRun, UID: ts.FromRunUID}}
+	for _, step := range restart.SavedArchives(&run.Spec.Tasks[j], ts) {
+		ks.Archives = append(ks.Archives, int32(step))
+	}
+	return ks, true
 }
 
 // recordScheduled records in the run's status where task name was scheduled.
@@ -525,15 +587,6 @@ func (r *RunReconciler) nameTaken(ctx context.Context, run *rsv1.Run, name strin
 			ts.EndTime = &now
 		}
 	}
-}
-
-// labelValue fits a name into a label value (63 characters).
-func labelValue(s string) string {
-	if len(s) <= 63 {
-		return s
-	}
-	sum := sha256.Sum256([]byte(s))
-	return s[:46] + "-" + hex.EncodeToString(sum[:8])
 }
 
 func (r *RunReconciler) stopTask(ctx context.Context, namespace, name string) error {

@@ -74,6 +74,9 @@ type Options struct {
 	// counted there) and before its ledger finalizer is removed; an error stops the release there:
 	// for fault tests.
 	LedgerReleased func(run types.NamespacedName) error
+	// RestartReading, when set, is called before the run controller reads the run a restart
+	// restarts; an error is taken for a failed read (the object store down): for fault tests.
+	RestartReading func(run types.NamespacedName) error
 }
 
 func (o *Options) defaults() {
@@ -207,8 +210,8 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		return err
 	}
 	if opts.Webhook {
-		(&webhook.RunDefaulter{Archiving: opts.Archive}).SetupWithManager(mgr)
-		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader()}).SetupWithManager(mgr)
+		(&webhook.RunDefaulter{Archiving: opts.Archive, Reader: mgr.GetAPIReader(), Store: opts.Store}).SetupWithManager(mgr)
+		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader(), Store: opts.Store}).SetupWithManager(mgr)
 	}
 	return nil
 }

@@ -49,6 +49,9 @@ var (
 	// ledgerReleased, when set, is called by the manager's run controller after a run left its
 	// groups' ledgers and before its ledger finalizer is removed.
 	ledgerReleased atomic.Pointer[func(types.NamespacedName) error]
+	// restartReading, when set, is called by the manager's run controller before it reads the run
+	// a restart restarts; an error fails that read.
+	restartReading atomic.Pointer[func(types.NamespacedName) error]
 	storeDir       string // the manager's object store
 )
 
@@ -112,6 +115,12 @@ func startManager() error {
 	}
 	opts.Controllers.LedgerReleased = func(run types.NamespacedName) error {
 		if f := ledgerReleased.Load(); f != nil {
+			return (*f)(run)
+		}
+		return nil
+	}
+	opts.Controllers.RestartReading = func(run types.NamespacedName) error {
+		if f := restartReading.Load(); f != nil {
 			return (*f)(run)
 		}
 		return nil

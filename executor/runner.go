@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -468,8 +469,12 @@ func (r *runner) prepare(ctx context.Context) error {
 // restoring a workspace with a hole (the manager does not schedule such a task; this is the
 // defense in depth). A source without an ExecutorTask (skipped, or deleted since) tells nothing of
 // what it saved: what its prefix lists is taken, under this run's uid, so never another run's. A
-// source that is another run's ExecutorTask is refused: its workspace is not this run's to restore.
+// source that is another run's ExecutorTask is refused: its workspace is not this run's to restore,
+// unless the manager named it in spec.keptSources (a task a restart kept from the run it restarts).
 func (r *runner) downloadWorkspace(ctx context.Context, src string) error {
+	if i := slices.IndexFunc(r.et.Spec.KeptSources, func(k rsv1.KeptWorkspaceSource) bool { return k.ExecutorTask == src }); i >= 0 {
+		return r.downloadKept(ctx, &r.et.Spec.KeptSources[i])
+	}
 	parent := &rsv1.ExecutorTask{}
 	err := r.e.reader.Get(ctx, types.NamespacedName{Namespace: r.et.Namespace, Name: src}, parent)
 	if apierrors.IsNotFound(err) {
@@ -487,6 +492,23 @@ func (r *runner) downloadWorkspace(ctx context.Context, src string) error {
 		err := r.download(ctx, stored.ArchiveKey(i), toolbox.WorkspaceArchivePath(r.dir, src, i))
 		if errors.Is(err, objectstore.ErrNotFound) {
 			return fmt.Errorf("workspace of task %q step %d (%s) is missing from the object store", parent.Spec.TaskName, i, parent.Status.Steps[i].Name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// downloadKept downloads the archives of a source a restart kept: an ExecutorTask of the run it
+// restarts, which the manager named with that run (ExecutorTask specs are the manager's alone), its
+// archives kept under that run's uid.
+func (r *runner) downloadKept(ctx context.Context, k *rsv1.KeptWorkspaceSource) error {
+	stored := objectstore.Task{Namespace: r.et.Namespace, Run: k.Run.Name, RunUID: string(k.Run.UID), ExecutorTask: k.ExecutorTask}
+	for _, i := range k.Archives {
+		err := r.download(ctx, stored.ArchiveKey(int(i)), toolbox.WorkspaceArchivePath(r.dir, k.ExecutorTask, int(i)))
+		if errors.Is(err, objectstore.ErrNotFound) {
+			return fmt.Errorf("workspace of %s step %d, kept from run %s, is missing from the object store (removed by the archive's retention?)", k.ExecutorTask, i, k.Run.Name)
 		}
 		if err != nil {
 			return err

@@ -11,6 +11,7 @@ import (
 // +kubebuilder:validation:XValidation:rule="has(self.runUID) == has(oldSelf.runUID) && (!has(self.runUID) || self.runUID == oldSelf.runUID)",message="only stop can change",fieldPath=".runUID"
 // +kubebuilder:validation:XValidation:rule="has(self.environment) == has(oldSelf.environment) && (!has(self.environment) || self.environment == oldSelf.environment)",message="only stop can change",fieldPath=".environment"
 // +kubebuilder:validation:XValidation:rule="has(self.workspaceSources) == has(oldSelf.workspaceSources) && (!has(self.workspaceSources) || self.workspaceSources == oldSelf.workspaceSources)",message="only stop can change",fieldPath=".workspaceSources"
+// +kubebuilder:validation:XValidation:rule="has(self.keptSources) == has(oldSelf.keptSources) && (!has(self.keptSources) || self.keptSources == oldSelf.keptSources)",message="only stop can change",fieldPath=".keptSources"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.stop) || !oldSelf.stop || (has(self.stop) && self.stop)",message="stop cannot be undone",fieldPath=".stop"
 type ExecutorTaskSpec struct {
 	// runName is the Run the task belongs to.
@@ -54,9 +55,35 @@ type ExecutorTaskSpec struct {
 	// +listType=atomic
 	WorkspaceSources []string `json:"workspaceSources,omitempty"`
 
+	// keptSources are the workspace sources that are not this run's ExecutorTasks but the
+	// restarted run's (spec.restartFrom of the Run): tasks the restart kept, not executed again,
+	// whose archives are kept under that run in the object store.
+	// +optional
+	// +listType=map
+	// +listMapKey=executorTask
+	// +kubebuilder:validation:MaxItems=256
+	KeptSources []KeptWorkspaceSource `json:"keptSources,omitempty"`
+
 	// stop asks the executor to stop the task.
 	// +optional
 	Stop bool `json:"stop,omitempty"`
+}
+
+// KeptWorkspaceSource is a workspace source a restart kept: an ExecutorTask of the restarted run.
+type KeptWorkspaceSource struct {
+	// executorTask is the source's name in workspaceSources: the restarted run's ExecutorTask.
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	ExecutorTask string `json:"executorTask"`
+	// run is the restarted run, under whose uid the source's archives are kept.
+	// +required
+	Run RunReference `json:"run"`
+	// archives are the indexes of the source's saveToWorkspace steps whose archives are stored:
+	// exactly those are restored, so that one missing fails the task, naming it.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	Archives []int32 `json:"archives,omitempty"`
 }
 
 // ExecutorTaskStatus is written only by the task's executor.

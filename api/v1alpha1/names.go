@@ -30,3 +30,13 @@ func ExecutorTaskName(run string, runUID types.UID, task string) string {
 	}
 	return readable + suffix
 }
+
+// LabelValue fits a name into a label value (63 characters): longer names keep their first 46
+// characters and a hash of the whole. LabelRun and LabelRestartedFrom hold run names this way.
+func LabelValue(s string) string {
+	if len(s) <= 63 {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return s[:46] + "-" + hex.EncodeToString(sum[:8])
+}

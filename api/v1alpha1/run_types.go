@@ -95,9 +95,12 @@ type RunRestart struct {
 type RunReference struct {
 	// name of the run.
 	// +required
+	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
 	// uid of the run.
 	// +required
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=36
 	UID types.UID `json:"uid"`
 }
 
@@ -387,6 +390,9 @@ const (
 	// ReasonExecutorTaskNameTaken fails a task whose ExecutorTask name is held by an ExecutorTask of
 	// another run or another task: it is never adopted, and the task never runs on it.
 	ReasonExecutorTaskNameTaken = "ExecutorTaskNameTaken"
+	// ReasonRestartedRunGone ends a restart (spec.restartFrom) as SetupError when the run it
+	// restarts is neither live nor archived any more: there is nothing to keep or restore from.
+	ReasonRestartedRunGone = "RestartedRunGone"
 )
 
 // Reasons of the fetcher's events on ExecutorTasks.
@@ -488,10 +494,17 @@ type TaskStatus struct {
 	// +optional
 	// +listType=atomic
 	Steps []StepStatus `json:"steps,omitempty"`
-	// fromRun names the restarted run (status.restartedFrom) whose result this task keeps: it was
-	// not executed again, and its executor, executorTask, times and step logs are that run's.
+	// fromRun names the run whose result this task keeps: it was not executed again, and its
+	// executor, executorTask, times and step logs are that run's. It is the restarted run
+	// (status.restartedFrom), or, for a task that run had kept in turn, the run it first ran in.
 	// +optional
+	// +kubebuilder:validation:MaxLength=253
 	FromRun string `json:"fromRun,omitempty"`
+	// fromRunUID is the uid of fromRun, under which its logs and workspace archives are kept.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=36
+	FromRunUID types.UID `json:"fromRunUID,omitempty"`
 }
 
 // StepPhase is where a step is.

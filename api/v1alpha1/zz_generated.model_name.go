@@ -92,6 +92,11 @@ func (in FinishedRuns) OpenAPIModelName() string {
 }
 
 // OpenAPIModelName returns the OpenAPI model name for this type.
+func (in KeptWorkspaceSource) OpenAPIModelName() string {
+	return "dev.runservice.v1alpha1.KeptWorkspaceSource"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
 func (in RestoreWorkspaceStep) OpenAPIModelName() string {
 	return "dev.runservice.v1alpha1.RestoreWorkspaceStep"
 }

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -13,11 +14,14 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/archive"
+	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/restart"
 )
 
 // DefaultPath is where the Run defaulting webhook is served.
@@ -29,9 +33,15 @@ const DefaultPath = "/mutate-runservice-dev-v1alpha1-run"
 // (Finalizers, archive.Labels), so that the manager need not add them in a write of its own; and a
 // run in change groups is never without the finalizer that releases it from their ledgers, not even
 // for the moment before a reconcile.
+//
+// A restart (spec.restartFrom) also gets the label LabelRestartedFrom and, when it names no uid, the
+// uid of the run it restarts: the live run of that name, else the newest archived one.
 type RunDefaulter struct {
 	// Archiving says whether the manager archives finished runs.
 	Archiving bool
+	// Reader reads live from the apiserver; Store is the archive's object store (nil: none).
+	Reader client.Reader
+	Store  *objectstore.Store
 }
 
 var _ admission.Handler = (*RunDefaulter)(nil)
@@ -42,7 +52,7 @@ func (d *RunDefaulter) SetupWithManager(mgr ctrl.Manager) {
 }
 
 // Handle implements admission.Handler.
-func (d *RunDefaulter) Handle(_ context.Context, req admission.Request) admission.Response {
+func (d *RunDefaulter) Handle(ctx context.Context, req admission.Request) admission.Response {
 	if req.Operation != admissionv1.Create {
 		return admission.Allowed("")
 	}
@@ -50,7 +60,21 @@ func (d *RunDefaulter) Handle(_ context.Context, req admission.Request) admissio
 	if err := json.Unmarshal(req.Object.Raw, run); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding run: %w", err))
 	}
-	return admission.Patched("", metaPatch(run, Finalizers(run, d.Archiving), archive.Labels(run))...)
+	labels := archive.Labels(run)
+	var ops []jsonpatch.JsonPatchOperation
+	if rf := run.Spec.RestartFrom; rf != nil {
+		labels[rsv1.LabelRestartedFrom] = rsv1.LabelValue(rf.Run)
+		if rf.UID == "" {
+			doc, err := restart.Find(ctx, d.Reader, d.Store, run.Namespace, *rf, false)
+			switch {
+			case err == nil:
+				ops = append(ops, jsonpatch.NewOperation("add", "/spec/restartFrom/uid", doc.UID))
+			case !errors.As(err, new(*restart.GoneError)): // a run that is nowhere is the validating webhook's to refuse
+				return admission.Errored(http.StatusInternalServerError, fmt.Errorf("finding the restarted run %s: %w", rf.Run, err))
+			}
+		}
+	}
+	return admission.Patched("", append(metaPatch(run, Finalizers(run, d.Archiving), labels), ops...)...)
 }
 
 // metaPatch adds to run the finalizers and labels it lacks. A label it has with another value is

@@ -25,6 +25,8 @@ import (
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/ledger"
+	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/restart"
 	"runservice.dev/runservice/pkg/dag"
 )
 
@@ -42,6 +44,8 @@ type RunValidator struct {
 	Ledger *ledger.Ledger
 	// Reader reads live from the apiserver.
 	Reader client.Reader
+	// Store is the archive's object store, where restarted runs no longer live are found (nil: none).
+	Store *objectstore.Store
 }
 
 var _ admission.Handler = (*RunValidator)(nil)
@@ -78,6 +82,13 @@ func (v *RunValidator) create(ctx context.Context, run *rsv1.Run, dryRun bool) a
 	if len(run.Name)+1+63 > 253 {
 		errs = append(errs, field.TooLong(field.NewPath("metadata", "name"), run.Name, 253-64))
 	}
+	if run.Spec.RestartFrom != nil {
+		rerrs, err := v.validateRestart(ctx, run)
+		if err != nil {
+			return admission.Errored(http.StatusInternalServerError, err)
+		}
+		errs = append(errs, rerrs...)
+	}
 	token, carried := carriedToken(nil, run)
 	tokens, terrs := parseToken(run, token, carried)
 	if errs = append(errs, terrs...); len(errs) > 0 {
@@ -108,6 +119,42 @@ func validateArchiveAfter(run *rsv1.Run) field.ErrorList {
 	return nil
 }
 
+// validateRestart checks that the run a restart names exists, live or archived, with the uid
+// named, and has ended. An error is one of reading, not a refusal.
+func (v *RunValidator) validateRestart(ctx context.Context, run *rsv1.Run) (field.ErrorList, error) {
+	rf := *run.Spec.RestartFrom
+	p := field.NewPath("spec", "restartFrom")
+	doc, err := restart.Find(ctx, v.Reader, v.Store, run.Namespace, rf, false)
+	var gone *restart.GoneError
+	if errors.As(err, &gone) {
+		if rf.UID != "" {
+			// A run of that name with another uid (live or archived) makes it the uid that is wrong.
+			byName := rf
+			byName.UID = ""
+			_, err := restart.Find(ctx, v.Reader, v.Store, run.Namespace, byName, false)
+			if err == nil {
+				return field.ErrorList{field.Invalid(p.Child("uid"), rf.UID, gone.Error())}, nil
+			}
+			if !errors.As(err, new(*restart.GoneError)) {
+				return nil, fmt.Errorf("finding the restarted run %s: %w", rf.Run, err)
+			}
+		}
+		nowhere := &restart.GoneError{Namespace: run.Namespace, Run: rf.Run}
+		return field.ErrorList{field.Invalid(p.Child("run"), rf.Run, nowhere.Error())}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("finding the restarted run %s: %w", rf.Run, err)
+	}
+	if phase := doc.Status.Phase; !phase.IsFinal() {
+		if phase == "" {
+			phase = rsv1.RunPhaseQueued
+		}
+		return field.ErrorList{field.Forbidden(p.Child("run"), fmt.Sprintf(
+			"run %s is still %s: stop it (runctl stop %s) or wait for its end (runctl wait %s), then restart it", rf.Run, phase, rf.Run, rf.Run))}, nil
+	}
+	return nil, nil
+}
+
 // validateSelectedLabels checks the labels that select live and archived runs alike
 // (archive.Labels): they say what the run is, so a run may not claim a phase or result it has not
 // reached or a change group it is not in.
@@ -125,6 +172,8 @@ func validateSelectedLabels(run *rsv1.Run) field.ErrorList {
 			errs = append(errs, field.Forbidden(path.Key(k), "the run is not in that change group: name it in spec.changeGroups (the label follows)"))
 		case strings.HasPrefix(k, arv1.LabelChangeGroupPrefix) && v != "":
 			errs = append(errs, field.Invalid(path.Key(k), v, "a change-group label has no value (the manager sets it, empty, for each of spec.changeGroups)"))
+		case k == rsv1.LabelRestartedFrom && (run.Spec.RestartFrom == nil || v != rsv1.LabelValue(run.Spec.RestartFrom.Run)):
+			errs = append(errs, field.Forbidden(path.Key(k), "set at admission to the run spec.restartFrom names: only a restart has it (runctl restart RUN)"))
 		}
 	}
 	return errs

@@ -43,6 +43,10 @@ type Input struct {
 	// ExecutorTasks are the run's ExecutorTasks, keyed by task name.
 	ExecutorTasks map[string]ExecutorTaskState
 	Now           metav1.Time
+	// Kept are the statuses of the tasks a restart keeps from the run it restarts (final, with
+	// fromRun): they enter a new run's status as they are, on its first advance, and are never
+	// scheduled; their children find them final like any parent.
+	Kept []v1alpha1.TaskStatus
 }
 
 // Output is what Advance decided.
@@ -87,6 +91,7 @@ func Advance(in Input) Output {
 		a.status.Phase = v1alpha1.RunPhaseQueued
 		a.status.Result = v1alpha1.RunResultUnknown
 		a.status.QueueTime = a.nowPtr()
+		a.seed(in.Kept)
 	}
 	a.alignTasks()
 
@@ -142,13 +147,26 @@ func (a *advancer) alignTasks() {
 	a.status.Tasks = tasks
 }
 
+// seed puts the tasks a restart keeps into a new run's status, those of its spec that are final.
+func (a *advancer) seed(kept []v1alpha1.TaskStatus) {
+	for _, ts := range kept {
+		if _, ok := a.g.index[ts.Name]; !ok || !ts.Phase.IsFinal() ||
+			slices.ContainsFunc(a.status.Tasks, func(s v1alpha1.TaskStatus) bool { return s.Name == ts.Name }) {
+			continue
+		}
+		a.status.Tasks = append(a.status.Tasks, *ts.DeepCopy())
+	}
+}
+
 func (a *advancer) queued(admitted bool) {
 	switch {
 	case a.stop:
 		a.status.Phase = v1alpha1.RunPhaseCancelled
 		a.status.Result = v1alpha1.RunResultStopped
 		for i := range a.status.Tasks {
-			a.cancel(&a.status.Tasks[i])
+			if !a.status.Tasks[i].Phase.IsFinal() { // a task a restart kept stays as it ended
+				a.cancel(&a.status.Tasks[i])
+			}
 		}
 		a.status.EndTime = a.nowPtr()
 	case admitted:

@@ -92,6 +92,13 @@ func ts(name string, phase v1alpha1.TaskPhase) v1alpha1.TaskStatus {
 	return t
 }
 
+// keptTS is the status of a task a restart kept from run "orig".
+func keptTS(name string) v1alpha1.TaskStatus {
+	t := ts(name, success)
+	t.StartTime, t.Executor, t.ExecutorTask, t.FromRun, t.FromRunUID = ptr(started), "ex", "orig-"+name, "orig", "uid-orig"
+	return t
+}
+
 func queuedStatus(tasks ...v1alpha1.TaskStatus) *v1alpha1.RunStatus {
 	return &v1alpha1.RunStatus{
 		Phase:     v1alpha1.RunPhaseQueued,
@@ -259,6 +266,7 @@ func TestAdvance(t *testing.T) {
 		status   *v1alpha1.RunStatus
 		admitted bool
 		ets      map[string]ExecutorTaskState
+		kept     []v1alpha1.TaskStatus
 		want     want
 	}{
 		// Initialisation and the Queued phase.
@@ -291,6 +299,46 @@ func TestAdvance(t *testing.T) {
 					timeIs(t, "queueTime", out.Status.QueueTime, now)
 					timeIs(t, "startTime", out.Status.StartTime, now)
 				},
+			},
+		},
+		// A restart's kept tasks.
+		{
+			name:     "a restart's kept task enters the new run final and is not scheduled; its children are, restorers too",
+			spec:     runSpec(tasks(task("a"), task("b", dependsOn("a"), restoreWorkspace), task("c"))),
+			kept:     []v1alpha1.TaskStatus{keptTS("a")},
+			admitted: true,
+			want: want{
+				phase: v1alpha1.RunPhaseRunning, result: v1alpha1.RunResultUnknown, progress: "1/3",
+				tasks:    map[string]v1alpha1.TaskPhase{"a": success, "b": notStarted, "c": notStarted},
+				schedule: []string{"b", "c"},
+				check: func(t *testing.T, out Output) {
+					if got, want := out.Status.Tasks[0], keptTS("a"); !reflect.DeepEqual(got, want) {
+						t.Errorf("kept task status = %+v, want it as kept %+v", got, want)
+					}
+				},
+			},
+		},
+		{
+			name:   "kept tasks are seeded into a new run only",
+			spec:   runSpec(ab),
+			status: queuedStatus(ts("a", notStarted), ts("b", notStarted)),
+			kept:   []v1alpha1.TaskStatus{keptTS("a")},
+			want:   want{phase: v1alpha1.RunPhaseQueued, tasks: map[string]v1alpha1.TaskPhase{"a": notStarted, "b": notStarted}},
+		},
+		{
+			name: "a kept task the spec does not have, or not final, is not seeded",
+			spec: runSpec(tasks(task("a"))),
+			kept: []v1alpha1.TaskStatus{keptTS("z"), ts("a", running)},
+			want: want{phase: v1alpha1.RunPhaseQueued, progress: "0/1", tasks: map[string]v1alpha1.TaskPhase{"a": notStarted}},
+		},
+		{
+			name:     "stop while queued leaves a kept task as it ended",
+			spec:     runSpec(ab, stop),
+			kept:     []v1alpha1.TaskStatus{keptTS("a")},
+			admitted: true,
+			want: want{
+				phase: v1alpha1.RunPhaseCancelled, result: v1alpha1.RunResultStopped, progress: "2/2",
+				tasks: map[string]v1alpha1.TaskPhase{"a": success, "b": cancelled},
 			},
 		},
 		{
@@ -897,7 +945,7 @@ func TestAdvance(t *testing.T) {
 			}
 			etsBefore := copyETs(tt.ets)
 
-			in := Input{Spec: tt.spec, Status: tt.status, Admitted: tt.admitted, ExecutorTasks: tt.ets, Now: now}
+			in := Input{Spec: tt.spec, Status: tt.status, Admitted: tt.admitted, ExecutorTasks: tt.ets, Now: now, Kept: tt.kept}
 			out := Advance(in)
 			tt.want.verify(t, out)
 

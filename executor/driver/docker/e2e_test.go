@@ -300,6 +300,12 @@ func TestBadInputFailsClearly(t *testing.T) {
 
 // countStarts counts container start events of an executor's tasks, by ExecutorTask uid.
 func countStarts(ctx context.Context, executor string) func() map[string]int {
+	return countStartsBy(ctx, executor, func(labels map[string]string) string { return labels[rsv1.LabelExecutorTaskUID] })
+}
+
+// countStartsBy counts container start events of an executor's tasks, by what key makes of the
+// started container's labels.
+func countStartsBy(ctx context.Context, executor string, key func(labels map[string]string) string) func() map[string]int {
 	var mu sync.Mutex
 	starts := map[string]int{}
 	msgs, _ := docker.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
@@ -313,7 +319,7 @@ func countStarts(ctx context.Context, executor string) func() map[string]int {
 				return
 			case m := <-msgs:
 				mu.Lock()
-				starts[m.Actor.Attributes[rsv1.LabelExecutorTaskUID]]++
+				starts[key(m.Actor.Attributes)]++
 				mu.Unlock()
 			}
 		}

@@ -99,6 +99,7 @@ func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenA
 		apiv1alpha1.ExecutorTaskSpec{}.OpenAPIModelName():     schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref),
 		apiv1alpha1.ExecutorTaskStatus{}.OpenAPIModelName():   schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref),
 		apiv1alpha1.FinishedRuns{}.OpenAPIModelName():         schema_runservicedev_runservice_api_v1alpha1_FinishedRuns(ref),
+		apiv1alpha1.KeptWorkspaceSource{}.OpenAPIModelName():  schema_runservicedev_runservice_api_v1alpha1_KeptWorkspaceSource(ref),
 		apiv1alpha1.RestoreWorkspaceStep{}.OpenAPIModelName(): schema_runservicedev_runservice_api_v1alpha1_RestoreWorkspaceStep(ref),
 		apiv1alpha1.Run{}.OpenAPIModelName():                  schema_runservicedev_runservice_api_v1alpha1_Run(ref),
 		apiv1alpha1.RunList{}.OpenAPIModelName():              schema_runservicedev_runservice_api_v1alpha1_RunList(ref),
@@ -3846,6 +3847,27 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 							},
 						},
 					},
+					"keptSources": {
+						VendorExtensible: spec.VendorExtensible{
+							Extensions: spec.Extensions{
+								"x-kubernetes-list-map-keys": []interface{}{
+									"executorTask",
+								},
+								"x-kubernetes-list-type": "map",
+							},
+						},
+						SchemaProps: spec.SchemaProps{
+							Description: "keptSources are the workspace sources that are not this run's ExecutorTasks but the restarted run's (spec.restartFrom of the Run): tasks the restart kept, not executed again, whose archives are kept under that run in the object store.",
+							Type:        []string{"array"},
+							Items: &spec.SchemaOrArray{
+								Schema: &spec.Schema{
+									SchemaProps: spec.SchemaProps{
+										Ref: ref(apiv1alpha1.KeptWorkspaceSource{}.OpenAPIModelName()),
+									},
+								},
+							},
+						},
+					},
 					"stop": {
 						SchemaProps: spec.SchemaProps{
 							Description: "stop asks the executor to stop the task.",
@@ -3858,7 +3880,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 			},
 		},
 		Dependencies: []string{
-			apiv1alpha1.EnvVar{}.OpenAPIModelName(), apiv1alpha1.Task{}.OpenAPIModelName()},
+			apiv1alpha1.EnvVar{}.OpenAPIModelName(), apiv1alpha1.KeptWorkspaceSource{}.OpenAPIModelName(), apiv1alpha1.Task{}.OpenAPIModelName()},
 	}
 }
 
@@ -3955,6 +3977,56 @@ func schema_runservicedev_runservice_api_v1alpha1_FinishedRuns(ref common.Refere
 				},
 			},
 		},
+	}
+}
+
+func schema_runservicedev_runservice_api_v1alpha1_KeptWorkspaceSource(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "KeptWorkspaceSource is a workspace source a restart kept: an ExecutorTask of the restarted run.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"executorTask": {
+						SchemaProps: spec.SchemaProps{
+							Description: "executorTask is the source's name in workspaceSources: the restarted run's ExecutorTask.",
+							Default:     "",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"run": {
+						SchemaProps: spec.SchemaProps{
+							Description: "run is the restarted run, under whose uid the source's archives are kept.",
+							Default:     map[string]interface{}{},
+							Ref:         ref(apiv1alpha1.RunReference{}.OpenAPIModelName()),
+						},
+					},
+					"archives": {
+						VendorExtensible: spec.VendorExtensible{
+							Extensions: spec.Extensions{
+								"x-kubernetes-list-type": "set",
+							},
+						},
+						SchemaProps: spec.SchemaProps{
+							Description: "archives are the indexes of the source's saveToWorkspace steps whose archives are stored: exactly those are restored, so that one missing fails the task, naming it.",
+							Type:        []string{"array"},
+							Items: &spec.SchemaOrArray{
+								Schema: &spec.Schema{
+									SchemaProps: spec.SchemaProps{
+										Type:   []string{"integer"},
+										Format: "int32",
+									},
+								},
+							},
+						},
+					},
+				},
+				Required: []string{"executorTask", "run"},
+			},
+		},
+		Dependencies: []string{
+			apiv1alpha1.RunReference{}.OpenAPIModelName()},
 	}
 }
 
@@ -4855,7 +4927,14 @@ func schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref common.Referenc
 					},
 					"fromRun": {
 						SchemaProps: spec.SchemaProps{
-							Description: "fromRun names the restarted run (status.restartedFrom) whose result this task keeps: it was not executed again, and its executor, executorTask, times and step logs are that run's.",
+							Description: "fromRun names the run whose result this task keeps: it was not executed again, and its executor, executorTask, times and step logs are that run's. It is the restarted run (status.restartedFrom), or, for a task that run had kept in turn, the run it first ran in.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"fromRunUID": {
+						SchemaProps: spec.SchemaProps{
+							Description: "fromRunUID is the uid of fromRun, under which its logs and workspace archives are kept.",
 							Type:        []string{"string"},
 							Format:      "",
 						},

@@ -1,0 +1,224 @@
+// Package restart owns what a run that restarts another (spec.restartFrom) needs of the restarted
+// run: finding it, live or archived (Find), and deciding which of its tasks a restart from failed
+// tasks keeps (Kept). The admission webhooks and the run controller both call it, so that what is
+// admitted and what runs cannot disagree.
+package restart
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/archive"
+	"runservice.dev/runservice/internal/objectstore"
+)
+
+// GoneError says that the restarted run is neither live nor archived (with the uid asked, when one
+// is): it will not come back.
+type GoneError struct {
+	Namespace, Run string
+	// UID is the uid asked for; "" when any run of the name would do.
+	UID types.UID
+	// LiveUID is the uid of the live run of that name, when there is one (another run's).
+	LiveUID types.UID
+}
+
+func (e *GoneError) Error() string {
+	switch {
+	case e.UID == "":
+		return fmt.Sprintf("there is no run %s in namespace %s, neither live nor archived", e.Run, e.Namespace)
+	case e.LiveUID != "":
+		return fmt.Sprintf("uid %s is neither the live run %s's (%s) nor an archived run %s's", e.UID, e.Run, e.LiveUID, e.Run)
+	}
+	return fmt.Sprintf("no run %s with uid %s in namespace %s, neither live nor archived (deleted, or its archive removed by retention)", e.Run, e.UID, e.Namespace)
+}
+
+// Find returns the run from names in namespace, as an archived run's document: the live run of
+// that name (with its uid, when from has one), else the archived one of that uid (when from has
+// none, the newest archived one of the name). With tasks, a live run's document lists its
+// ExecutorTasks, as its archive would. A run that is nowhere is a *GoneError; any other error is
+// one of reading (the apiserver or the object store), worth a retry. store may be nil (no archive).
+func Find(ctx context.Context, r client.Reader, store *objectstore.Store, namespace string, from rsv1.RunRestart, tasks bool) (*arv1.ArchivedRun, error) {
+	live := &rsv1.Run{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: from.Run}, live)
+	switch {
+	case err == nil && (from.UID == "" || live.UID == from.UID):
+		return liveDocument(ctx, r, live, tasks)
+	case err == nil:
+	case apierrors.IsNotFound(err):
+		live = nil
+	default:
+		return nil, fmt.Errorf("reading run %s: %w", from.Run, err)
+	}
+	gone := &GoneError{Namespace: namespace, Run: from.Run, UID: from.UID}
+	if live != nil {
+		gone.LiveUID = live.UID
+	}
+	if store == nil {
+		return nil, gone
+	}
+	uid := string(from.UID)
+	if uid == "" {
+		if uid, err = newestArchived(ctx, store, namespace, from.Run); err != nil {
+			return nil, err
+		}
+		if uid == "" {
+			return nil, gone
+		}
+	}
+	doc, err := archive.GetDocument(ctx, store, namespace, from.Run, uid)
+	if errors.Is(err, objectstore.ErrNotFound) {
+		return nil, gone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the archive of run %s: %w", from.Run, err)
+	}
+	return doc, nil
+}
+
+// liveDocument is the document of a live run, with its ExecutorTasks when tasks.
+func liveDocument(ctx context.Context, r client.Reader, run *rsv1.Run, tasks bool) (*arv1.ArchivedRun, error) {
+	var ets []rsv1.ExecutorTask
+	if tasks {
+		var list rsv1.ExecutorTaskList
+		if err := r.List(ctx, &list, client.InNamespace(run.Namespace), client.MatchingLabels{rsv1.LabelRunUID: string(run.UID)}); err != nil {
+			return nil, fmt.Errorf("listing the executor tasks of run %s: %w", run.Name, err)
+		}
+		ets = list.Items
+	}
+	return archive.Document(run, ets, time.Now()), nil
+}
+
+// newestArchived is the uid of the newest archived run named name ("" when there is none), found
+// in the object store itself: an archive index follows the archive's segments, a moment behind.
+// A uid directory without a document is a live or deleted run's logs, not an archive.
+func newestArchived(ctx context.Context, store *objectstore.Store, namespace, name string) (string, error) {
+	dirs, err := store.ListDirs(ctx, fmt.Sprintf("runs/%s/%s/", namespace, name))
+	if err != nil {
+		return "", err
+	}
+	var newest *arv1.ArchivedRun
+	for _, d := range dirs {
+		uid := path.Base(d)
+		if uid == "tasks" { // the layout of runs from before run uids
+			continue
+		}
+		doc, err := archive.GetDocument(ctx, store, namespace, name, uid)
+		if errors.Is(err, objectstore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("reading the archive of run %s: %w", name, err)
+		}
+		if newest == nil || newest.CreationTimestamp.Before(&doc.CreationTimestamp) {
+			newest = doc
+		}
+	}
+	if newest == nil {
+		return "", nil
+	}
+	return string(newest.UID), nil
+}
+
+// Kept returns the statuses of the tasks of spec that a restart from failed tasks keeps from orig,
+// in spec order. A task is kept when it ended Success in orig, with the same definition, its saved
+// workspace archives are all in the object store, and every task it depends on is kept: a task
+// whose parent runs again runs again too. Each keeps orig's status (times, executor, executorTask,
+// steps) with its steps' log keys and fromRun set.
+func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun) []rsv1.TaskStatus {
+	origTasks := map[string]*rsv1.Task{}
+	for i := range orig.Spec.Tasks {
+		origTasks[orig.Spec.Tasks[i].Name] = &orig.Spec.Tasks[i]
+	}
+	statuses := map[string]*rsv1.TaskStatus{}
+	for i := range orig.Status.Tasks {
+		statuses[orig.Status.Tasks[i].Name] = &orig.Status.Tasks[i]
+	}
+	ets := map[string]*arv1.ArchivedExecutorTask{}
+	for i := range orig.Status.ExecutorTasks {
+		ets[orig.Status.ExecutorTasks[i].Name] = &orig.Status.ExecutorTasks[i]
+	}
+	tasks := map[string]*rsv1.Task{}
+	for i := range spec.Tasks {
+		tasks[spec.Tasks[i].Name] = &spec.Tasks[i]
+	}
+
+	// kept is memoized; a task on a cycle (an invalid graph, refused before) is visiting, not kept.
+	const visiting = 2
+	memo := map[string]int{}
+	var kept func(name string) bool
+	kept = func(name string) bool {
+		if v, ok := memo[name]; ok {
+			return v == 1
+		}
+		memo[name] = visiting
+		t, ts := tasks[name], statuses[name]
+		ok := t != nil && ts != nil && ts.Phase == rsv1.TaskPhaseSuccess &&
+			origTasks[name] != nil && equality.Semantic.DeepEqual(t, origTasks[name]) &&
+			stored(t, ts, ets[ts.ExecutorTask])
+		for i := 0; ok && i < len(t.Depends); i++ {
+			ok = kept(t.Depends[i].Task)
+		}
+		memo[name] = 0
+		if ok {
+			memo[name] = 1
+		}
+		return ok
+	}
+	var out []rsv1.TaskStatus
+	for i := range spec.Tasks {
+		name := spec.Tasks[i].Name
+		if !kept(name) {
+			continue
+		}
+		ts := statuses[name].DeepCopy()
+		if ts.FromRun == "" {
+			// A task the original kept in turn stays its first run's: its logs and archives are there.
+			ts.FromRun, ts.FromRunUID = orig.Name, orig.UID
+			if et := ets[ts.ExecutorTask]; et != nil && fetched(et.Fetched) {
+				at := objectstore.Task{Namespace: orig.Namespace, Run: orig.Name, RunUID: string(orig.UID), ExecutorTask: et.Name}
+				for j := range ts.Steps {
+					if ts.Steps[j].LogKey == "" && ts.Steps[j].Phase != rsv1.StepPhaseNotStarted {
+						ts.Steps[j].LogKey = at.LogKey(j)
+					}
+				}
+			}
+		}
+		out = append(out, *ts)
+	}
+	return out
+}
+
+// stored says whether what task saved in its workspace (as ts reports it) is in the object store,
+// as et's fetch left it. A task kept by the original in turn was checked when it was kept.
+func stored(task *rsv1.Task, ts *rsv1.TaskStatus, et *arv1.ArchivedExecutorTask) bool {
+	if ts.FromRun != "" {
+		return true
+	}
+	if len(SavedArchives(task, ts)) == 0 {
+		return true
+	}
+	return et != nil && fetched(et.Fetched)
+}
+
+// fetched says whether a fetch annotation says that the task's logs and all its archives are stored.
+func fetched(v string) bool {
+	return v != "" && v != rsv1.FetchedLost && !strings.HasPrefix(v, rsv1.FetchedArchivesMissing)
+}
+
+// SavedArchives are the indexes of task's saveToWorkspace steps that succeeded as ts reports them:
+// the archives a kept task's children restore.
+func SavedArchives(task *rsv1.Task, ts *rsv1.TaskStatus) []int {
+	et := &rsv1.ExecutorTask{Spec: rsv1.ExecutorTaskSpec{Task: *task}, Status: rsv1.ExecutorTaskStatus{Steps: ts.Steps}}
+	return et.SavedArchives()
+}
