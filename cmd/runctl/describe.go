@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"slices"
@@ -44,7 +45,8 @@ waiting for approval, or the run it was kept from (a restart from failed tasks).
 
 // describe writes the run and its task tree; now is when durations of what still runs end.
 func describe(out io.Writer, run *rsv1.Run, archived bool, now time.Time) error {
-	w := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	var buf bytes.Buffer
+	w := tabwriter.NewWriter(&buf, 0, 8, 2, ' ', 0)
 	st := run.Status
 	phase := string(st.Phase)
 	if phase == "" {
@@ -79,18 +81,26 @@ func describe(out io.Writer, run *rsv1.Run, archived bool, now time.Time) error 
 	field("Started", timestamp(st.StartTime))
 	field("Ended", timestamp(st.EndTime))
 	field("Duration", span(st.StartTime, st.EndTime, now))
-	for _, c := range st.Conditions {
-		if c.Status == metav1.ConditionTrue && c.Message != "" {
-			field(c.Type, c.Message)
+	for _, c := range st.Conditions { // those that hold a run back say why
+		if c.Status == metav1.ConditionFalse {
+			field(c.Type, strings.TrimSpace(c.Reason+": "+c.Message))
 		}
 	}
 	fmt.Fprintln(w, "Graph:")
-	fmt.Fprintln(w, "  TASK\tPHASE\tEXECUTOR\tDURATION\t")
+	fmt.Fprintln(w, "  TASK\tPHASE\tEXECUTOR\tDURATION\tDETAIL")
 	for _, l := range tree(run) {
 		ts := taskStatus(run, l.task.Name)
 		fmt.Fprintf(w, "  %s%s\t%s\t%s\t%s\t%s\n", l.prefix, l.task.Name, taskPhase(ts), orNone(ts.Executor), orNone(span(ts.StartTime, ts.EndTime, now)), why(run, l.task, ts))
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for line := range strings.Lines(buf.String()) { // no padding after a line's last cell
+		if _, err := io.WriteString(out, strings.TrimRight(line, " \n")+"\n"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // line is one task of the tree, with the prefix drawing its branch.
