@@ -12,12 +12,10 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -25,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
 	"runservice.dev/runservice/internal/testenv"
 )
@@ -36,7 +35,6 @@ var (
 	k8s        client.Client
 	kubeconfig string // the admin's kubeconfig file
 	binary     string // runctl built, for the tests that need its exit code
-	nsCounter  atomic.Int64
 )
 
 func TestMain(m *testing.M) {
@@ -99,14 +97,7 @@ func mustRunctl(t *testing.T, ns string, args ...string) string {
 	return out
 }
 
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns := fmt.Sprintf("runctl-%d", nsCounter.Add(1))
-	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatalf("creating namespace %s: %v", ns, err)
-	}
-	return ns
-}
+func newNamespace(t *testing.T) string { return e2e.NewNamespace(t, k8s, "runctl") }
 
 // ---- runs to operate on ----
 
@@ -168,20 +159,15 @@ func getRun(t *testing.T, ns, name string) *rsv1.Run {
 	return run
 }
 
-// eventually polls cond for up to 30 s.
+// eventually waits up to 30 s for the run to meet cond, and returns it.
 func eventually(t *testing.T, what string, cond func(*rsv1.Run) bool, ns, name string) *rsv1.Run {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		run := getRun(t, ns, name)
-		if cond(run) {
-			return run
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run %s: %s did not happen in 30s; status %+v", name, what, run.Status)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var run *rsv1.Run
+	e2e.Eventually(t, 30*time.Second, "run "+name+": "+what, func() bool {
+		run = getRun(t, ns, name)
+		return cond(run)
+	})
+	return run
 }
 
 func phaseIs(p rsv1.RunPhase) func(*rsv1.Run) bool {
@@ -224,7 +210,7 @@ var (
 	// start is the manager's clock), namespaces.
 	ageCell = regexp.MustCompile(`\b(\d+(ms|s|m|h|d|y))+\b`)
 	timeRE  = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`)
-	nsName  = regexp.MustCompile(`runctl-\d+`)
+	nsName  = regexp.MustCompile(`runctl\d+-\d+`)
 )
 
 // normalizeTable replaces the ages of a table's rows (its date columns) with <age>. Cells are cut
@@ -307,11 +293,5 @@ func (b *lockedBuffer) String() string {
 // waitFor polls cond for up to 30 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not happen in 30s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e2e.Eventually(t, 30*time.Second, what, cond)
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/runops"
@@ -30,10 +30,9 @@ import (
 )
 
 var (
-	env       *testenv.Env
-	k8s       client.Client
-	cs        versioned.Interface // what runctl and the web view pass to runops
-	nsCounter atomic.Int64
+	env *testenv.Env
+	k8s client.Client
+	cs  versioned.Interface // what runctl and the web view pass to runops
 )
 
 func TestMain(m *testing.M) {
@@ -82,10 +81,7 @@ func setUp(m *testing.M) (int, error) {
 
 func newNamespace(t *testing.T) string {
 	t.Helper()
-	ns := fmt.Sprintf("runops-%d", nsCounter.Add(1))
-	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatalf("creating namespace %s: %v", ns, err)
-	}
+	ns := e2e.NewNamespace(t, k8s, "runops")
 	testenv.StartFakeExecutor(t, k8s, ns, "docker-1")
 	return ns
 }
@@ -129,13 +125,7 @@ func get(t *testing.T, ns, name string) *rsv1.Run {
 // until polls cond for up to 30 s.
 func until(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not happen in 30s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e2e.Eventually(t, 30*time.Second, what, cond)
 }
 
 func succeeded(from, to int) rsv1.ExecutorTaskStatus {
