@@ -266,3 +266,23 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestLogsErrors: logs names what is there when what was asked for is not: the run's tasks, the
+// task's steps, a task never scheduled, a run in no namespace's list.
+func TestLogsErrors(t *testing.T) {
+	ns := fixture(t)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"logs", "diamond", "tset"}, `run diamond has no task "tset" (its tasks: checkout, build, test, package)`},
+		{[]string{"logs", "diamond", "test", "5"}, `task test has no step "5" (its steps: 0 make)`},
+		{[]string{"logs", "release", "deploy"}, "task deploy is NotStarted and was never scheduled: it has no log"},
+		{[]string{"logs", "nosuch", "build"}, "run nosuch is neither live nor archived in namespace " + ns},
+		{[]string{"logs", "diamond"}, "accepts between 2 and 3 arg(s), received 1"},
+	} {
+		if _, errOut, code := runctl(t, ns, c.args...); code != 1 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, %q; want 1 and %q", c.args, code, errOut, c.want)
+		}
+	}
+}
