@@ -15,12 +15,20 @@ import (
 	"runservice.dev/runservice/internal/testenv"
 )
 
-// TestGet: the table has the CRD's columns (-o wide its priority-1 ones too), filters by change
-// group, phase and result select exactly their runs, -o json and yaml print the runs as a List.
+// TestGet: the table has the CRD's columns (-o wide its priority-1 ones too), also when listed in
+// chunks; filters by change group, phase and result select exactly their runs; -o json and yaml
+// print the runs as a List.
 func TestGet(t *testing.T) {
 	ns := fixture(t)
 	golden(t, "get", normalizeTable(mustRunctl(t, ns, "get")))
 	golden(t, "get-wide", normalizeTable(mustRunctl(t, ns, "list", "-o", "wide")))
+	listChunk = 3 // two chunks: one table all the same, and one List of all
+	chunked, chunkedJSON := mustRunctl(t, ns, "get"), mustRunctl(t, ns, "get", "-o", "json")
+	listChunk = 500
+	golden(t, "get", normalizeTable(chunked))
+	if err := json.Unmarshal([]byte(chunkedJSON), &rsv1.RunList{}); err != nil || strings.Count(chunkedJSON, `"kind": "Run"`) != 4 {
+		t.Errorf("get -o json in chunks: %v\n%s", err, chunkedJSON)
+	}
 	for _, c := range []struct {
 		args []string
 		want []string

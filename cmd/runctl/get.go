@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	"github.com/liggitt/tabwriter"
 	"k8s.io/cli-runtime/pkg/printers"
 	"k8s.io/client-go/rest"
 
@@ -154,7 +155,7 @@ func (g *get) run(ctx context.Context, names []string) error {
 		}
 		return nil
 	}
-	opts.ResourceVersion, opts.Watch, opts.AllowWatchBookmarks = rv, true, false
+	opts.ResourceVersion, opts.Watch, opts.Limit = rv, true, 0
 	return g.follow(ctx, ns, opts, f, p)
 }
 
@@ -188,10 +189,21 @@ func (g *get) printer() runPrinter {
 	return &tablePrinter{p: printers.NewTablePrinter(printers.PrintOptions{Wide: g.output == "wide", WithNamespace: g.allNamespaces})}
 }
 
-type tablePrinter struct{ p printers.ResourcePrinter }
+// tablePrinter prints tables through one tabwriter, flushed after each table: the chunks of a
+// list are aligned as one table (the first chunk's columns widths hold for the others, as kubectl's).
+type tablePrinter struct {
+	p  printers.ResourcePrinter
+	tw *tabwriter.Writer
+}
 
 func (t *tablePrinter) print(table *metav1.Table, _ []*rsv1.Run, w io.Writer) error {
-	return t.p.PrintObj(table, w)
+	if t.tw == nil {
+		t.tw = printers.GetNewTabWriter(w)
+	}
+	if err := t.p.PrintObj(table, t.tw); err != nil {
+		return err
+	}
+	return t.tw.Flush()
 }
 
 // objectPrinter prints runs as objects: a List of them when list (as kubectl does), else each.
@@ -220,24 +232,46 @@ func (o objectPrinter) print(_ *metav1.Table, runs []*rsv1.Run, w io.Writer) err
 	return o.p.PrintObj(list, w)
 }
 
-// list prints the runs that match and returns the list's resourceVersion and how many it printed.
+// list prints the runs that match, in chunks of listChunk as kubectl does (a namespace may hold
+// many runs), and returns the list's resourceVersion and how many it printed.
 func (g *get) list(ctx context.Context, ns string, opts metav1.ListOptions, f filter, p runPrinter) (string, int, error) {
+	var rv string
+	var runs []*rsv1.Run
 	var table metav1.Table
-	err := g.tableRequest(ns, opts).Do(ctx).Into(&table)
-	if err != nil {
-		return "", 0, hint(err)
+	objects := g.output == "json" || g.output == "yaml" // printed as one List at the end
+	opts.Limit = listChunk
+	for {
+		table = metav1.Table{}
+		if err := g.tableRequest(ns, opts).Do(ctx).Into(&table); err != nil {
+			return "", 0, hint(err)
+		}
+		if rv == "" {
+			rv = table.ResourceVersion // every chunk is of the first one's snapshot
+		}
+		chunk, err := keep(&table, f)
+		if err != nil {
+			return "", 0, err
+		}
+		runs = append(runs, chunk...)
+		if len(chunk) > 0 && !objects {
+			if err := p.print(&table, chunk, g.out); err != nil {
+				return "", 0, err
+			}
+		}
+		if opts.Continue = table.Continue; opts.Continue == "" {
+			break
+		}
 	}
-	runs, err := keep(&table, f)
-	if err != nil {
-		return "", 0, err
-	}
-	if len(runs) > 0 {
+	if len(runs) > 0 && objects {
 		if err := p.print(&table, runs, g.out); err != nil {
 			return "", 0, err
 		}
 	}
-	return table.ResourceVersion, len(runs), nil
+	return rv, len(runs), nil
 }
+
+// listChunk is how many runs a list asks for at once (kubectl's --chunk-size default).
+var listChunk int64 = 500
 
 func (g *get) tableRequest(ns string, opts metav1.ListOptions) *rest.Request {
 	return g.rs.RunserviceV1alpha1().RESTClient().Get().
