@@ -8,12 +8,12 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/liggitt/tabwriter"
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"github.com/liggitt/tabwriter"
 	"k8s.io/cli-runtime/pkg/printers"
 	"k8s.io/client-go/rest"
 
