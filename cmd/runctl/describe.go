@@ -138,6 +138,14 @@ func tree(run *rsv1.Run) []line {
 		}
 	}
 	walk(roots, "", true)
+	// Tasks whose first dependencies form a cycle hang from no root: admission refuses such a
+	// graph, but a tree must not hide a task whatever it is given.
+	for i := range run.Spec.Tasks {
+		t := &run.Spec.Tasks[i]
+		if !slices.ContainsFunc(out, func(l line) bool { return l.task.Name == t.Name }) {
+			out = append(out, line{task: t})
+		}
+	}
 	return out
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,4 +52,16 @@ func TestDescribeRestartedRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "describe-restarted", out.String())
+}
+
+// TestTreeShowsEveryTask: tasks in a dependency cycle (which admission refuses) are still listed.
+func TestTreeShowsEveryTask(t *testing.T) {
+	run := &rsv1.Run{Spec: rsv1.RunSpec{Tasks: []rsv1.Task{task("a"), task("b", after("c")), task("c", after("b"))}}}
+	var names []string
+	for _, l := range tree(run) {
+		names = append(names, l.prefix+l.task.Name)
+	}
+	if strings.Join(names, ",") != "a,b,c" {
+		t.Errorf("tree: %q", names)
+	}
 }
