@@ -9,8 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/testenv"
 )
@@ -292,5 +294,53 @@ func TestLogsErrors(t *testing.T) {
 		if _, errOut, code := runctl(t, ns, c.args...); code != 1 || !strings.Contains(errOut, c.want) {
 			t.Errorf("%v: exit %d, %q; want 1 and %q", c.args, code, errOut, c.want)
 		}
+	}
+}
+
+// TestArchivedRuns: a run archived and gone from etcd is listed by get --archived (filters by the
+// archive API's labels, -o json its document), described, waited for and restarted.
+func TestArchivedRuns(t *testing.T) {
+	ns := newNamespace(t)
+	testenv.StartFakeExecutor(t, k8s, ns, "docker-1")
+	createRun(t, ns, "old", []string{"nightly"}, func(r *rsv1.Run) {
+		r.Annotations = map[string]string{rsv1.AnnotationArchiveAfter: "0s"}
+	}, task("only"))
+	testenv.ReportTask(t, k8s, ns, "old", "only", ended(0, 4, 0))
+	waitFor(t, "old archived and gone from etcd", func() bool {
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "old"}, &rsv1.Run{})
+		_, _, code := runctl(t, ns, "get", "old", "--archived", "-o", "name")
+		return apierrors.IsNotFound(err) && code == 0
+	})
+	out := mustRunctl(t, ns, "get", "--archived")
+	if !regexp.MustCompile(`(?m)^NAME\s+CHANGEGROUPS\s+PHASE\s+RESULT\s+TASKS\s+STARTED\s+DURATION\s+AGE\n^old\s+nightly\s+Finished\s+Success\s+1/1\s`).MatchString(out) {
+		t.Errorf("get --archived:\n%s", out)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--changegroup", "nightly", "--result", "success", "--phase", "Finished"}, "archivedrun.archive.runservice.dev/old\n"},
+		{[]string{"--result", "Failed"}, ""},
+		{[]string{"--changegroup", "other"}, ""},
+	} {
+		if got := mustRunctl(t, ns, append([]string{"get", "--archived", "-o", "name"}, c.args...)...); got != c.want {
+			t.Errorf("get --archived %v: %q, want %q", c.args, got, c.want)
+		}
+	}
+	if _, errOut, code := runctl(t, ns, "get", "--archived", "--phase", "Running"); code != 1 || !strings.Contains(errOut, "--phase Running: archived runs have ended") {
+		t.Errorf("get --archived --phase Running: exit %d, %q", code, errOut)
+	}
+	var list arv1.ArchivedRunList
+	if err := json.Unmarshal([]byte(mustRunctl(t, ns, "get", "--archived", "-o", "json")), &list); err != nil || len(list.Items) != 1 || len(list.Items[0].Spec.Tasks) != 1 || list.Items[0].Status.ExecutorTasks[0].Task != "only" {
+		t.Errorf("get --archived -o json: %v %+v", err, list)
+	}
+	if out := mustRunctl(t, ns, "describe", "old"); !strings.Contains(out, "Finished (archived)") || !regexp.MustCompile(`only\s+Success\s+docker-1\s+4s`).MatchString(out) {
+		t.Errorf("describe of an archived run:\n%s", out)
+	}
+	if out, _, code := runctl(t, ns, "wait", "old"); code != 0 || out != "run old: Finished, Success\n" {
+		t.Errorf("wait for an archived run: exit %d, %q", code, out)
+	}
+	if out := mustRunctl(t, ns, "restart", "old"); !strings.HasPrefix(out, "old-") {
+		t.Errorf("restart of an archived run printed %q", out)
 	}
 }

@@ -33,7 +33,7 @@ var (
 type get struct {
 	*options
 	changeGroup, phase, result, output, selector string
-	watch, allNamespaces                         bool
+	watch, allNamespaces, archived               bool
 }
 
 func newGet(o *options) *cobra.Command {
@@ -44,11 +44,13 @@ func newGet(o *options) *cobra.Command {
 		Short:   "List runs, with the CRD's columns",
 		Long: `Lists the runs of the namespace (or those named) with the columns kubectl shows, which the Run
 CRD's printer columns define. Filters combine: --changegroup selects the runs of a change group,
---phase and --result their phase and result (case does not matter).`,
+--phase and --result their phase and result (case does not matter). --archived lists the runs the
+manager archived instead (they have ended; describe, logs, wait and restart read them too).`,
 		Example: `  runctl get
   runctl get --changegroup project-a --phase Running -o wide
   runctl get --result Failed -o yaml
-  runctl get release -w         # watch one run change`,
+  runctl get release -w         # watch one run change
+  runctl get --archived --changegroup project-a --result Failed`,
 		ValidArgsFunction: o.completeRuns,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.run(cmd.Context(), args)
@@ -62,6 +64,7 @@ CRD's printer columns define. Filters combine: --changegroup selects the runs of
 	f.StringVarP(&g.output, "output", "o", "", "Output format: wide, json, yaml or name (default: the table).")
 	f.BoolVarP(&g.watch, "watch", "w", false, "After listing, watch for changes and print each.")
 	f.BoolVarP(&g.allNamespaces, "all-namespaces", "A", false, "List the runs of every namespace.")
+	f.BoolVar(&g.archived, "archived", false, "List the archived runs (ended, moved out of etcd into the object store) instead of the live ones.")
 	_ = cmd.RegisterFlagCompletionFunc("phase", fixedCompletion(runPhases))
 	_ = cmd.RegisterFlagCompletionFunc("result", fixedCompletion(runResults))
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"wide", "json", "yaml", "name"}, cobra.ShellCompDirectiveNoFileComp))
@@ -136,6 +139,20 @@ func (g *get) run(ctx context.Context, names []string) error {
 	if g.changeGroup != "" {
 		selector = strings.Trim(selector+","+arv1.LabelChangeGroupPrefix+g.changeGroup, ",")
 	}
+	if g.archived {
+		// The archive API selects by phase and result labels itself: it may hold millions of runs.
+		if g.watch {
+			return fmt.Errorf("--watch does not apply to --archived: archived runs do not change")
+		}
+		if f.phase != "" && !f.phase.IsFinal() {
+			return fmt.Errorf("--phase %s: archived runs have ended (Finished, Cancelled or SetupError)", f.phase)
+		}
+		for k, v := range map[string]string{arv1.LabelPhase: string(f.phase), arv1.LabelResult: string(f.result)} {
+			if v != "" {
+				selector = strings.Trim(selector+","+k+"="+v, ",")
+			}
+		}
+	}
 	opts := metav1.ListOptions{LabelSelector: selector}
 	if len(names) == 1 {
 		opts.FieldSelector = fields.OneTermEqualSelector("metadata.name", names[0]).String()
@@ -143,6 +160,9 @@ func (g *get) run(ctx context.Context, names []string) error {
 	ns := g.ns
 	if g.allNamespaces {
 		ns = ""
+	}
+	if g.archived && g.output != "" && g.output != "wide" {
+		return g.printArchived(ctx, ns, names, opts)
 	}
 	p := g.printer()
 	rv, n, err := g.list(ctx, ns, opts, f, p)
@@ -170,6 +190,50 @@ func (g *get) nothingListed(ns string, names []string) error {
 	}
 	fmt.Fprintf(g.err, "No runs found %s.\n", where)
 	return nil
+}
+
+// printArchived prints the archived runs as objects (the archive API's Table rows hold only what
+// its index keeps, not the documents): one List for json and yaml, each name for name.
+func (g *get) printArchived(ctx context.Context, ns string, names []string, opts metav1.ListOptions) error {
+	list := &arv1.ArchivedRunList{}
+	opts.Limit = listChunk
+	for {
+		page, err := g.rs.ArchiveV1alpha1().ArchivedRuns(ns).List(ctx, opts)
+		if err != nil {
+			return hint(err)
+		}
+		for _, r := range page.Items {
+			if len(names) == 0 || slices.Contains(names, r.Name) {
+				list.Items = append(list.Items, r)
+			}
+		}
+		if opts.Continue = page.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	if len(list.Items) == 0 {
+		return g.nothingListed(ns, names)
+	}
+	var p printers.ResourcePrinter = &printers.JSONPrinter{}
+	switch g.output {
+	case "yaml":
+		p = &printers.YAMLPrinter{}
+	case "name":
+		p = &printers.NamePrinter{}
+	}
+	for i := range list.Items {
+		list.Items[i].SetGroupVersionKind(arv1.GroupVersion.WithKind("ArchivedRun"))
+		if g.output == "name" {
+			if err := p.PrintObj(&list.Items[i], g.out); err != nil {
+				return err
+			}
+		}
+	}
+	if g.output == "name" {
+		return nil
+	}
+	list.SetGroupVersionKind(arv1.GroupVersion.WithKind("ArchivedRunList"))
+	return p.PrintObj(list, g.out)
 }
 
 // runPrinter prints what get lists: tables of rows with their objects, or the objects.
@@ -274,8 +338,12 @@ func (g *get) list(ctx context.Context, ns string, opts metav1.ListOptions, f fi
 var listChunk int64 = 500
 
 func (g *get) tableRequest(ns string, opts metav1.ListOptions) *rest.Request {
-	return g.rs.RunserviceV1alpha1().RESTClient().Get().
-		NamespaceIfScoped(ns, ns != "").Resource("runs").
+	c, resource := g.rs.RunserviceV1alpha1().RESTClient(), "runs"
+	if g.archived {
+		c, resource = g.rs.ArchiveV1alpha1().RESTClient(), "archivedruns"
+	}
+	return c.Get().
+		NamespaceIfScoped(ns, ns != "").Resource(resource).
 		VersionedParams(&opts, metav1.ParameterCodec).
 		Param("includeObject", string(metav1.IncludeObject)).
 		SetHeader("Accept", tableAccept)

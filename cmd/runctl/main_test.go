@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -25,6 +26,7 @@ import (
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -40,6 +42,7 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
+	klog.SetLogger(logf.Log) // the archive API's generic server logs, at the same level
 	code, err := setUp(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -68,7 +71,16 @@ func setUp(m *testing.M) (int, error) {
 	if k8s, err = client.New(env.Config, client.Options{Scheme: manager.Scheme()}); err != nil {
 		return 1, err
 	}
-	stop, err := env.StartManager(nil)
+	// The manager archives runs that ask for it at once, and serves the archive API.
+	api, err := env.ArchiveAPI(context.Background())
+	if err != nil {
+		return 1, err
+	}
+	stop, err := env.StartManager(func(o *manager.Options) {
+		o.ObjectStore = objectstore.FileURL(filepath.Join(dir, "store"))
+		o.ArchiveAPI, o.ArchiveIndexDir = api, filepath.Join(dir, "index")
+		o.Controllers.Archive, o.Controllers.ArchiveAfter = true, time.Hour
+	})
 	if err != nil {
 		return 1, err
 	}
