@@ -26,7 +26,6 @@ import (
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
-	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -72,15 +71,11 @@ func setUp(m *testing.M) (int, error) {
 		return 1, err
 	}
 	// The manager archives runs that ask for it at once, and serves the archive API.
-	api, err := env.ArchiveAPI(context.Background())
+	archiving, err := env.Archiving(context.Background(), dir)
 	if err != nil {
 		return 1, err
 	}
-	stop, err := env.StartManager(func(o *manager.Options) {
-		o.ObjectStore = objectstore.FileURL(filepath.Join(dir, "store"))
-		o.ArchiveAPI, o.ArchiveIndexDir = api, filepath.Join(dir, "index")
-		o.Controllers.Archive, o.Controllers.ArchiveAfter = true, time.Hour
-	})
+	stop, err := env.StartManager(archiving)
 	if err != nil {
 		return 1, err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -23,7 +22,6 @@ import (
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/e2e"
 	"runservice.dev/runservice/internal/manager"
-	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/runops"
 	"runservice.dev/runservice/internal/testenv"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
@@ -63,15 +61,12 @@ func setUp(m *testing.M) (int, error) {
 	if cs, err = versioned.NewForConfig(env.Config); err != nil {
 		return 1, err
 	}
-	api, err := env.ArchiveAPI(context.Background())
+	// The manager archives runs that ask for it at once, and serves the archive API.
+	archiving, err := env.Archiving(context.Background(), dir)
 	if err != nil {
 		return 1, err
 	}
-	stop, err := env.StartManager(func(o *manager.Options) {
-		o.ObjectStore = objectstore.FileURL(filepath.Join(dir, "store"))
-		o.ArchiveAPI, o.ArchiveIndexDir = api, filepath.Join(dir, "index")
-		o.Controllers.Archive, o.Controllers.ArchiveAfter = true, time.Hour
-	})
+	stop, err := env.StartManager(archiving)
 	if err != nil {
 		return 1, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 )
 
 // StartManager starts a manager (controllers and webhooks) in this process, with ManagerOptions
@@ -50,6 +52,21 @@ func (e *Env) StartManager(change func(*manager.Options)) (stop func(), err erro
 		return nil, fmt.Errorf("waiting for the manager's webhook: %w", err)
 	}
 	return stop, nil
+}
+
+// Archiving returns the change to ManagerOptions that makes a manager archive into a file:// store
+// under dir (runs that ask with runservice.dev/archive-after, the others an hour after their end)
+// and serve the archive API, registered with the control plane.
+func (e *Env) Archiving(ctx context.Context, dir string) (func(*manager.Options), error) {
+	api, err := e.ArchiveAPI(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return func(o *manager.Options) {
+		o.ObjectStore = objectstore.FileURL(filepath.Join(dir, "store"))
+		o.ArchiveAPI, o.ArchiveIndexDir = api, filepath.Join(dir, "index")
+		o.Controllers.Archive, o.Controllers.ArchiveAfter = true, time.Hour
+	}, nil
 }
 
 // StartFakeExecutor registers a permanent Docker Executor named name in ns and renews its Lease
