@@ -10,10 +10,12 @@ import (
 	"testing"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -277,10 +279,38 @@ func TestCompletion(t *testing.T) {
 	}
 }
 
-// TestLogsErrors: logs names what is there when what was asked for is not: the run's tasks, the
-// task's steps, a task never scheduled, a run in no namespace's list.
-func TestLogsErrors(t *testing.T) {
+// TestLogs: logs prints a fetched step's log from the object store; it names what is there when
+// what was asked for is not: the run's tasks, the task's steps, a task never scheduled, a run in no
+// namespace's list.
+func TestLogs(t *testing.T) {
 	ns := fixture(t)
+	ctx := context.Background()
+	store, err := objectstore.Open(ctx, storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	// The fake executor serves no logs: the log is put where the fetcher would, and the task
+	// marked fetched (the fetcher may mark it lost first: runctl then reads the store all the same).
+	et := &rsv1.ExecutorTask{}
+	name := testenv.ReportTask(t, k8s, ns, "diamond", "test", ended(3, 10, 2))
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, et); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(ctx, objectstore.TaskOf(et).LogKey(0), strings.NewReader("FAIL: 2 of 9 tests\n")); err != nil {
+		t.Fatal(err)
+	}
+	if et.Annotations[rsv1.AnnotationFetched] == "" {
+		patch := client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"annotations":{"`+rsv1.AnnotationFetched+`":"2026-12-01T10:00:10Z"}}}`))
+		if err := k8s.Patch(ctx, et, patch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, args := range [][]string{{"diamond", "test"}, {"diamond", "test", "make"}, {"diamond", "test", "0"}} {
+		if out := mustRunctl(t, ns, append([]string{"logs", "--object-store", storeURL}, args...)...); out != "FAIL: 2 of 9 tests\n" {
+			t.Errorf("logs %v: %q", args, out)
+		}
+	}
 	for _, c := range []struct {
 		args []string
 		want string

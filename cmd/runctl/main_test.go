@@ -36,6 +36,7 @@ var (
 	k8s        client.Client
 	kubeconfig string // the admin's kubeconfig file
 	binary     string // runctl built, for the tests that need its exit code
+	storeURL   string // the manager's object store
 )
 
 func TestMain(m *testing.M) {
@@ -71,7 +72,8 @@ func setUp(m *testing.M) (int, error) {
 		return 1, err
 	}
 	// The manager archives runs that ask for it at once, and serves the archive API.
-	archiving, err := env.Archiving(context.Background(), dir)
+	var archiving func(*manager.Options)
+	archiving, storeURL, err = env.Archiving(context.Background(), dir)
 	if err != nil {
 		return 1, err
 	}

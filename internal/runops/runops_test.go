@@ -62,7 +62,7 @@ func setUp(m *testing.M) (int, error) {
 		return 1, err
 	}
 	// The manager archives runs that ask for it at once, and serves the archive API.
-	archiving, err := env.Archiving(context.Background(), dir)
+	archiving, _, err := env.Archiving(context.Background(), dir)
 	if err != nil {
 		return 1, err
 	}

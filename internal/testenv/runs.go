@@ -56,17 +56,18 @@ func (e *Env) StartManager(change func(*manager.Options)) (stop func(), err erro
 
 // Archiving returns the change to ManagerOptions that makes a manager archive into a file:// store
 // under dir (runs that ask with runservice.dev/archive-after, the others an hour after their end)
-// and serve the archive API, registered with the control plane.
-func (e *Env) Archiving(ctx context.Context, dir string) (func(*manager.Options), error) {
+// and serve the archive API, registered with the control plane; and the store's URL.
+func (e *Env) Archiving(ctx context.Context, dir string) (change func(*manager.Options), storeURL string, err error) {
 	api, err := e.ArchiveAPI(ctx)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	storeURL = objectstore.FileURL(filepath.Join(dir, "store"))
 	return func(o *manager.Options) {
-		o.ObjectStore = objectstore.FileURL(filepath.Join(dir, "store"))
+		o.ObjectStore = storeURL
 		o.ArchiveAPI, o.ArchiveIndexDir = api, filepath.Join(dir, "index")
 		o.Controllers.Archive, o.Controllers.ArchiveAfter = true, time.Hour
-	}, nil
+	}, storeURL, nil
 }
 
 // StartFakeExecutor registers a permanent Docker Executor named name in ns and renews its Lease
