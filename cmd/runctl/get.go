@@ -147,9 +147,9 @@ func (g *get) run(ctx context.Context, names []string) error {
 		if f.phase != "" && !f.phase.IsFinal() {
 			return fmt.Errorf("--phase %s: archived runs have ended (Finished, Cancelled or SetupError)", f.phase)
 		}
-		for k, v := range map[string]string{arv1.LabelPhase: string(f.phase), arv1.LabelResult: string(f.result)} {
-			if v != "" {
-				selector = strings.Trim(selector+","+k+"="+v, ",")
+		for _, l := range [][2]string{{arv1.LabelPhase, string(f.phase)}, {arv1.LabelResult, string(f.result)}} {
+			if l[1] != "" {
+				selector = strings.Trim(selector+","+l[0]+"="+l[1], ",")
 			}
 		}
 	}
