@@ -72,6 +72,13 @@ build: ## Build the binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
 	ln -sf runctl $(BIN)/kubectl-runs
 
+PREFIX ?= $(HOME)/.local
+
+.PHONY: install-runctl
+install-runctl: ## Install runctl and its kubectl plugin name kubectl-runs into $(PREFIX)/bin.
+	CGO_ENABLED=0 $(GO) build -o $(PREFIX)/bin/runctl ./cmd/runctl
+	ln -sf runctl $(PREFIX)/bin/kubectl-runs
+
 .PHONY: run
 run: ## Run the manager: against the current cluster if reachable, else on a local control plane.
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) run ./hack/localrun $(RUN_FLAGS)

@@ -1,262 +1,140 @@
-// Command runctl is the runservice command line: `runctl logs RUN TASK [STEP] [-f]` prints a step's
-// log, live from the executor while the task runs and from the object store once fetched. Installed
-// as kubectl-runs, it is the kubectl plugin `kubectl runs logs ...`.
+// Command runctl is the runservice command line: list, describe, approve, stop, restart and wait for
+// runs, and read their logs. Installed as kubectl-runs, it is the kubectl plugin `kubectl runs ...`.
+// It talks to the apiserver with the user's kubeconfig (the standard --kubeconfig, --context,
+// -n/--namespace flags), so Kubernetes RBAC decides what it may do.
 package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
-	"time"
+	"strings"
 
-	corev1 "k8s.io/api/core/v1"
+	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/rest"
 
-	rsv1 "runservice.dev/runservice/api/v1alpha1"
-	"runservice.dev/runservice/internal/executorhttp"
-	"runservice.dev/runservice/internal/objectstore"
-	"runservice.dev/runservice/internal/pki"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
 
-const usage = `usage: %[1]s logs RUN TASK [STEP] [-f] [-n NAMESPACE] [--object-store URL]
-
-Prints the log of a task's steps (all of them, or STEP given by name or index), live from the executor
-while the task runs (-f follows it) and from the object store once the manager fetched it.
-`
-
 func main() {
-	name := filepath.Base(os.Args[0])
-	if len(os.Args) < 2 || os.Args[1] != "logs" {
-		fmt.Fprintf(os.Stderr, usage, name)
-		os.Exit(2)
-	}
-	fs := flag.NewFlagSet("logs", flag.ExitOnError)
-	follow := fs.Bool("f", false, "Follow the log while the step runs.")
-	namespace := fs.String("n", "", "Namespace of the run (default: the kubeconfig's).")
-	store := fs.String("object-store", objectstore.DefaultURL(), "Object store URL (as the manager's; default $"+objectstore.EnvURL+" or the local directory).")
-	insecure := fs.Bool("insecure-http", false, "Read from executors' http:// endpoints too (the executors' token then crosses the network in clear).")
-	kubeconfig := fs.String("kubeconfig", "", "Path of the kubeconfig (default: KUBECONFIG or ~/.kube/config).")
-	var args []string
-	rest := os.Args[2:]
-	for len(rest) > 0 { // flags may come after the positional arguments
-		if err := fs.Parse(rest); err != nil {
-			os.Exit(2)
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		args = append(args, fs.Arg(0))
-		rest = fs.Args()[1:]
-	}
-	if len(args) < 2 || len(args) > 3 {
-		fmt.Fprintf(os.Stderr, usage, name)
-		os.Exit(2)
-	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer cancel()
-	l := &logs{follow: *follow, insecureHTTP: *insecure, storeURL: *store}
-	if err := l.init(*kubeconfig, *namespace); err == nil {
-		err = l.print(ctx, args)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "runctl:", err)
-			os.Exit(1)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	cancel()
+	os.Exit(code)
+}
+
+// run runs runctl with args and returns its exit code: 0, 1 on an error, or what the command chose
+// (wait's codes).
+func run(ctx context.Context, args []string, out, errOut io.Writer) int {
+	root := newRoot(out, errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	var ex exitError
+	switch {
+	case errors.As(err, &ex):
+		if ex.err != nil {
+			fmt.Fprintln(errOut, "runctl:", ex.err)
 		}
-	} else {
-		fmt.Fprintln(os.Stderr, "runctl:", err)
-		os.Exit(1)
+		return ex.code
+	case err != nil:
+		fmt.Fprintln(errOut, "runctl:", err)
+		return 1
 	}
+	return 0
 }
 
-type logs struct {
-	follow       bool
-	insecureHTTP bool
-	storeURL     string
-	ns           string
-	rs           versioned.Interface
-	kube         kubernetes.Interface
+// exitError ends runctl with code, printing err when there is one.
+type exitError struct {
+	code int
+	err  error
 }
 
-func (l *logs) init(kubeconfig, namespace string) error {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = kubeconfig
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{Context: clientcmdapi.Context{Namespace: namespace}})
-	cfg, err := cc.ClientConfig()
+func (e exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit code %d", e.code)
+	}
+	return e.err.Error()
+}
+
+// options are what every command shares: the kubeconfig flags and the clients made from them.
+type options struct {
+	config   *genericclioptions.ConfigFlags
+	out, err io.Writer
+
+	cfg  *rest.Config
+	ns   string
+	rs   versioned.Interface
+	kube kubernetes.Interface
+}
+
+// init makes the clients, once.
+func (o *options) init() error {
+	if o.rs != nil {
+		return nil
+	}
+	cfg, err := o.config.ToRESTConfig()
 	if err != nil {
 		return err
 	}
-	if l.ns, _, err = cc.Namespace(); err != nil {
+	if o.ns, _, err = o.config.ToRawKubeConfigLoader().Namespace(); err != nil {
 		return err
 	}
-	if l.rs, err = versioned.NewForConfig(cfg); err != nil {
+	cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " runctl"
+	if o.rs, err = versioned.NewForConfig(cfg); err != nil {
 		return err
 	}
-	l.kube, err = kubernetes.NewForConfig(cfg)
-	return err
-}
-
-func (l *logs) print(ctx context.Context, args []string) error {
-	runName, taskName := args[0], args[1]
-	run, err := l.rs.RunserviceV1alpha1().Runs(l.ns).Get(ctx, runName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		// Archived: its document keeps the status, with each step's log key.
-		archived, aerr := l.rs.ArchiveV1alpha1().ArchivedRuns(l.ns).Get(ctx, runName, metav1.GetOptions{})
-		if aerr != nil {
-			return fmt.Errorf("%w, and no archived run of that name: %w", err, aerr)
-		}
-		run, err = &rsv1.Run{ObjectMeta: archived.ObjectMeta, Spec: archived.Spec, Status: archived.Status.RunStatus}, nil
-	}
-	if err != nil {
+	if o.kube, err = kubernetes.NewForConfig(cfg); err != nil {
 		return err
 	}
-	var ts *rsv1.TaskStatus
-	for i := range run.Status.Tasks {
-		if run.Status.Tasks[i].Name == taskName {
-			ts = &run.Status.Tasks[i]
-		}
-	}
-	if ts == nil {
-		return fmt.Errorf("run %s has no task %q", runName, taskName)
-	}
-	if ts.ExecutorTask == "" {
-		return fmt.Errorf("task %s is %s and was never scheduled: it has no log", taskName, ts.Phase)
-	}
-	steps := make([]int, 0, len(ts.Steps))
-	for i := range ts.Steps {
-		steps = append(steps, i)
-	}
-	if len(args) == 3 {
-		i, err := stepIndex(ts, args[2])
-		if err != nil {
-			return err
-		}
-		steps = []int{i}
-	}
-	for _, i := range steps {
-		if len(steps) > 1 {
-			fmt.Printf("==> step %d: %s <==\n", i, ts.Steps[i].Name)
-		}
-		if err := l.step(ctx, run, ts, i); err != nil {
-			return err
-		}
-	}
+	o.cfg = cfg
 	return nil
 }
 
-func stepIndex(ts *rsv1.TaskStatus, s string) (int, error) {
-	if i, err := strconv.Atoi(s); err == nil && i >= 0 && i < len(ts.Steps) {
-		return i, nil
+// hint adds what to do to an error about a run not found.
+func hint(err error) error {
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w (runctl get lists the namespace's runs; -n chooses another)", err)
 	}
-	for i, st := range ts.Steps {
-		if st.Name == s {
-			return i, nil
-		}
-	}
-	return 0, fmt.Errorf("task %s has no step %q", ts.Name, s)
-}
-
-// step prints one step's log: from the executor while it still has it, else from the object store.
-func (l *logs) step(ctx context.Context, run *rsv1.Run, ts *rsv1.TaskStatus, i int) error {
-	// The key the run's status records is where the log is, whatever layout the store had when it
-	// was fetched (runs from before run uids keyed their logs by run name only).
-	key := ts.Steps[i].LogKey
-	noLog := fmt.Errorf("step %d of task %s has no log (it did not start, or its executor was lost before the log was fetched)", i, ts.Name)
-	et, getErr := l.rs.RunserviceV1alpha1().ExecutorTasks(l.ns).Get(ctx, ts.ExecutorTask, metav1.GetOptions{})
-	if getErr == nil && et.Annotations[rsv1.AnnotationFetched] == "" {
-		if err := l.fromExecutor(ctx, et, i); !errors.Is(err, errGone) {
-			return err
-		}
-	}
-	if key == "" && getErr == nil && metav1.IsControlledBy(et, run) {
-		key = objectstore.TaskOf(et).LogKey(i) // fetched, and the run's status not updated yet
-	}
-	if key == "" {
-		return noLog
-	}
-	store, err := objectstore.Open(ctx, l.storeURL)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	rc, err := store.Get(ctx, key)
-	if errors.Is(err, objectstore.ErrNotFound) {
-		return noLog
-	}
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	_, err = io.Copy(os.Stdout, rc)
 	return err
 }
 
-var errGone = errors.New("the executor no longer has the log")
-
-func (l *logs) fromExecutor(ctx context.Context, et *rsv1.ExecutorTask, i int) error {
-	ex, err := l.rs.RunserviceV1alpha1().Executors(l.ns).Get(ctx, et.Spec.Executor, metav1.GetOptions{})
-	if err != nil || ex.Spec.Endpoint == "" {
-		return errGone
-	}
-	var secret *corev1.Secret
-	if secret, err = l.kube.CoreV1().Secrets(l.ns).Get(ctx, rsv1.ExecutorTokenSecret, metav1.GetOptions{}); err != nil {
-		return fmt.Errorf("reading the executors' token: %w", err)
-	}
-	url := fmt.Sprintf("%s/v1/tasks/%s/steps/%d/log", ex.Spec.Endpoint, et.Name, i)
-	if l.follow {
-		url += "?follow=true"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+string(secret.Data[rsv1.ExecutorTokenKey]))
-	// The executors of the namespace are trusted by their CA only (the Secret the first one made);
-	// plain http only with --insecure-http, since the request carries the namespace's token.
-	var bundle []byte
-	if ca, err := l.kube.CoreV1().Secrets(l.ns).Get(ctx, rsv1.ExecutorCASecret, metav1.GetOptions{}); err == nil {
-		bundle = pki.Bundle(ca.Data)
-	} else if !apierrors.IsNotFound(err) {
-		return fmt.Errorf("reading the executors' CA: %w", err)
-	}
-	trust := executorhttp.TrustPEM(bundle, l.insecureHTTP)
-	// Dial and TLS timeouts always; without -f a bound on the whole request too. With -f the
-	// executor sends headers only once the step has started writing, and a step may then stay quiet
-	// for as long as it runs: no header or total bound.
-	client := executorhttp.NewClient(executorhttp.Timeouts{}, false, nil, trust)
-	if l.follow {
-		client = executorhttp.NewClient(executorhttp.Timeouts{ResponseHeader: -1}, false, nil, trust)
+func newRoot(out, errOut io.Writer) *cobra.Command {
+	name := filepath.Base(os.Args[0])
+	if name == "kubectl-runs" {
+		name = "kubectl runs"
 	} else {
-		client.Timeout = time.Minute
+		name = "runctl"
 	}
-	resp, err := client.Do(req)
-	if errors.Is(err, executorhttp.ErrPlainHTTP) || errors.As(err, new(*tls.CertificateVerificationError)) {
-		return fmt.Errorf("executor %s: %w", ex.Name, err) // not gone: not to be trusted
+	o := &options{config: genericclioptions.NewConfigFlags(true), out: out, err: errOut}
+	root := &cobra.Command{
+		Use:   "runctl",
+		Short: "Operate runservice runs: list, describe, approve, stop, restart, wait, logs",
+		Long: `runctl operates runservice runs with your kubeconfig's credentials (Kubernetes RBAC decides what
+it may do). Installed as kubectl-runs it is also the kubectl plugin "kubectl runs".`,
+		Example: strings.ReplaceAll(`  runctl get --phase Running
+  runctl describe release
+  runctl approve release deploy
+  runctl wait release --timeout 10m && echo released
+  runctl restart release --failed-only
+  source <(runctl completion bash)`, "runctl", name),
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
-	if err != nil {
-		return errGone
+	if name != "runctl" {
+		root.Use = "kubectl-runs"
+		root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: name}
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		if resp.StatusCode == http.StatusNotFound && et.Status.Phase.IsFinal() {
-			return errGone
-		}
-		if resp.StatusCode == http.StatusNotFound {
-			return fmt.Errorf("step %d has not written a log yet", i)
-		}
-		return fmt.Errorf("executor %s: %s", ex.Name, resp.Status)
-	}
-	_, err = io.Copy(os.Stdout, resp.Body)
-	return err
+	root.SetOut(out)
+	root.SetErr(errOut)
+	o.config.AddFlags(root.PersistentFlags())
+	_ = root.RegisterFlagCompletionFunc("namespace", o.completeNamespaces)
+	root.AddCommand(newGet(o), newDescribe(o), newApprove(o), newStop(o), newRestart(o), newWait(o), newLogs(o))
+	return root
 }

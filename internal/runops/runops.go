@@ -4,11 +4,14 @@ package runops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 
@@ -30,7 +33,7 @@ func Approve(ctx context.Context, c versioned.Interface, namespace, run string, 
 			case i < 0:
 				return fmt.Errorf("run %s has no task %q (its tasks: %s)", run, name, taskNames(r))
 			case !r.Spec.Tasks[i].IsNeedsApproval():
-				return fmt.Errorf("task %q of run %s does not need approval", name, run)
+				return fmt.Errorf("task %q of run %s does not need approval (tasks that do: %s)", name, run, approvable(r))
 			case slices.Contains(r.Spec.ApprovedTasks, name):
 				return fmt.Errorf("task %q of run %s is already approved", name, run)
 			}
@@ -41,17 +44,23 @@ func Approve(ctx context.Context, c versioned.Interface, namespace, run string, 
 }
 
 // Stop sets the run's spec.stop. Stopping a run that has ended is an error; stopping one already
-// stopping is not.
+// stopping is not (nothing is written then).
 func Stop(ctx context.Context, c versioned.Interface, namespace, run string) (*rsv1.Run, error) {
 	return update(ctx, c, namespace, run, func(r *rsv1.Run) error {
 		if r.Status.Phase.IsFinal() {
 			return fmt.Errorf("run %s has ended (%s, %s): there is nothing to stop", run, r.Status.Phase, r.Status.Result)
+		}
+		if r.IsStopped() {
+			return errUnchanged
 		}
 		stop := true
 		r.Spec.Stop = &stop
 		return nil
 	})
 }
+
+// errUnchanged is what a change returns when the run already is as asked: nothing is written.
+var errUnchanged = errors.New("unchanged")
 
 // update applies change to the live run and writes it, read again and retried when another write
 // came first. The run's stored update token is left as it is: the request does not carry one.
@@ -60,16 +69,57 @@ func update(ctx context.Context, c versioned.Interface, namespace, name string, 
 	var out *rsv1.Run
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		r, err := runs.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			if _, aerr := c.ArchiveV1alpha1().ArchivedRuns(namespace).Get(ctx, name, metav1.GetOptions{}); aerr == nil {
+				return fmt.Errorf("run %s has ended and is archived: it cannot change any more", name)
+			}
+			return fmt.Errorf("%w in namespace %s", ErrNotFound(name), namespace)
+		}
 		if err != nil {
 			return err
 		}
-		if err := change(r); err != nil {
+		if err := change(r); errors.Is(err, errUnchanged) {
+			out = r
+			return nil
+		} else if err != nil {
 			return err
 		}
 		out, err = runs.Update(ctx, r, metav1.UpdateOptions{})
 		return err
 	})
 	return out, err
+}
+
+// ErrNotFound is the error for a run that is neither live nor archived; it wraps apierrors'
+// NotFound so that callers can tell it with apierrors.IsNotFound.
+func ErrNotFound(name string) error {
+	return apierrors.NewNotFound(rsv1.GroupVersion.WithResource("runs").GroupResource(), name)
+}
+
+// Get returns the run named, live or else archived (then with archived true): what a reader of a
+// run (describe, logs, wait, restart) wants once a finished run may have left etcd.
+func Get(ctx context.Context, c versioned.Interface, namespace, name string) (run *rsv1.Run, archived bool, err error) {
+	live, err := c.RunserviceV1alpha1().Runs(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err == nil {
+		return live, false, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, false, err
+	}
+	ar, aerr := c.ArchiveV1alpha1().ArchivedRuns(namespace).Get(ctx, name, metav1.GetOptions{})
+	if aerr != nil {
+		if isAbsent(aerr) {
+			return nil, false, fmt.Errorf("run %s is neither live nor archived in namespace %s: %w", name, namespace, ErrNotFound(name))
+		}
+		return nil, false, fmt.Errorf("run %s is not live in namespace %s, and the archive could not be read: %w", name, namespace, aerr)
+	}
+	return &rsv1.Run{ObjectMeta: ar.ObjectMeta, Spec: ar.Spec, Status: ar.Status.RunStatus}, true, nil
+}
+
+// isAbsent says whether an error reading an archived run means there is none: NotFound, or no
+// archive API served at all (a manager without archiving).
+func isAbsent(err error) bool {
+	return apierrors.IsNotFound(err) || meta.IsNoMatchError(err) || apierrors.IsServiceUnavailable(err)
 }
 
 // RestartOptions say how a run is restarted.
@@ -115,28 +165,18 @@ func Restart(ctx context.Context, c versioned.Interface, namespace, name string,
 // restartable returns the run named, live or else archived, with its metadata and spec, once it
 // has ended.
 func restartable(ctx context.Context, c versioned.Interface, namespace, name string) (*rsv1.Run, error) {
-	live, err := c.RunserviceV1alpha1().Runs(namespace).Get(ctx, name, metav1.GetOptions{})
-	if err == nil {
-		if !live.Status.Phase.IsFinal() {
-			phase := live.Status.Phase
-			if phase == "" {
-				phase = rsv1.RunPhaseQueued
-			}
-			return nil, fmt.Errorf("run %s is still %s: stop it first (runctl stop %s) or wait for its end (runctl wait %s)", name, phase, name, name)
-		}
-		return live, nil
-	}
-	if !apierrors.IsNotFound(err) {
+	run, _, err := Get(ctx, c, namespace, name)
+	if err != nil {
 		return nil, err
 	}
-	ar, aerr := c.ArchiveV1alpha1().ArchivedRuns(namespace).Get(ctx, name, metav1.GetOptions{})
-	if aerr != nil {
-		if apierrors.IsNotFound(aerr) {
-			return nil, fmt.Errorf("run %s is neither live nor archived in namespace %s", name, namespace)
+	if !run.Status.Phase.IsFinal() {
+		phase := run.Status.Phase
+		if phase == "" {
+			phase = rsv1.RunPhaseQueued
 		}
-		return nil, fmt.Errorf("run %s is not live, and the archive could not be read: %w", name, aerr)
+		return nil, fmt.Errorf("run %s is still %s: stop it first (runctl stop %s) or wait for its end (runctl wait %s)", name, phase, name, name)
 	}
-	return &rsv1.Run{ObjectMeta: ar.ObjectMeta, Spec: ar.Spec, Status: ar.Status.RunStatus}, nil
+	return run, nil
 }
 
 // generateName is the prefix of a restart's generated name: the restarted run's name and a dash,
@@ -150,11 +190,12 @@ func generateName(name string) string {
 }
 
 // own returns the labels or annotations that are the user's, not runservice's: those runservice
-// sets (phase, result, change groups, its annotations) would be refused or wrong on a new run.
+// sets (phase, result, change groups, its annotations) would be refused or wrong on a new run, and
+// kubectl's last applied configuration is the restarted run's, not the restart's.
 func own(m map[string]string) map[string]string {
 	var out map[string]string
 	for k, v := range m {
-		if strings.Contains(k, "runservice.dev/") || k == arv1.LabelPhase || k == arv1.LabelResult {
+		if strings.Contains(k, "runservice.dev/") || k == arv1.LabelPhase || k == arv1.LabelResult || k == corev1.LastAppliedConfigAnnotation {
 			continue
 		}
 		if out == nil {
@@ -163,6 +204,20 @@ func own(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// approvable names the run's tasks that need approval and are not approved yet.
+func approvable(r *rsv1.Run) string {
+	var names []string
+	for _, t := range r.Spec.Tasks {
+		if t.IsNeedsApproval() && !slices.Contains(r.Spec.ApprovedTasks, t.Name) {
+			names = append(names, t.Name)
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 func taskNames(r *rsv1.Run) string {
