@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -17,10 +18,12 @@ import (
 
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/runlogs"
+	"runservice.dev/runservice/internal/ui"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
 
 const usage = `usage: %[1]s logs RUN TASK [STEP] [-f] [-n NAMESPACE] [--object-store URL]
+       %[1]s ui [-n NAMESPACE] [--addr 127.0.0.1:PORT]
 
 Prints the log of a task's steps (all of them, or STEP given by name or index), live from the executor
 while the task runs (-f follows it) and from the object store once the manager fetched it.
@@ -28,6 +31,9 @@ while the task runs (-f follows it) and from the object store once the manager f
 
 func main() {
 	name := filepath.Base(os.Args[0])
+	if len(os.Args) >= 2 && os.Args[1] == "ui" {
+		os.Exit(serveUI(os.Args[2:]))
+	}
 	if len(os.Args) < 2 || os.Args[1] != "logs" {
 		fmt.Fprintf(os.Stderr, usage, name)
 		os.Exit(2)
@@ -68,6 +74,32 @@ func main() {
 		fmt.Fprintln(os.Stderr, "runctl:", err)
 		os.Exit(1)
 	}
+}
+
+// serveUI is `runctl ui`: the web view (internal/ui) with the kubeconfig's credentials.
+func serveUI(argv []string) int {
+	fs := flag.NewFlagSet("ui", flag.ExitOnError)
+	namespace := fs.String("n", "", "Namespace the runs list opens on (default: the kubeconfig's).")
+	addr := fs.String("addr", "127.0.0.1:0", "Loopback address and port to serve on (port 0: a free one).")
+	store := fs.String("object-store", objectstore.DefaultURL(), "Object store URL (as the manager's), for the logs.")
+	insecure := fs.Bool("insecure-http", false, "Read logs from executors' http:// endpoints too.")
+	kubeconfig := fs.String("kubeconfig", "", "Path of the kubeconfig (default: KUBECONFIG or ~/.kube/config).")
+	_ = fs.Parse(argv)
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = *kubeconfig
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{Context: clientcmdapi.Context{Namespace: *namespace}})
+	cfg, err := cc.ClientConfig()
+	if err == nil {
+		ns, _, nerr := cc.Namespace()
+		ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
+		defer cancel()
+		err = errors.Join(nerr, ui.Run(ctx, ui.Options{Config: cfg, Namespace: ns, Addr: *addr, Out: os.Stdout, ObjectStore: *store, InsecureHTTP: *insecure}))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "runctl ui:", err)
+		return 1
+	}
+	return 0
 }
 
 // reader builds the log reader of the kubeconfig's (or the given) namespace.
