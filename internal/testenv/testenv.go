@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -194,3 +195,21 @@ func (e *Env) ManagerOptions() manager.Options {
 
 // Kubectl returns the path of the kubectl binary built with the control plane.
 func (e *Env) Kubectl() string { return filepath.Join(e.Assets, "kubectl") }
+
+// StartManager starts a manager with opts against the control plane in the background, as the
+// process would; it stops when ctx ends, and done is closed then. An error of its Start after it
+// began is printed, as a process would log it.
+func (e *Env) StartManager(ctx context.Context, opts manager.Options) (done <-chan struct{}, err error) {
+	mgr, err := manager.New(ctx, e.Config, opts)
+	if err != nil {
+		return nil, err
+	}
+	c := make(chan struct{})
+	go func() {
+		defer close(c)
+		if err := mgr.Start(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "manager:", err)
+		}
+	}()
+	return c, nil
+}

@@ -24,6 +24,9 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// put replaces an element's children, leaving out the null ones (conditional parts).
+function put(el, ...children) { el.replaceChildren(...children.flat().filter(c => c !== null && c !== undefined && c !== false)); }
+
 function setLive(text) { $("#live").textContent = text; }
 
 function closeStreams() {
@@ -133,7 +136,7 @@ function showRun(ns, name, task) {
   const msg = h("div", { class: "error", role: "alert" });
   const graph = h("div", { class: "graph", id: "graph" });
   const panel = h("section", { class: "panel", id: "panel", "aria-label": "task" }, h("p", { class: "note" }, "Select a task (Tab to it, Enter to open)."));
-  app.replaceChildren(head, msg, h("div", { class: "runbody" }, h("div", { style: "display:flex;flex-direction:column;flex:1;min-width:0" }, graph,
+  app.replaceChildren(head, msg, h("div", { class: "runbody" }, h("div", { class: "graphcol" }, graph,
     h("div", { class: "legend" }, TASK_PHASES.map(p => h("span", { class: p }, p)), h("span", { class: "Waiting" }, "waiting for approval"))), panel));
 
   const act = async (what, fn) => {
@@ -142,7 +145,7 @@ function showRun(ns, name, task) {
   };
   const renderHead = r => {
     const final = ["Finished", "SetupError", "Cancelled"].includes(r.phase);
-    head.replaceChildren(h("h1", {}, r.name), badge(r.phase), badge(r.result),
+    put(head, h("h1", {}, r.name), badge(r.phase), badge(r.result),
       r.archived ? badge("archived (read-only)", "archived") : null,
       r.stopping ? badge("stopping", "Stopped") : null,
       r.restartedFrom ? h("span", { class: "note" }, "restart of ", h("a", { href: `#/runs/${encodeURIComponent(ns)}/${encodeURIComponent(r.restartedFrom)}` }, r.restartedFrom)) : null,
@@ -210,7 +213,7 @@ function showRun(ns, name, task) {
       h("td", {}, h("button", { onclick: () => { state.step = i; renderPanel(state.run); }, "aria-label": `show the log of step ${i} ${s.name}` }, `${i}`)),
       h("td", {}, s.name), h("td", {}, badge(s.phase)), h("td", {}, s.exitCode ?? ""), h("td", {}, duration(s.startTime, s.endTime))));
     const keepLog = panel.querySelector("pre.log");
-    panel.replaceChildren(
+    put(panel,
       h("h2", {}, t.task, " ", badge(t.waitingApproval ? "waiting for approval" : t.phase, t.phase)),
       t.waitingApproval && !r.archived ? h("button", { class: "primary", id: "approve", onclick: () => act("approve", () => post(base + "/approve", { tasks: [t.task] })) }, "Approve " + t.task) : null,
       h("dl", {},
