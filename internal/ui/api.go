@@ -165,10 +165,23 @@ func (s *server) watchRuns(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer wi.Stop()
+	// A deleted run is usually being archived: the list is sent again once the archive's index
+	// (which follows the store every few seconds) can list it.
+	refresh := time.NewTimer(time.Hour)
+	refresh.Stop()
+	defer refresh.Stop()
+	ev.refresh, ev.onRefresh = refresh.C, func() {
+		if l, err := s.list(ctx, f); err == nil {
+			ev.send("reset", l)
+		}
+	}
 	ev.loop(ctx, wi, func(e watch.Event) {
 		run, ok := e.Object.(*rsv1.Run)
 		if !ok {
 			return
+		}
+		if e.Type == watch.Deleted {
+			refresh.Reset(archiveLag)
 		}
 		sum := summarize(run, false)
 		typ := e.Type
@@ -178,6 +191,9 @@ func (s *server) watchRuns(w http.ResponseWriter, r *http.Request) {
 		ev.send("run", map[string]any{"type": typ, "run": sum})
 	})
 }
+
+// archiveLag is how long after a run's deletion the runs list is sent again, with the run archived.
+const archiveLag = 5 * time.Second
 
 // runView is what the run page draws.
 type runView struct {
@@ -311,12 +327,22 @@ func (s *server) watchRun(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if e.Type == watch.Deleted {
-			if ar, err := s.runs.ArchiveV1alpha1().ArchivedRuns(ns).Get(ctx, string(run.UID), metav1.GetOptions{}); err == nil {
-				ev.send("run", viewOf(&rsv1.Run{ObjectMeta: ar.ObjectMeta, Spec: ar.Spec, Status: ar.Status.RunStatus}, true))
-			} else {
-				ev.send("failure", map[string]string{"error": fmt.Sprintf("run %s was deleted", name)})
+			// Archived, usually: the archive's index lists it a few seconds later.
+			for deadline := time.Now().Add(30 * time.Second); ; {
+				ar, err := s.runs.ArchiveV1alpha1().ArchivedRuns(ns).Get(ctx, string(run.UID), metav1.GetOptions{})
+				if err == nil {
+					ev.send("run", viewOf(&rsv1.Run{ObjectMeta: ar.ObjectMeta, Spec: ar.Spec, Status: ar.Status.RunStatus}, true))
+					return
+				}
+				if time.Now().After(deadline) || ctx.Err() != nil {
+					ev.send("failure", map[string]string{"error": fmt.Sprintf("run %s was deleted and is not in the archive: %v", name, err)})
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
 			}
-			return
 		}
 		ev.send("run", viewOf(run, false))
 	})
@@ -444,6 +470,9 @@ func writeJSON(w http.ResponseWriter, v any) {
 type events struct {
 	w  http.ResponseWriter
 	fl http.Flusher
+	// refresh, when set, calls onRefresh from loop.
+	refresh   <-chan time.Time
+	onRefresh func()
 }
 
 func newEvents(w http.ResponseWriter) (*events, bool) {
@@ -477,6 +506,8 @@ func (e *events) loop(ctx context.Context, wi watch.Interface, f func(watch.Even
 		select {
 		case <-ctx.Done():
 			return
+		case <-e.refresh:
+			e.onRefresh()
 		case <-tick.C:
 			if _, err := fmt.Fprint(e.w, ": keep-alive\n\n"); err != nil {
 				return

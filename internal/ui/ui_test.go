@@ -259,7 +259,6 @@ func runTask(name, step string, opts ...func(*rsv1.Task)) rsv1.Task {
 	return e2e.ShellTask(name, "echo "+step, append([]func(*rsv1.Task){func(t *rsv1.Task) { t.Steps[0].Run.Name = ptr.To(step) }}, opts...)...)
 }
 
-
 // ---- the browser ----
 
 func browser(t *testing.T) context.Context {
@@ -486,5 +485,47 @@ func TestOnlyLoopbackAddresses(t *testing.T) {
 	}
 	if err := ui.Run(context.Background(), ui.Options{Addr: "127.0.0.1:0"}); err == nil || errors.Is(err, context.Canceled) {
 		t.Errorf("no config: %v, want an error", err)
+	}
+}
+
+// TestArchivedRunPage: a run archived out of etcd is listed as archived, and its page draws its
+// graph and its log from the archive, read-only (no stop, no approve).
+func TestArchivedRunPage(t *testing.T) {
+	ctx := browser(t)
+	ns := e2e.NewNamespace(t, k8s, "uiar")
+	ex := startExecutor(t, ns, "ex", map[string]string{"a": "archived step output\n", "b": "bye\n"})
+	run := &rsv1.Run{
+		ObjectMeta: metav1.ObjectMeta{Name: "old", Namespace: ns, Annotations: map[string]string{rsv1.AnnotationArchiveAfter: "0s"}},
+		Spec:       rsv1.RunSpec{Tasks: []rsv1.Task{runTask("a", "first"), runTask("b", "second", e2e.After("a"))}},
+	}
+	if err := k8s.Create(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	// The page is open before the archive lists the run: the list catches up by itself.
+	if err := chromedp.Do(ctx, chromedp.Navigate(uiURL+"#/?namespace="+url.QueryEscape(ns))); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, "the live run in the list", `!!document.querySelector('#runs tr[data-run="old"]')`)
+	ex.report("old", "a", rsv1.TaskPhaseSuccess, "first")
+	ex.report("old", "b", rsv1.TaskPhaseFailed, "second")
+	e2e.Eventually(t, 2*time.Minute, "run old archived out of etcd", func() bool {
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "old"}, &rsv1.Run{})
+		return apierrors.IsNotFound(err)
+	})
+	waitJS(t, ctx, "the archived run in the list", `(document.querySelector('#runs tr[data-run="old"]')||{}).innerText?.includes("archived")`)
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#runs tr[data-run="old"] a`))); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, "the archived run's graph", `document.querySelectorAll("g.node").length === 2 && document.querySelectorAll("path.edge").length === 1`)
+	waitJS(t, ctx, "b Failed in red", fill("b")+` === "rgb(255, 206, 203)"`)
+	if got := js(t, ctx, `document.querySelector(".runhead").innerText`); !strings.Contains(got, "archived") || !strings.Contains(got, "Failed") {
+		t.Errorf("header %q, want archived and Failed", got)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`g.node[data-task="a"]`))); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, "a's log from the archive", `(document.querySelector("#log")||{}).textContent?.includes("archived step output")`)
+	if got := js(t, ctx, `String(!!document.querySelector("#stop, #approve"))`); got != "false" {
+		t.Errorf("an archived run's page offers stop or approve")
 	}
 }

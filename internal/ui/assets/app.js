@@ -121,7 +121,11 @@ function showList() {
     render();
   });
   stream.addEventListener("failure", e => { note.textContent = JSON.parse(e.data).error; });
-  stream.onerror = () => setLive("reconnecting…");
+  stream.onerror = () => {
+    setLive("reconnecting…");
+    // A refused list (RBAC, a namespace that does not exist) ends the stream: say why.
+    fetch("api/runs?" + q.toString()).then(r => r.ok ? null : r.json()).then(e => { if (e) note.textContent = e.error; }).catch(() => {});
+  };
 }
 
 // ---- a run's page ----
