@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,8 +34,10 @@ import (
 	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/manager"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/runlogs"
 	"runservice.dev/runservice/internal/testenv"
 	"runservice.dev/runservice/internal/ui"
+	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
 
 // These tests drive the web view in Debian's chromium (headless, through chromedp) against a real
@@ -46,6 +49,7 @@ var (
 	env      *testenv.Env
 	k8s      client.Client
 	uiURL    string // with its secret
+	store    string // the manager's object store
 	chromium string
 	root     string
 )
@@ -84,7 +88,7 @@ func testMain(m *testing.M) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	store := objectstore.FileURL(filepath.Join(tmp, "store"))
+	store = objectstore.FileURL(filepath.Join(tmp, "store"))
 	opts := env.ManagerOptions()
 	opts.ObjectStore = store
 	opts.Controllers.ExecutorInsecureHTTP = true // the played executor serves plain http on loopback
@@ -403,6 +407,11 @@ func TestWebView(t *testing.T) {
 	waitJS(t, ctx, "deploy no longer waiting", `!document.querySelector('g.node[data-task="deploy"]').classList.contains("waiting")`)
 	ex.report("release", "deploy", rsv1.TaskPhaseRunning, "ship")
 	waitJS(t, ctx, "deploy Running", `document.querySelector('g.node[data-task="deploy"]').dataset.phase === "Running"`)
+	// A running step's log comes live from the executor (nothing is fetched before the task ends).
+	waitJS(t, ctx, "deploy's live log in the panel", `(document.querySelector("#log")||{}).textContent?.includes("deployed")`)
+	if et := executorTask(t, ns, "release", "deploy"); et.Annotations[rsv1.AnnotationFetched] != "" {
+		t.Errorf("deploy's log was fetched already (%s): the panel did not read it from the executor", et.Annotations[rsv1.AnnotationFetched])
+	}
 	waitJS(t, ctx, "the stop button while the run runs", `!!document.querySelector("#stop")`)
 
 	// The run's end shows without a reload.
@@ -411,6 +420,13 @@ func TestWebView(t *testing.T) {
 	waitJS(t, ctx, "the restart buttons once it ended", `!!document.querySelector("#restart-failed") && !document.querySelector("#stop")`)
 	if got := js(t, ctx, `String(window.notReloaded)`); got != "true" {
 		t.Errorf("the page was reloaded")
+	}
+
+	// runctl logs reads through the same package, and prints what the panel showed.
+	var out strings.Builder
+	if err := (&runlogs.Reader{Runs: versioned.NewForConfigOrDie(env.Config), Kube: kubernetes.NewForConfigOrDie(env.Config), Namespace: ns, StoreURL: store}).
+		Print(context.Background(), &out, "release", "build", "", false); err != nil || out.String() != "compiling main.c\nlinking app\nbuild ok\n" {
+		t.Errorf("runlogs.Print (runctl logs) of release build: %q, %v", out.String(), err)
 	}
 }
 

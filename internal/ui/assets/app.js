@@ -154,7 +154,7 @@ function showRun(ns, name, task) {
       r.stopping ? badge("stopping", "Stopped") : null,
       r.restartedFrom ? h("span", { class: "note" }, "restart of ", h("a", { href: `#/runs/${encodeURIComponent(ns)}/${encodeURIComponent(r.restartedFrom)}` }, r.restartedFrom)) : null,
       (r.changeGroups || []).length ? h("span", { class: "note" }, "groups: " + r.changeGroups.join(", ")) : null,
-      h("span", { class: "note" }, r.startTime ? "took " + duration(r.startTime, r.endTime) : ""),
+      h("span", { class: "note" }, r.startTime ? (r.endTime ? "took " : "running for ") + duration(r.startTime, r.endTime) : ""),
       h("span", { class: "actions" },
         !final && !r.archived ? h("button", { class: "danger", id: "stop", disabled: r.stopping, onclick: () => act("stop", () => post(base + "/stop")) }, "Stop") : null,
         final ? h("button", { id: "restart-failed", onclick: () => act("restart", async () => goTo(await post(base + "/restart", { failedTasksOnly: true }))) }, "Restart failed tasks") : null,
