@@ -300,6 +300,20 @@ func waitJS(t *testing.T, ctx context.Context, what, expr string) {
 	t.Fatalf("timed out waiting in the browser for %s (%s)\npage:\n%s", what, last, page)
 }
 
+// click clicks the element css selects, as a person would (a mouse event at its place); the page
+// redraws on every change of the run, so a node replaced under the click is looked up again.
+func click(t *testing.T, ctx context.Context, css string) {
+	t.Helper()
+	var err error
+	for range 20 {
+		if err = chromedp.Do(ctx, chromedp.Click(chromedp.CSS(css))); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("clicking %s: %v", css, err)
+}
+
 func js(t *testing.T, ctx context.Context, expr string) string {
 	t.Helper()
 	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
@@ -345,9 +359,7 @@ func TestWebView(t *testing.T) {
 	waitJS(t, ctx, "the run Running in the list", `document.querySelector('#runs tr[data-run="release"]').dataset.phase === "Running"`)
 
 	// The run page: one node per task, an edge per dependency, labelled when not OnSuccess.
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#runs tr[data-run="release"] a`))); err != nil {
-		t.Fatal(err)
-	}
+	click(t, ctx, `#runs tr[data-run="release"] a`)
 	waitJS(t, ctx, "the graph", `document.querySelectorAll("g.node").length === 4`)
 	if got := js(t, ctx, `[...document.querySelectorAll("g.node")].map(n => n.dataset.task).sort().join(",")`); got != "build,deploy,notify,test" {
 		t.Errorf("nodes %s, want one per task", got)
@@ -393,13 +405,9 @@ func TestWebView(t *testing.T) {
 	if os.Getenv(screenshotEnv) != "" { // mid-run: a task waiting, the build's log open
 		screenshot(t, ctx, filepath.Join(root, "docs", "runctl-ui.png"))
 	}
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`g.node[data-task="deploy"]`))); err != nil {
-		t.Fatal(err)
-	}
+	click(t, ctx, `g.node[data-task="deploy"]`)
 	waitJS(t, ctx, "the approve button", `!!document.querySelector("#approve")`)
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("approve"))); err != nil {
-		t.Fatal(err)
-	}
+	click(t, ctx, "#approve")
 	executorTask(t, ns, "release", "deploy") // scheduled: approval moved it on
 	if r := (&e2e.Harness{Client: k8s}).Run(t, ns, "release"); !slices.Contains(r.Spec.ApprovedTasks, "deploy") {
 		t.Errorf("approvedTasks %v, want deploy", r.Spec.ApprovedTasks)
@@ -529,19 +537,45 @@ func TestArchivedRunPage(t *testing.T) {
 		return apierrors.IsNotFound(err)
 	})
 	waitJS(t, ctx, "the archived run in the list", `(document.querySelector('#runs tr[data-run="old"]')||{}).innerText?.includes("archived")`)
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#runs tr[data-run="old"] a`))); err != nil {
-		t.Fatal(err)
-	}
+	click(t, ctx, `#runs tr[data-run="old"] a`)
 	waitJS(t, ctx, "the archived run's graph", `document.querySelectorAll("g.node").length === 2 && document.querySelectorAll("path.edge").length === 1`)
 	waitJS(t, ctx, "b Failed in red", fill("b")+` === "rgb(255, 206, 203)"`)
 	if got := js(t, ctx, `document.querySelector(".runhead").innerText`); !strings.Contains(got, "archived") || !strings.Contains(got, "Failed") {
 		t.Errorf("header %q, want archived and Failed", got)
 	}
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`g.node[data-task="a"]`))); err != nil {
-		t.Fatal(err)
-	}
+	click(t, ctx, `g.node[data-task="a"]`)
 	waitJS(t, ctx, "a's log from the archive", `(document.querySelector("#log")||{}).textContent?.includes("archived step output")`)
 	if got := js(t, ctx, `String(!!document.querySelector("#stop, #approve"))`); got != "false" {
 		t.Errorf("an archived run's page offers stop or approve")
+	}
+
+	// Restart from the archived run: the page opens the new run, which points back to it.
+	click(t, ctx, "#restart-failed")
+	waitJS(t, ctx, "the restarted run's page", `/^#\/runs\/[^/]+\/old-[a-z0-9]{5}$/.test(location.hash) && document.querySelector(".runhead").innerText.includes("restart of old")`)
+	name := strings.TrimPrefix(js(t, ctx, `location.hash`), "#/runs/"+ns+"/")
+	restarted := (&e2e.Harness{Client: k8s}).Run(t, ns, name)
+	if rf := restarted.Spec.RestartFrom; rf == nil || rf.Run != "old" || !rf.FailedTasksOnly {
+		t.Errorf("the restarted run's spec.restartFrom is %+v, want old, failed tasks only", rf)
+	}
+}
+
+// TestStopButton: the Stop button stops a running run, through runops.Stop.
+func TestStopButton(t *testing.T) {
+	ctx := browser(t)
+	ns := e2e.NewNamespace(t, k8s, "uistop")
+	ex := startExecutor(t, ns, "ex", map[string]string{"long": "working\n"})
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "long", Namespace: ns}, Spec: rsv1.RunSpec{Tasks: []rsv1.Task{runTask("long", "work")}}}
+	if err := k8s.Create(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	ex.report("long", "long", rsv1.TaskPhaseRunning, "work")
+	if err := chromedp.Do(ctx, chromedp.Navigate(uiURL+"#/runs/"+ns+"/long")); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, "the stop button", `!!document.querySelector("#stop")`)
+	click(t, ctx, "#stop")
+	waitJS(t, ctx, "the run stopping", `document.querySelector(".runhead").innerText.includes("stopping")`)
+	if r := (&e2e.Harness{Client: k8s}).Run(t, ns, "long"); !r.IsStopped() {
+		t.Errorf("spec.stop is %v, want true", r.Spec.Stop)
 	}
 }
