@@ -19,7 +19,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -182,7 +181,7 @@ func (s *server) guard(next http.Handler) http.Handler {
 			http.Error(w, "forbidden: unexpected Host header", http.StatusForbidden)
 			return
 		}
-		if !strings.HasPrefix(r.URL.Path, s.prefix) || subtle.ConstantTimeCompare([]byte(r.URL.Path[:len(s.prefix)]), []byte(s.prefix)) != 1 {
+		if len(r.URL.Path) < len(s.prefix) || subtle.ConstantTimeCompare([]byte(r.URL.Path[:len(s.prefix)]), []byte(s.prefix)) != 1 {
 			http.Error(w, "forbidden: open the URL runctl ui printed (it carries a secret)", http.StatusForbidden)
 			return
 		}
@@ -193,7 +192,7 @@ func (s *server) guard(next http.Handler) http.Handler {
 			}
 		}
 		r2 := r.Clone(r.Context())
-		r2.URL.Path = "/" + strings.TrimPrefix(r.URL.Path, s.prefix)
+		r2.URL.Path = "/" + r.URL.Path[len(s.prefix):]
 		r2.URL.RawPath = ""
 		next.ServeHTTP(w, r2)
 	})

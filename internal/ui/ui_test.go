@@ -357,6 +357,12 @@ func TestWebView(t *testing.T) {
 	waitJS(t, ctx, "the run in the list", `!!document.querySelector('#runs tr[data-run="release"]')`)
 	ex.report("release", "build", rsv1.TaskPhaseRunning, "compile")
 	waitJS(t, ctx, "the run Running in the list", `document.querySelector('#runs tr[data-run="release"]').dataset.phase === "Running"`)
+	// The filters: a phase or a change group the run is not in hide it, its own show it again.
+	for _, f := range []struct{ field, value string }{{"phase", "Finished"}, {"phase", "Running"}, {"changeGroup", "project-b"}, {"changeGroup", "project-a"}} {
+		js(t, ctx, fmt.Sprintf(`(() => { const e = document.querySelector("[name=%s]"); e.value = %q; e.dispatchEvent(new Event("input", {bubbles: true})); return "" })()`, f.field, f.value))
+		shown := f.value == "Running" || f.value == "project-a"
+		waitJS(t, ctx, fmt.Sprintf("the run shown %v with %s=%s", shown, f.field, f.value), fmt.Sprintf(`!!document.querySelector('#runs tr[data-run="release"]') === %v && location.hash.includes(%q)`, shown, f.field+"="+f.value))
+	}
 
 	// The run page: one node per task, an edge per dependency, labelled when not OnSuccess.
 	click(t, ctx, `#runs tr[data-run="release"] a`)

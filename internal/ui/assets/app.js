@@ -82,11 +82,14 @@ function showList() {
     h("label", {}, "Phase", h("select", { name: "phase" }, h("option", { value: "" }, "any"),
       PHASES.map(p => h("option", { value: p, selected: p === f.phase }, p)))));
   let timer;
+  // A filter changes the URL (to bookmark) without a hashchange: the form keeps its focus, and
+  // the list's stream starts again with the new filters.
   const apply = () => {
     clearTimeout(timer);
     timer = setTimeout(() => {
       const q = new URLSearchParams(new FormData(form));
-      location.hash = "#/?" + q.toString();
+      history.replaceState(null, "", "#/?" + q.toString());
+      connect(q);
     }, 300);
   };
   form.addEventListener("input", apply);
@@ -105,27 +108,30 @@ function showList() {
       h("td", {}, r.archived ? badge("archived", "archived") : "", r.restartedFrom ? h("span", { class: "note" }, " restart of " + r.restartedFrom) : ""))));
     if (!runs.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "note" }, "No runs match.")));
   };
-  const q = new URLSearchParams(f);
-  stream = new EventSource("api/runs/watch?" + q.toString());
-  stream.addEventListener("reset", e => {
-    const l = JSON.parse(e.data);
-    rows.clear();
-    for (const r of l.runs) rows.set(r.uid, r);
-    note.textContent = l.archiveError || "";
-    render();
-    setLive("live");
-  });
-  stream.addEventListener("run", e => {
-    const { type, run } = JSON.parse(e.data);
-    if (type === "DELETED") rows.delete(run.uid); else rows.set(run.uid, run);
-    render();
-  });
-  stream.addEventListener("failure", e => { note.textContent = JSON.parse(e.data).error; });
-  stream.onerror = () => {
-    setLive("reconnecting…");
-    // A refused list (RBAC, a namespace that does not exist) ends the stream: say why.
-    fetch("api/runs?" + q.toString()).then(r => r.ok ? null : r.json()).then(e => { if (e) note.textContent = e.error; }).catch(() => {});
+  const connect = q => {
+    if (stream) stream.close();
+    stream = new EventSource("api/runs/watch?" + q.toString());
+    stream.addEventListener("reset", e => {
+      const l = JSON.parse(e.data);
+      rows.clear();
+      for (const r of l.runs) rows.set(r.uid, r);
+      note.textContent = l.archiveError || "";
+      render();
+      setLive("live");
+    });
+    stream.addEventListener("run", e => {
+      const { type, run } = JSON.parse(e.data);
+      if (type === "DELETED") rows.delete(run.uid); else rows.set(run.uid, run);
+      render();
+    });
+    stream.addEventListener("failure", e => { note.textContent = JSON.parse(e.data).error; });
+    stream.onerror = () => {
+      setLive("reconnecting…");
+      // A refused list (RBAC, a namespace that does not exist) ends the stream: say why.
+      fetch("api/runs?" + q.toString()).then(r => r.ok ? null : r.json()).then(e => { if (e) note.textContent = e.error; }).catch(() => {});
+    };
   };
+  connect(new URLSearchParams(f));
 }
 
 // ---- a run's page ----
