@@ -243,10 +243,3 @@ func orNone(s string) string {
 	return s
 }
 
-func taskNames(run *rsv1.Run) string {
-	names := make([]string, len(run.Spec.Tasks))
-	for i, t := range run.Spec.Tasks {
-		names[i] = t.Name
-	}
-	return strings.Join(names, ", ")
-}

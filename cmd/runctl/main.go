@@ -135,6 +135,6 @@ it may do). Installed as kubectl-runs it is also the kubectl plugin "kubectl run
 	root.SetErr(errOut)
 	o.config.AddFlags(root.PersistentFlags())
 	_ = root.RegisterFlagCompletionFunc("namespace", o.completeNamespaces)
-	root.AddCommand(newGet(o), newDescribe(o), newApprove(o), newStop(o), newRestart(o), newWait(o), newLogs(o))
+	root.AddCommand(newGet(o), newDescribe(o), newApprove(o), newStop(o), newRestart(o), newWait(o), newLogs(o), newUI(o))
 	return root
 }

@@ -31,7 +31,7 @@ func Approve(ctx context.Context, c versioned.Interface, namespace, run string, 
 			i := slices.IndexFunc(r.Spec.Tasks, func(t rsv1.Task) bool { return t.Name == name })
 			switch {
 			case i < 0:
-				return fmt.Errorf("run %s has no task %q (its tasks: %s)", run, name, taskNames(r))
+				return fmt.Errorf("run %s has no task %q (its tasks: %s)", run, name, TaskNames(r))
 			case !r.Spec.Tasks[i].IsNeedsApproval():
 				return fmt.Errorf("task %q of run %s does not need approval (tasks that do: %s)", name, run, approvable(r))
 			case slices.Contains(r.Spec.ApprovedTasks, name):
@@ -220,7 +220,8 @@ func approvable(r *rsv1.Run) string {
 	return strings.Join(names, ", ")
 }
 
-func taskNames(r *rsv1.Run) string {
+// TaskNames lists the run's tasks, for messages that name what exists.
+func TaskNames(r *rsv1.Run) string {
 	names := make([]string, len(r.Spec.Tasks))
 	for i, t := range r.Spec.Tasks {
 		names[i] = t.Name
