@@ -242,4 +242,3 @@ func orNone(s string) string {
 	}
 	return s
 }
-
