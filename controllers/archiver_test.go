@@ -636,3 +636,33 @@ func TestADeletedFinishedRunIsArchivedWithItsLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestArchivingDeletesARunsExecutorTasksInOneRequest: the ExecutorTasks of an archived run leave
+// etcd in one request (a deletecollection selecting the run's uid), not one per task, and that
+// request takes no other run's: those of a run still running in the namespace stay.
+func TestArchivingDeletesARunsExecutorTasksInOneRequest(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	startExecutor(t, ns, "ex1")
+	createRun(t, newRun(ns, "busy", task("a")))
+	busy := waitTask(t, ns, "busy", "a")
+	report(t, ns, busy.Name, rsv1.TaskPhaseRunning, "")
+	createRun(t, archivedSoon(fanOut(ns, "done"), "0s"))
+	for _, task := range []string{"a", "b", "c"} {
+		complete(t, ns, "done", task, rsv1.TaskPhaseSuccess)
+	}
+	run := waitRunPhase(t, ns, "done", rsv1.RunPhaseFinished)
+	checkDocument(t, waitArchived(t, run), run, "a", "b", "c")
+	var deletes []string
+	for _, w := range managerWritesIn(ns) {
+		if w.method == http.MethodDelete && strings.Contains(w.path, "/executortasks") {
+			deletes = append(deletes, fmt.Sprintf("%s %d", w.path, w.code))
+		}
+	}
+	if len(deletes) != 1 || strings.Contains(deletes[0], "/executortasks/") {
+		t.Errorf("the manager deleted the archived run's 3 ExecutorTasks in %d requests, want one for the collection:\n%s", len(deletes), strings.Join(deletes, "\n"))
+	}
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(busy), &rsv1.ExecutorTask{}); err != nil {
+		t.Errorf("the running run's ExecutorTask, after archiving another run: %v", err)
+	}
+}
