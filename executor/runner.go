@@ -237,6 +237,9 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 		return err
 	}
 	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.name, "phase", phase, "message", msg)
+	if er, ok := r.e.driver.(EndedRemover); ok {
+		return er.RemoveEnded(ctx, r.uid())
+	}
 	return r.e.driver.Remove(ctx, r.uid())
 }
 
