@@ -176,6 +176,8 @@ func executorDeletes(t *testing.T, ns string) (pods, secrets int) {
 
 // TestEndedTasksPodsAreRemovedTogether: the pods of tasks that end together are removed by their
 // executor in one request per batch, not one per task, and so are their Secrets; none is left.
+// Each run's ExecutorTasks are deleted as soon as it finished, as the archiver does with
+// --archive-after 0s: a task deleted while its pod waits for its batch costs no request more.
 func TestEndedTasksPodsAreRemovedTogether(t *testing.T) {
 	ns := e2e.NewNamespace(t, k8s, "k")
 	ctx := context.Background()
@@ -197,8 +199,12 @@ func TestEndedTasksPodsAreRemovedTogether(t *testing.T) {
 		e2e.Eventually(t, 2*time.Minute, "run "+name+" Finished", func() bool {
 			return getRun(t, ns, name).Status.Phase == rsv1.RunPhaseFinished
 		})
-		if r := getRun(t, ns, name); r.Status.Result != rsv1.RunResultSuccess {
+		r := getRun(t, ns, name)
+		if r.Status.Result != rsv1.RunResultSuccess {
 			t.Fatalf("run %s: %s %+v", name, r.Status.Result, r.Status.Tasks)
+		}
+		if err := k8s.DeleteAllOf(ctx, &rsv1.ExecutorTask{}, client.InNamespace(ns), client.MatchingLabels{rsv1.LabelRunUID: string(r.UID)}); err != nil {
+			t.Fatal(err)
 		}
 	}
 	e2e.Eventually(t, time.Minute, "every pod and secret removed", func() bool {
@@ -211,8 +217,8 @@ func TestEndedTasksPodsAreRemovedTogether(t *testing.T) {
 	t.Logf("the pods of %d ended tasks deleted in %d requests, their Secrets (%d) in %d", 2*perRun, pods, perRun, secrets)
 	// Two runs of six tasks end within a few seconds of each other on a loaded machine: a request
 	// per task would be twelve, and six for the Secrets.
-	if pods > perRun || secrets > perRun/2 {
+	if pods > 2*perRun/3 || secrets > perRun/2 {
 		t.Errorf("the executor deleted the pods of %d ended tasks in %d requests and their Secrets in %d, want at most %d and %d",
-			2*perRun, pods, secrets, perRun, perRun/2)
+			2*perRun, pods, secrets, 2*perRun/3, perRun/2)
 	}
 }
