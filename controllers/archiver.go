@@ -55,6 +55,10 @@ type ArchiverReconciler struct {
 	StepDone func(run types.NamespacedName, step string) error
 
 	segments *segmentBatcher
+	// writes remembers the runs the archiver deleted: the cache shows a deleted run for a moment
+	// after its delete (with the finalizer patch's events queued behind it), and archiving such a
+	// copy again would rewrite its document and index entry for a delete answered 404.
+	writes lastWrites
 }
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;patch;delete
@@ -64,7 +68,13 @@ type ArchiverReconciler struct {
 func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	run := &rsv1.Run{}
 	if err := r.Client.Get(ctx, req.NamespacedName, run); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.writes.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if r.writes.stale(run) {
+		return ctrl.Result{}, nil // archived and deleted: the cache has yet to drop it
 	}
 	if !run.Status.Phase.IsFinal() {
 		return ctrl.Result{}, nil // the run controller ends it, also when it is being deleted
@@ -186,14 +196,19 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 		if err := done("finalizer"); err != nil {
 			return err
 		}
-		if run.DeletionTimestamp != nil {
+		if run.DeletionTimestamp != nil && len(run.Finalizers) == 0 {
+			r.writes.deleted(run)
 			return nil // deleted already: gone with its last finalizer
+		}
+		if run.DeletionTimestamp != nil {
+			return nil // deleted already: gone once its other finalizers are
 		}
 	}
 	rv := run.ResourceVersion
 	if err := r.Client.Delete(ctx, run, client.Preconditions{UID: &run.UID, ResourceVersion: &rv}); err != nil {
 		return fmt.Errorf("deleting archived run: %w", err)
 	}
+	r.writes.deleted(run)
 	return nil
 }
 
