@@ -36,7 +36,7 @@ import (
 //     written again, it keeps the ExecutorTasks an earlier attempt archived and deleted since;
 //  2. its index entry is written in a segment (batched with other runs'), so that a rebuilt index
 //     finds it;
-//  3. the ExecutorTasks are deleted, each only as the uid archived;
+//  3. the ExecutorTasks are deleted, in one request selecting the run's uid (deleteExecutorTasks);
 //  4. FinalizerArchive is removed, locked on the resourceVersion archived, and the run is deleted
 //     with that uid and resourceVersion as preconditions: what leaves etcd is what was archived (a
 //     run changed meanwhile is archived again).
@@ -55,16 +55,26 @@ type ArchiverReconciler struct {
 	StepDone func(run types.NamespacedName, step string) error
 
 	segments *segmentBatcher
+	// writes remembers the runs the archiver deleted: the cache shows a deleted run for a moment
+	// after its delete (with the finalizer patch's events queued behind it), and archiving such a
+	// copy again would rewrite its document and index entry for a delete answered 404.
+	writes lastWrites
 }
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;patch;delete
-// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;delete;deletecollection
 
 // Reconcile implements reconcile.Reconciler.
 func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	run := &rsv1.Run{}
 	if err := r.Client.Get(ctx, req.NamespacedName, run); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.writes.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if r.writes.stale(run) {
+		return ctrl.Result{}, nil // archived and deleted: the cache has yet to drop it
 	}
 	if !run.Status.Phase.IsFinal() {
 		return ctrl.Result{}, nil // the run controller ends it, also when it is being deleted
@@ -171,12 +181,8 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 	if err := done("segment"); err != nil {
 		return err
 	}
-	for i := range tasks {
-		et := &tasks[i]
-		err := r.Client.Delete(ctx, et, client.Preconditions{UID: &et.UID})
-		if client.IgnoreNotFound(err) != nil && !apierrors.IsConflict(err) {
-			return fmt.Errorf("deleting archived executor task %s: %w", et.Name, err)
-		}
+	if err := r.deleteExecutorTasks(ctx, run, tasks); err != nil {
+		return err
 	}
 	if err := done("executortasks"); err != nil {
 		return err
@@ -190,13 +196,52 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 		if err := done("finalizer"); err != nil {
 			return err
 		}
-		if run.DeletionTimestamp != nil {
+		if run.DeletionTimestamp != nil && len(run.Finalizers) == 0 {
+			r.writes.deleted(run)
 			return nil // deleted already: gone with its last finalizer
+		}
+		if run.DeletionTimestamp != nil {
+			return nil // deleted already: gone once its other finalizers are
 		}
 	}
 	rv := run.ResourceVersion
 	if err := r.Client.Delete(ctx, run, client.Preconditions{UID: &run.UID, ResourceVersion: &rv}); err != nil {
 		return fmt.Errorf("deleting archived run: %w", err)
+	}
+	r.writes.deleted(run)
+	return nil
+}
+
+// deleteExecutorTasks deletes the archived run's ExecutorTasks in one request (a deletecollection
+// selected by the run's uid label) instead of one per task. The selection is exactly what was
+// archived, so no per-object precondition is needed:
+//   - the label holds the run's uid, not its name: a run deleted and created again under the same
+//     name has other ExecutorTasks, and they are not selected (what the uid precondition of a delete
+//     by name guarded against);
+//   - every ExecutorTask of the run is in tasks, final and fetched: the run is final, and the run
+//     controller creates ExecutorTasks only for runs that are not (a final status stays final, and
+//     the fetched mark stays once set), so none can join the selection after the list;
+//   - an ExecutorTask that lacks the label (created by a manager that did not set it) is deleted on
+//     its own, with its uid as the precondition, as before.
+func (r *ArchiverReconciler) deleteExecutorTasks(ctx context.Context, run *rsv1.Run, tasks []rsv1.ExecutorTask) error {
+	labelled := 0
+	for i := range tasks {
+		et := &tasks[i]
+		if et.Labels[rsv1.LabelRunUID] == string(run.UID) {
+			labelled++
+			continue
+		}
+		err := r.Client.Delete(ctx, et, client.Preconditions{UID: &et.UID})
+		if client.IgnoreNotFound(err) != nil && !apierrors.IsConflict(err) {
+			return fmt.Errorf("deleting archived executor task %s: %w", et.Name, err)
+		}
+	}
+	if labelled == 0 {
+		return nil
+	}
+	err := r.Client.DeleteAllOf(ctx, &rsv1.ExecutorTask{}, client.InNamespace(run.Namespace), client.MatchingLabels{rsv1.LabelRunUID: string(run.UID)})
+	if client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting the archived run's executor tasks: %w", err)
 	}
 	return nil
 }

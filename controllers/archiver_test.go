@@ -636,3 +636,73 @@ func TestADeletedFinishedRunIsArchivedWithItsLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestArchivingDeletesARunsExecutorTasksInOneRequest: the ExecutorTasks of an archived run leave
+// etcd in one request (a deletecollection selecting the run's uid), not one per task, and that
+// request takes no other run's: those of a run still running in the namespace stay.
+func TestArchivingDeletesARunsExecutorTasksInOneRequest(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	startExecutor(t, ns, "ex1")
+	createRun(t, newRun(ns, "busy", task("a")))
+	busy := waitTask(t, ns, "busy", "a")
+	report(t, ns, busy.Name, rsv1.TaskPhaseRunning, "")
+	createRun(t, archivedSoon(fanOut(ns, "done"), "0s"))
+	for _, task := range []string{"a", "b", "c"} {
+		complete(t, ns, "done", task, rsv1.TaskPhaseSuccess)
+	}
+	run := waitRunPhase(t, ns, "done", rsv1.RunPhaseFinished)
+	checkDocument(t, waitArchived(t, run), run, "a", "b", "c")
+	var deletes []string
+	for _, w := range managerWritesIn(ns) {
+		if w.method == http.MethodDelete && strings.Contains(w.path, "/executortasks") {
+			deletes = append(deletes, fmt.Sprintf("%s %d", w.path, w.code))
+		}
+	}
+	if len(deletes) != 1 || strings.Contains(deletes[0], "/executortasks/") {
+		t.Errorf("the manager deleted the archived run's 3 ExecutorTasks in %d requests, want one for the collection:\n%s", len(deletes), strings.Join(deletes, "\n"))
+	}
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(busy), &rsv1.ExecutorTask{}); err != nil {
+		t.Errorf("the running run's ExecutorTask, after archiving another run: %v", err)
+	}
+}
+
+// TestAnArchivedRunIsArchivedAndDeletedOnce: the cache still shows a run for a moment after the
+// archiver deleted it, with the events of its last writes queued behind; the archiver does not
+// take that copy for a run to archive again (its document and index entry rewritten, a delete
+// answered 404): one delete per run.
+func TestAnArchivedRunIsArchivedAndDeletedOnce(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "ex1")
+	const runs = 8
+	var wg sync.WaitGroup
+	finished := make([]*rsv1.Run, runs)
+	for i := range runs {
+		createRun(t, archivedSoon(fanOut(ns, fmt.Sprintf("r%d", i)), "0s"))
+	}
+	for i := range runs {
+		wg.Go(func() {
+			name := fmt.Sprintf("r%d", i)
+			for _, task := range []string{"a", "b", "c"} {
+				complete(t, ns, name, task, rsv1.TaskPhaseSuccess)
+			}
+			finished[i] = waitRunPhase(t, ns, name, rsv1.RunPhaseFinished)
+		})
+	}
+	wg.Wait()
+	for _, run := range finished {
+		waitArchived(t, run)
+	}
+	time.Sleep(time.Second) // a second archiving would follow the first within milliseconds
+	deletes := map[string][]int{}
+	for _, w := range managerWritesIn(ns) {
+		if _, name, ok := strings.Cut(w.path, "/runs/"); ok && w.method == http.MethodDelete {
+			deletes[name] = append(deletes[name], w.code)
+		}
+	}
+	for _, run := range finished {
+		if codes := deletes[run.Name]; len(codes) != 1 || codes[0] != http.StatusOK {
+			t.Errorf("run %s deleted with answers %v, want one, 200", run.Name, codes)
+		}
+	}
+}

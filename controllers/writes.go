@@ -21,7 +21,10 @@ type lastWrites struct {
 
 type lastWrite struct {
 	resourceVersion string
-	at              time.Time
+	// uid is set when the write deleted the object: every copy of it is stale (a deletion has no
+	// resourceVersion to compare with), and only it (one created again under its name is not).
+	uid types.UID
+	at  time.Time
 }
 
 // wrote remembers the resourceVersion o has after a write.
@@ -45,6 +48,17 @@ func (w *lastWrites) wrote(o client.Object) {
 	}
 }
 
+// deleted remembers that a write deleted o: its copies in the cache are stale until the cache
+// drops it.
+func (w *lastWrites) deleted(o client.Object) {
+	w.wrote(o)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e := w.m[client.ObjectKeyFromObject(o)]
+	e.uid = o.GetUID()
+	w.m[client.ObjectKeyFromObject(o)] = e
+}
+
 // stale reports whether o, read from the cache, is older than the last write of it. Resource
 // versions compare as integers on every apiserver backed by etcd; one that does not parse is taken
 // as current, and the write's lock refuses it if it is not.
@@ -54,6 +68,13 @@ func (w *lastWrites) stale(o client.Object) bool {
 	defer w.mu.Unlock()
 	e, ok := w.m[key]
 	if !ok {
+		return false
+	}
+	if e.uid != "" {
+		if o.GetUID() == e.uid {
+			return true
+		}
+		delete(w.m, key)
 		return false
 	}
 	if c, err := resourceversion.CompareResourceVersion(o.GetResourceVersion(), e.resourceVersion); err == nil && c < 0 {

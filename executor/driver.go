@@ -84,3 +84,11 @@ type Mirrorer interface {
 type GroupRemover interface {
 	RemoveExecutor(ctx context.Context, name string) error
 }
+
+// EndedRemover is implemented by drivers that remove the containers of ended tasks more cheaply
+// together than one by one: RemoveEnded removes a task's containers once its final status is
+// written, waiting a moment for other tasks' to remove them in one request, and returns once they
+// are removed (or ctx ends). Remove stays what callers that remove many tasks in a row use.
+type EndedRemover interface {
+	RemoveEnded(ctx context.Context, uid string) error
+}

@@ -733,10 +733,16 @@ func (e *Executor) forget(ctx context.Context, name string) {
 	if !ok {
 		return
 	}
-	if r != nil {
+	switch {
+	case r != nil && r.ended.Load():
+		// Its final status is written and its runner is removing its containers (with other
+		// ended tasks', EndedRemover): a removal of its own would be one request more.
+	case r != nil:
 		r.cancel()
+		_ = e.driver.Remove(ctx, string(uid))
+	default:
+		_ = e.driver.Remove(ctx, string(uid))
 	}
-	_ = e.driver.Remove(ctx, string(uid))
 	// Nobody fetches what a deleted task left.
 	if err := os.RemoveAll(e.taskDir(uid)); err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "removing a deleted task's directory", "executorTask", name)

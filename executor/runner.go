@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -41,6 +42,9 @@ type runner struct {
 	// refused is what the executor refused of the task while it ran (a link planted at the stop
 	// file, frames past its bounds), for its final status.
 	refused error
+	// ended is set once the task's final status is written: what is left is the removal of its
+	// containers, which a deletion of the task does not need to repeat.
+	ended atomic.Bool
 }
 
 // startRunner starts following a task in the background; fresh starts its containers first.
@@ -237,7 +241,11 @@ func (r *runner) end(ctx context.Context, st *State, waitErr error, stopped, tim
 	if err := r.e.finish(ctx, r.et, phase, msg, steps); err != nil {
 		return err
 	}
+	r.ended.Store(true)
 	ctrl.LoggerFrom(ctx).Info("task ended", "executorTask", r.name, "phase", phase, "message", msg)
+	if er, ok := r.e.driver.(EndedRemover); ok {
+		return er.RemoveEnded(ctx, r.uid())
+	}
 	return r.e.driver.Remove(ctx, r.uid())
 }
 

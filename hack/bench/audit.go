@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"sort"
 	"strings"
+
+	"runservice.dev/runservice/internal/testenv"
 )
 
 // auditLog reads the apiserver's audit log of writes (testenv.WithAuditLog) between two offsets:
@@ -24,20 +23,6 @@ func (a auditLog) offset() (int64, error) {
 		return 0, err
 	}
 	return fi.Size(), nil
-}
-
-// auditEvent is what the bench reads of an audit event.
-type auditEvent struct {
-	Stage     string `json:"stage"`
-	Verb      string `json:"verb"`
-	UserAgent string `json:"userAgent"`
-	ObjectRef *struct {
-		Resource    string `json:"resource"`
-		Subresource string `json:"subresource"`
-	} `json:"objectRef"`
-	ResponseStatus *struct {
-		Code int `json:"code"`
-	} `json:"responseStatus"`
 }
 
 // writeCounts are writes by component, then by "verb resource[/subresource]"; reads (get, list)
@@ -69,24 +54,7 @@ func (w writeCounts) all() int {
 // between counts the completed write requests logged from offset from to offset to.
 func (a auditLog) between(from, to int64) (writeCounts, error) {
 	w := writeCounts{writes: map[string]map[string]int{}, reads: map[string]map[string]int{}, conflicts: map[string]int{}}
-	if to < from {
-		return w, fmt.Errorf("the audit log %s shrank from %d to %d bytes (rotated?)", a.path, from, to)
-	}
-	f, err := os.Open(a.path)
-	if err != nil {
-		return w, fmt.Errorf("reading the audit log: %w", err)
-	}
-	defer f.Close()
-	s := bufio.NewScanner(io.NewSectionReader(f, from, to-from))
-	s.Buffer(make([]byte, 64<<10), 4<<20)
-	for s.Scan() {
-		var e auditEvent
-		if err := json.Unmarshal(s.Bytes(), &e); err != nil {
-			return w, fmt.Errorf("reading the audit log: %w", err)
-		}
-		if e.Stage != "ResponseComplete" || e.ObjectRef == nil {
-			continue
-		}
+	err := testenv.ScanAuditLog(a.path, from, to, func(e testenv.AuditEvent) error {
 		c := componentOf(e.UserAgent)
 		res := e.ObjectRef.Resource
 		if e.ObjectRef.Subresource != "" {
@@ -103,8 +71,9 @@ func (a auditLog) between(from, to int64) (writeCounts, error) {
 		if e.ResponseStatus != nil && e.ResponseStatus.Code == 409 {
 			w.conflicts[c]++
 		}
-	}
-	return w, s.Err()
+		return nil
+	})
+	return w, err
 }
 
 // componentOf names the client from its user agent: client-go's default starts with the

@@ -71,12 +71,14 @@ type Driver struct {
 	opts   Options
 	client kubernetes.Interface
 	pods   *podIndex
+	reaper *reaper
 }
 
 var (
 	_ executor.Driver       = (*Driver)(nil)
 	_ executor.Mirrorer     = (*Driver)(nil)
 	_ executor.GroupRemover = (*Driver)(nil)
+	_ executor.EndedRemover = (*Driver)(nil)
 )
 
 // New starts the driver's pod informer (pods labelled with the executor's name) and waits for it to sync.
@@ -94,6 +96,8 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{opts: opts, client: c}
+	d.reaper = newReaper(d)
+	go d.reaper.run(ctx)
 	factory := informers.NewSharedInformerFactoryWithOptions(c, 10*time.Minute, informers.WithNamespace(opts.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = labels.SelectorFromSet(labels.Set{rsv1.LabelExecutor: opts.Executor}).String()
@@ -423,13 +427,31 @@ func (d *Driver) Stop(ctx context.Context, uid string, _ time.Duration) error {
 // Remove implements executor.Driver: the task's pod and Secret.
 func (d *Driver) Remove(ctx context.Context, uid string) error {
 	d.pods.forget(uid)
-	set := labels.Set{rsv1.LabelExecutorTaskUID: uid}
+	sel := labels.SelectorFromSet(labels.Set{rsv1.LabelExecutorTaskUID: uid})
 	pods := d.pods.cachedPods(uid)
-	if len(pods) == 1 && !slices.ContainsFunc(pods[0].Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil }) {
+	if len(pods) == 1 && !hasSecret(pods[0]) {
 		// A pod known to have no Secret: the secrets' delete would be a write for nothing.
-		return d.deletePods(ctx, set)
+		return d.deletePods(ctx, sel)
 	}
-	return d.removeSelected(ctx, set)
+	return d.removeSelected(ctx, sel)
+}
+
+// RemoveEnded implements executor.EndedRemover: the pod of a task whose final status is written,
+// and its Secret, removed with those of the tasks that end within reapWait of it in one request
+// (the reaper); a pod the cache does not show ended (a container that cannot start, a task stopped
+// on a node that does not answer) is removed on its own, gracefully, as Remove does.
+func (d *Driver) RemoveEnded(ctx context.Context, uid string) error {
+	pods := d.pods.cachedPods(uid)
+	if len(pods) != 1 || !podEnded(pods[0]) {
+		return d.Remove(ctx, uid)
+	}
+	d.pods.forget(uid)
+	return d.reaper.remove(ctx, uid, hasSecret(pods[0]))
+}
+
+// hasSecret says whether a task's pod mounts its Secret.
+func hasSecret(pod *corev1.Pod) bool {
+	return slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil })
 }
 
 // RemoveExecutor implements executor.GroupRemover: every pod and Secret of an executor of the group
@@ -440,7 +462,7 @@ func (d *Driver) Remove(ctx context.Context, uid string) error {
 // and executors may not list Secrets.
 func (d *Driver) RemoveExecutor(ctx context.Context, name string) error {
 	set := labels.Set{rsv1.LabelExecutor: name}
-	if err := d.removeSelected(ctx, set); err != nil {
+	if err := d.removeSelected(ctx, labels.SelectorFromSet(set)); err != nil {
 		return err
 	}
 	for {
@@ -470,25 +492,29 @@ func podEnded(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
-// deletePods deletes pods gracefully: the API object stays, Terminating, until the kubelet stopped
-// the containers and confirms by removing it, so that "gone" means the containers are gone. (A
-// grace period of 0 removes the object at once, whatever the node still runs.)
-func (d *Driver) deletePods(ctx context.Context, set labels.Set) error {
-	opts := metav1.ListOptions{LabelSelector: set.String()}
-	del := metav1.DeleteOptions{}
-	if err := d.client.CoreV1().Pods(d.opts.Namespace).DeleteCollection(ctx, del, opts); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("deleting pods %s: %w", set, err)
+// deletePods deletes the selected pods gracefully: the API object stays, Terminating, until the
+// kubelet stopped the containers and confirms by removing it, so that "gone" means the containers
+// are gone. (The apiserver removes a pod that ended, Succeeded or Failed, at once. A grace period
+// of 0 removes the object at once, whatever the node still runs.)
+func (d *Driver) deletePods(ctx context.Context, sel labels.Selector) error {
+	opts := metav1.ListOptions{LabelSelector: sel.String()}
+	if err := d.client.CoreV1().Pods(d.opts.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, opts); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting pods %s: %w", sel, err)
 	}
 	return nil
 }
 
-func (d *Driver) removeSelected(ctx context.Context, set labels.Set) error {
-	if err := d.deletePods(ctx, set); err != nil {
+func (d *Driver) removeSelected(ctx context.Context, sel labels.Selector) error {
+	if err := d.deletePods(ctx, sel); err != nil {
 		return err
 	}
-	opts := metav1.ListOptions{LabelSelector: set.String()}
+	return d.deleteSecrets(ctx, sel)
+}
+
+func (d *Driver) deleteSecrets(ctx context.Context, sel labels.Selector) error {
+	opts := metav1.ListOptions{LabelSelector: sel.String()}
 	if err := d.client.CoreV1().Secrets(d.opts.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, opts); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("deleting secrets %s: %w", set, err)
+		return fmt.Errorf("deleting secrets %s: %w", sel, err)
 	}
 	return nil
 }

@@ -43,6 +43,9 @@ var (
 	bins       string
 	kubeconfig string
 	h          *e2e.Harness
+	// auditLog is the apiserver's log of write requests (testenv.WithAuditLog), for the tests that
+	// count what each client writes.
+	auditLog string
 )
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
@@ -53,16 +56,19 @@ func testMain(m *testing.M) int {
 		level = zapcore.DebugLevel
 	}
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
-	var err error
-	if env, err = testenv.Start(); err != nil {
-		return fail(err)
-	}
-	defer func() { _ = env.Stop() }()
 	tmp, err := os.MkdirTemp("", "runservice-kwok-")
 	if err != nil {
 		return fail(err)
 	}
 	defer os.RemoveAll(tmp)
+	auditLog = filepath.Join(tmp, "audit", "audit.log")
+	if err := os.MkdirAll(filepath.Dir(auditLog), 0o755); err != nil {
+		return fail(err)
+	}
+	if env, err = testenv.Start(testenv.WithAuditLog(auditLog)); err != nil {
+		return fail(err)
+	}
+	defer func() { _ = env.Stop() }()
 	bins = filepath.Join(tmp, "bin")
 	if err := e2e.Build(env.Root, bins, "./cmd/executor"); err != nil {
 		return fail(fmt.Errorf("building the executor: %w", err))

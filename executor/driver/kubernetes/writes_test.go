@@ -2,6 +2,7 @@ package kubernetes_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +149,76 @@ func TestAPendingPodIsNotRecordedRunning(t *testing.T) {
 	time.Sleep(3 * time.Second) // six times the delay; nothing happens to a pod no node runs
 	if w := sw.Of(et); len(w) != 0 {
 		t.Fatalf("a task whose pod never left Pending was written %d times (phases %v), want none: Running means its container runs", len(w), sw.Phases(et))
+	}
+}
+
+// executorDeletes counts, from the audit log, the requests by which executors deleted pods and
+// Secrets of namespace ns.
+func executorDeletes(t *testing.T, ns string) (pods, secrets int) {
+	t.Helper()
+	err := testenv.ScanAuditLog(auditLog, 0, -1, func(e testenv.AuditEvent) error {
+		if e.ObjectRef.Namespace != ns || !strings.HasPrefix(e.UserAgent, "executor/") || (e.Verb != "delete" && e.Verb != "deletecollection") {
+			return nil
+		}
+		switch e.ObjectRef.Resource {
+		case "pods":
+			pods++
+		case "secrets":
+			secrets++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pods, secrets
+}
+
+// TestEndedTasksPodsAreRemovedTogether: the pods of tasks that end together are removed by their
+// executor in one request per batch, not one per task, and so are their Secrets; none is left.
+// Each run's ExecutorTasks are deleted as soon as it finished, as the archiver does with
+// --archive-after 0s: a task deleted while its pod waits for its batch costs no request more.
+func TestEndedTasksPodsAreRemovedTogether(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "k")
+	ctx := context.Background()
+	startExecutor(t, ns, "rt", "--running-status-delay", "1m")
+	const perRun = 6
+	for _, name := range []string{"plain", "secret"} {
+		run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+		for j := range perRun {
+			run.Spec.Tasks = append(run.Spec.Tasks, task(fmt.Sprintf("t%d", j)))
+		}
+		if name == "secret" {
+			run.Spec.Environment = []rsv1.EnvVar{{Name: "A", Value: "1"}} // a Secret per task
+		}
+		if err := k8s.Create(ctx, run); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"plain", "secret"} {
+		e2e.Eventually(t, 2*time.Minute, "run "+name+" Finished", func() bool {
+			return getRun(t, ns, name).Status.Phase == rsv1.RunPhaseFinished
+		})
+		r := getRun(t, ns, name)
+		if r.Status.Result != rsv1.RunResultSuccess {
+			t.Fatalf("run %s: %s %+v", name, r.Status.Result, r.Status.Tasks)
+		}
+		if err := k8s.DeleteAllOf(ctx, &rsv1.ExecutorTask{}, client.InNamespace(ns), client.MatchingLabels{rsv1.LabelRunUID: string(r.UID)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e2e.Eventually(t, time.Minute, "every pod and secret removed", func() bool {
+		pods, _ := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		secrets, _ := kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: rsv1.LabelExecutorTaskUID})
+		return pods != nil && secrets != nil && len(pods.Items) == 0 && len(secrets.Items) == 0
+	})
+	time.Sleep(2 * time.Second) // the apiserver writes its audit log in batches of at most a second
+	pods, secrets := executorDeletes(t, ns)
+	t.Logf("the pods of %d ended tasks deleted in %d requests, their Secrets (%d) in %d", 2*perRun, pods, perRun, secrets)
+	// Two runs of six tasks end within a few seconds of each other on a loaded machine: a request
+	// per task would be twelve, and six for the Secrets.
+	if pods > 2*perRun/3 || secrets > perRun/2 {
+		t.Errorf("the executor deleted the pods of %d ended tasks in %d requests and their Secrets in %d, want at most %d and %d",
+			2*perRun, pods, secrets, 2*perRun/3, perRun/2)
 	}
 }
