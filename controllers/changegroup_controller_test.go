@@ -407,8 +407,19 @@ func settledToken(t *testing.T, ns, group string, queued int32) string {
 // compare-and-swap that bumps the group), and returns the now stale token.
 func stale(t *testing.T, ns, group string) string {
 	t.Helper()
-	token := rsv1.UpdateToken(getGroup(t, ns, group))
-	createRun(t, withToken(inGroup(ns, "spends-"+token, group, true), token))
+	var token string
+	for attempt := 0; ; attempt++ {
+		// The manager may write the group (its counts) between the read and the create; the token
+		// then went stale without this request, which spent nothing: read it again.
+		token = rsv1.UpdateToken(getGroup(t, ns, group))
+		err := k8s.Create(context.Background(), withToken(inGroup(ns, "spends-"+token, group, true), token))
+		if err == nil {
+			break
+		}
+		if !apierrors.IsConflict(err) || attempt == 10 {
+			t.Fatalf("creating run spends-%s: %v", token, err)
+		}
+	}
 	if now := rsv1.UpdateToken(getGroup(t, ns, group)); now == token {
 		t.Fatalf("the group's token %s did not change after a request spent it", token)
 	}
