@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,6 +36,7 @@ import (
 	"runservice.dev/runservice/internal/runlogs"
 	"runservice.dev/runservice/internal/testenv"
 	"runservice.dev/runservice/internal/ui"
+	"runservice.dev/runservice/internal/ui/uitest"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
 
@@ -46,12 +46,11 @@ import (
 // the manager's fetcher copies them into the object store the log panel reads.
 
 var (
-	env      *testenv.Env
-	k8s      client.Client
-	uiURL    string // with its secret
-	store    string // the manager's object store
-	chromium string
-	root     string
+	env   *testenv.Env
+	k8s   client.Client
+	uiURL string // with its secret
+	store string // the manager's object store
+	root  string
 )
 
 // screenshotEnv, when set, makes TestWebView save docs/runctl-ui.png.
@@ -64,13 +63,6 @@ func TestMain(m *testing.M) {
 func testMain(m *testing.M) int {
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
 	var err error
-	if chromium, err = exec.LookPath("chromium"); err != nil {
-		if os.Getenv("CI") != "" {
-			fmt.Fprintln(os.Stderr, "ui: chromium is required in CI (apt-get install -y chromium):", err)
-			return 1
-		}
-		chromium = "" // the browser tests say they skip; the others run
-	}
 	if root, err = testenv.RepoRoot(); err != nil {
 		return fail(err)
 	}
@@ -265,65 +257,7 @@ func runTask(name, step string, opts ...func(*rsv1.Task)) rsv1.Task {
 	return e2e.ShellTask(name, "echo "+step, append([]func(*rsv1.Task){func(t *rsv1.Task) { t.Steps[0].Run.Name = ptr.To(step) }}, opts...)...)
 }
 
-// ---- the browser ----
-
-func browser(t *testing.T) context.Context {
-	t.Helper()
-	if chromium == "" {
-		t.Skip("no chromium here (apt-get install -y chromium); CI fails instead")
-	}
-	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]),
-		chromedp.ExecPath(chromium), chromedp.WindowSize(1366, 768), chromedp.NoSandbox, chromedp.Flag("disable-dev-shm-usage", true))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(func() { cancel(); cancelAlloc() })
-	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int]("1")); err != nil {
-		t.Fatalf("starting chromium: %v", err)
-	}
-	return ctx
-}
-
-// waitJS evaluates a JavaScript expression until it is true.
-func waitJS(t *testing.T, ctx context.Context, what, expr string) {
-	t.Helper()
-	var last string
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
-		if err == nil && ok {
-			return
-		}
-		if err != nil {
-			last = err.Error()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("main").innerText`))
-	t.Fatalf("timed out waiting in the browser for %s (%s)\npage:\n%s", what, last, page)
-}
-
-// click clicks the element css selects, as a person would (a mouse event at its place); the page
-// redraws on every change of the run, so a node replaced under the click is looked up again.
-func click(t *testing.T, ctx context.Context, css string) {
-	t.Helper()
-	var err error
-	for range 20 {
-		if err = chromedp.Do(ctx, chromedp.Click(chromedp.CSS(css))); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("clicking %s: %v", css, err)
-}
-
-func js(t *testing.T, ctx context.Context, expr string) string {
-	t.Helper()
-	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
-	if err != nil {
-		t.Fatalf("evaluating %s: %v", expr, err)
-	}
-	return s
-}
+// ---- the browser (internal/ui/uitest) ----
 
 // fill is the expression of a graph node's computed fill colour.
 func fill(task string) string {
@@ -334,7 +268,7 @@ func fill(task string) string {
 // in its phase's colour and an edge per dependency, the log panel shows a step's log, approve
 // moves the waiting task on, and the run's end shows without a reload.
 func TestWebView(t *testing.T) {
-	ctx := browser(t)
+	ctx := uitest.Browser(t)
 	ns := e2e.NewNamespace(t, k8s, "ui")
 	ex := startExecutor(t, ns, "ex", map[string]string{"build": "compiling main.c\nlinking app\nbuild ok\n", "test": "PASS: 12 tests\n", "deploy": "deployed\n"})
 	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "release", Namespace: ns}, Spec: rsv1.RunSpec{
@@ -356,30 +290,30 @@ func TestWebView(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.Navigate(uiURL+"#/?namespace="+url.QueryEscape(ns))); err != nil {
 		t.Fatal(err)
 	}
-	waitJS(t, ctx, "the run in the list", `!!document.querySelector('#runs tr[data-run="release"]')`)
+	uitest.WaitJS(t, ctx, "the run in the list", `!!document.querySelector('#runs tr[data-run="release"]')`)
 	ex.report("release", "build", rsv1.TaskPhaseRunning, "compile")
-	waitJS(t, ctx, "the run Running in the list", `document.querySelector('#runs tr[data-run="release"]').dataset.phase === "Running"`)
+	uitest.WaitJS(t, ctx, "the run Running in the list", `document.querySelector('#runs tr[data-run="release"]').dataset.phase === "Running"`)
 	// The filters: a phase or a change group the run is not in hide it, its own show it again.
 	for _, f := range []struct{ field, value string }{{"phase", "Finished"}, {"phase", "Running"}, {"changeGroup", "project-b"}, {"changeGroup", "project-a"}} {
-		js(t, ctx, fmt.Sprintf(`(() => { const e = document.querySelector("[name=%s]"); e.value = %q; e.dispatchEvent(new Event("input", {bubbles: true})); return "" })()`, f.field, f.value))
+		uitest.JS(t, ctx, fmt.Sprintf(`(() => { const e = document.querySelector("[name=%s]"); e.value = %q; e.dispatchEvent(new Event("input", {bubbles: true})); return "" })()`, f.field, f.value))
 		shown := f.value == "Running" || f.value == "project-a"
-		waitJS(t, ctx, fmt.Sprintf("the run shown %v with %s=%s", shown, f.field, f.value), fmt.Sprintf(`!!document.querySelector('#runs tr[data-run="release"]') === %v && location.hash.includes(%q)`, shown, f.field+"="+f.value))
+		uitest.WaitJS(t, ctx, fmt.Sprintf("the run shown %v with %s=%s", shown, f.field, f.value), fmt.Sprintf(`!!document.querySelector('#runs tr[data-run="release"]') === %v && location.hash.includes(%q)`, shown, f.field+"="+f.value))
 	}
 
 	// The run page: one node per task, an edge per dependency, labelled when not OnSuccess.
-	click(t, ctx, `#runs tr[data-run="release"] a`)
-	waitJS(t, ctx, "the graph", `document.querySelectorAll("g.node").length === 4`)
-	if got := js(t, ctx, `[...document.querySelectorAll("g.node")].map(n => n.dataset.task).sort().join(",")`); got != "build,deploy,notify,test" {
+	uitest.Click(t, ctx, `#runs tr[data-run="release"] a`)
+	uitest.WaitJS(t, ctx, "the graph", `document.querySelectorAll("g.node").length === 4`)
+	if got := uitest.JS(t, ctx, `[...document.querySelectorAll("g.node")].map(n => n.dataset.task).sort().join(",")`); got != "build,deploy,notify,test" {
 		t.Errorf("nodes %s, want one per task", got)
 	}
-	if got := js(t, ctx, `[...document.querySelectorAll("path.edge")].map(e => e.dataset.from + ">" + e.dataset.to).sort().join(",")`); got != "build>notify,build>test,test>deploy" {
+	if got := uitest.JS(t, ctx, `[...document.querySelectorAll("path.edge")].map(e => e.dataset.from + ">" + e.dataset.to).sort().join(",")`); got != "build>notify,build>test,test>deploy" {
 		t.Errorf("edges %s, want one per dependency", got)
 	}
-	if got := js(t, ctx, `[...document.querySelectorAll("text.edge-label")].map(e => e.textContent).join(",")`); got != "OnFailure" {
+	if got := uitest.JS(t, ctx, `[...document.querySelectorAll("text.edge-label")].map(e => e.textContent).join(",")`); got != "OnFailure" {
 		t.Errorf("edge labels %q, want OnFailure on build>notify only", got)
 	}
-	waitJS(t, ctx, "build Running in blue", fill("build")+` === "rgb(182, 215, 255)"`)
-	if got := js(t, ctx, fill("test")); got != "rgb(234, 238, 242)" {
+	uitest.WaitJS(t, ctx, "build Running in blue", fill("build")+` === "rgb(182, 215, 255)"`)
+	if got := uitest.JS(t, ctx, fill("test")); got != "rgb(234, 238, 242)" {
 		t.Errorf("test (not started) is %s, want the NotStarted grey", got)
 	}
 
@@ -391,50 +325,48 @@ func TestWebView(t *testing.T) {
 		t.Fatal(err)
 	}
 	ex.report("release", "build", rsv1.TaskPhaseSuccess, "compile")
-	waitJS(t, ctx, "build Success in green", fill("build")+` === "rgb(172, 238, 187)"`)
-	waitJS(t, ctx, "notify Skipped", fill("notify")+` === "rgb(246, 248, 250)"`)
+	uitest.WaitJS(t, ctx, "build Success in green", fill("build")+` === "rgb(172, 238, 187)"`)
+	uitest.WaitJS(t, ctx, "notify Skipped", fill("notify")+` === "rgb(246, 248, 250)"`)
 
 	// The log panel, opened from the keyboard: the step's log as the executor wrote it, once the
 	// manager fetched it into the object store.
-	if err := chromedp.Do(ctx, chromedp.Focus(chromedp.CSS(`g.node[data-task="build"]`)), chromedp.KeyEvent("\r")); err != nil {
-		t.Fatal(err)
-	}
-	waitJS(t, ctx, "the build's log in the panel", `(document.querySelector("#log")||{}).textContent?.includes("compiling main.c\nlinking app\nbuild ok")`)
-	if got := js(t, ctx, `document.querySelector("#panel .steps tbody").innerText`); !strings.Contains(got, "compile") || !strings.Contains(got, "Success") || !strings.Contains(got, "0") {
+	uitest.SelectTask(t, ctx, "build")
+	uitest.WaitJS(t, ctx, "the build's log in the panel", `(document.querySelector("#log")||{}).textContent?.includes("compiling main.c\nlinking app\nbuild ok")`)
+	if got := uitest.JS(t, ctx, `document.querySelector("#panel .steps tbody").innerText`); !strings.Contains(got, "compile") || !strings.Contains(got, "Success") || !strings.Contains(got, "0") {
 		t.Errorf("steps table %q, want the step compile, Success, exit code 0", got)
 	}
 
 	// deploy waits for approval; the button approves it and it moves on.
 	ex.report("release", "test", rsv1.TaskPhaseSuccess, "unit")
-	waitJS(t, ctx, "deploy waiting for approval", `document.querySelector('g.node[data-task="deploy"]').classList.contains("waiting")`)
-	if got := js(t, ctx, fill("deploy")); got != "rgb(255, 241, 168)" {
+	uitest.WaitJS(t, ctx, "deploy waiting for approval", `document.querySelector('g.node[data-task="deploy"]').classList.contains("waiting")`)
+	if got := uitest.JS(t, ctx, fill("deploy")); got != "rgb(255, 241, 168)" {
 		t.Errorf("deploy waiting is %s, want the waiting yellow", got)
 	}
 	if os.Getenv(screenshotEnv) != "" { // mid-run: a task waiting, the build's log open
 		screenshot(t, ctx, filepath.Join(root, "docs", "runctl-ui.png"))
 	}
-	click(t, ctx, `g.node[data-task="deploy"]`)
-	waitJS(t, ctx, "the approve button", `!!document.querySelector("#approve")`)
-	click(t, ctx, "#approve")
+	uitest.Click(t, ctx, `g.node[data-task="deploy"]`)
+	uitest.WaitJS(t, ctx, "the approve button", `!!document.querySelector("#approve")`)
+	uitest.Click(t, ctx, "#approve")
 	executorTask(t, ns, "release", "deploy") // scheduled: approval moved it on
 	if r := (&e2e.Harness{Client: k8s}).Run(t, ns, "release"); !slices.Contains(r.Spec.ApprovedTasks, "deploy") {
 		t.Errorf("approvedTasks %v, want deploy", r.Spec.ApprovedTasks)
 	}
-	waitJS(t, ctx, "deploy no longer waiting", `!document.querySelector('g.node[data-task="deploy"]').classList.contains("waiting")`)
+	uitest.WaitJS(t, ctx, "deploy no longer waiting", `!document.querySelector('g.node[data-task="deploy"]').classList.contains("waiting")`)
 	ex.report("release", "deploy", rsv1.TaskPhaseRunning, "ship")
-	waitJS(t, ctx, "deploy Running", `document.querySelector('g.node[data-task="deploy"]').dataset.phase === "Running"`)
+	uitest.WaitJS(t, ctx, "deploy Running", `document.querySelector('g.node[data-task="deploy"]').dataset.phase === "Running"`)
 	// A running step's log comes live from the executor (nothing is fetched before the task ends).
-	waitJS(t, ctx, "deploy's live log in the panel", `(document.querySelector("#log")||{}).textContent?.includes("deployed")`)
+	uitest.WaitJS(t, ctx, "deploy's live log in the panel", `(document.querySelector("#log")||{}).textContent?.includes("deployed")`)
 	if et := executorTask(t, ns, "release", "deploy"); et.Annotations[rsv1.AnnotationFetched] != "" {
 		t.Errorf("deploy's log was fetched already (%s): the panel did not read it from the executor", et.Annotations[rsv1.AnnotationFetched])
 	}
-	waitJS(t, ctx, "the stop button while the run runs", `!!document.querySelector("#stop")`)
+	uitest.WaitJS(t, ctx, "the stop button while the run runs", `!!document.querySelector("#stop")`)
 
 	// The run's end shows without a reload.
 	ex.report("release", "deploy", rsv1.TaskPhaseSuccess, "ship")
-	waitJS(t, ctx, "the run Finished on the page", `[...document.querySelectorAll(".runhead .badge")].some(b => b.textContent === "Finished")`)
-	waitJS(t, ctx, "the restart buttons once it ended", `!!document.querySelector("#restart-failed") && !document.querySelector("#stop")`)
-	if got := js(t, ctx, `String(window.notReloaded)`); got != "true" {
+	uitest.WaitJS(t, ctx, "the run Finished on the page", `[...document.querySelectorAll(".runhead .badge")].some(b => b.textContent === "Finished")`)
+	uitest.WaitJS(t, ctx, "the restart buttons once it ended", `!!document.querySelector("#restart-failed") && !document.querySelector("#stop")`)
+	if got := uitest.JS(t, ctx, `String(window.notReloaded)`); got != "true" {
 		t.Errorf("the page was reloaded")
 	}
 
@@ -523,7 +455,7 @@ func TestOnlyLoopbackAddresses(t *testing.T) {
 // TestArchivedRunPage: a run archived out of etcd is listed as archived, and its page draws its
 // graph and its log from the archive, read-only (no stop, no approve).
 func TestArchivedRunPage(t *testing.T) {
-	ctx := browser(t)
+	ctx := uitest.Browser(t)
 	ns := e2e.NewNamespace(t, k8s, "uiar")
 	ex := startExecutor(t, ns, "ex", map[string]string{"a": "archived step output\n", "b": "bye\n"})
 	run := &rsv1.Run{
@@ -537,30 +469,30 @@ func TestArchivedRunPage(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.Navigate(uiURL+"#/?namespace="+url.QueryEscape(ns))); err != nil {
 		t.Fatal(err)
 	}
-	waitJS(t, ctx, "the live run in the list", `!!document.querySelector('#runs tr[data-run="old"]')`)
+	uitest.WaitJS(t, ctx, "the live run in the list", `!!document.querySelector('#runs tr[data-run="old"]')`)
 	ex.report("old", "a", rsv1.TaskPhaseSuccess, "first")
 	ex.report("old", "b", rsv1.TaskPhaseFailed, "second")
 	e2e.Eventually(t, 2*time.Minute, "run old archived out of etcd", func() bool {
 		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "old"}, &rsv1.Run{})
 		return apierrors.IsNotFound(err)
 	})
-	waitJS(t, ctx, "the archived run in the list", `(document.querySelector('#runs tr[data-run="old"]')||{}).innerText?.includes("archived")`)
-	click(t, ctx, `#runs tr[data-run="old"] a`)
-	waitJS(t, ctx, "the archived run's graph", `document.querySelectorAll("g.node").length === 2 && document.querySelectorAll("path.edge").length === 1`)
-	waitJS(t, ctx, "b Failed in red", fill("b")+` === "rgb(255, 206, 203)"`)
-	if got := js(t, ctx, `document.querySelector(".runhead").innerText`); !strings.Contains(got, "archived") || !strings.Contains(got, "Failed") {
+	uitest.WaitJS(t, ctx, "the archived run in the list", `(document.querySelector('#runs tr[data-run="old"]')||{}).innerText?.includes("archived")`)
+	uitest.Click(t, ctx, `#runs tr[data-run="old"] a`)
+	uitest.WaitJS(t, ctx, "the archived run's graph", `document.querySelectorAll("g.node").length === 2 && document.querySelectorAll("path.edge").length === 1`)
+	uitest.WaitJS(t, ctx, "b Failed in red", fill("b")+` === "rgb(255, 206, 203)"`)
+	if got := uitest.JS(t, ctx, `document.querySelector(".runhead").innerText`); !strings.Contains(got, "archived") || !strings.Contains(got, "Failed") {
 		t.Errorf("header %q, want archived and Failed", got)
 	}
-	click(t, ctx, `g.node[data-task="a"]`)
-	waitJS(t, ctx, "a's log from the archive", `(document.querySelector("#log")||{}).textContent?.includes("archived step output")`)
-	if got := js(t, ctx, `String(!!document.querySelector("#stop, #approve"))`); got != "false" {
+	uitest.Click(t, ctx, `g.node[data-task="a"]`)
+	uitest.WaitJS(t, ctx, "a's log from the archive", `(document.querySelector("#log")||{}).textContent?.includes("archived step output")`)
+	if got := uitest.JS(t, ctx, `String(!!document.querySelector("#stop, #approve"))`); got != "false" {
 		t.Errorf("an archived run's page offers stop or approve")
 	}
 
 	// Restart from the archived run: the page opens the new run, which points back to it.
-	click(t, ctx, "#restart-failed")
-	waitJS(t, ctx, "the restarted run's page", `/^#\/runs\/[^/]+\/old-[a-z0-9]{5}$/.test(location.hash) && document.querySelector(".runhead").innerText.includes("restart of old")`)
-	name := strings.TrimPrefix(js(t, ctx, `location.hash`), "#/runs/"+ns+"/")
+	uitest.Click(t, ctx, "#restart-failed")
+	uitest.WaitJS(t, ctx, "the restarted run's page", `/^#\/runs\/[^/]+\/old-[a-z0-9]{5}$/.test(location.hash) && document.querySelector(".runhead").innerText.includes("restart of old")`)
+	name := strings.TrimPrefix(uitest.JS(t, ctx, `location.hash`), "#/runs/"+ns+"/")
 	restarted := (&e2e.Harness{Client: k8s}).Run(t, ns, name)
 	if rf := restarted.Spec.RestartFrom; rf == nil || rf.Run != "old" || !rf.FailedTasksOnly {
 		t.Errorf("the restarted run's spec.restartFrom is %+v, want old, failed tasks only", rf)
@@ -569,7 +501,7 @@ func TestArchivedRunPage(t *testing.T) {
 
 // TestStopButton: the Stop button stops a running run, through runops.Stop.
 func TestStopButton(t *testing.T) {
-	ctx := browser(t)
+	ctx := uitest.Browser(t)
 	ns := e2e.NewNamespace(t, k8s, "uistop")
 	ex := startExecutor(t, ns, "ex", map[string]string{"long": "working\n"})
 	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "long", Namespace: ns}, Spec: rsv1.RunSpec{Tasks: []rsv1.Task{runTask("long", "work")}}}
@@ -580,9 +512,9 @@ func TestStopButton(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.Navigate(uiURL+"#/runs/"+ns+"/long")); err != nil {
 		t.Fatal(err)
 	}
-	waitJS(t, ctx, "the stop button", `!!document.querySelector("#stop")`)
-	click(t, ctx, "#stop")
-	waitJS(t, ctx, "the run stopping", `document.querySelector(".runhead").innerText.includes("stopping")`)
+	uitest.WaitJS(t, ctx, "the stop button", `!!document.querySelector("#stop")`)
+	uitest.Click(t, ctx, "#stop")
+	uitest.WaitJS(t, ctx, "the run stopping", `document.querySelector(".runhead").innerText.includes("stopping")`)
 	if r := (&e2e.Harness{Client: k8s}).Run(t, ns, "long"); !r.IsStopped() {
 		t.Errorf("spec.stop is %v, want true", r.Spec.Stop)
 	}
