@@ -131,11 +131,15 @@ func newestArchived(ctx context.Context, store *objectstore.Store, namespace, na
 }
 
 // Kept returns the statuses of the tasks of spec that a restart from failed tasks keeps from orig,
-// in spec order. A task is kept when it ended Success in orig, with the same definition, its saved
-// workspace archives are all in the object store, and every task it depends on is kept: a task
-// whose parent runs again runs again too. Each keeps orig's status (times, executor, executorTask,
-// steps) with its steps' log keys and fromRun set.
+// in spec order. A task is kept when it ended Success in orig, with the same definition and the
+// same run environment (spec.environment, which every task is given), its saved workspace archives
+// are all in the object store, and every task it depends on is kept: a task whose parent runs
+// again runs again too. Each keeps orig's status (times, executor, executorTask, steps) with its
+// steps' log keys and fromRun set.
 func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun) []rsv1.TaskStatus {
+	if !equality.Semantic.DeepEqual(spec.Environment, orig.Spec.Environment) {
+		return nil // every task ran with another environment than the restart gives it
+	}
 	origTasks := map[string]*rsv1.Task{}
 	for i := range orig.Spec.Tasks {
 		origTasks[orig.Spec.Tasks[i].Name] = &orig.Spec.Tasks[i]
@@ -184,9 +188,11 @@ func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun) []rsv1.TaskStatus {
 		ts := statuses[name].DeepCopy()
 		if ts.FromRun == "" {
 			// A task the original kept in turn stays its first run's: its logs and archives are there.
+			// Its logs are where the original's fetch stores them, fetched yet or not: neither the
+			// original's ExecutorTask (deleted when it is archived) nor this run will say so later.
 			ts.FromRun, ts.FromRunUID = orig.Name, orig.UID
-			if et := ets[ts.ExecutorTask]; et != nil && fetched(et.Fetched) {
-				at := objectstore.Task{Namespace: orig.Namespace, Run: orig.Name, RunUID: string(orig.UID), ExecutorTask: et.Name}
+			if ts.ExecutorTask != "" {
+				at := objectstore.Task{Namespace: orig.Namespace, Run: orig.Name, RunUID: string(orig.UID), ExecutorTask: ts.ExecutorTask}
 				for j := range ts.Steps {
 					if ts.Steps[j].LogKey == "" && ts.Steps[j].Phase != rsv1.StepPhaseNotStarted {
 						ts.Steps[j].LogKey = at.LogKey(j)
