@@ -1,0 +1,55 @@
+package restart
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
+	"runservice.dev/runservice/internal/archive"
+	"runservice.dev/runservice/internal/objectstore"
+)
+
+// archiveRuns archives n runs named name in namespace ns, the i-th created i minutes after the
+// first, with uids uid-000, uid-001...
+func archiveRuns(t *testing.T, store *objectstore.Store, ns, name string, n int) {
+	t.Helper()
+	start := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	for i := range n {
+		doc := &arv1.ArchivedRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(fmt.Sprintf("uid-%03d", i)),
+			CreationTimestamp: metav1.NewTime(start.Add(time.Duration(i) * time.Minute))}}
+		if err := archive.PutDocument(context.Background(), store, doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestNewestArchivedIsBounded: admission looks for the newest archived run of a name when a
+// restart names no uid, reading one document per uid the store has under that name. A name reused
+// by thousands of runs (a nightly run archived every night) would make that thousands of reads in
+// an admission webhook (which the apiserver gives up on after 10 s, with no useful message): past a
+// bound, the lookup stops and asks for spec.restartFrom.uid instead.
+func TestNewestArchivedIsBounded(t *testing.T) {
+	ctx := context.Background()
+	store, err := objectstore.Open(ctx, objectstore.FileURL(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+
+	archiveRuns(t, store, "ns", "few", 3)
+	if uid, err := newestArchived(ctx, store, "ns", "few"); err != nil || uid != "uid-002" {
+		t.Fatalf("newest archived of 3: %q, %v; want uid-002", uid, err)
+	}
+
+	archiveRuns(t, store, "ns", "nightly", 150)
+	uid, err := newestArchived(ctx, store, "ns", "nightly")
+	if err == nil || !strings.Contains(err.Error(), "spec.restartFrom.uid") {
+		t.Fatalf("newest archived of 150 runs of a name: %q, %v; want an error asking for spec.restartFrom.uid", uid, err)
+	}
+}
