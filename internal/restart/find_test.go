@@ -2,6 +2,7 @@ package restart
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -49,7 +50,8 @@ func TestNewestArchivedIsBounded(t *testing.T) {
 
 	archiveRuns(t, store, "ns", "nightly", 150)
 	uid, err := newestArchived(ctx, store, "ns", "nightly")
-	if err == nil || !strings.Contains(err.Error(), "spec.restartFrom.uid") {
+	var many *TooManyError
+	if !errors.As(err, &many) || !strings.Contains(err.Error(), "spec.restartFrom.uid") {
 		t.Fatalf("newest archived of 150 runs of a name: %q, %v; want an error asking for spec.restartFrom.uid", uid, err)
 	}
 }

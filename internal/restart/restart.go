@@ -43,9 +43,28 @@ func (e *GoneError) Error() string {
 	return fmt.Sprintf("no run %s with uid %s in namespace %s, neither live nor archived (deleted, or its archive removed by retention)", e.Run, e.UID, e.Namespace)
 }
 
+// TooManyError says that a restart names no uid and the run's name has more uids in the object
+// store than admission reads to find the newest archived one: the restart must name it.
+type TooManyError struct {
+	Namespace, Run string
+	// UIDs is how many uids the name has in the store, at least.
+	UIDs int
+}
+
+func (e *TooManyError) Error() string {
+	return fmt.Sprintf("run %s is not live and has more than %d archived runs of that name in namespace %s: "+
+		"name the one to restart in spec.restartFrom.uid (runctl get --archived -n %s lists them; runctl restart sets it)",
+		e.Run, maxArchivedScanned, e.Namespace, e.Namespace)
+}
+
+// maxArchivedScanned bounds the documents read to find the newest archived run of a name: each is
+// a read of the object store, made in an admission webhook the apiserver gives up on after 10 s.
+const maxArchivedScanned = 100
+
 // Find returns the run from names in namespace, as an archived run's document: the live run of
 // that name (with its uid, when from has one), else the archived one of that uid (when from has
-// none, the newest archived one of the name). With tasks, a live run's document lists its
+// none, the newest archived one of the name, or a *TooManyError when the name has more than
+// maxArchivedScanned uids in the store). With tasks, a live run's document lists its
 // ExecutorTasks, as its archive would. A run that is nowhere is a *GoneError; any other error is
 // one of reading (the apiserver or the object store), worth a retry. store may be nil (no archive).
 func Find(ctx context.Context, r client.Reader, store *objectstore.Store, namespace string, from rsv1.RunRestart, tasks bool) (*arv1.ArchivedRun, error) {
@@ -106,6 +125,9 @@ func newestArchived(ctx context.Context, store *objectstore.Store, namespace, na
 	dirs, err := store.ListDirs(ctx, fmt.Sprintf("runs/%s/%s/", namespace, name))
 	if err != nil {
 		return "", err
+	}
+	if len(dirs) > maxArchivedScanned {
+		return "", &TooManyError{Namespace: namespace, Run: name, UIDs: len(dirs)}
 	}
 	var newest *arv1.ArchivedRun
 	for _, d := range dirs {

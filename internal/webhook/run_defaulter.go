@@ -69,7 +69,10 @@ func (d *RunDefaulter) Handle(ctx context.Context, req admission.Request) admiss
 			switch {
 			case err == nil:
 				ops = append(ops, jsonpatch.NewOperation("add", "/spec/restartFrom/uid", doc.UID))
-			case !errors.As(err, new(*restart.GoneError)): // a run that is nowhere is the validating webhook's to refuse
+			case errors.As(err, new(*restart.GoneError)), errors.As(err, new(*restart.TooManyError)):
+				// A run that is nowhere, or a name with too many archived runs to pick one: the
+				// validating webhook refuses it, naming the field.
+			default:
 				return admission.Errored(http.StatusInternalServerError, fmt.Errorf("finding the restarted run %s: %w", rf.Run, err))
 			}
 		}
