@@ -14,7 +14,10 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apipath "k8s.io/apimachinery/pkg/api/validation/path"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
@@ -68,6 +71,10 @@ const maxArchivedScanned = 100
 // ExecutorTasks, as its archive would. A run that is nowhere is a *GoneError; any other error is
 // one of reading (the apiserver or the object store), worth a retry. store may be nil (no archive).
 func Find(ctx context.Context, r client.Reader, store *objectstore.Store, namespace string, from rsv1.RunRestart, tasks bool) (*arv1.ArchivedRun, error) {
+	if len(Validate(from, field.NewPath("spec", "restartFrom"))) > 0 {
+		// No run has such a name or uid; neither is made into a request path or a store key.
+		return nil, &GoneError{Namespace: namespace, Run: from.Run, UID: from.UID}
+	}
 	live := &rsv1.Run{}
 	err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: from.Run}, live)
 	switch {
@@ -103,6 +110,21 @@ func Find(ctx context.Context, r client.Reader, store *objectstore.Store, namesp
 		return nil, fmt.Errorf("reading the archive of run %s: %w", from.Run, err)
 	}
 	return doc, nil
+}
+
+// Validate checks that a restart names a run by an object name and, when it names one, a uid
+// that is a path segment: both become parts of object-store keys.
+func Validate(from rsv1.RunRestart, p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	for _, msg := range validation.IsDNS1123Subdomain(from.Run) {
+		errs = append(errs, field.Invalid(p.Child("run"), from.Run, msg))
+	}
+	if from.UID != "" {
+		for _, msg := range apipath.IsValidPathSegmentName(string(from.UID)) {
+			errs = append(errs, field.Invalid(p.Child("uid"), from.UID, msg))
+		}
+	}
+	return errs
 }
 
 // liveDocument is the document of a live run, with its ExecutorTasks when tasks.

@@ -62,7 +62,8 @@ func (d *RunDefaulter) Handle(ctx context.Context, req admission.Request) admiss
 	}
 	labels := archive.Labels(run)
 	var ops []jsonpatch.JsonPatchOperation
-	if rf := run.Spec.RestartFrom; rf != nil {
+	if rf := run.Spec.RestartFrom; rf != nil && len(restart.Validate(*rf, nil)) == 0 {
+		// (One that names no run by an object name is the validating webhook's to refuse.)
 		labels[rsv1.LabelRestartedFrom] = rsv1.LabelValue(rf.Run)
 		if rf.UID == "" {
 			doc, err := restart.Find(ctx, d.Reader, d.Store, run.Namespace, *rf, false)

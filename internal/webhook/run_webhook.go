@@ -124,6 +124,9 @@ func validateArchiveAfter(run *rsv1.Run) field.ErrorList {
 func (v *RunValidator) validateRestart(ctx context.Context, run *rsv1.Run) (field.ErrorList, error) {
 	rf := *run.Spec.RestartFrom
 	p := field.NewPath("spec", "restartFrom")
+	if errs := restart.Validate(rf, p); len(errs) > 0 {
+		return errs, nil
+	}
 	doc, err := restart.Find(ctx, v.Reader, v.Store, run.Namespace, rf, false)
 	var gone *restart.GoneError
 	var many *restart.TooManyError
