@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -179,8 +180,10 @@ func newestArchived(ctx context.Context, store *objectstore.Store, namespace, na
 // same run environment (spec.environment, which every task is given), its saved workspace archives
 // are all in the object store, and every task it depends on is kept: a task whose parent runs
 // again runs again too. Each keeps orig's status (times, executor, executorTask, steps) with its
-// steps' log keys and fromRun set.
-func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun) []rsv1.TaskStatus {
+// steps' log keys and fromRun set. The tasks named in scheduled already have an ExecutorTask of
+// the restart (an earlier decision scheduled them, and its status write was lost): they run again,
+// on it, and so does everything below them, so that a kept task never has an ExecutorTask.
+func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun, scheduled ...string) []rsv1.TaskStatus {
 	if !equality.Semantic.DeepEqual(spec.Environment, orig.Spec.Environment) {
 		return nil // every task ran with another environment than the restart gives it
 	}
@@ -211,7 +214,7 @@ func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun) []rsv1.TaskStatus {
 		}
 		memo[name] = visiting
 		t, ts := tasks[name], statuses[name]
-		ok := t != nil && ts != nil && ts.Phase == rsv1.TaskPhaseSuccess &&
+		ok := t != nil && ts != nil && ts.Phase == rsv1.TaskPhaseSuccess && !slices.Contains(scheduled, name) &&
 			origTasks[name] != nil && equality.Semantic.DeepEqual(t, origTasks[name]) &&
 			stored(t, ts, ets[ts.ExecutorTask])
 		for i := 0; ok && i < len(t.Depends); i++ {

@@ -153,3 +153,13 @@ func TestKeptLogKeysBeforeTheFetch(t *testing.T) {
 		t.Fatalf("kept %+v, want a with its step's log at %s", got, at.LogKey(0))
 	}
 }
+
+// TestKeptLeavesScheduledTasks: a task that already has an ExecutorTask of the restart is not
+// kept, nor anything below it, whatever the original says.
+func TestKeptLeavesScheduledTasks(t *testing.T) {
+	tasks := []rsv1.Task{task("a"), task("b", "a"), task("c")}
+	orig := original(tasks, map[string]rsv1.TaskPhase{"a": rsv1.TaskPhaseSuccess, "b": rsv1.TaskPhaseSuccess, "c": rsv1.TaskPhaseSuccess}, nil)
+	if got := Kept(&rsv1.RunSpec{Tasks: tasks}, orig, "a"); !slices.Equal(names(got), []string{"c"}) {
+		t.Fatalf("a scheduled: kept %v, want [c]", names(got))
+	}
+}
