@@ -263,7 +263,16 @@ func (r *RunReconciler) restartFrom(ctx context.Context, run *rsv1.Run) (*rsv1.R
 			scheduled = append(scheduled, ets.Items[i].Spec.TaskName)
 		}
 	}
-	return ref, restart.Kept(&run.Spec, doc, scheduled...), nil
+	kept := restart.Kept(&run.Spec, doc, scheduled...)
+	// A kept task's archives are where it ran, perhaps a run older than doc and expired since.
+	gone, err := restart.Unstored(ctx, r.Options.Store, run.Namespace, &run.Spec, kept)
+	if err != nil {
+		return nil, nil, fmt.Errorf("looking for the kept tasks' workspace archives: %w", err)
+	}
+	if len(gone) > 0 {
+		kept = restart.Kept(&run.Spec, doc, append(scheduled, gone...)...)
+	}
+	return ref, kept, nil
 }
 
 // ensureGroups creates the run's change groups that do not exist yet: groups are created on first use.

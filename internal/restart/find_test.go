@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/archive"
 	"runservice.dev/runservice/internal/objectstore"
 )
@@ -53,5 +55,31 @@ func TestNewestArchivedIsBounded(t *testing.T) {
 	var many *TooManyError
 	if !errors.As(err, &many) || !strings.Contains(err.Error(), "spec.restartFrom.uid") {
 		t.Fatalf("newest archived of 150 runs of a name: %q, %v; want an error asking for spec.restartFrom.uid", uid, err)
+	}
+}
+
+// TestUnstored: a kept task whose saved archive is gone from the run it ran in is named; one whose
+// archive is there, or that saved nothing, is not.
+func TestUnstored(t *testing.T) {
+	ctx := context.Background()
+	store, err := objectstore.Open(ctx, objectstore.FileURL(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	tasks := []rsv1.Task{saving(task("a")), saving(task("b")), task("c")}
+	orig := original(tasks, map[string]rsv1.TaskPhase{"a": rsv1.TaskPhaseSuccess, "b": rsv1.TaskPhaseSuccess, "c": rsv1.TaskPhaseSuccess}, nil)
+	spec := &rsv1.RunSpec{Tasks: tasks}
+	kept := Kept(spec, orig)
+	at := objectstore.Task{Namespace: "ns", Run: "orig", RunUID: "uid-orig", ExecutorTask: "orig-a"}
+	if err := store.Put(ctx, at.ArchiveKey(1), strings.NewReader("a's workspace")); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := Unstored(ctx, store, "ns", spec, kept)
+	if err != nil || !slices.Equal(gone, []string{"b"}) {
+		t.Fatalf("unstored %v, %v; want [b]", gone, err)
+	}
+	if again := Kept(spec, orig, gone...); !slices.Equal(names(again), []string{"a", "c"}) {
+		t.Errorf("kept again %v, want [a c]", names(again))
 	}
 }

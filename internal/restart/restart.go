@@ -180,10 +180,11 @@ func newestArchived(ctx context.Context, store *objectstore.Store, namespace, na
 // same run environment (spec.environment, which every task is given), its saved workspace archives
 // are all in the object store, and every task it depends on is kept: a task whose parent runs
 // again runs again too. Each keeps orig's status (times, executor, executorTask, steps) with its
-// steps' log keys and fromRun set. The tasks named in scheduled already have an ExecutorTask of
-// the restart (an earlier decision scheduled them, and its status write was lost): they run again,
-// on it, and so does everything below them, so that a kept task never has an ExecutorTask.
-func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun, scheduled ...string) []rsv1.TaskStatus {
+// steps' log keys and fromRun set. The tasks named in again run again whatever orig says, and so
+// does everything below them: those that already have an ExecutorTask of the restart (an earlier
+// decision scheduled them, and its status write was lost), so that a kept task never has one, and
+// those whose archives are no longer stored (Unstored).
+func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun, again ...string) []rsv1.TaskStatus {
 	if !equality.Semantic.DeepEqual(spec.Environment, orig.Spec.Environment) {
 		return nil // every task ran with another environment than the restart gives it
 	}
@@ -214,7 +215,7 @@ func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun, scheduled ...string) []rsv
 		}
 		memo[name] = visiting
 		t, ts := tasks[name], statuses[name]
-		ok := t != nil && ts != nil && ts.Phase == rsv1.TaskPhaseSuccess && !slices.Contains(scheduled, name) &&
+		ok := t != nil && ts != nil && ts.Phase == rsv1.TaskPhaseSuccess && !slices.Contains(again, name) &&
 			origTasks[name] != nil && equality.Semantic.DeepEqual(t, origTasks[name]) &&
 			stored(t, ts, ets[ts.ExecutorTask])
 		for i := 0; ok && i < len(t.Depends); i++ {
@@ -250,6 +251,37 @@ func Kept(spec *rsv1.RunSpec, orig *arv1.ArchivedRun, scheduled ...string) []rsv
 		out = append(out, *ts)
 	}
 	return out
+}
+
+// Unstored returns the names of the tasks of kept (as Kept returned them for spec) whose saved
+// workspace archives are not all in store any more, where their children would restore them from:
+// under the run each ran in, which the archive's retention may have expired since (a task kept in
+// turn ran in a run older than the one restarted), or whose expiry stopped midway. Such a task
+// must run again (Kept's again). store nil (no archive) checks nothing.
+func Unstored(ctx context.Context, store *objectstore.Store, namespace string, spec *rsv1.RunSpec, kept []rsv1.TaskStatus) ([]string, error) {
+	if store == nil {
+		return nil, nil
+	}
+	var gone []string
+	for i := range kept {
+		ts := &kept[i]
+		j := slices.IndexFunc(spec.Tasks, func(t rsv1.Task) bool { return t.Name == ts.Name })
+		if j < 0 {
+			continue
+		}
+		at := objectstore.Task{Namespace: namespace, Run: ts.FromRun, RunUID: string(ts.FromRunUID), ExecutorTask: ts.ExecutorTask}
+		for _, step := range SavedArchives(&spec.Tasks[j], ts) {
+			ok, err := store.Exists(ctx, at.ArchiveKey(step))
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				gone = append(gone, ts.Name)
+				break
+			}
+		}
+	}
+	return gone, nil
 }
 
 // stored says whether what task saved in its workspace (as ts reports it) is in the object store,
