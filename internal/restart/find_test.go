@@ -18,6 +18,17 @@ import (
 	"runservice.dev/runservice/internal/objectstore"
 )
 
+// tempStore is an object store in a directory of the test's, closed when it ends.
+func tempStore(t *testing.T) *objectstore.Store {
+	t.Helper()
+	store, err := objectstore.Open(context.Background(), objectstore.FileURL(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
 // archiveRuns archives n runs named name in namespace ns, the i-th created i minutes after the
 // first, with uids uid-000, uid-001...
 func archiveRuns(t *testing.T, store *objectstore.Store, ns, name string, n int) {
@@ -39,11 +50,7 @@ func archiveRuns(t *testing.T, store *objectstore.Store, ns, name string, n int)
 // bound, the lookup stops and asks for spec.restartFrom.uid instead.
 func TestNewestArchivedIsBounded(t *testing.T) {
 	ctx := context.Background()
-	store, err := objectstore.Open(ctx, objectstore.FileURL(t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := tempStore(t)
 
 	archiveRuns(t, store, "ns", "few", 3)
 	if uid, err := newestArchived(ctx, store, "ns", "few"); err != nil || uid != "uid-002" {
@@ -62,11 +69,7 @@ func TestNewestArchivedIsBounded(t *testing.T) {
 // archive is there, or that saved nothing, is not.
 func TestUnstored(t *testing.T) {
 	ctx := context.Background()
-	store, err := objectstore.Open(ctx, objectstore.FileURL(t.TempDir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := tempStore(t)
 	tasks := []rsv1.Task{saving(task("a")), saving(task("b")), task("c")}
 	orig := original(tasks, map[string]rsv1.TaskPhase{"a": rsv1.TaskPhaseSuccess, "b": rsv1.TaskPhaseSuccess, "c": rsv1.TaskPhaseSuccess}, nil)
 	spec := &rsv1.RunSpec{Tasks: tasks}
