@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/runops"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
@@ -200,6 +202,10 @@ func TestRestartAdmission(t *testing.T) {
 		{"a run that is nowhere", restartOf("nowhere", ""), "spec.restartFrom.run", "there is no run nowhere"},
 		{"another run's uid", restartOf("done", running.UID), "spec.restartFrom.uid", "is neither the live run done's"},
 		{"a uid no run of the name ever had", restartOf("nowhere", running.UID), "spec.restartFrom.run", "there is no run nowhere"},
+		// Names that are no object names are refused as such, before any lookup: a path in the object
+		// store must not be built of them.
+		{"a run name that is a path", restartOf("../other-namespace/done", ""), "spec.restartFrom.run", "a lowercase RFC 1123 subdomain"},
+		{"a uid that is a path", restartOf("done", "../../x/done/u"), "spec.restartFrom.uid", "may not contain '/'"},
 		{"a forged restarted-from label", func() *rsv1.Run {
 			r := newRun(ns, "forged", task("a"))
 			r.Labels = map[string]string{rsv1.LabelRestartedFrom: "done"}
@@ -277,6 +283,22 @@ func TestRestartIntoChangeGroupsWithAStaleToken(t *testing.T) {
 	waitTask(t, ns, restart.Name, "b") // admitted into the group and running
 }
 
+// onRestartReading calls f each time the manager is about to read the run that a restart in
+// namespace ns restarts, with the count of such reads so far (from 1), until the test ends; an
+// error of f fails the read. It returns the count.
+func onRestartReading(t *testing.T, ns string, f func(run types.NamespacedName, n int64) error) *atomic.Int64 {
+	var reads atomic.Int64
+	hook := func(run types.NamespacedName) error {
+		if run.Namespace != ns {
+			return nil
+		}
+		return f(run, reads.Add(1))
+	}
+	restartReading.Store(&hook)
+	t.Cleanup(func() { restartReading.Store(nil) })
+	return &reads
+}
+
 // TestARestartWhoseOriginalIsGoneIsASetupError: while the restarted run cannot be read (the
 // object store down), the restart waits, undecided, and the manager tries again; once it reads
 // that the run is gone for good (deleted without being archived meanwhile), the restart ends
@@ -287,21 +309,14 @@ func TestARestartWhoseOriginalIsGoneIsASetupError(t *testing.T) {
 	ctx := context.Background()
 	orig := failB(t, ns, createRun(t, chain(ns, "doomed")).Name)
 
-	var reads atomic.Int64
 	var down atomic.Bool
 	down.Store(true)
-	hook := func(run types.NamespacedName) error {
-		if run.Namespace != ns {
-			return nil
-		}
-		reads.Add(1)
+	reads := onRestartReading(t, ns, func(types.NamespacedName, int64) error {
 		if down.Load() {
 			return errors.New("the object store is down")
 		}
 		return nil
-	}
-	restartReading.Store(&hook)
-	t.Cleanup(func() { restartReading.Store(nil) })
+	})
 
 	restart, err := runops.Restart(ctx, clientset(t), ns, orig.Name, runops.RestartOptions{FailedTasksOnly: true})
 	if err != nil {
@@ -334,5 +349,134 @@ func TestARestartWhoseOriginalIsGoneIsASetupError(t *testing.T) {
 	}
 	for _, name := range []string{"a", "b", "c", "d"} {
 		noTask(t, ns, restart.Name, name)
+	}
+}
+
+// TestAKeptTaskNeverHasAnExecutorTask: which tasks a restart keeps is decided on its first advance,
+// and that advance creates the ExecutorTasks of the tasks it does not keep before its status write.
+// When that write fails (a conflict here; a manager crash alike) the next advance decides again,
+// and the original may have changed meanwhile: its build's workspace, not fetched at the first
+// advance, is fetched at the second. build then has an ExecutorTask of the restart (created by the
+// first advance, and executed) and must not be reported kept from the original as well: it runs
+// again, on that ExecutorTask, and test restores its workspace, not the original's.
+func TestAKeptTaskNeverHasAnExecutorTask(t *testing.T) {
+	ns := newNamespace(t)
+	// An endpoint that answers 503 for archives: the original's fetch stays pending until the
+	// test marks it done.
+	srv := serveExecutor(t, ns, http.StatusServiceUnavailable)
+	startExecutor(t, ns, "ex1", withEndpoint(srv.URL))
+	ctx := context.Background()
+	orig := createRun(t, buildAndTest(ns))
+	reportSaved(t, ns, waitTask(t, ns, orig.Name, "build").Name)
+	// test waits for build's workspace to be fetched: stopped, it is cancelled, and the run ends
+	// (Finished, Stopped).
+	if _, err := runops.Stop(ctx, clientset(t), ns, orig.Name); err != nil {
+		t.Fatal(err)
+	}
+	orig = waitRunPhase(t, ns, orig.Name, rsv1.RunPhaseFinished)
+	origBuild := taskStatus(orig, "build").ExecutorTask
+
+	var hookErr atomic.Pointer[error]
+	fail := func(err error) {
+		if err != nil {
+			hookErr.CompareAndSwap(nil, &err)
+		}
+	}
+	reads := onRestartReading(t, ns, func(run types.NamespacedName, n int64) error {
+		switch n {
+		case 1:
+			// The run changes under the first advance: its status write conflicts.
+			fail(k8s.Patch(ctx, &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: run.Name}},
+				client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"annotations":{"touched":"yes"}}}`))))
+		case 2:
+			// Meanwhile the original's build is fetched.
+			fail(k8s.Patch(ctx, &rsv1.ExecutorTask{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: origBuild}},
+				client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"annotations":{"`+rsv1.AnnotationFetched+`":"2026-12-01T00:00:00Z"}}}`))))
+		}
+		return nil
+	})
+
+	restart, err := runops.Restart(ctx, clientset(t), ns, orig.Name, runops.RestartOptions{FailedTasksOnly: true})
+	if err != nil {
+		t.Fatalf("restarting: %v", err)
+	}
+	eventually(t, 30*time.Second, "the restart's first status", func() (bool, error) {
+		return getRun(t, ns, restart.Name).Status.Phase != "", nil
+	})
+	if p := hookErr.Load(); p != nil {
+		t.Fatalf("the fault hook: %v", *p)
+	}
+	if reads.Load() < 2 {
+		t.Fatalf("the restarted run was read %d times, want a second advance after the conflict", reads.Load())
+	}
+	got := getRun(t, ns, restart.Name)
+	build, err := runTask(ns, restart.Name, "build")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := taskStatus(got, "build"); build != nil && ts.FromRun != "" {
+		t.Fatalf("build has ExecutorTask %s of the restart and is reported kept from %s (%s, ExecutorTask %s): "+
+			"it ran in the restart, and its result and workspace would be ignored", build.Name, ts.FromRun, ts.Phase, ts.ExecutorTask)
+	}
+	if build == nil {
+		t.Fatalf("build has no ExecutorTask of the restart: the first advance did not schedule it (test setup)")
+	}
+	// build runs again on that ExecutorTask; test restores its workspace, from this run.
+	srv.archiveStatus.Store(http.StatusOK)
+	reportSaved(t, ns, build.Name)
+	test := waitTask(t, ns, restart.Name, "test")
+	if len(test.Spec.KeptSources) != 0 || !slices.Equal(test.Spec.WorkspaceSources, []string{build.Name}) {
+		t.Errorf("test restores %v (kept %+v), want the restart's build %s", test.Spec.WorkspaceSources, test.Spec.KeptSources, build.Name)
+	}
+}
+
+// TestARestartOfARestartRunsAgainWhatIsNoLongerStored: a restart of a restart keeps a task from the
+// run it first ran in, where its workspace archives are kept. Once they are gone from there (that
+// run expired by the archive's retention while the restart that kept it did not), the task is not
+// kept again: it runs again, instead of its child failing on an archive that is not there.
+func TestARestartOfARestartRunsAgainWhatIsNoLongerStored(t *testing.T) {
+	ns := newNamespace(t)
+	srv := serveExecutor(t, ns, http.StatusOK)
+	startExecutor(t, ns, "ex1", withEndpoint(srv.URL))
+	ctx := context.Background()
+	first := createRun(t, buildAndTest(ns))
+	build := waitTask(t, ns, first.Name, "build")
+	reportSaved(t, ns, build.Name)
+	complete(t, ns, first.Name, "test", rsv1.TaskPhaseFailed) // scheduled once build's archive is fetched
+	first = waitRunPhase(t, ns, first.Name, rsv1.RunPhaseFinished)
+
+	second, err := runops.Restart(ctx, clientset(t), ns, first.Name, runops.RestartOptions{FailedTasksOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	complete(t, ns, second.Name, "test", rsv1.TaskPhaseFailed)
+	second = waitRunPhase(t, ns, second.Name, rsv1.RunPhaseFinished)
+	checkKept(t, second, first, "build")
+
+	// The first run's data expires: build's archive is gone from the store.
+	store := openStore(t)
+	key := objectstore.Task{Namespace: ns, Run: first.Name, RunUID: string(first.UID), ExecutorTask: build.Name}.ArchiveKey(1)
+	if ok, err := store.Exists(ctx, key); err != nil || !ok {
+		t.Fatalf("build's archive %s: exists %v, %v; want stored (test setup)", key, ok, err)
+	}
+	if err := store.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+
+	third, err := runops.Restart(ctx, clientset(t), ns, second.Name, runops.RestartOptions{FailedTasksOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the third run's first status", func() (bool, error) {
+		return getRun(t, ns, third.Name).Status.Phase != "", nil
+	})
+	if ts := taskStatus(getRun(t, ns, third.Name), "build"); ts.FromRun != "" {
+		t.Fatalf("build of the third run is kept from %s, whose archive %s is gone: test can only fail restoring it", ts.FromRun, key)
+	}
+	again := waitTask(t, ns, third.Name, "build")
+	reportSaved(t, ns, again.Name)
+	test := waitTask(t, ns, third.Name, "test")
+	if len(test.Spec.KeptSources) != 0 || !slices.Equal(test.Spec.WorkspaceSources, []string{again.Name}) {
+		t.Errorf("test of the third run restores %v (kept %+v), want its own build %s", test.Spec.WorkspaceSources, test.Spec.KeptSources, again.Name)
 	}
 }

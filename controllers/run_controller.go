@@ -250,7 +250,29 @@ func (r *RunReconciler) restartFrom(ctx context.Context, run *rsv1.Run) (*rsv1.R
 	if !from.FailedTasksOnly {
 		return ref, nil, nil
 	}
-	return ref, restart.Kept(&run.Spec, doc), nil
+	// An earlier advance may have decided otherwise and created ExecutorTasks before its status
+	// write was lost (a conflict, a crash): a task that has one runs again, on it. Read live, as
+	// the cache may not have them yet.
+	var ets rsv1.ExecutorTaskList
+	if err := r.APIReader.List(ctx, &ets, client.InNamespace(run.Namespace), client.MatchingLabels{rsv1.LabelRunUID: string(run.UID)}); err != nil {
+		return nil, nil, fmt.Errorf("listing the run's executor tasks: %w", err)
+	}
+	var scheduled []string
+	for i := range ets.Items {
+		if metav1.IsControlledBy(&ets.Items[i], run) {
+			scheduled = append(scheduled, ets.Items[i].Spec.TaskName)
+		}
+	}
+	kept := restart.Kept(&run.Spec, doc, scheduled...)
+	// A kept task's archives are where it ran, perhaps a run older than doc and expired since.
+	gone, err := restart.Unstored(ctx, r.Options.Store, run.Namespace, &run.Spec, kept)
+	if err != nil {
+		return nil, nil, fmt.Errorf("looking for the kept tasks' workspace archives: %w", err)
+	}
+	if len(gone) > 0 {
+		kept = restart.Kept(&run.Spec, doc, append(scheduled, gone...)...)
+	}
+	return ref, kept, nil
 }
 
 // ensureGroups creates the run's change groups that do not exist yet: groups are created on first use.

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +19,14 @@ import (
 
 const noFiles = cobra.ShellCompDirectiveNoFileComp
 
+// completionTimeout bounds each request a completion makes: the user's shell waits for it, and an
+// apiserver that does not answer (a dropped connection, a VPN down) must cost a pause, not the shell.
+const completionTimeout = 5 * time.Second
+
+func completionContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), completionTimeout)
+}
+
 // completeRuns completes the first argument with the names of the namespace's runs.
 func (o *options) completeRuns(cmd *cobra.Command, args []string, prefix string) ([]string, cobra.ShellCompDirective) {
 	if len(args) > 0 && cmd.Name() != "get" {
@@ -25,7 +35,9 @@ func (o *options) completeRuns(cmd *cobra.Command, args []string, prefix string)
 	if err := o.init(); err != nil {
 		return nil, cobra.ShellCompDirectiveError
 	}
-	list, err := o.rs.RunserviceV1alpha1().Runs(o.ns).List(cmd.Context(), metav1.ListOptions{})
+	ctx, cancel := completionContext(cmd)
+	defer cancel()
+	list, err := o.rs.RunserviceV1alpha1().Runs(o.ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveError
 	}
@@ -82,7 +94,9 @@ func (o *options) completionRun(cmd *cobra.Command, name string) (*rsv1.Run, boo
 	if err := o.init(); err != nil {
 		return nil, false
 	}
-	run, err := o.rs.RunserviceV1alpha1().Runs(o.ns).Get(cmd.Context(), name, metav1.GetOptions{})
+	ctx, cancel := completionContext(cmd)
+	defer cancel()
+	run, err := o.rs.RunserviceV1alpha1().Runs(o.ns).Get(ctx, name, metav1.GetOptions{})
 	return run, err == nil
 }
 
@@ -90,7 +104,9 @@ func (o *options) completeNamespaces(cmd *cobra.Command, _ []string, prefix stri
 	if err := o.init(); err != nil {
 		return nil, cobra.ShellCompDirectiveError
 	}
-	list, err := o.kube.CoreV1().Namespaces().List(cmd.Context(), metav1.ListOptions{})
+	ctx, cancel := completionContext(cmd)
+	defer cancel()
+	list, err := o.kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveError
 	}
@@ -101,7 +117,9 @@ func (o *options) completeChangeGroups(cmd *cobra.Command, _ []string, prefix st
 	if err := o.init(); err != nil {
 		return nil, cobra.ShellCompDirectiveError
 	}
-	list, err := o.rs.RunserviceV1alpha1().ChangeGroups(o.ns).List(cmd.Context(), metav1.ListOptions{})
+	ctx, cancel := completionContext(cmd)
+	defer cancel()
+	list, err := o.rs.RunserviceV1alpha1().ChangeGroups(o.ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveError
 	}

@@ -120,3 +120,46 @@ func TestKeptLogKeysAndKeptInTurn(t *testing.T) {
 		t.Errorf("saved archives of the kept a: %v, want [1]", archives)
 	}
 }
+
+// TestKeptNeedsTheSameEnvironment: spec.environment is given to every task, so a task that ran under
+// another environment did not run the restart's definition: with the environment changed, every
+// task runs again.
+func TestKeptNeedsTheSameEnvironment(t *testing.T) {
+	tasks := []rsv1.Task{task("a"), task("b", "a")}
+	orig := original(tasks, map[string]rsv1.TaskPhase{"a": rsv1.TaskPhaseSuccess, "b": rsv1.TaskPhaseFailed}, nil)
+	orig.Spec.Environment = []rsv1.EnvVar{{Name: "TARGET", Value: "staging"}}
+
+	same := &rsv1.RunSpec{Tasks: tasks, Environment: []rsv1.EnvVar{{Name: "TARGET", Value: "staging"}}}
+	if got := Kept(same, orig); !slices.Equal(names(got), []string{"a"}) {
+		t.Fatalf("same environment: kept %v, want [a]", names(got))
+	}
+	for _, env := range [][]rsv1.EnvVar{{{Name: "TARGET", Value: "production"}}, nil} {
+		if got := Kept(&rsv1.RunSpec{Tasks: tasks, Environment: env}, orig); len(got) != 0 {
+			t.Errorf("environment %v instead of the original's %v: kept %v, want none", env, orig.Spec.Environment, names(got))
+		}
+	}
+}
+
+// TestKeptLogKeysBeforeTheFetch: a task that saved nothing is kept whatever its fetch, also one
+// restarted before the original's logs were fetched; its steps still point at where the fetch
+// stores them (under the original's uid), since neither the original's ExecutorTask (deleted
+// with it when archived) nor this run's status will say so later.
+func TestKeptLogKeysBeforeTheFetch(t *testing.T) {
+	tasks := []rsv1.Task{task("a"), task("b", "a")}
+	orig := original(tasks, map[string]rsv1.TaskPhase{"a": rsv1.TaskPhaseSuccess, "b": rsv1.TaskPhaseFailed}, map[string]string{"a": ""})
+	got := Kept(&rsv1.RunSpec{Tasks: tasks}, orig)
+	at := objectstore.Task{Namespace: "ns", Run: "orig", RunUID: "uid-orig", ExecutorTask: "orig-a"}
+	if len(got) != 1 || got[0].Steps[0].LogKey != at.LogKey(0) {
+		t.Fatalf("kept %+v, want a with its step's log at %s", got, at.LogKey(0))
+	}
+}
+
+// TestKeptLeavesScheduledTasks: a task that already has an ExecutorTask of the restart is not
+// kept, nor anything below it, whatever the original says.
+func TestKeptLeavesScheduledTasks(t *testing.T) {
+	tasks := []rsv1.Task{task("a"), task("b", "a"), task("c")}
+	orig := original(tasks, map[string]rsv1.TaskPhase{"a": rsv1.TaskPhaseSuccess, "b": rsv1.TaskPhaseSuccess, "c": rsv1.TaskPhaseSuccess}, nil)
+	if got := Kept(&rsv1.RunSpec{Tasks: tasks}, orig, "a"); !slices.Equal(names(got), []string{"c"}) {
+		t.Fatalf("a scheduled: kept %v, want [c]", names(got))
+	}
+}

@@ -62,14 +62,18 @@ func (d *RunDefaulter) Handle(ctx context.Context, req admission.Request) admiss
 	}
 	labels := archive.Labels(run)
 	var ops []jsonpatch.JsonPatchOperation
-	if rf := run.Spec.RestartFrom; rf != nil {
+	if rf := run.Spec.RestartFrom; rf != nil && len(restart.Validate(*rf, nil)) == 0 {
+		// (One that names no run by an object name is the validating webhook's to refuse.)
 		labels[rsv1.LabelRestartedFrom] = rsv1.LabelValue(rf.Run)
 		if rf.UID == "" {
 			doc, err := restart.Find(ctx, d.Reader, d.Store, run.Namespace, *rf, false)
 			switch {
 			case err == nil:
 				ops = append(ops, jsonpatch.NewOperation("add", "/spec/restartFrom/uid", doc.UID))
-			case !errors.As(err, new(*restart.GoneError)): // a run that is nowhere is the validating webhook's to refuse
+			case errors.As(err, new(*restart.GoneError)), errors.As(err, new(*restart.TooManyError)):
+				// A run that is nowhere, or a name with too many archived runs to pick one: the
+				// validating webhook refuses it, naming the field.
+			default:
 				return admission.Errored(http.StatusInternalServerError, fmt.Errorf("finding the restarted run %s: %w", rf.Run, err))
 			}
 		}

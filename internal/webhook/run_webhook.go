@@ -124,15 +124,22 @@ func validateArchiveAfter(run *rsv1.Run) field.ErrorList {
 func (v *RunValidator) validateRestart(ctx context.Context, run *rsv1.Run) (field.ErrorList, error) {
 	rf := *run.Spec.RestartFrom
 	p := field.NewPath("spec", "restartFrom")
+	if errs := restart.Validate(rf, p); len(errs) > 0 {
+		return errs, nil
+	}
 	doc, err := restart.Find(ctx, v.Reader, v.Store, run.Namespace, rf, false)
 	var gone *restart.GoneError
+	var many *restart.TooManyError
+	if errors.As(err, &many) {
+		return field.ErrorList{field.Required(p.Child("uid"), many.Error())}, nil
+	}
 	if errors.As(err, &gone) {
 		if rf.UID != "" {
 			// A run of that name with another uid (live or archived) makes it the uid that is wrong.
 			byName := rf
 			byName.UID = ""
 			_, err := restart.Find(ctx, v.Reader, v.Store, run.Namespace, byName, false)
-			if err == nil {
+			if err == nil || errors.As(err, new(*restart.TooManyError)) {
 				return field.ErrorList{field.Invalid(p.Child("uid"), rf.UID, gone.Error())}, nil
 			}
 			if !errors.As(err, new(*restart.GoneError)) {
