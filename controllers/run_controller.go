@@ -516,6 +516,9 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 			}
 			et.Spec.WorkspaceSources = append(et.Spec.WorkspaceSources, src)
 		}
+		if owner, ok := run.Labels[rsv1.LabelShard]; ok {
+			et.Labels[rsv1.LabelShard] = owner // the owner's cache selects its run's tasks with it
+		}
 		if err := controllerutil.SetControllerReference(run, et, r.Client.Scheme()); err != nil {
 			return false, fmt.Errorf("owning executor task %s: %w", etName, err)
 		}

@@ -19,6 +19,7 @@ import (
 	"runservice.dev/runservice/internal/executorhttp"
 	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/shard"
 	"runservice.dev/runservice/internal/webhook"
 )
 
@@ -74,6 +75,10 @@ type Options struct {
 	// counted there) and before its ledger finalizer is removed; an error stops the release there:
 	// for fault tests.
 	LedgerReleased func(run types.NamespacedName) error
+	// Shard, when set, is this replica's view of the shard ring (internal/shard): it owns the runs
+	// labelled with its name (rsv1.LabelShard), and the manager's cache holds only those and their
+	// ExecutorTasks. Nil is a manager that owns every run, unsharded.
+	Shard shard.View
 	// RestartReading, when set, is called before the run controller reads the run a restart
 	// restarts; an error is taken for a failed read (the object store down): for fault tests.
 	RestartReading func(run types.NamespacedName) error

@@ -23,6 +23,15 @@ const (
 	// its siblings' Leases in one list.
 	LabelExecutorGroup = "runservice.dev/executor-group"
 
+	// LabelShard names the manager replica (a member of the shard ring, see internal/shard) that
+	// owns a Run, and is copied to the Run's ExecutorTasks: each replica caches and reconciles only
+	// the objects labelled with its name. `kubectl get runs -L runservice.dev/shard` shows who owns
+	// what.
+	LabelShard = "runservice.dev/shard"
+	// LabelShardDrain on a Run asks the replica named by LabelShard to let the run go: it stops
+	// acting on it and removes both labels, after which the run is assigned to its new owner.
+	LabelShardDrain = "runservice.dev/shard-drain"
+
 	// AnnotationUpdateToken carries a change-group update token on a mutating Run request.
 	AnnotationUpdateToken = "runservice.dev/changegroups-update-token"
 

@@ -28,6 +28,7 @@ import (
 	"runservice.dev/runservice/controllers"
 	"runservice.dev/runservice/internal/archiveapi"
 	"runservice.dev/runservice/internal/objectstore"
+	"runservice.dev/runservice/internal/shard"
 	"runservice.dev/runservice/internal/webhookcert"
 )
 
@@ -74,12 +75,19 @@ func Scheme() *runtime.Scheme {
 }
 
 // CacheOptions restrict what the manager caches of kinds it does not own: of Leases, only the
-// executors' (labelled with their name), not every Lease of the cluster.
-func CacheOptions() cache.Options {
+// executors' (labelled with their name), not every Lease of the cluster. A replica of a sharded
+// manager (shard is its member name) caches only the Runs and ExecutorTasks labelled as its own.
+func CacheOptions(shard string) cache.Options {
 	executorLeases, _ := labels.Parse(rsv1.LabelExecutor) // "exists": a constant that parses
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+	byObject := map[client.Object]cache.ByObject{
 		&coordinationv1.Lease{}: {Label: executorLeases},
-	}}
+	}
+	if shard != "" {
+		own := labels.SelectorFromSet(labels.Set{rsv1.LabelShard: shard})
+		byObject[&rsv1.Run{}] = cache.ByObject{Label: own}
+		byObject[&rsv1.ExecutorTask{}] = cache.ByObject{Label: own}
+	}
+	return cache.Options{ByObject: byObject}
 }
 
 // New builds the manager.
@@ -97,7 +105,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		LeaseDuration:                 &leaseDuration,
 		RenewDeadline:                 &renewDeadline,
 		Controller:                    config.Controller{SkipNameValidation: &opts.SkipNameValidation},
-		Cache:                         CacheOptions(),
+		Cache:                         CacheOptions(shardName(opts.Controllers.Shard)),
 	}
 	var certs *webhookcert.Manager
 	if opts.WebhookPort != 0 {
@@ -161,6 +169,14 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		return nil, fmt.Errorf("adding ready check: %w", err)
 	}
 	return mgr, nil
+}
+
+// shardName is the member name of a sharded replica, "" for an unsharded manager.
+func shardName(v shard.View) string {
+	if v == nil {
+		return ""
+	}
+	return v.Me()
 }
 
 // nonLeader runs a runnable on every replica, not only the leader.
