@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -92,6 +93,9 @@ type Entry struct {
 	Started  time.Time `json:"started,omitzero"`
 	Ended    time.Time `json:"ended,omitzero"`
 	Archived time.Time `json:"archived"`
+	// Labels are the run's own labels, without the ones Labels derives from its groups and its end
+	// and without the replica that owned it: what kubectl's -L and --show-labels show of it.
+	Labels map[string]string `json:"labels,omitempty"`
 	// Deleted marks a tombstone: the run's document was deleted (retention).
 	Deleted bool `json:"deleted,omitempty"`
 }
@@ -108,6 +112,7 @@ func EntryOf(doc *arv1.ArchivedRun) Entry {
 		Progress:     doc.Status.Progress,
 		Created:      doc.CreationTimestamp.UTC(),
 		Archived:     doc.Status.ArchiveTime.UTC(),
+		Labels:       ownLabels(doc.Labels),
 	}
 	if t := doc.Status.StartTime; t != nil {
 		e.Started = t.UTC()
@@ -116,6 +121,22 @@ func EntryOf(doc *arv1.ArchivedRun) Entry {
 		e.Ended = t.UTC()
 	}
 	return e
+}
+
+// ownLabels are a run's labels but those Labels derives and the shard's (nil when none is left).
+func ownLabels(all map[string]string) map[string]string {
+	var own map[string]string
+	for k, v := range all {
+		if strings.HasPrefix(k, arv1.LabelChangeGroupPrefix) || k == arv1.LabelPhase || k == arv1.LabelResult ||
+			k == rsv1.LabelShard || k == rsv1.LabelShardDrain {
+			continue
+		}
+		if own == nil {
+			own = map[string]string{}
+		}
+		own[k] = v
+	}
+	return own
 }
 
 // maxDocumentBytes bounds an archived run's document when read: a run's status is bounded by its

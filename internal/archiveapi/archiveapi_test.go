@@ -299,6 +299,27 @@ func TestKubectlGetPrintsTheTable(t *testing.T) {
 	}
 }
 
+// TestTableRowsCarryTheRunsLabels: a Table row's object has the run's own labels beside the ones
+// the archive derives, so kubectl's -L and --show-labels show them for archived runs as for live ones.
+func TestTableRowsCarryTheRunsLabels(t *testing.T) {
+	out := admin.ok(t, "get", "ar", "-n", nsRuns, "-L", "team", "--no-headers")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != runCount {
+		t.Fatalf("%d rows, want %d:\n%s", len(lines), runCount, out)
+	}
+	for _, l := range lines {
+		if cells := strings.Fields(l); cells[len(cells)-1] != "infra" {
+			t.Fatalf("row %q: the last column (-L team) is not the run's label infra", l)
+		}
+	}
+	shown := admin.ok(t, "get", "ar", "run-10", "-n", nsRuns, "--show-labels", "--no-headers")
+	for _, want := range []string{"team=infra", "changegroup.runservice.dev/a=", "runservice.dev/result=Failed"} {
+		if !strings.Contains(shown, want) {
+			t.Fatalf("--show-labels does not show %s:\n%s", want, shown)
+		}
+	}
+}
+
 // TestTableListsReadNoDocument: the Table of kubectl get comes from the index alone (an entry
 // whose document is gone is still a row), while lists of objects read the documents.
 func TestTableListsReadNoDocument(t *testing.T) {

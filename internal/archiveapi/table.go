@@ -94,7 +94,7 @@ func objectOf(e archive.Entry) arv1.ArchivedRun {
 	if !e.Ended.IsZero() {
 		run.Status.EndTime = ptrTime(e.Ended)
 	}
-	live := rsv1.Run{Spec: run.Spec, Status: run.Status.RunStatus}
+	live := rsv1.Run{ObjectMeta: metav1.ObjectMeta{Labels: e.Labels}, Spec: run.Spec, Status: run.Status.RunStatus}
 	run.Labels = archive.Labels(&live)
 	return run
 }
