@@ -216,7 +216,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 			return err
 		}
 	}
-	executors := &ExecutorReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("executor-controller"), Tasks: scheduler}
+	executors := &ExecutorReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("executor-controller"), Tasks: scheduler, Sharded: opts.Shard != nil}
 	if err := executors.SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -444,6 +445,12 @@ func (e *Executor) renew(ctx context.Context) error {
 		}
 		// The manager caches only executors' Leases, selected by this label.
 		lease.Labels[rsv1.LabelExecutor] = e.opts.Name
+		if n, ok := e.activeTasks(ctx); ok {
+			if lease.Annotations == nil {
+				lease.Annotations = map[string]string{}
+			}
+			lease.Annotations[rsv1.AnnotationActiveTasks] = strconv.Itoa(n)
+		}
 		if e.opts.Group != "" {
 			lease.Labels[rsv1.LabelExecutorGroup] = e.opts.Group
 		}

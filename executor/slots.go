@@ -105,3 +105,22 @@ func (e *Executor) wakeWaiting(ctx context.Context) {
 
 // slotRecheck is when a task waiting for a slot looks again, should no wake reach it.
 const slotRecheck = 5 * time.Second
+
+// activeTasks counts the executor's active tasks in its cache, for its Lease (see
+// rsv1.AnnotationActiveTasks); false when the cache cannot tell at once (not started or synced
+// yet): a renewal never waits on it.
+func (e *Executor) activeTasks(ctx context.Context) (int, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	var list rsv1.ExecutorTaskList
+	if err := e.client.List(ctx, &list, client.InNamespace(e.opts.Namespace), client.UnsafeDisableDeepCopy); err != nil {
+		return 0, false
+	}
+	n := 0
+	for i := range list.Items {
+		if et := &list.Items[i]; et.Spec.ExecutorUID == string(e.uid) && et.Status.IsActive() {
+			n++
+		}
+	}
+	return n, true
+}
