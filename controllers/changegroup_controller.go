@@ -4,15 +4,19 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/ledger"
@@ -29,6 +33,9 @@ type ChangeGroupReconciler struct {
 	APIReader client.Reader
 	Ledger    *ledger.Ledger
 	Options   Options
+	// Runs is where the group's runs are found: the manager's Run cache, or when the manager is
+	// sharded the metadata of every shard's runs (shard_groups.go).
+	Runs groupRuns
 
 	mu       sync.Mutex
 	phantoms map[string]time.Time // namespace/group/run -> first seen not running
@@ -42,27 +49,30 @@ var _ reconcile.Reconciler = (*ChangeGroupReconciler)(nil)
 
 // Reconcile implements reconcile.Reconciler.
 func (r *ChangeGroupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	if !ownsGroup(r.Options.Shard, req.NamespacedName) {
+		r.forgetPhantoms(req.NamespacedName)
+		return ctrl.Result{}, nil // another replica's: the owner of its key on the ring
+	}
 	cg := &rsv1.ChangeGroup{}
 	if err := r.Client.Get(ctx, req.NamespacedName, cg); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	var runs rsv1.RunList
-	if err := r.Client.List(ctx, &runs, client.InNamespace(cg.Namespace), client.MatchingFields{indexChangeGroups: cg.Name}); err != nil {
+	runs, err := r.Runs.List(ctx, cg.Namespace, cg.Name)
+	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing runs of change group %s: %w", cg.Name, err)
 	}
-	// Queued runs, oldest first.
-	var queued []*rsv1.Run
-	byName := map[string]*rsv1.Run{}
-	for i := range runs.Items {
-		run := &runs.Items[i]
+	// Runs that may be queued, oldest first.
+	var waiting []*groupRun
+	byName := map[string]*groupRun{}
+	for i := range runs {
+		run := &runs[i]
 		byName[run.Name] = run
-		if run.DeletionTimestamp == nil && !run.IsStopped() && (run.Status.Phase == "" || run.Status.Phase == rsv1.RunPhaseQueued) &&
-			!slices.Contains(cg.Status.ActiveRuns, run.Name) {
-			queued = append(queued, run)
+		if !run.Deleting && !slices.Contains(cg.Status.ActiveRuns, run.Name) && (run.State == nil || run.State.Queued && !run.State.Stopped) {
+			waiting = append(waiting, run)
 		}
 	}
-	slices.SortStableFunc(queued, func(a, b *rsv1.Run) int {
-		if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+	slices.SortStableFunc(waiting, func(a, b *groupRun) int {
+		if c := a.Created.Compare(b.Created.Time); c != 0 {
 			return c
 		}
 		return compareStrings(a.Name, b.Name)
@@ -72,22 +82,21 @@ func (r *ChangeGroupReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	start, queued, err := r.startable(ctx, cg, waiting, len(cg.Status.ActiveRuns)-len(forget))
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	err = r.Ledger.Mutate(ctx, cg, func(st *rsv1.ChangeGroupStatus) bool {
 		changed := false
 		if len(forget) > 0 {
 			st.ActiveRuns = slices.DeleteFunc(st.ActiveRuns, func(n string) bool { return slices.Contains(forget, n) })
 			changed = true
 		}
-		n := int32(len(queued))
-		if cg.Spec.MaxActiveRuns != nil {
-			for _, run := range queued {
-				if len(st.ActiveRuns) >= int(*cg.Spec.MaxActiveRuns) {
-					break
-				}
-				if !run.IsSuspended() && ledger.AddRun(st, run.Name) {
-					n--
-					changed = true
-				}
+		n := queued
+		for _, name := range start {
+			if ledger.AddRun(st, name) {
+				n--
+				changed = true
 			}
 		}
 		if st.QueuedRuns != n {
@@ -105,9 +114,41 @@ func (r *ChangeGroupReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
+// startable walks the runs that may be queued, oldest first, and returns those to start (when the
+// group has maxActiveRuns, as many as there is room for next to active runs) and how many are
+// queued. A run whose state is not known is read only while there is room: one the controller
+// does not start is counted as queued on the word of its metadata (it is not final, not deleted,
+// not active), and read when its turn comes.
+func (r *ChangeGroupReconciler) startable(ctx context.Context, cg *rsv1.ChangeGroup, waiting []*groupRun, active int) ([]string, int32, error) {
+	var start []string
+	queued := int32(0)
+	for _, run := range waiting {
+		room := cg.Spec.MaxActiveRuns != nil && active+len(start) < int(*cg.Spec.MaxActiveRuns)
+		if run.State == nil && room {
+			st, ok, err := r.Runs.Read(ctx, cg.Namespace, run.Name)
+			if err != nil {
+				return nil, 0, err
+			}
+			if !ok {
+				continue
+			}
+			run.State = &st
+		}
+		if run.State != nil && (!run.State.Queued || run.State.Stopped) {
+			continue
+		}
+		queued++
+		if room && !run.State.Suspended {
+			start = append(start, run.Name)
+		}
+	}
+	return start, queued, nil
+}
+
 // phantomRuns returns the active runs to drop: runs that, read live, do not exist or never started,
-// since longer than PhantomGrace. It also says when to look again.
-func (r *ChangeGroupReconciler) phantomRuns(ctx context.Context, cg *rsv1.ChangeGroup, cached map[string]*rsv1.Run) ([]string, time.Duration, error) {
+// since longer than PhantomGrace. It also says when to look again. An active run the controller
+// knows started is not read.
+func (r *ChangeGroupReconciler) phantomRuns(ctx context.Context, cg *rsv1.ChangeGroup, known map[string]*groupRun) ([]string, time.Duration, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.phantoms == nil {
@@ -118,17 +159,15 @@ func (r *ChangeGroupReconciler) phantomRuns(ctx context.Context, cg *rsv1.Change
 	now := time.Now()
 	for _, name := range cg.Status.ActiveRuns {
 		key := cg.Namespace + "/" + cg.Name + "/" + name
-		if run, ok := cached[name]; ok && !suspect(run) {
+		if run, ok := known[name]; ok && run.NoPhantom {
 			delete(r.phantoms, key)
 			continue
 		}
-		run := &rsv1.Run{}
-		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cg.Namespace, Name: name}, run)
-		switch {
-		case apierrors.IsNotFound(err):
-		case err != nil:
-			return nil, 0, fmt.Errorf("reading run %s: %w", name, err)
-		case !suspect(run):
+		st, exists, err := r.Runs.Read(ctx, cg.Namespace, name)
+		if err != nil {
+			return nil, 0, err
+		}
+		if exists && !st.suspect() {
 			delete(r.phantoms, key)
 			continue
 		}
@@ -149,10 +188,17 @@ func (r *ChangeGroupReconciler) phantomRuns(ctx context.Context, cg *rsv1.Change
 	return forget, requeue, nil
 }
 
-// suspect says whether an active run does not look started: it is suspended and still queued.
-// (A finished run is released by the run controller itself.)
-func suspect(run *rsv1.Run) bool {
-	return run.IsSuspended() && (run.Status.Phase == "" || run.Status.Phase == rsv1.RunPhaseQueued)
+// forgetPhantoms drops what the controller noted of a group it no longer owns: its new owner
+// counts the phantom grace from its own first sight.
+func (r *ChangeGroupReconciler) forgetPhantoms(group types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	prefix := group.Namespace + "/" + group.Name + "/"
+	for key := range r.phantoms {
+		if strings.HasPrefix(key, prefix) {
+			delete(r.phantoms, key)
+		}
+	}
 }
 
 func compareStrings(a, b string) int {
@@ -165,18 +211,29 @@ func compareStrings(a, b string) int {
 	return 0
 }
 
-// SetupWithManager registers the reconciler.
-func (r *ChangeGroupReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+// SetupWithManager registers the reconciler. Sharded, it runs on every replica (each reconciles the
+// groups it owns), learns of every shard's runs from their metadata, and looks at every group again
+// when the ring changes.
+func (r *ChangeGroupReconciler) SetupWithManager(mgr ctrl.Manager, runsMeta *shardedGroupRuns) error {
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("changegroup").
-		For(&rsv1.ChangeGroup{}).
-		Watches(&rsv1.Run{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		For(&rsv1.ChangeGroup{})
+	if r.Options.Shard == nil {
+		r.Runs = &cachedGroupRuns{cache: r.Client, live: r.APIReader}
+		b = b.Watches(&rsv1.Run{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			run := o.(*rsv1.Run)
 			reqs := make([]reconcile.Request, 0, len(run.Spec.ChangeGroups))
 			for _, g := range run.Spec.ChangeGroups {
 				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: run.Namespace, Name: g}})
 			}
 			return reqs
-		})).
+		}))
+		return b.Complete(r)
+	}
+	r.Runs = runsMeta
+	return b.
+		WatchesRawSource(source.Kind(runsMeta.cache, client.Object(newRunMeta()), handler.EnqueueRequestsFromMapFunc(groupsOfRunMeta))).
+		WatchesRawSource(ringChanges(r.Options.Shard, mgr.GetCache())).
+		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false)}).
 		Complete(r)
 }

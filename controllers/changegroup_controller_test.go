@@ -3,57 +3,27 @@ package controllers_test
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/testenv"
 )
 
 // autoExecutor registers an executor that finishes every task it gets after a short while.
 func autoExecutor(t *testing.T, ns, name string, after time.Duration) {
 	t.Helper()
 	ex := startExecutor(t, ns, name)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	go func() {
-		defer close(done)
-		seen := map[string]time.Time{}
-		for ctx.Err() == nil {
-			var list rsv1.ExecutorTaskList
-			if err := k8s.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{rsv1.LabelExecutor: ex.name}); err == nil {
-				for _, et := range list.Items {
-					if et.Status.Phase.IsFinal() {
-						continue
-					}
-					first, ok := seen[et.Name]
-					if !ok {
-						seen[et.Name] = time.Now()
-						continue
-					}
-					if time.Since(first) >= after {
-						et.Status.Phase = rsv1.TaskPhaseSuccess
-						now := metav1.Now()
-						et.Status.StartTime, et.Status.EndTime = &now, &now
-						_ = k8s.Status().Update(ctx, &et)
-					}
-				}
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}()
+	testenv.FinishTasks(t, k8s, ns, ex.name, after)
 }
 
 func getGroup(t *testing.T, ns, name string) *rsv1.ChangeGroup {
@@ -96,117 +66,21 @@ func TestRacingSchedulersNeverExceedTheLimit(t *testing.T) {
 	defer cancel()
 
 	// Watch the ledger and the runs' phases for the whole test.
-	var maxActive, maxRunning atomic.Int64
-	watchDone := make(chan struct{})
-	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: k8s.Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cgWatch, err := wc.Watch(ctx, &rsv1.ChangeGroupList{}, client.InNamespace(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	runWatch, err := wc.Watch(ctx, &rsv1.RunList{}, client.InNamespace(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(watchDone)
-		phases := map[string]rsv1.RunPhase{}
-		for {
-			select {
-			case ev, ok := <-cgWatch.ResultChan():
-				if !ok {
-					return
-				}
-				if cg, ok := ev.Object.(*rsv1.ChangeGroup); ok {
-					maxActive.Store(max(maxActive.Load(), int64(len(cg.Status.ActiveRuns))))
-				}
-			case ev, ok := <-runWatch.ResultChan():
-				if !ok {
-					return
-				}
-				run, ok := ev.Object.(*rsv1.Run)
-				if !ok {
-					continue
-				}
-				if ev.Type == watch.Deleted {
-					delete(phases, run.Name)
-				} else {
-					phases[run.Name] = run.Status.Phase
-				}
-				n := 0
-				for _, p := range phases {
-					if p == rsv1.RunPhaseRunning {
-						n++
-					}
-				}
-				maxRunning.Store(max(maxRunning.Load(), int64(n)))
-			}
-		}
-	}()
-
-	var started, conflicts atomic.Int64
-	var wg sync.WaitGroup
-	for range schedulers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				cg := &rsv1.ChangeGroup{}
-				if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "project-a"}, cg); err != nil {
-					continue
-				}
-				var list rsv1.RunList
-				if err := k8s.List(ctx, &list, client.InNamespace(ns)); err != nil {
-					continue
-				}
-				var queued []rsv1.Run
-				finished := 0
-				for _, r := range list.Items {
-					if r.Status.Phase == rsv1.RunPhaseFinished {
-						finished++
-					}
-					if r.IsSuspended() {
-						queued = append(queued, r)
-					}
-				}
-				if finished == runs {
-					return
-				}
-				if len(cg.Status.ActiveRuns) >= limit || len(queued) == 0 {
-					time.Sleep(20 * time.Millisecond)
-					continue
-				}
-				run := queued[rand.IntN(len(queued))]
-				run.Spec.Suspend = ptr.To(false)
-				run.Annotations = map[string]string{rsv1.AnnotationUpdateToken: rsv1.UpdateToken(cg)}
-				switch err := k8s.Update(ctx, &run); {
-				case err == nil:
-					started.Add(1)
-				case apierrors.IsConflict(err):
-					conflicts.Add(1)
-				default:
-					t.Errorf("starting run %s: %v", run.Name, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	w := testenv.WatchLimit(t, ctx, env.Config, ns)
+	started, conflicts := testenv.RaceSchedulers(ctx, t, k8s, ns, "project-a", runs, schedulers, limit)
 	if ctx.Err() != nil {
-		t.Fatalf("not every run finished in time: started %d", started.Load())
+		t.Fatalf("not every run finished in time: started %d", started)
 	}
 	cancel()
-	<-watchDone
-	t.Logf("started %d runs, %d conflicting attempts, max active %d, max running %d", started.Load(), conflicts.Load(), maxActive.Load(), maxRunning.Load())
-	if maxActive.Load() > limit || maxRunning.Load() > limit {
-		t.Fatalf("saw %d active and %d running runs, limit %d", maxActive.Load(), maxRunning.Load(), limit)
+	<-w.Done
+	t.Logf("started %d runs, %d conflicting attempts, max active %d, max running %d", started, conflicts, w.MaxActive.Load(), w.MaxRunning.Load())
+	if w.MaxActive.Load() > limit || w.MaxRunning.Load() > limit {
+		t.Fatalf("saw %d active and %d running runs, limit %d", w.MaxActive.Load(), w.MaxRunning.Load(), limit)
 	}
-	if started.Load() != runs {
-		t.Fatalf("started %d runs, want %d", started.Load(), runs)
+	if started != runs {
+		t.Fatalf("started %d runs, want %d", started, runs)
 	}
-	if conflicts.Load() == 0 {
+	if conflicts == 0 {
 		t.Fatalf("no conflicting attempt: the test did not race")
 	}
 	// The run controller releases a run from its groups right after it wrote the run's end, which

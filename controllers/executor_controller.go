@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -34,6 +36,9 @@ type ExecutorReconciler struct {
 	Recorder recorder.EventRecorder
 	// Tasks counts the executors' active tasks (the Scheduler's count, kept from the cache's events).
 	Tasks *Scheduler
+	// Sharded: the cache holds only this replica's shard of the ExecutorTasks, so the count the
+	// executor writes on its Lease is reported instead, when there is one.
+	Sharded bool
 
 	mu        sync.Mutex
 	lastWrite map[types.NamespacedName]time.Time
@@ -96,7 +101,7 @@ func (r *ExecutorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		ex.Status.LastHeartbeatTime = &t
 	}
 
-	active, err := r.Tasks.ActiveTasks(ctx, ex.UID)
+	active, err := r.activeTasks(ctx, ex, lease)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -150,6 +155,18 @@ func (r *ExecutorReconciler) forceRemove(ctx context.Context, ex *rsv1.Executor)
 	return nil
 }
 
+// activeTasks is the executor's number of active tasks: the Scheduler's count, or sharded the
+// executor's own from its Lease (rsv1.AnnotationActiveTasks; an executor that does not write it is
+// counted as before, from this shard's tasks).
+func (r *ExecutorReconciler) activeTasks(ctx context.Context, ex *rsv1.Executor, lease *coordinationv1.Lease) (int, error) {
+	if r.Sharded {
+		if n, err := strconv.Atoi(lease.Annotations[rsv1.AnnotationActiveTasks]); err == nil && n >= 0 {
+			return n, nil
+		}
+	}
+	return r.Tasks.ActiveTasks(ctx, ex.UID)
+}
+
 func (r *ExecutorReconciler) setReady(ex *rsv1.Executor, status metav1.ConditionStatus, reason, msg string) {
 	meta.SetStatusCondition(&ex.Status.Conditions, metav1.Condition{
 		Type: rsv1.ConditionReady, Status: status, Reason: reason, Message: msg, ObservedGeneration: ex.Generation,
@@ -163,6 +180,10 @@ func (r *ExecutorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("executor").
+		// Its writes (conditions, activeTasks, a forced removal) happen once, on the elected
+		// leader, also when the manager is sharded. Failing a removed executor's tasks is not its
+		// work: each shard's run controller does it for its own runs' tasks (executorRemoved).
+		WithOptions(controller.Options{NeedLeaderElection: ptr.To(true)}).
 		For(&rsv1.Executor{}).
 		Watches(&coordinationv1.Lease{}, sameName).
 		// A task's start or end changes only the informational activeTasks, written at most every

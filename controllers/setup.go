@@ -182,7 +182,13 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		Ledger:    l,
 		Options:   opts,
 	}
-	if err := groups.SetupWithManager(mgr); err != nil {
+	var runsMeta *shardedGroupRuns
+	if opts.Shard != nil {
+		if runsMeta, err = newShardedGroupRuns(ctx, mgr); err != nil {
+			return err
+		}
+	}
+	if err := groups.SetupWithManager(mgr, runsMeta); err != nil {
 		return err
 	}
 	if opts.Store != nil {
@@ -210,7 +216,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 			return err
 		}
 	}
-	executors := &ExecutorReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("executor-controller"), Tasks: scheduler}
+	executors := &ExecutorReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("executor-controller"), Tasks: scheduler, Sharded: opts.Shard != nil}
 	if err := executors.SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,8 +29,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/executor/toolbox"
@@ -153,6 +157,11 @@ type Executor struct {
 	runners map[types.UID]*runner
 	names   map[string]types.UID // ExecutorTask name -> uid of its runner
 	gate    startGate            // whether a task may start (removal.go)
+
+	// starting serialises fresh starts under ActiveTasksLimit (slots.go); wake requeues the tasks
+	// waiting for a slot when one may have come free.
+	starting sync.Mutex
+	wake     chan event.GenericEvent
 }
 
 // Scheme is the scheme of the executor's clients.
@@ -203,7 +212,7 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	e := &Executor{
 		opts: opts, driver: driver, client: mgr.GetClient(), reader: mgr.GetAPIReader(),
 		runners: map[types.UID]*runner{}, names: map[string]types.UID{},
-		instance: newInstance(),
+		instance: newInstance(), wake: make(chan event.GenericEvent, 1024),
 	}
 	log = log.WithValues("instance", e.instance)
 	ctx = ctrl.LoggerInto(ctx, log)
@@ -235,6 +244,7 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 	if err := ctrl.NewControllerManagedBy(mgr).
 		Named("executortask-" + opts.Name).
 		For(&rsv1.ExecutorTask{}).
+		WatchesRawSource(source.Channel(e.wake, &handler.EnqueueRequestForObject{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: opts.MaxConcurrentReconciles}).
 		Complete(e); err != nil {
 		return fmt.Errorf("setting up the task controller: %w", err)
@@ -435,6 +445,12 @@ func (e *Executor) renew(ctx context.Context) error {
 		}
 		// The manager caches only executors' Leases, selected by this label.
 		lease.Labels[rsv1.LabelExecutor] = e.opts.Name
+		if n, ok := e.activeTasks(ctx); ok {
+			if lease.Annotations == nil {
+				lease.Annotations = map[string]string{}
+			}
+			lease.Annotations[rsv1.AnnotationActiveTasks] = strconv.Itoa(n)
+		}
 		if e.opts.Group != "" {
 			lease.Labels[rsv1.LabelExecutorGroup] = e.opts.Group
 		}
@@ -604,6 +620,7 @@ func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	if err := e.client.Get(ctx, req.NamespacedName, et); err != nil {
 		if apierrors.IsNotFound(err) {
 			e.forget(ctx, req.Name)
+			e.wakeWaiting(ctx)
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
@@ -626,6 +643,7 @@ func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 
 	switch phase := et.Status.Phase; {
 	case phase.IsFinal():
+		e.wakeWaiting(ctx) // its slot is free once its runner is gone, which it is here
 		if et.Annotations[rsv1.AnnotationFetched] != "" {
 			if err := os.RemoveAll(e.taskDir(et.UID)); err != nil {
 				return reconcile.Result{}, fmt.Errorf("removing fetched task data: %w", err)
@@ -690,6 +708,13 @@ func (e *Executor) startOrAdopt(ctx context.Context, et *rsv1.ExecutorTask) (rec
 		// instead, the task fails with ExecutorRemoved.
 		log.Info("not starting task", "executorTask", et.Name, "because", why)
 		return reconcile.Result{RequeueAfter: e.opts.RenewInterval}, nil
+	}
+	e.starting.Lock()
+	defer e.starting.Unlock()
+	if ok, err := e.mayStart(ctx, et); err != nil || !ok {
+		// Past ActiveTasksLimit: it waits, not started, until a running task ends (wakeWaiting);
+		// the requeue only guards against a missed wake.
+		return reconcile.Result{RequeueAfter: slotRecheck}, err
 	}
 	log.Info("starting task", "executorTask", et.Name)
 	now := metav1.Now()

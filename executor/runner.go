@@ -68,6 +68,7 @@ func (e *Executor) startRunner(ctx context.Context, et *rsv1.ExecutorTask, fresh
 			delete(e.runners, et.UID)
 			delete(e.names, et.Name) // its containers are gone or followed again by a new runner
 			e.mu.Unlock()
+			e.wakeWaiting(e.baseCtx) // its slot is free
 		}()
 		if err := r.run(rctx, fresh); err != nil && rctx.Err() == nil {
 			ctrl.LoggerFrom(rctx).Error(err, "running task", "executorTask", et.Name)

@@ -89,6 +89,10 @@ const (
 	// back. Whoever sets it takes responsibility that the executor's containers are gone; the
 	// manager records a Warning Event saying so.
 	AnnotationForceRemove = "runservice.dev/force-remove"
+	// AnnotationActiveTasks on an executor's Lease is the number of its active ExecutorTasks as the
+	// executor counts them, written with each renewal: what a sharded manager's leader reports as
+	// the Executor's status.activeTasks, since its own cache holds only its shard's tasks.
+	AnnotationActiveTasks = "runservice.dev/active-tasks"
 
 	// LeaseHolderCleanupPrefix starts the holder identity of a dead executor's Lease while a sibling
 	// of its group removes what it left ("cleanup-by-<sibling>").

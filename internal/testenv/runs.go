@@ -3,8 +3,11 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +15,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -157,4 +162,152 @@ func ReportTask(t testing.TB, c client.Client, ns, run, task string, status rsv1
 		t.Fatalf("reporting on %s: %v", name, err)
 	}
 	return name
+}
+
+// FinishTasks ends every ExecutorTask of the executor in ns with Success once it has been seen for
+// after, as the executor would report it, until the test ends.
+func FinishTasks(t testing.TB, c client.Client, ns, executor string, after time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		seen := map[string]time.Time{}
+		for ctx.Err() == nil {
+			var list rsv1.ExecutorTaskList
+			if err := c.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{rsv1.LabelExecutor: executor}); err == nil {
+				for _, et := range list.Items {
+					if et.Status.Phase.IsFinal() {
+						continue
+					}
+					first, ok := seen[et.Name]
+					if !ok {
+						seen[et.Name] = time.Now()
+						continue
+					}
+					if time.Since(first) >= after {
+						now := metav1.Now()
+						et.Status.Phase, et.Status.StartTime, et.Status.EndTime = rsv1.TaskPhaseSuccess, &now, &now
+						_ = c.Status().Update(ctx, &et)
+					}
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+}
+
+// RaceSchedulers runs schedulers goroutines that start the suspended runs of ns, at random, each
+// with a compare-and-swap on group's update token while fewer than limit runs are active, as a
+// user's scheduler replicas would; it returns once total runs are Finished (or ctx ends), with how
+// many runs they started and how many attempts conflicted. Any other error fails t.
+func RaceSchedulers(ctx context.Context, t testing.TB, c client.Client, ns, group string, total, schedulers, limit int) (started, conflicts int64) {
+	var s, k atomic.Int64
+	var wg sync.WaitGroup
+	for range schedulers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				cg := &rsv1.ChangeGroup{}
+				if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: group}, cg); err != nil {
+					continue
+				}
+				var list rsv1.RunList
+				if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+					continue
+				}
+				var queued []rsv1.Run
+				finished := 0
+				for _, r := range list.Items {
+					if r.Status.Phase == rsv1.RunPhaseFinished {
+						finished++
+					}
+					if r.IsSuspended() {
+						queued = append(queued, r)
+					}
+				}
+				if finished == total {
+					return
+				}
+				if len(cg.Status.ActiveRuns) >= limit || len(queued) == 0 {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				run := queued[rand.IntN(len(queued))]
+				run.Spec.Suspend = ptr.To(false)
+				run.Annotations = map[string]string{rsv1.AnnotationUpdateToken: rsv1.UpdateToken(cg)}
+				switch err := c.Update(ctx, &run); {
+				case err == nil:
+					s.Add(1)
+				case apierrors.IsConflict(err):
+					k.Add(1)
+				default:
+					t.Errorf("starting run %s: %v", run.Name, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return s.Load(), k.Load()
+}
+
+// LimitWatch follows a namespace's change groups and runs for a test's length: the most active
+// runs any ledger listed, and the most runs Running at once.
+type LimitWatch struct {
+	MaxActive, MaxRunning atomic.Int64
+	// Done is closed once ctx ended and the watch with it.
+	Done chan struct{}
+}
+
+func WatchLimit(t testing.TB, ctx context.Context, cfg *rest.Config, ns string) *LimitWatch {
+	t.Helper()
+	wc, err := client.NewWithWatch(cfg, client.Options{Scheme: manager.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cgWatch, err := wc.Watch(ctx, &rsv1.ChangeGroupList{}, client.InNamespace(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runWatch, err := wc.Watch(ctx, &rsv1.RunList{}, client.InNamespace(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &LimitWatch{Done: make(chan struct{})}
+	go func() {
+		defer close(w.Done)
+		phases := map[string]rsv1.RunPhase{}
+		for {
+			select {
+			case ev, ok := <-cgWatch.ResultChan():
+				if !ok {
+					return
+				}
+				if cg, ok := ev.Object.(*rsv1.ChangeGroup); ok {
+					w.MaxActive.Store(max(w.MaxActive.Load(), int64(len(cg.Status.ActiveRuns))))
+				}
+			case ev, ok := <-runWatch.ResultChan():
+				if !ok {
+					return
+				}
+				run, ok := ev.Object.(*rsv1.Run)
+				if !ok {
+					continue
+				}
+				if ev.Type == watch.Deleted {
+					delete(phases, run.Name)
+				} else {
+					phases[run.Name] = run.Status.Phase
+				}
+				n := 0
+				for _, p := range phases {
+					if p == rsv1.RunPhaseRunning {
+						n++
+					}
+				}
+				w.MaxRunning.Store(max(w.MaxRunning.Load(), int64(n)))
+			}
+		}
+	}()
+	return w
 }
