@@ -1,6 +1,9 @@
 package shard
 
-import "sync/atomic"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // A View is what one manager replica knows of the ring: its own member name and the members it sees
 // live now. The ring changes as replicas come and go; Ring returns the latest.
@@ -16,6 +19,9 @@ type View interface {
 type Static struct {
 	me   string
 	ring atomic.Pointer[Ring]
+
+	mu   sync.Mutex
+	subs []chan struct{}
 }
 
 // NewStatic returns a View of member me in a ring of members (me is added when missing).
@@ -31,8 +37,27 @@ func (s *Static) Me() string { return s.me }
 // Ring implements View.
 func (s *Static) Ring() *Ring { return s.ring.Load() }
 
-// Set replaces the ring.
-func (s *Static) Set(r *Ring) { s.ring.Store(r) }
+// Set replaces the ring and tells the subscribers.
+func (s *Static) Set(r *Ring) {
+	s.ring.Store(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ch := range s.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Subscribe implements Subscriber.
+func (s *Static) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.subs = append(s.subs, ch)
+	s.mu.Unlock()
+	return ch
+}
 
 // Owns says whether v's replica owns key in the ring it sees now.
 func Owns(v View, key string) bool { return v.Ring().Owner(key) == v.Me() }
