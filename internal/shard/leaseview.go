@@ -34,12 +34,12 @@ type Subscriber interface {
 // live one Lease duration longer than the others may, never shorter. A Lease whose holder is empty
 // (released by a member that stopped cleanly) is gone at once.
 type LeaseView struct {
+	subscribers
 	me   string
 	ring atomic.Pointer[Ring]
 
 	mu     sync.Mutex
 	leases map[string]observedLease // by Lease name
-	subs   []chan struct{}
 	kick   chan struct{}
 	now    func() time.Time
 }
@@ -64,15 +64,6 @@ func (v *LeaseView) Me() string { return v.me }
 
 // Ring implements View.
 func (v *LeaseView) Ring() *Ring { return v.ring.Load() }
-
-// Subscribe implements Subscriber.
-func (v *LeaseView) Subscribe() <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	v.mu.Lock()
-	v.subs = append(v.subs, ch)
-	v.mu.Unlock()
-	return ch
-}
 
 // Start watches the ring's Leases in namespace until ctx ends; it returns once the first list is
 // seen (the ring is then what the Leases say).
@@ -168,15 +159,9 @@ func (v *LeaseView) update() time.Duration {
 	if changed {
 		v.ring.Store(ring)
 	}
-	subs := slices.Clone(v.subs)
 	v.mu.Unlock()
 	if changed {
-		for _, ch := range subs {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
+		v.tell()
 	}
 	return next
 }

@@ -107,7 +107,7 @@ func TestLeaseViewSeesMembersComeAndGo(t *testing.T) {
 	// or of no ring, is no member.
 	crashed := &coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{Name: shard.LeaseName("manager-c"), Namespace: ns, Labels: map[string]string{shard.RingLabel: shard.RingName}},
-		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("manager-c"), LeaseDurationSeconds: ptr.To[int32](2), RenewTime: ptr.To(metav1.NowMicro())},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("manager-c"), LeaseDurationSeconds: ptr.To[int32](2), RenewTime: ptr.To(metav1.NowMicro())},
 	}
 	if _, err := cs.CoordinationV1().Leases(ns).Create(ctx, crashed, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -17,11 +17,9 @@ type View interface {
 // Static is a View whose ring changes only when Set is called: for a fixed set of replicas, and
 // for tests.
 type Static struct {
+	subscribers
 	me   string
 	ring atomic.Pointer[Ring]
-
-	mu   sync.Mutex
-	subs []chan struct{}
 }
 
 // NewStatic returns a View of member me in a ring of members (me is added when missing).
@@ -40,23 +38,33 @@ func (s *Static) Ring() *Ring { return s.ring.Load() }
 // Set replaces the ring and tells the subscribers.
 func (s *Static) Set(r *Ring) {
 	s.ring.Store(r)
+	s.tell()
+}
+
+// subscribers implements Subscriber for a view: tell notifies them all.
+type subscribers struct {
+	mu   sync.Mutex
+	subs []chan struct{}
+}
+
+// Subscribe implements Subscriber.
+func (s *subscribers) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.subs = append(s.subs, ch)
+	return ch
+}
+
+func (s *subscribers) tell() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ch := range s.subs {
 		select {
 		case ch <- struct{}{}:
-		default:
+		default: // one is pending: the subscriber reads the ring after it anyway
 		}
 	}
-}
-
-// Subscribe implements Subscriber.
-func (s *Static) Subscribe() <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	s.mu.Lock()
-	s.subs = append(s.subs, ch)
-	s.mu.Unlock()
-	return ch
 }
 
 // Owns says whether v's replica owns key in the ring it sees now.
