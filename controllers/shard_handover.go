@@ -28,8 +28,9 @@ import (
 // the runs being drained (no new work starts for them) and the runs given away, with the
 // resourceVersion of the acknowledgement. A nil guard (an unsharded manager) lets everything through.
 type handoverGuard struct {
-	mu   sync.Mutex
-	runs map[types.UID]*handover
+	mu        sync.Mutex
+	runs      map[types.UID]*handover
+	lastSweep time.Time
 }
 
 type handover struct {
@@ -105,9 +106,14 @@ func (g *handoverGuard) undrain(uid types.UID) {
 func (g *handoverGuard) release(run *rsv1.Run) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.runs[run.UID] = &handover{released: run.ResourceVersion, at: time.Now()}
+	now := time.Now()
+	g.runs[run.UID] = &handover{released: run.ResourceVersion, at: now}
+	if now.Sub(g.lastSweep) < time.Minute {
+		return
+	}
+	g.lastSweep = now
 	for uid, h := range g.runs {
-		if h.released != "" && time.Since(h.at) > releasedKeep {
+		if h.released != "" && now.Sub(h.at) > releasedKeep {
 			delete(g.runs, uid)
 		}
 	}
