@@ -63,7 +63,7 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	storeURL := objectstore.FileURL(filepath.Join(dir, "store"))
-	const lease = 3 * time.Second
+	const lease = 5 * time.Second
 	start := func(name string, webhook bool) *managerProc {
 		w := env.WebhookInstallOptions
 		port := "0"
@@ -140,14 +140,14 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-procs[1].exited
-	eventually(t, lease+10*time.Second, "manager-1's runs moved to the others", func() (bool, error) {
+	eventually(t, lease+20*time.Second, "manager-1's runs moved to the others", func() (bool, error) {
 		c, _, err := owners(ns, three)
 		return c["manager-1"] == 0 && c[""] == 0, err
 	})
 	moved := time.Since(killed)
 	t.Logf("manager-1's %d runs moved %s after it was killed (its Lease lasts %s)", count["manager-1"], moved.Round(time.Millisecond), lease)
 	two := shard.NewRing("manager-0", "manager-2")
-	eventually(t, 60*time.Second, "every run finished and placed on the two left", func() (bool, error) {
+	eventually(t, 90*time.Second, "every run finished and placed on the two left", func() (bool, error) {
 		_, placed, err := owners(ns, two)
 		return placed && allFinished(ns), err
 	})
@@ -157,7 +157,7 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 	before := labelsOf(t, ns)
 	procs = append(procs, start("manager-3", false))
 	four := shard.NewRing("manager-0", "manager-2", "manager-3")
-	eventually(t, 30*time.Second, "runs moved to manager-3 as the ring says", func() (bool, error) {
+	eventually(t, 60*time.Second, "runs moved to manager-3 as the ring says", func() (bool, error) {
 		_, placed, err := owners(ns, four)
 		return placed, err
 	})
@@ -179,7 +179,7 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 	if third := float64(len(before)) / 3; float64(toNew) < 0.5*third || float64(toNew) > 1.5*third {
 		t.Errorf("%d runs moved to the newcomer, not about a third of %d", toNew, len(before))
 	}
-	eventually(t, 60*time.Second, "every run finished", func() (bool, error) { return allFinished(ns), nil })
+	eventually(t, 90*time.Second, "every run finished", func() (bool, error) { return allFinished(ns), nil })
 
 	checkAudit(t, ns, auditFrom)
 }
