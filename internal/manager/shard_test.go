@@ -78,6 +78,31 @@ func newNamespace(t *testing.T, prefix string) string {
 	return name
 }
 
+// dropRunsAtEnd deletes the runs of ns when the test ends, before the managers started until now
+// stop (their webhook admits the finalizers' removal): every test has a ring of its own, but the
+// sharder of the next one would take this one's runs, as gone members'.
+func dropRunsAtEnd(t *testing.T, ns string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		var runs rsv1.RunList
+		if err := k8s.List(ctx, &runs, client.InNamespace(ns)); err != nil {
+			t.Error(err)
+			return
+		}
+		for i := range runs.Items {
+			r := &runs.Items[i]
+			// Deleted first: the run controller then adds no finalizer back.
+			if err := client.IgnoreNotFound(k8s.Delete(ctx, r)); err != nil {
+				t.Error(err)
+			}
+			err := k8s.Patch(ctx, r, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
+			if err := client.IgnoreNotFound(err); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
+
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -169,32 +194,40 @@ func succeed(ctx context.Context, et *rsv1.ExecutorTask) error {
 // owners counts the runs of ns by shard label, and reports whether each is labelled with the
 // ring's owner of its key (not drained) and its ExecutorTasks with the same.
 func owners(ns string, ring *shard.Ring) (map[string]int, bool, error) {
+	count, misplaced, err := placement(ns, ring)
+	return count, misplaced == "", err
+}
+
+// placement counts the runs of ns by shard label and names the first run or ExecutorTask that is
+// not where ring puts it ("" when all are).
+func placement(ns string, ring *shard.Ring) (map[string]int, string, error) {
 	ctx := context.Background()
 	var runs rsv1.RunList
 	if err := k8s.List(ctx, &runs, client.InNamespace(ns)); err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	var ets rsv1.ExecutorTaskList
 	if err := k8s.List(ctx, &ets, client.InNamespace(ns)); err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	byRun := map[string]string{}
 	count := map[string]int{}
-	placed := true
+	misplaced := ""
 	for _, r := range runs.Items {
 		have := r.Labels[rsv1.LabelShard]
 		count[have]++
 		byRun[string(r.UID)] = have
-		if _, draining := r.Labels[rsv1.LabelShardDrain]; draining || have != ring.Owner(shard.Key(r.Namespace, r.Name)) {
-			placed = false
+		drain, draining := r.Labels[rsv1.LabelShardDrain]
+		if want := ring.Owner(shard.Key(r.Namespace, r.Name)); (draining || have != want) && misplaced == "" {
+			misplaced = fmt.Sprintf("run %s on %q (drain %q), not on %s", r.Name, have, drain, want)
 		}
 	}
 	for _, et := range ets.Items {
-		if want, ok := byRun[et.Spec.RunUID]; ok && et.Labels[rsv1.LabelShard] != want {
-			placed = false
+		if want, ok := byRun[et.Spec.RunUID]; ok && et.Labels[rsv1.LabelShard] != want && misplaced == "" {
+			misplaced = fmt.Sprintf("executor task %s on %q, not on its run's %s", et.Name, et.Labels[rsv1.LabelShard], want)
 		}
 	}
-	return count, placed, nil
+	return count, misplaced, nil
 }
 
 // TestShardedReplicasShareTheRuns: with in-process managers on the real control plane, the
@@ -209,7 +242,8 @@ func TestShardedReplicasShareTheRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stopA()
+	t.Cleanup(stopA)
+	dropRunsAtEnd(t, ns)
 
 	ctx := context.Background()
 	for i := range 20 {
@@ -283,6 +317,10 @@ func TestReplicaThatLosesItsLeaseStops(t *testing.T) {
 	ring := newNamespace(t, "ring")
 	opts := env.ManagerOptions()
 	sharded(ring, "replica-lost", false)(&opts)
+	// Longer than the others': the notice must come within it on a loaded machine too (the renew
+	// deadline is 2/3 of it; a renewal round starts every 1/6).
+	const duration = 6 * time.Second
+	opts.ShardLeaseDuration = duration
 	opts.LeaderElection = false
 	lost := make(chan time.Time, 1)
 	opts.OnShardLeaseLost = func() { lost <- time.Now() }
@@ -316,8 +354,8 @@ func TestReplicaThatLosesItsLeaseStops(t *testing.T) {
 		}
 		select {
 		case at := <-lost:
-			if after := at.Sub(taken); after > testLease {
-				t.Fatalf("the manager was told %s after its Lease was taken, later than the Lease's %s", after, testLease)
+			if after := at.Sub(taken); after > duration {
+				t.Fatalf("the manager was told %s after its Lease was taken, later than the Lease's %s", after, duration)
 			}
 			select {
 			case err := <-done:
@@ -330,7 +368,7 @@ func TestReplicaThatLosesItsLeaseStops(t *testing.T) {
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
-		if time.Since(taken) > 3*testLease {
+		if time.Since(taken) > 3*duration {
 			t.Fatal("the manager whose Lease was taken was never told")
 		}
 	}
@@ -383,7 +421,8 @@ func TestAHandoverWaitsForTheFetchInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stopA()
+	t.Cleanup(stopA)
+	dropRunsAtEnd(t, ns)
 
 	// A run the ring of both replicas gives to replica-b.
 	both := shard.NewRing("replica-a", "replica-b")
@@ -416,7 +455,7 @@ func TestAHandoverWaitsForTheFetchInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stopB()
+	t.Cleanup(stopB)
 	eventually(t, 30*time.Second, "the run drained (or moved)", func() (bool, error) {
 		r := &rsv1.Run{}
 		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r)
