@@ -65,7 +65,7 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 	storeURL := objectstore.FileURL(filepath.Join(dir, "store"))
 	// Short for the test, long enough for a loaded machine: a member that cannot renew within 2/3
 	// of it stops.
-	const lease = 6 * time.Second
+	const lease = 10 * time.Second
 	start := func(name string, webhook bool) *managerProc {
 		w := env.WebhookInstallOptions
 		port := "0"
@@ -168,6 +168,15 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 		_, placed, err := owners(ns, two)
 		return placed && allFinished(ns), err
 	})
+	for _, p := range procs {
+		select {
+		case <-p.exited:
+			if p != victim {
+				t.Fatalf("%s exited (see its log): on a machine this loaded, a member cannot renew its Lease", p.name)
+			}
+		default:
+		}
+	}
 
 	// A fourth joins while new runs are in flight.
 	createRuns(t, ns, "late", 60)
