@@ -53,6 +53,8 @@ type ArchiverReconciler struct {
 	// entry ("segment-write", half of the segment's entries sent to the store); an error ends the
 	// archiving there: fault tests stop the manager at that point, as a crash would.
 	StepDone func(run types.NamespacedName, step string) error
+	// Guard, in a sharded manager, keeps the archiver off runs being handed over.
+	Guard *handoverGuard
 
 	segments *segmentBatcher
 	// writes remembers the runs the archiver deleted: the cache shows a deleted run for a moment
@@ -73,8 +75,8 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if r.writes.stale(run) {
-		return ctrl.Result{}, nil // archived and deleted: the cache has yet to drop it
+	if r.writes.stale(run) || r.Guard.givenAway(run) {
+		return ctrl.Result{}, nil // archived and deleted, or handed over: the cache has yet to drop it
 	}
 	if !run.Status.Phase.IsFinal() {
 		return ctrl.Result{}, nil // the run controller ends it, also when it is being deleted
@@ -96,6 +98,11 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if !settled(run, tasks) {
 		return ctrl.Result{}, nil // the run controller's write to come brings the run back
 	}
+	end, ok := r.Guard.begin(run.UID)
+	if !ok {
+		return ctrl.Result{RequeueAfter: time.Second}, nil // being handed over
+	}
+	defer end()
 	if err := r.archive(ctx, run, tasks); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			// The run changed since it was read (archived again, with the change, once the cache has
@@ -293,9 +300,10 @@ func (r *ArchiverReconciler) keepArchivedTasks(ctx context.Context, run *rsv1.Ru
 	return nil
 }
 
-// SetupWithManager registers the archiver: it runs on the leader only, as every reconciler.
+// SetupWithManager registers the archiver: on the leader, or on every replica of a sharded manager
+// (each archives its own runs); the archive's upkeep stays on the leader.
 func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	r.segments = &segmentBatcher{store: r.Store, max: 500, wait: 500 * time.Millisecond, kick: make(chan struct{}, 1), stepDone: r.StepDone}
+	r.segments = &segmentBatcher{store: r.Store, max: 500, wait: 500 * time.Millisecond, kick: make(chan struct{}, 1), stepDone: r.StepDone, everyReplica: r.Guard != nil}
 	if err := mgr.Add(r.segments); err != nil {
 		return err
 	}
@@ -322,7 +330,7 @@ func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("archiver").
 		For(&rsv1.Run{}, builder.WithPredicates(final)).
 		Watches(&rsv1.ExecutorTask{}, enqueueAfter(0, ownerRun), builder.WithPredicates(fetched)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers, NeedLeaderElection: r.Guard.needLeaderElection()}).
 		Complete(r)
 }
 
@@ -383,6 +391,9 @@ type segmentBatcher struct {
 	// stepDone is the archiver's StepDone, called for each run of a segment midway through its
 	// write.
 	stepDone func(run types.NamespacedName, step string) error
+	// everyReplica: each replica of a sharded manager archives its own runs, so writes their
+	// segments (named uniquely, and compacted by the leader only once past).
+	everyReplica bool
 
 	mu      sync.Mutex
 	pending []archive.Entry
@@ -463,5 +474,5 @@ func (b *segmentBatcher) flush(ctx context.Context) {
 	}
 }
 
-// NeedLeaderElection: segments are written by the leader's archiver.
-func (b *segmentBatcher) NeedLeaderElection() bool { return true }
+// NeedLeaderElection: segments are written by the archivers' replicas: the leader, unsharded.
+func (b *segmentBatcher) NeedLeaderElection() bool { return !b.everyReplica }

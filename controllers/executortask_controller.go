@@ -50,6 +50,8 @@ type ExecutorTaskReconciler struct {
 	// Workers is how many tasks are fetched at once in all; Slots bound those per executor.
 	Workers int
 	Slots   *fetchSlots
+	// Guard, in a sharded manager, keeps the fetcher off the tasks of runs being handed over.
+	Guard *handoverGuard
 
 	mu     sync.Mutex
 	access map[string]*executorAccess // namespace -> how to reach its executors
@@ -84,6 +86,13 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if !et.Status.Phase.IsFinal() || et.Annotations[rsv1.AnnotationFetched] != "" {
 		return ctrl.Result{}, nil
 	}
+	end, ok := r.Guard.begin(types.UID(et.Spec.RunUID))
+	if !ok {
+		// Its run is being handed over: the task leaves this replica's cache once relabelled, or
+		// is fetched here when the handover was taken back.
+		return ctrl.Result{RequeueAfter: time.Second}, nil
+	}
+	defer end()
 	ex := &rsv1.Executor{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}, ex)
 	// An Executor being deleted may still serve: it releases its finalizer once its containers are gone.
@@ -338,6 +347,6 @@ func (r *ExecutorTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("executortask").
 		For(&rsv1.ExecutorTask{}, builder.WithPredicates(final)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers, NeedLeaderElection: r.Guard.needLeaderElection()}).
 		Complete(r)
 }

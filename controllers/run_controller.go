@@ -61,6 +61,9 @@ type RunReconciler struct {
 	Options   Options
 
 	writes lastWrites
+	// guard and shardMetrics are the replica's part of the shard ring's handovers (nil unsharded).
+	guard        *handoverGuard
+	shardMetrics *shardMetrics
 
 	mu sync.Mutex
 	// progressSince holds, by run, since when what its running tasks reported waits to be written.
@@ -93,6 +96,9 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		// The cache has not shown this reconciler's last write of the run yet: what would be decided
 		// from this older copy was decided already, and writing it would be refused (conflict).
 		return ctrl.Result{RequeueAfter: cacheLagRetry}, nil
+	}
+	if done, result, err := r.handover(ctx, run); done {
+		return result, err
 	}
 	if run.DeletionTimestamp != nil {
 		// A deleted run leaves its change groups at once.
@@ -754,7 +760,7 @@ func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.runsOfExecutor),
 			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, executorRemovedPredicate()))).
 		Watches(&rsv1.ChangeGroup{}, handler.EnqueueRequestsFromMapFunc(r.runsOfGroup)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentRuns}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentRuns, NeedLeaderElection: r.guard.needLeaderElection()}).
 		Complete(r)
 }
 
@@ -766,7 +772,8 @@ func runChanged() predicate.Funcs {
 		o, n := e.ObjectOld, e.ObjectNew
 		return o.GetGeneration() != n.GetGeneration() ||
 			!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp()) ||
-			!slices.Equal(o.GetFinalizers(), n.GetFinalizers())
+			!slices.Equal(o.GetFinalizers(), n.GetFinalizers()) ||
+			drainChanged(o, n)
 	}}
 }
 

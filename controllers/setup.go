@@ -79,6 +79,9 @@ type Options struct {
 	// labelled with its name (rsv1.LabelShard), and the manager's cache holds only those and their
 	// ExecutorTasks. Nil is a manager that owns every run, unsharded.
 	Shard shard.View
+	// ShardResync is how often the leader's sharder looks at every run again although the ring
+	// did not change (default 10 minutes).
+	ShardResync time.Duration
 	// RestartReading, when set, is called before the run controller reads the run a restart
 	// restarts; an error is taken for a failed read (the object store down): for fault tests.
 	RestartReading func(run types.NamespacedName) error
@@ -164,6 +167,10 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 	if err != nil {
 		return err
 	}
+	guard, shardMetrics, err := setupSharding(mgr, opts)
+	if err != nil {
+		return err
+	}
 	runs := &RunReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -172,6 +179,9 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		Scheduler: scheduler,
 		Metrics:   metrics,
 		Options:   opts,
+
+		guard:        guard,
+		shardMetrics: shardMetrics,
 	}
 	if err := runs.SetupWithManager(mgr); err != nil {
 		return err
@@ -205,13 +215,14 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 			FetchTimeout: opts.FetchTimeout,
 			Workers:      opts.MaxConcurrentFetches,
 			Slots:        &fetchSlots{perExecutor: opts.FetchesPerExecutor, base: opts.FetchBackoff, max: 5 * time.Minute},
+			Guard:        guard,
 		}
 		if err := fetcher.SetupWithManager(mgr); err != nil {
 			return err
 		}
 	}
 	if opts.Archive {
-		archiver := &ArchiverReconciler{Client: mgr.GetClient(), Store: opts.Store, After: opts.ArchiveAfter, Retention: opts.ArchiveRetention, Workers: opts.ArchiveWorkers, Metrics: metrics, StepDone: opts.ArchiveStepDone}
+		archiver := &ArchiverReconciler{Client: mgr.GetClient(), Store: opts.Store, After: opts.ArchiveAfter, Retention: opts.ArchiveRetention, Workers: opts.ArchiveWorkers, Metrics: metrics, StepDone: opts.ArchiveStepDone, Guard: guard}
 		if err := archiver.SetupWithManager(mgr); err != nil {
 			return err
 		}
@@ -221,7 +232,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		return err
 	}
 	if opts.Webhook {
-		(&webhook.RunDefaulter{Archiving: opts.Archive, Reader: mgr.GetAPIReader(), Store: opts.Store}).SetupWithManager(mgr)
+		(&webhook.RunDefaulter{Archiving: opts.Archive, Reader: mgr.GetAPIReader(), Store: opts.Store, Shard: opts.Shard}).SetupWithManager(mgr)
 		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader(), Store: opts.Store}).SetupWithManager(mgr)
 	}
 	return nil

@@ -16,6 +16,15 @@ import (
 	"runservice.dev/runservice/internal/objectstore"
 )
 
+// defaultIdentity is the replica's shard member name: its pod's name, else its host's.
+func defaultIdentity() string {
+	if name := os.Getenv("POD_NAME"); name != "" {
+		return name
+	}
+	name, _ := os.Hostname()
+	return name
+}
+
 func main() {
 	var opts manager.Options
 	flag.StringVar(&opts.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 disables it.")
@@ -41,6 +50,9 @@ func main() {
 	flag.StringVar(&opts.ArchiveAPI.Host, "archive-api-host", "", "Address the archive API listens on (default: every interface).")
 	flag.StringVar(&opts.ArchiveIndexDir, "archive-index-dir", filepath.Join(objectstore.DataDir(), "archive-index"), "Directory of the archive API's index (disposable: rebuilt from the object store's index segments when missing).")
 	flag.StringVar(&opts.ArchiveAPI.CertDir, "archive-api-cert-dir", "", "Directory with tls.crt and tls.key for the archive API (default: the webhook's certificate, and with --webhook-cert-secret the APIService's caBundle is kept too).")
+	flag.StringVar(&opts.Shards, "shards", manager.ShardsAuto, "auto: every replica is a member of the shard ring (a Lease of its own in --namespace) and works on its share of the runs; off: the elected leader works on every run.")
+	flag.StringVar(&opts.ShardIdentity, "shard-identity", defaultIdentity(), "This replica's member name in the shard ring, the value of the runservice.dev/shard label on its runs (default: $POD_NAME, else the hostname); a replica whose name is not a valid label value refuses to start.")
+	flag.DurationVar(&opts.ShardLeaseDuration, "shard-lease-duration", 15*time.Second, "Duration of the membership Lease: a replica that stops renewing it is taken for gone, and its runs move, this long after its last renewal; it stops itself after 2/3 of it without a renewal.")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -48,6 +60,12 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	klog.SetLogger(ctrl.Log) // the archive API's generic server and client-go log through klog
 	log := ctrl.Log.WithName("setup")
+	opts.OnShardLeaseLost = func() {
+		// At once, as controller-runtime does on a lost election: the others take this replica's
+		// runs when its Lease expires, and no reconcile of it may still be writing then.
+		log.Error(nil, "the shard membership Lease was lost: exiting")
+		os.Exit(1)
+	}
 
 	ctx := ctrl.SetupSignalHandler()
 	mgr, err := manager.New(ctx, ctrl.GetConfigOrDie(), opts)

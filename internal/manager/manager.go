@@ -64,6 +64,15 @@ type Options struct {
 	// Index the replica's own, kept in ArchiveIndexDir.
 	ArchiveAPI      archiveapi.Options
 	ArchiveIndexDir string
+	// Shards is ShardsAuto (the replica is a member of the shard ring, see internal/shard) or
+	// ShardsOff; "" is off. ShardIdentity is the member name (a label value);
+	// ShardLeaseDuration the membership Lease's duration (default 15s). OnShardLeaseLost, when
+	// set, is called when the replica could not renew its Lease (cmd/manager exits); the manager
+	// stops in any case.
+	Shards             string
+	ShardIdentity      string
+	ShardLeaseDuration time.Duration
+	OnShardLeaseLost   func()
 }
 
 // Scheme returns the scheme of every kind the manager uses.
@@ -92,6 +101,10 @@ func CacheOptions(shard string) cache.Options {
 
 // New builds the manager.
 func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, error) {
+	sharding, cfg, err := newSharding(cfg, &opts)
+	if err != nil {
+		return nil, err
+	}
 	leaseDuration, renewDeadline := 15*time.Second, 10*time.Second
 	mopts := ctrl.Options{
 		Scheme:                        Scheme(),
@@ -167,6 +180,9 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 	}
 	if err := mgr.AddReadyzCheck("readyz", ready); err != nil {
 		return nil, fmt.Errorf("adding ready check: %w", err)
+	}
+	if sharding != nil {
+		return &shardedManager{Manager: mgr, sharding: sharding}, nil
 	}
 	return mgr, nil
 }

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -27,7 +28,8 @@ import (
 )
 
 // StartManager starts a manager (controllers and webhooks) in this process, with ManagerOptions
-// changed by change, and returns once its webhook serves. stop stops it and waits for its end.
+// changed by change, and returns once its webhook serves (without a webhook, WebhookPort 0: once
+// its cache has synced). stop stops it and waits for its end.
 func (e *Env) StartManager(change func(*manager.Options)) (stop func(), err error) {
 	opts := e.ManagerOptions()
 	if change != nil {
@@ -42,6 +44,14 @@ func (e *Env) StartManager(change func(*manager.Options)) (stop func(), err erro
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
 	stop = func() { cancel(); <-done }
+	if opts.WebhookPort == 0 {
+		// (GetWebhookServer would add a server of its own.)
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			stop()
+			return nil, errors.New("the manager stopped before its cache synced")
+		}
+		return stop, nil
+	}
 	started := mgr.GetWebhookServer().StartedChecker()
 	req, _ := http.NewRequest(http.MethodGet, "/", nil) // a constant request: cannot fail
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {

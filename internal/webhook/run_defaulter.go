@@ -22,6 +22,7 @@ import (
 	"runservice.dev/runservice/internal/archive"
 	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/restart"
+	"runservice.dev/runservice/internal/shard"
 )
 
 // DefaultPath is where the Run defaulting webhook is served.
@@ -42,6 +43,9 @@ type RunDefaulter struct {
 	// Reader reads live from the apiserver; Store is the archive's object store (nil: none).
 	Reader client.Reader
 	Store  *objectstore.Store
+	// Shard, in a sharded manager, is the replica's view of the shard ring: a run is labelled with
+	// its owner as it is created (shardLabels).
+	Shard shard.View
 }
 
 var _ admission.Handler = (*RunDefaulter)(nil)
@@ -61,7 +65,7 @@ func (d *RunDefaulter) Handle(ctx context.Context, req admission.Request) admiss
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding run: %w", err))
 	}
 	labels := archive.Labels(run)
-	var ops []jsonpatch.JsonPatchOperation
+	ops := shardLabels(run, req.Namespace, d.Shard, labels)
 	if rf := run.Spec.RestartFrom; rf != nil && len(restart.Validate(*rf, nil)) == 0 {
 		// (One that names no run by an object name is the validating webhook's to refuse.)
 		labels[rsv1.LabelRestartedFrom] = rsv1.LabelValue(rf.Run)
