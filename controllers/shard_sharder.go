@@ -17,6 +17,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -65,8 +66,13 @@ type drainStart struct {
 
 var _ reconcile.Reconciler = (*Sharder)(nil)
 
-// sharderPage is how many runs a scan lists per request.
-const sharderPage = 500
+// sharderPage is how many runs a scan lists per request; sharderWorkers how many it places at
+// once. Moving a run is a few requests (its ExecutorTasks listed and relabelled, then the run),
+// each waiting on the apiserver: a member's runs move in seconds instead of one after the other.
+const (
+	sharderPage    = 500
+	sharderWorkers = 16
+)
 
 // +kubebuilder:rbac:groups=runservice.dev,resources=runs,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=list;patch
@@ -196,18 +202,30 @@ func (s *Sharder) scan(ctx context.Context, members []string, full bool) error {
 	}
 	sel = sel.Add(*req)
 	ring := shard.NewRing(members...)
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+	)
 	opts := []client.ListOption{client.MatchingLabelsSelector{Selector: sel}, client.Limit(sharderPage)}
 	for cont := ""; ; {
 		var page rsv1.RunList
 		if err := s.Client.List(ctx, &page, append(opts, client.Continue(cont))...); err != nil {
 			return fmt.Errorf("listing runs: %w", err)
 		}
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, sharderWorkers)
 		for i := range page.Items {
-			if err := s.place(ctx, ring, &page.Items[i]); err != nil {
-				errs = append(errs, err)
-			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := s.place(ctx, ring, &page.Items[i]); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			})
 		}
+		wg.Wait()
 		if cont = page.Continue; cont == "" {
 			break
 		}
@@ -215,9 +233,31 @@ func (s *Sharder) scan(ctx context.Context, members []string, full bool) error {
 	return errors.Join(errs...)
 }
 
+// placeRetries is how often place reads a run again whose write met a newer version (its owner
+// wrote its status meanwhile).
+const placeRetries = 10
+
 // place moves a labelled run whose label is not its owner's in ring: at once when its member is
-// gone, by a drain when it is live; and takes back a drain that the ring made pointless.
+// gone, by a drain when it is live; and takes back a drain that the ring made pointless. A write
+// that meets a newer version of the run (a conflict: its owner wrote it meanwhile) is decided
+// again on the run read anew.
 func (s *Sharder) place(ctx context.Context, ring *shard.Ring, run *rsv1.Run) error {
+	for range placeRetries {
+		err := s.placeOnce(ctx, ring, run)
+		if !apierrors.IsConflict(err) {
+			return err
+		}
+		if err := s.Client.Get(ctx, client.ObjectKeyFromObject(run), run); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if _, ok := run.Labels[rsv1.LabelShard]; !ok {
+			return nil // acknowledged meanwhile: the sharder's reconciler assigns it
+		}
+	}
+	return fmt.Errorf("placing run %s/%s: it kept changing", run.Namespace, run.Name)
+}
+
+func (s *Sharder) placeOnce(ctx context.Context, ring *shard.Ring, run *rsv1.Run) error {
 	have := run.Labels[rsv1.LabelShard]
 	owner := ring.Owner(shard.Key(run.Namespace, run.Name))
 	_, draining := run.Labels[rsv1.LabelShardDrain]
@@ -237,13 +277,10 @@ func (s *Sharder) place(ctx context.Context, ring *shard.Ring, run *rsv1.Run) er
 	case have == owner && draining:
 		err = s.patchDrain(ctx, run, "")
 	}
-	if apierrors.IsConflict(err) {
-		return nil // changed since the list: the next scan looks again
-	}
-	if err != nil {
+	if err != nil && !apierrors.IsConflict(err) {
 		return fmt.Errorf("placing run %s/%s: %w", run.Namespace, run.Name, err)
 	}
-	return nil
+	return err
 }
 
 // patchDrain sets LabelShardDrain to owner, or removes it when owner is "", locked on the run's
@@ -303,6 +340,7 @@ func (s *Sharder) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("sharder").
 		WatchesRawSource(source.Kind(s.unlabelled, &rsv1.Run{}, &handler.TypedEnqueueRequestForObject[*rsv1.Run]{})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: sharderWorkers}).
 		Complete(s)
 }
 

@@ -362,9 +362,9 @@ func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error)
 // startManagerProc starts the manager binary of bins with its default options but for the webhook
 // (served where the control plane calls it), the object store at storeURL (a file:// one under dir is
 // created), its archive index under dir, the fetcher's leave to dial executors on loopback over http,
-// its namespace (where a sharded replica's membership Lease is: the default --shards=auto needs
-// one, which a pod has from the downward API) "default", procEnv added to its environment and args
-// to its flags (a flag given again there wins); its log goes to dir/manager.log.
+// unsharded (--shards off; the sharding scenario gives --shards auto and the ring's namespace),
+// procEnv added to its environment and args to its flags (a flag given again there wins); its log
+// goes to dir/manager.log.
 func startManagerProc(env *testenv.Env, dir, bins, kubeconfig, storeURL string, procEnv []string, args ...string) (*proc, error) {
 	return startNamedManagerProc(env, dir, "manager", bins, kubeconfig, storeURL, procEnv, args...)
 }
@@ -380,7 +380,9 @@ func startNamedManagerProc(env *testenv.Env, dir, name, bins, kubeconfig, storeU
 	args = append([]string{"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
 		"--webhook-port", strconv.Itoa(w.LocalServingPort), "--webhook-cert-dir", w.LocalServingCertDir,
 		"--object-store", storeURL, "--archive-index-dir", filepath.Join(dir, "archive-index"),
-		"--executor-insecure-http", "--executor-endpoint-allow", "loopback", "--namespace", "default"}, args...)
+		"--executor-insecure-http", "--executor-endpoint-allow", "loopback",
+		// One unsharded manager, as the figures before sharding were measured.
+		"--shards", "off"}, args...)
 	procEnv = append([]string{"KUBECONFIG=" + kubeconfig}, procEnv...)
 	return startProc(dir, "manager", name, procEnv, filepath.Join(bins, "manager"), args...)
 }

@@ -143,8 +143,8 @@ func (b *shardBench) count(ctx context.Context, st *clusterStack, ring string, n
 		}
 	}
 
-	// Runs an earlier scenario left (the cluster scenario's, labelled with its manager, gone) are
-	// this ring's too, moved to it by the sharder: the phase starts with none in etcd. They are
+	// Runs an earlier scenario left (the cluster scenario's, of an unsharded manager: unlabelled) are
+	// this ring's too, assigned by the sharder: the phase starts with none in etcd. They are
 	// deleted once the sharder has placed them: a run deleted while the sharder moves it can be
 	// left labelled with the member gone (the move's patch conflicts), archived by nobody until the
 	// sharder's next full scan.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -23,6 +27,7 @@ import (
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/manager"
+	"runservice.dev/runservice/internal/objectstore"
 	"runservice.dev/runservice/internal/shard"
 	"runservice.dev/runservice/internal/testenv"
 )
@@ -73,6 +78,31 @@ func newNamespace(t *testing.T, prefix string) string {
 	return name
 }
 
+// dropRunsAtEnd deletes the runs of ns when the test ends, before the managers started until now
+// stop (their webhook admits the finalizers' removal): every test has a ring of its own, but the
+// sharder of the next one would take this one's runs, as gone members'.
+func dropRunsAtEnd(t *testing.T, ns string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		var runs rsv1.RunList
+		if err := k8s.List(ctx, &runs, client.InNamespace(ns)); err != nil {
+			t.Error(err)
+			return
+		}
+		for i := range runs.Items {
+			r := &runs.Items[i]
+			// Deleted first: the run controller then adds no finalizer back.
+			if err := client.IgnoreNotFound(k8s.Delete(ctx, r)); err != nil {
+				t.Error(err)
+			}
+			err := k8s.Patch(ctx, r, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
+			if err := client.IgnoreNotFound(err); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
+
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -91,12 +121,16 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 	}
 }
 
+// testLease is the in-process members' Lease duration: short, yet with a renew deadline (2/3 of
+// it) that a loaded machine's apiserver still meets.
+const testLease = 4 * time.Second
+
 // sharded returns the options of an in-process ring member: the ring's Leases and the leader's
 // election in ring (one namespace per test, so each test has a ring of its own); only the first
 // member serves the webhook.
 func sharded(ring, me string, webhook bool) func(*manager.Options) {
 	return func(o *manager.Options) {
-		o.Shards, o.ShardIdentity, o.ShardLeaseDuration = manager.ShardsAuto, me, 2*time.Second
+		o.Shards, o.ShardIdentity, o.ShardLeaseDuration = manager.ShardsAuto, me, testLease
 		o.Namespace, o.LeaderElection, o.LeaderElectionNS = ring, true, ring
 		if !webhook {
 			o.WebhookPort = 0
@@ -160,32 +194,40 @@ func succeed(ctx context.Context, et *rsv1.ExecutorTask) error {
 // owners counts the runs of ns by shard label, and reports whether each is labelled with the
 // ring's owner of its key (not drained) and its ExecutorTasks with the same.
 func owners(ns string, ring *shard.Ring) (map[string]int, bool, error) {
+	count, misplaced, err := placement(ns, ring)
+	return count, misplaced == "", err
+}
+
+// placement counts the runs of ns by shard label and names the first run or ExecutorTask that is
+// not where ring puts it ("" when all are).
+func placement(ns string, ring *shard.Ring) (map[string]int, string, error) {
 	ctx := context.Background()
 	var runs rsv1.RunList
 	if err := k8s.List(ctx, &runs, client.InNamespace(ns)); err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	var ets rsv1.ExecutorTaskList
 	if err := k8s.List(ctx, &ets, client.InNamespace(ns)); err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	byRun := map[string]string{}
 	count := map[string]int{}
-	placed := true
+	misplaced := ""
 	for _, r := range runs.Items {
 		have := r.Labels[rsv1.LabelShard]
 		count[have]++
 		byRun[string(r.UID)] = have
-		if _, draining := r.Labels[rsv1.LabelShardDrain]; draining || have != ring.Owner(shard.Key(r.Namespace, r.Name)) {
-			placed = false
+		drain, draining := r.Labels[rsv1.LabelShardDrain]
+		if want := ring.Owner(shard.Key(r.Namespace, r.Name)); (draining || have != want) && misplaced == "" {
+			misplaced = fmt.Sprintf("run %s on %q (drain %q), not on %s", r.Name, have, drain, want)
 		}
 	}
 	for _, et := range ets.Items {
-		if want, ok := byRun[et.Spec.RunUID]; ok && et.Labels[rsv1.LabelShard] != want {
-			placed = false
+		if want, ok := byRun[et.Spec.RunUID]; ok && et.Labels[rsv1.LabelShard] != want && misplaced == "" {
+			misplaced = fmt.Sprintf("executor task %s on %q, not on its run's %s", et.Name, et.Labels[rsv1.LabelShard], want)
 		}
 	}
-	return count, placed, nil
+	return count, misplaced, nil
 }
 
 // TestShardedReplicasShareTheRuns: with in-process managers on the real control plane, the
@@ -200,7 +242,8 @@ func TestShardedReplicasShareTheRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stopA()
+	t.Cleanup(stopA)
+	dropRunsAtEnd(t, ns)
 
 	ctx := context.Background()
 	for i := range 20 {
@@ -231,7 +274,7 @@ func TestShardedReplicasShareTheRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	both := shard.NewRing("replica-a", "replica-b")
-	eventually(t, 15*time.Second, "runs moved to replica-b as the ring says", func() (bool, error) {
+	eventually(t, 30*time.Second, "runs moved to replica-b as the ring says", func() (bool, error) {
 		_, placed, err := owners(ns, both)
 		return placed, err
 	})
@@ -242,7 +285,7 @@ func TestShardedReplicasShareTheRuns(t *testing.T) {
 	t.Logf("runs by shard with two replicas: %v", count)
 
 	playExecutor(t, ns)
-	eventually(t, 30*time.Second, "every run finished", func() (bool, error) {
+	eventually(t, 60*time.Second, "every run finished", func() (bool, error) {
 		var runs rsv1.RunList
 		if err := k8s.List(ctx, &runs, client.InNamespace(ns)); err != nil {
 			return false, err
@@ -257,23 +300,30 @@ func TestShardedReplicasShareTheRuns(t *testing.T) {
 
 	start := time.Now()
 	stopB()
-	eventually(t, 5*time.Second, "replica-b's runs back on replica-a after it left", func() (bool, error) {
+	eventually(t, 30*time.Second, "replica-b's runs back on replica-a after it left", func() (bool, error) {
 		_, placed, err := owners(ns, alone)
 		return placed, err
 	})
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("runs moved %s after a clean leave, not at once (the Lease lasts 2s)", took)
+	if took := time.Since(start); took > testLease {
+		t.Errorf("runs moved %s after a clean leave, not at once (before the Lease's %s)", took, testLease)
 	}
 }
 
 // TestReplicaThatLosesItsLeaseStops: a sharded manager whose membership Lease is taken from it
-// (as a replica cut off from the apiserver would find it on its return) stops within the renew
-// deadline: Start returns shard.ErrLeaseLost.
+// (as a replica cut off from the apiserver would find it on its return) is told within the renew
+// deadline, before the others may take its runs (cmd/manager exits then), and stops: Start
+// returns shard.ErrLeaseLost.
 func TestReplicaThatLosesItsLeaseStops(t *testing.T) {
 	ring := newNamespace(t, "ring")
 	opts := env.ManagerOptions()
 	sharded(ring, "replica-lost", false)(&opts)
+	// Longer than the others': the notice must come within it on a loaded machine too (the renew
+	// deadline is 2/3 of it; a renewal round starts every 1/6).
+	const duration = 6 * time.Second
+	opts.ShardLeaseDuration = duration
 	opts.LeaderElection = false
+	lost := make(chan time.Time, 1)
+	opts.OnShardLeaseLost = func() { lost <- time.Now() }
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	mgr, err := manager.New(ctx, env.Config, opts)
@@ -303,18 +353,135 @@ func TestReplicaThatLosesItsLeaseStops(t *testing.T) {
 			t.Fatal(err)
 		}
 		select {
-		case err := <-done:
-			if !errors.Is(err, shard.ErrLeaseLost) {
-				t.Fatalf("the manager stopped with %v, want %v", err, shard.ErrLeaseLost)
+		case at := <-lost:
+			if after := at.Sub(taken); after > duration {
+				t.Fatalf("the manager was told %s after its Lease was taken, later than the Lease's %s", after, duration)
 			}
-			if after := time.Since(taken); after > 2*time.Second {
-				t.Fatalf("the manager stopped %s after its Lease was taken, later than the Lease's 2s", after)
+			select {
+			case err := <-done:
+				if !errors.Is(err, shard.ErrLeaseLost) {
+					t.Fatalf("the manager stopped with %v, want %v", err, shard.ErrLeaseLost)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the manager that lost its Lease did not stop")
 			}
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
-		if time.Since(taken) > 10*time.Second {
-			t.Fatal("the manager whose Lease was taken did not stop")
+		if time.Since(taken) > 3*duration {
+			t.Fatal("the manager whose Lease was taken was never told")
 		}
 	}
+}
+
+// TestAHandoverWaitsForTheFetchInFlight: a run drained while its former owner fetches a task's log
+// from the executor stays with it (not acknowledged) until the fetch has ended and the task is
+// marked fetched; only then does it move, with its ExecutorTask, to the new owner.
+func TestAHandoverWaitsForTheFetchInFlight(t *testing.T) {
+	ring, ns := newNamespace(t, "ring"), newNamespace(t, "fetch")
+	ctx := context.Background()
+	fetching, release := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/log") {
+			select {
+			case fetching <- struct{}{}:
+			default:
+			}
+			<-release
+			_, _ = w.Write([]byte("the step's log\n"))
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	token := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: rsv1.ExecutorTokenSecret, Namespace: ns}, StringData: map[string]string{rsv1.ExecutorTokenKey: "t"}}
+	if err := k8s.Create(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	testenv.StartFakeExecutor(t, k8s, ns, "fake")
+	endpoint := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"spec":{"endpoint":%q}}`, srv.URL))
+	if err := k8s.Patch(ctx, &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns}}, endpoint); err != nil {
+		t.Fatal(err)
+	}
+	store := objectstore.FileURL(t.TempDir())
+	withStore := func(change func(*manager.Options)) func(*manager.Options) {
+		return func(o *manager.Options) {
+			change(o)
+			o.ObjectStore, o.Controllers.ExecutorInsecureHTTP = store, true
+		}
+	}
+	stopA, err := env.StartManager(withStore(sharded(ring, "replica-a", true)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopA)
+	dropRunsAtEnd(t, ns)
+
+	// A run the ring of both replicas gives to replica-b.
+	both := shard.NewRing("replica-a", "replica-b")
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("fetched-%d", i); both.Owner(shard.Key(ns, n)) == "replica-b" {
+			name = n
+		}
+	}
+	run := twoTaskRun(ns, name)
+	run.Spec.Tasks = run.Spec.Tasks[:1]
+	if err := k8s.Create(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	etName := testenv.ReportTask(t, k8s, ns, name, "build", rsv1.ExecutorTaskStatus{})
+	et := &rsv1.ExecutorTask{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
+		t.Fatal(err)
+	}
+	if err := succeed(ctx, et); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-fetching:
+	case <-time.After(30 * time.Second):
+		t.Fatal("replica-a never fetched the task's log")
+	}
+
+	stopB, err := env.StartManager(withStore(sharded(ring, "replica-b", false)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopB)
+	eventually(t, 30*time.Second, "the run drained (or moved)", func() (bool, error) {
+		r := &rsv1.Run{}
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r)
+		return r.Labels[rsv1.LabelShardDrain] == "replica-b" || r.Labels[rsv1.LabelShard] != "replica-a", err
+	})
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		r := &rsv1.Run{}
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Labels[rsv1.LabelShard] != "replica-a" {
+			t.Fatalf("the run was handed over (shard %q) while replica-a's fetch of its task was in flight", r.Labels[rsv1.LabelShard])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(release)
+	eventually(t, 30*time.Second, "the run and its task on replica-b, the task fetched", func() (bool, error) {
+		r, et := &rsv1.Run{}, &rsv1.ExecutorTask{}
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r); err != nil {
+			return false, err
+		}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
+			return false, err
+		}
+		return r.Labels[rsv1.LabelShard] == "replica-b" && et.Labels[rsv1.LabelShard] == "replica-b" &&
+			et.Annotations[rsv1.AnnotationFetched] != "" && et.Annotations[rsv1.AnnotationFetched] != rsv1.FetchedLost, nil
+	})
 }
