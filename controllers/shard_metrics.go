@@ -67,7 +67,8 @@ func (m *shardMetrics) observeMove(from, to string, since time.Time) {
 	m.duration.Observe(time.Since(since).Seconds())
 }
 
-// ownedRunsCollector reports the runs in this replica's cache, which holds only its own.
+// ownedRunsCollector reports the runs and ExecutorTasks in this replica's cache, which holds only
+// its own: what a replica's memory grows with, divided among the replicas.
 type ownedRunsCollector struct {
 	mu     sync.Mutex
 	client client.Reader
@@ -80,9 +81,15 @@ func (c *ownedRunsCollector) set(r client.Reader, me string) {
 	c.client, c.me = r, me
 }
 
-var ownedDesc = prometheus.NewDesc("runservice_shard_runs", "Runs this replica owns (labelled with its shard), in etcd.", []string{"shard"}, nil)
+var (
+	ownedDesc      = prometheus.NewDesc("runservice_shard_runs", "Runs this replica owns (labelled with its shard), in etcd.", []string{"shard"}, nil)
+	ownedTasksDesc = prometheus.NewDesc("runservice_shard_executortasks", "ExecutorTasks of the runs this replica owns (labelled with its shard), in etcd.", []string{"shard"}, nil)
+)
 
-func (c *ownedRunsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- ownedDesc }
+func (c *ownedRunsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- ownedDesc
+	ch <- ownedTasksDesc
+}
 
 func (c *ownedRunsCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -95,4 +102,9 @@ func (c *ownedRunsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(ownedDesc, prometheus.GaugeValue, float64(len(runs.Items)), me)
+	var tasks rsv1.ExecutorTaskList
+	if err := reader.List(ctx, &tasks, client.UnsafeDisableDeepCopy); err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(ownedTasksDesc, prometheus.GaugeValue, float64(len(tasks.Items)), me)
 }

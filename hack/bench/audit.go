@@ -31,6 +31,9 @@ type writeCounts struct {
 	writes    map[string]map[string]int
 	reads     map[string]map[string]int
 	conflicts map[string]int // 409s by component
+	// shardWrites are a sharded manager's writes by replica, from the " shard/<member>" its
+	// requests' user agent ends with.
+	shardWrites map[string]int
 }
 
 func (w writeCounts) total(components ...string) int {
@@ -53,7 +56,7 @@ func (w writeCounts) all() int {
 
 // between counts the completed write requests logged from offset from to offset to.
 func (a auditLog) between(from, to int64) (writeCounts, error) {
-	w := writeCounts{writes: map[string]map[string]int{}, reads: map[string]map[string]int{}, conflicts: map[string]int{}}
+	w := writeCounts{writes: map[string]map[string]int{}, reads: map[string]map[string]int{}, conflicts: map[string]int{}, shardWrites: map[string]int{}}
 	err := testenv.ScanAuditLog(a.path, from, to, func(e testenv.AuditEvent) error {
 		c := componentOf(e.UserAgent)
 		res := e.ObjectRef.Resource
@@ -68,6 +71,9 @@ func (a auditLog) between(from, to int64) (writeCounts, error) {
 			counts[c] = map[string]int{}
 		}
 		counts[c][e.Verb+" "+res]++
+		if _, member, ok := strings.Cut(e.UserAgent, " shard/"); ok && c == "manager" && e.Verb != "get" && e.Verb != "list" {
+			w.shardWrites[member]++
+		}
 		if e.ResponseStatus != nil && e.ResponseStatus.Code == 409 {
 			w.conflicts[c]++
 		}

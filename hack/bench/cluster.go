@@ -62,6 +62,8 @@ type clusterBench struct {
 	// archiveAfter, when set, is the manager's --archive-after: phases then last until their runs
 	// are archived.
 	archiveAfter string
+	// seen, when set, is shown every version of a phase's runs that the bench's watch sees.
+	seen func(*rsv1.Run)
 }
 
 // clusterPhase is what one phase measured.
@@ -82,52 +84,97 @@ type clusterPhase struct {
 
 func (p *clusterPhase) tasks() int { return p.runs * len(benchTasks()) }
 
+// clusterStack is the scenario's stack without the manager: kwok's nodes, kube-scheduler, the
+// three executors, the control plane's processes (measured as components too) and the runs'
+// namespace. The sharding scenario starts its managers on the same stack.
+type clusterStack struct {
+	pd   *procDir
+	set  *procSet
+	ns   string
+	pool string // the kwok nodes' pool, the executors' pods' node selector
+	sub  versioned.Interface
+	kw   *testenv.Kwok
+}
+
+// stop stops the stack's processes and kwok.
+func (s *clusterStack) stop() {
+	for _, p := range s.set.procs {
+		p.stop(15 * time.Second)
+	}
+	if s.kw != nil {
+		s.kw.Stop()
+	}
+}
+
+// startClusterStack starts the stack but for the executors, which startExecutors starts once the
+// manager runs (the order the scenario has always had). Its nodes are named after pool, which a
+// later scenario of the same bench must not reuse: the nodes stay in the apiserver.
+func startClusterStack(ctx context.Context, env *testenv.Env, kube kubernetes.Interface, pd *procDir, ns, pool string) (_ *clusterStack, err error) {
+	s := &clusterStack{pd: pd, set: &procSet{}, ns: ns, pool: pool}
+	defer func() {
+		if err != nil {
+			s.stop()
+		}
+	}()
+	if s.kw, err = env.StartKwokWith(ctx, filepath.Join(pd.dir, "kwok"), testenv.KwokOptions{
+		Nodes: clusterNodes, NodePrefix: pool, Complete: clusterComplete,
+	}); err != nil {
+		return nil, err
+	}
+	for _, n := range s.kw.Nodes {
+		if err := waitNodeReady(ctx, kube, n); err != nil {
+			return nil, err
+		}
+		// The apiserver taints a new node not-ready; kube-controller-manager, which is not part of
+		// this stack, would lift the taint once the node reports Ready.
+		untaint := []byte(`{"spec":{"taints":null}}`)
+		if _, err := kube.CoreV1().Nodes().Patch(ctx, n, types.MergePatchType, untaint, metav1.PatchOptions{}); err != nil {
+			return nil, fmt.Errorf("lifting the not-ready taint of node %s: %w", n, err)
+		}
+	}
+	sched, err := startScheduler(env.Root, pd.dir, pd.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	s.set.procs = append(s.set.procs, sched)
+	if kp := childProcs("kwok", "kwok"); len(kp) > 0 {
+		s.set.procs = append(s.set.procs, kp...)
+	}
+	s.set.procs = append(s.set.procs, childProcs("apiserver", "kube-apiserver")...)
+	s.set.procs = append(s.set.procs, childProcs("etcd", "etcd")...)
+	if s.ns, err = newPodNamespace(ctx, kube, ns); err != nil {
+		return nil, err
+	}
+	if s.sub, err = versioned.NewForConfig(env.Config); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startExecutors starts the scenario's Kubernetes-driver executors and waits until they are ready.
+func (s *clusterStack) startExecutors(ctx context.Context) error {
+	for i := range clusterExecutors {
+		ex, err := startClusterExecutor(s.pd.dir, s.pd.bins, s.pd.kubeconfig, s.ns, s.pool, i)
+		if err != nil {
+			return err
+		}
+		s.set.procs = append(s.set.procs, ex)
+	}
+	return waitExecutorsReady(ctx, s.sub, s.ns, clusterExecutors)
+}
+
 func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 	pd, err := newProcDir(b.env, "", "runservice-bench-cluster-")
 	if err != nil {
 		return err
 	}
 	defer pd.finish(&err)
-	tmp, bins, kubeconfig := pd.dir, pd.bins, pd.kubeconfig
-	kw, err := b.env.StartKwokWith(ctx, filepath.Join(tmp, "kwok"), testenv.KwokOptions{
-		Nodes: clusterNodes, NodePrefix: clusterPool, Complete: clusterComplete,
-	})
+	st, err := startClusterStack(ctx, b.env, b.kube, pd, "bench-cluster-"+b.suffix, clusterPool)
 	if err != nil {
 		return err
 	}
-	defer kw.Stop()
-	for _, n := range kw.Nodes {
-		if err := waitNodeReady(ctx, b.kube, n); err != nil {
-			return err
-		}
-		// The apiserver taints a new node not-ready; kube-controller-manager, which is not part of
-		// this stack, would lift the taint once the node reports Ready.
-		untaint := []byte(`{"spec":{"taints":null}}`)
-		if _, err := b.kube.CoreV1().Nodes().Patch(ctx, n, types.MergePatchType, untaint, metav1.PatchOptions{}); err != nil {
-			return fmt.Errorf("lifting the not-ready taint of node %s: %w", n, err)
-		}
-	}
-	set := &procSet{}
-	defer func() {
-		for _, p := range set.procs {
-			p.stop(15 * time.Second)
-		}
-	}()
-	sched, err := startScheduler(b.env.Root, tmp, kubeconfig)
-	if err != nil {
-		return err
-	}
-	set.procs = append(set.procs, sched)
-	if kp := childProcs("kwok", "kwok"); len(kp) > 0 {
-		set.procs = append(set.procs, kp...)
-	}
-	set.procs = append(set.procs, childProcs("apiserver", "kube-apiserver")...)
-	set.procs = append(set.procs, childProcs("etcd", "etcd")...)
-
-	ns, err := newPodNamespace(ctx, b.kube, "bench-cluster-"+b.suffix)
-	if err != nil {
-		return err
-	}
+	defer st.stop()
+	set, sub, ns := st.set, st.sub, st.ns
 	fmt.Fprintf(out, "\ncluster scenario: kube-scheduler (client %d QPS) binding pods to %d kwok nodes, pods Succeeded %s after Running; runs of %s, one container each; the manager and %d Kubernetes-driver executors as processes with their default options\n",
 		schedulerQPS, clusterNodes, clusterComplete, runShape, clusterExecutors)
 
@@ -140,23 +187,12 @@ func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 	fmt.Fprintf(out, "baseline: raw pod creates %.0f/s (%d pods, %d writers); bound, run and Succeeded at %.0f pods/s (the most this scheduler and kwok do)\n",
 		raw.create.rate(), rawN, clusterExecutors, raw.lifeRate())
 
-	mgr, err := b.startManager(tmp, bins, kubeconfig)
+	mgr, err := b.startManager(pd.dir, pd.bins, pd.kubeconfig)
 	if err != nil {
 		return err
 	}
 	set.procs = append(set.procs, mgr)
-	for i := range clusterExecutors {
-		ex, err := b.startExecutor(tmp, bins, kubeconfig, ns, i)
-		if err != nil {
-			return err
-		}
-		set.procs = append(set.procs, ex)
-	}
-	sub, err := versioned.NewForConfig(b.env.Config)
-	if err != nil {
-		return err
-	}
-	if err := waitExecutorsReady(ctx, sub, ns, clusterExecutors); err != nil {
+	if err := st.startExecutors(ctx); err != nil {
 		return err
 	}
 	if err := waitWebhook(ctx, sub, ns); err != nil {
@@ -197,7 +233,7 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 		wg.Wait()
 	}()
 	t := newTracker(runs)
-	t.prefix = prefix
+	t.prefix, t.seen = prefix, b.seen
 	if err := watchRuns(ctx, sub, ns, t, &wg); err != nil {
 		return nil, err
 	}
@@ -326,9 +362,15 @@ func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error)
 // startManagerProc starts the manager binary of bins with its default options but for the webhook
 // (served where the control plane calls it), the object store at storeURL (a file:// one under dir is
 // created), its archive index under dir, the fetcher's leave to dial executors on loopback over http,
-// procEnv added to its environment and args to its flags (a flag given again there wins); its log goes
-// to dir/manager.log.
+// unsharded (--shards off; the sharding scenario gives --shards auto and the ring's namespace),
+// procEnv added to its environment and args to its flags (a flag given again there wins); its log
+// goes to dir/manager.log.
 func startManagerProc(env *testenv.Env, dir, bins, kubeconfig, storeURL string, procEnv []string, args ...string) (*proc, error) {
+	return startNamedManagerProc(env, dir, "manager", bins, kubeconfig, storeURL, procEnv, args...)
+}
+
+// startNamedManagerProc is startManagerProc for a process named name (its log is dir/name.log).
+func startNamedManagerProc(env *testenv.Env, dir, name, bins, kubeconfig, storeURL string, procEnv []string, args ...string) (*proc, error) {
 	if path, ok := strings.CutPrefix(storeURL, "file://"); ok {
 		if err := os.MkdirAll(path, 0o755); err != nil {
 			return nil, err
@@ -342,10 +384,10 @@ func startManagerProc(env *testenv.Env, dir, bins, kubeconfig, storeURL string, 
 		// One unsharded manager, as the figures before sharding were measured.
 		"--shards", "off"}, args...)
 	procEnv = append([]string{"KUBECONFIG=" + kubeconfig}, procEnv...)
-	return startProc(dir, "manager", "manager", procEnv, filepath.Join(bins, "manager"), args...)
+	return startProc(dir, "manager", name, procEnv, filepath.Join(bins, "manager"), args...)
 }
 
-func (b *clusterBench) startExecutor(dir, bins, kubeconfig, ns string, i int) (*proc, error) {
+func startClusterExecutor(dir, bins, kubeconfig, ns, pool string, i int) (*proc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -356,7 +398,7 @@ func (b *clusterBench) startExecutor(dir, bins, kubeconfig, ns string, i int) (*
 		"--driver", string(rsv1.DriverKubernetes), "--namespace", ns, "--group", "bench", "--name", name,
 		"--listen", addr, "--endpoint", "http://"+addr, "--insecure-http",
 		"--data-dir", filepath.Join(dir, name), "--object-store=",
-		"--toolbox-image", kwokToolboxImage, "--pod-node-selector", testenv.KwokPoolLabel+"="+clusterPool)
+		"--toolbox-image", kwokToolboxImage, "--pod-node-selector", testenv.KwokPoolLabel+"="+pool)
 }
 
 func freePort() (int, error) {

@@ -10,6 +10,8 @@
 //   - node (-node, as root): the Kubernetes driver on the real node of hack/node against bare pods;
 //   - soak (-soak): issue 9's archive soak, the manager a process archiving at once, many runs;
 //   - archive (-archive): 1M archived runs in each object store, queried by index and through the API;
+//   - shards (-shards 1,2,3): issue 12's sharding, the cluster scenario's stack with 1, 2, 3 manager
+//     replicas under the same load: per replica its cache, RSS, CPU and share of the runs;
 //
 // and prints throughput, scheduling latency and API writes per task, by writer.
 package main
@@ -69,6 +71,9 @@ type config struct {
 	archive      archiveBench
 	archiveOn    bool
 	archiveStore string
+	shards       string
+	shardCounts  []int
+	shardRuns    int
 }
 
 func main() {
@@ -95,6 +100,8 @@ func main() {
 	flag.BoolVar(&c.reads, "cluster-reads", false, "cluster scenario: also count the reads (get, list) per task by component, from the audit log (which then costs the apiserver more)")
 	flag.StringVar(&c.archiveAfter, "cluster-archive-after", "", "cluster scenario: the manager's --archive-after (e.g. 0s): each phase then lasts until its runs are archived, and reports the archive lag (finished -> gone from etcd) and the writes with the archive's; default: the manager's (10m), so nothing is archived during the scenario")
 	flag.DurationVar(&c.steady, "cluster-steady", 2*time.Minute, "cluster scenario: how long the steady phase submits; 0 skips it (20s with -quick)")
+	flag.StringVar(&c.shards, "shards", "", "issue 12's sharding scenario: the cluster scenario's stack with each of these counts of manager replicas (e.g. 1,2,3; the first is the baseline), the same runs at once for each; off when empty")
+	flag.IntVar(&c.shardRuns, "shard-runs", 300, "sharding scenario: runs submitted at once for each count of replicas (12 with -quick)")
 	c.soak.flags()
 	flag.BoolVar(&c.archiveOn, "archive", false, "issue 9's archive scenario: runs archived into each object store through the archiver's writer, the cold index rebuild, pages and counts by change group from the index and through the aggregated API, a kubectl scan's peak memory")
 	flag.IntVar(&c.archive.runs, "archive-runs", 1_000_000, "archive scenario: archived runs generated per store")
@@ -123,6 +130,9 @@ func main() {
 	if c.quick && !set["cluster-steady"] {
 		c.steady = 20 * time.Second
 	}
+	if c.quick && !set["shard-runs"] {
+		c.shardRuns = 12
+	}
 	if c.baselineN == 0 {
 		c.baselineN = max(200, 3*c.runs)
 	}
@@ -138,6 +148,16 @@ func main() {
 	var err error
 	if c.burstSizes, err = parseSizes(c.bursts); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: -cluster-runs:", err)
+		os.Exit(2)
+	}
+	if c.shards != "" {
+		if c.shardCounts, err = parseSizes(c.shards); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -shards:", err)
+			os.Exit(2)
+		}
+	}
+	if c.shardRuns < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -shard-runs must be positive")
 		os.Exit(2)
 	}
 	if err := run(c, os.Stdout); err != nil {
@@ -171,7 +191,7 @@ func run(c config, out io.Writer) (err error) {
 	bootStart := time.Now()
 	var envOpts []testenv.Option
 	var audit auditLog
-	if c.cluster {
+	if c.cluster || len(c.shardCounts) > 0 {
 		dir, err := os.MkdirTemp("", "runservice-bench-audit-")
 		if err != nil {
 			return err
@@ -268,6 +288,17 @@ func run(c config, out io.Writer) (err error) {
 			rate: c.steadyRate, steady: c.steady, submitters: c.submitters, archiveAfter: c.archiveAfter,
 		}).run(ctx, out); err != nil {
 			return fmt.Errorf("cluster scenario: %w", err)
+		}
+	}
+	if len(c.shardCounts) > 0 {
+		// The scenario runs its own managers, as processes: this one stops first.
+		if err := mgr.stop(); err != nil {
+			return err
+		}
+		if err := (&shardBench{
+			env: env, kube: kube, audit: audit, suffix: suffix, counts: c.shardCounts, runs: c.shardRuns, submitters: c.submitters,
+		}).run(ctx, out); err != nil {
+			return fmt.Errorf("sharding scenario: %w", err)
 		}
 	}
 	if c.archiveOn {

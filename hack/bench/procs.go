@@ -182,10 +182,12 @@ func (p *proc) resetPeak() bool {
 }
 
 // usage is what the components used over a phase: CPU time summed per component, and the largest
-// peak resident set of a process of each.
+// peak resident set of a process of each; and the same per process.
 type usage struct {
-	cpu  map[string]time.Duration
-	peak map[string]int64
+	cpu      map[string]time.Duration
+	peak     map[string]int64
+	procCPU  map[*proc]time.Duration
+	procPeak map[*proc]int64
 }
 
 // procSet is every process of the scenario, with the CPU times at the start of a phase.
@@ -207,10 +209,11 @@ func (s *procSet) begin() {
 }
 
 func (s *procSet) end() usage {
-	u := usage{cpu: map[string]time.Duration{}, peak: map[string]int64{}}
+	u := usage{cpu: map[string]time.Duration{}, peak: map[string]int64{}, procCPU: map[*proc]time.Duration{}, procPeak: map[*proc]int64{}}
 	for _, p := range s.procs {
-		u.cpu[p.component] += p.cpu() - s.start[p]
-		u.peak[p.component] = max(u.peak[p.component], p.peakRSS())
+		u.procCPU[p], u.procPeak[p] = p.cpu()-s.start[p], p.peakRSS()
+		u.cpu[p.component] += u.procCPU[p]
+		u.peak[p.component] = max(u.peak[p.component], u.procPeak[p])
 	}
 	return u
 }

@@ -61,6 +61,8 @@ type tracker struct {
 	// archived is closed once every run is.
 	deletedR map[string]time.Time
 	archived chan struct{}
+	// seen, when set, is shown every version of the tracker's runs the watch sees (under mu).
+	seen func(*rsv1.Run)
 }
 
 func newTracker(runs int) *tracker {
@@ -100,7 +102,13 @@ func (t *tracker) finished(run, task string, at time.Time) {
 func (t *tracker) observe(run *rsv1.Run, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.finishedR[run.Name]; ok || !strings.HasPrefix(run.Name, t.prefix) {
+	if !strings.HasPrefix(run.Name, t.prefix) {
+		return
+	}
+	if t.seen != nil {
+		t.seen(run)
+	}
+	if _, ok := t.finishedR[run.Name]; ok {
 		return
 	}
 	st := run.Status

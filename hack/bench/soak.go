@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
@@ -371,6 +372,24 @@ func (l *soakLook) sample(ctx context.Context, at time.Duration, submitted int) 
 
 // scrape reads the unlabelled gauges and counters names from a Prometheus text endpoint.
 func scrape(ctx context.Context, url string, names ...string) (map[string]float64, error) {
+	families, err := scrapeFamilies(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, n := range names {
+		f, ok := families[n]
+		if !ok || len(f.GetMetric()) == 0 {
+			return nil, fmt.Errorf("the manager's metrics have no %s", n)
+		}
+		m := f.GetMetric()[0]
+		out[n] = m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
+	}
+	return out, nil
+}
+
+// scrapeFamilies reads every metric family of a Prometheus text endpoint.
+func scrapeFamilies(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -383,18 +402,9 @@ func scrape(ctx context.Context, url string, names ...string) (map[string]float6
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("reading the manager's metrics: %w", err)
+		return nil, fmt.Errorf("reading the manager's metrics at %s: %w", url, err)
 	}
-	out := map[string]float64{}
-	for _, n := range names {
-		f, ok := families[n]
-		if !ok || len(f.GetMetric()) == 0 {
-			return nil, fmt.Errorf("the manager's metrics have no %s", n)
-		}
-		m := f.GetMetric()[0]
-		out[n] = m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
-	}
-	return out, nil
+	return families, nil
 }
 
 const soakHeader = "     t  submitted  finished  archived | etcd: runs  tasks  events | manager: RSS  heap  goroutines | etcd RSS  apiserver RSS"
