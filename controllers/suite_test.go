@@ -52,6 +52,9 @@ var (
 	// restartReading, when set, is called by the manager's run controller before it reads the run
 	// a restart restarts; an error fails that read.
 	restartReading atomic.Pointer[func(types.NamespacedName) error]
+	// fetchRecording, when set, is called by the manager's run controller before a status write
+	// that records a fetch; an error stops the write.
+	fetchRecording atomic.Pointer[func(types.NamespacedName) error]
 	storeDir       string // the manager's object store
 )
 
@@ -121,6 +124,12 @@ func startManager() error {
 	}
 	opts.Controllers.RestartReading = func(run types.NamespacedName) error {
 		if f := restartReading.Load(); f != nil {
+			return (*f)(run)
+		}
+		return nil
+	}
+	opts.Controllers.FetchRecording = func(run types.NamespacedName) error {
+		if f := fetchRecording.Load(); f != nil {
 			return (*f)(run)
 		}
 		return nil

@@ -507,13 +507,8 @@ func TestAStoppedMemberWaitsForTheFetch(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("fa did not leave once its task was fetched")
 	}
-	et := &rsv1.ExecutorTask{}
-	quick := getRun(t, ns, "quick")
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: rsv1.ExecutorTaskName(quick.Name, quick.UID, "t")}, et); err != nil {
-		t.Fatal(err)
-	}
-	if v := et.Annotations[rsv1.AnnotationFetched]; v == "" || v == rsv1.FetchedLost {
-		t.Errorf("fetched annotation %q, want the time of a real fetch", v)
+	if v := e2e.TaskStatus(getRun(t, ns, "quick"), "t").Fetched; v == "" || v == rsv1.FetchedLost {
+		t.Errorf("the run records the fetch as %q, want the time of a real fetch", v)
 	}
 	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "fa"}, &rsv1.Executor{}); !apierrors.IsNotFound(err) {
 		t.Errorf("fetched, fa should have left the group: %v", err)

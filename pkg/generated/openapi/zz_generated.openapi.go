@@ -4939,6 +4939,13 @@ func schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref common.Referenc
 							Format:      "",
 						},
 					},
+					"fetched": {
+						SchemaProps: spec.SchemaProps{
+							Description: "fetched says that the manager is done copying the step logs and workspace archives of executorTask from its executor into the object store: the time of a complete fetch, \"lost\" (its executor was gone first: nothing stored), or \"archives-missing:<i>[,<j>...]\" (the logs are stored, the executor had no archive for those saveToWorkspace steps). Only once this is recorded does the manager tell the executor that its copy may go.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
 				},
 				Required: []string{"name", "phase"},
 			},
