@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -187,12 +186,7 @@ func TestAFetchLostInACrashIsFetchedAgain(t *testing.T) {
 	startExecutor(t, ns, "ex", withFetchEndpoint(exe.URL))
 	t.Cleanup(func() { fetchRecording.Store(nil) })
 	crash := newManagerCrash()
-	hook := func(run types.NamespacedName) error {
-		if run.Namespace != ns {
-			return nil
-		}
-		return crash.now()
-	}
+	hook := crash.in(ns)
 	fetchRecording.Store(&hook)
 	et := finishOn(t, ns, "r", "ex")
 	crash.wait(t, "the status write recording the fetch")

@@ -216,6 +216,16 @@ func (c *managerCrash) now() error {
 	return errCrash
 }
 
+// in is a fault hook that crashes at the first call for an object of namespace ns.
+func (c *managerCrash) in(ns string) func(types.NamespacedName) error {
+	return func(key types.NamespacedName) error {
+		if key.Namespace != ns {
+			return nil
+		}
+		return c.now()
+	}
+}
+
 // wait waits until the crash happened, within a minute of its caller reaching the point where,
 // and the manager has stopped.
 func (c *managerCrash) wait(t *testing.T, where string) {
