@@ -2831,7 +2831,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedExecutorTask(ref common.Refe
 					},
 					"fetched": {
 						SchemaProps: spec.SchemaProps{
-							Description: "fetched is the runservice.dev/fetched annotation: when its logs and archives were stored, or why some are not (lost, archives-missing:…).",
+							Description: "fetched is what the run's status.tasks[].fetched recorded of its fetch (the runservice.dev/fetched annotation before that field): when its logs and archives were stored, or why some are not (lost, archives-missing:…).",
 							Type:        []string{"string"},
 							Format:      "",
 						},
