@@ -113,6 +113,20 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 	return &testServer{addr: addr, token: "tok", client: c, task: et, log: log, e: e}
 }
 
+// status sends a request for the server's task (path under /v1/tasks/<name>) with token and
+// returns the response's status code.
+func (s *testServer) status(t *testing.T, method, path, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, fmt.Sprintf("http://%s/v1/tasks/%s%s", s.addr, s.task.Name, path), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
 // TestServerCutsOffSlowClients: a client that sends its headers a byte at a time, or asks for a
 // large log and then reads nothing, is disconnected by the server's timeouts instead of holding a
 // connection, a goroutine and an open file for ever.
@@ -205,16 +219,7 @@ func TestServerCutsOffSlowClients(t *testing.T) {
 // token is accepted without a restart, and the old one no longer is.
 func TestServerAcceptsARotatedToken(t *testing.T) {
 	srv := startServer(t, 3, ServerTimeouts{ReadHeader: 10 * time.Second, WriteStall: 10 * time.Second})
-	status := func(token string) int {
-		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://%s/v1/tasks/%s/steps/0/log", srv.addr, srv.task.Name), nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode
-	}
+	status := func(token string) int { return srv.status(t, http.MethodGet, "/steps/0/log", token) }
 	if got := status("tok"); got != http.StatusOK {
 		t.Fatalf("with the token: %d, want 200", got)
 	}
@@ -246,17 +251,7 @@ func TestAFinishedTaskIsKeptUntilItsFetchIsRecorded(t *testing.T) {
 	srv := startServer(t, 3, ServerTimeouts{ReadHeader: 10 * time.Second, WriteStall: 10 * time.Second})
 	ctx := context.Background()
 	dir := srv.e.taskDir(srv.task.UID)
-	ack := func(token, uid string) int {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://%s/v1/tasks/%s/fetched?uid=%s", srv.addr, srv.task.Name, uid), nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode
-	}
+	ack := func(token, uid string) int { return srv.status(t, http.MethodPost, "/fetched?uid="+uid, token) }
 	kept := func(when string) {
 		t.Helper()
 		if _, err := os.Stat(dir); err != nil {
