@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -18,7 +17,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	arv1 "runservice.dev/runservice/api/archive/v1alpha1"
@@ -28,8 +26,9 @@ import (
 )
 
 // ArchiverReconciler moves finished runs out of etcd into the object store. A run is archived once
-// it is final (Finished, Cancelled, SetupError), every ExecutorTask of it is final and fetched (its
-// logs and archives are in the store, or known lost), and it ended After ago (at once when it is being
+// it is final (Finished, Cancelled, SetupError), every ExecutorTask of it is final and its status
+// records each one's fetch (its logs and archives are in the store, or known lost), and it ended
+// After ago (at once when it is being
 // deleted). Each step can be repeated after a crash and loses nothing:
 //
 //  1. the document (the Run and its ExecutorTasks) is written at a key derived from the run's uid;
@@ -92,11 +91,8 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 	tasks, ready, err := r.executorTasks(ctx, run)
-	if err != nil || !ready {
-		return ctrl.Result{}, err // an ExecutorTask's fetch brings the run back
-	}
-	if !settled(run, tasks) {
-		return ctrl.Result{}, nil // the run controller's write to come brings the run back
+	if err != nil || !ready || !settled(run) {
+		return ctrl.Result{}, err // the run controller's write to come brings the run back
 	}
 	end, ok := r.Guard.begin(run.UID)
 	if !ok {
@@ -126,7 +122,8 @@ func archiveAfter(run *rsv1.Run, after time.Duration) time.Duration {
 }
 
 // executorTasks are run's ExecutorTasks (by its uid: a run of the same name before it is another
-// run), and whether each is final and done with its fetch.
+// run), and whether each is final and run's status records its fetch (and the log keys it stored,
+// written with it).
 func (r *ArchiverReconciler) executorTasks(ctx context.Context, run *rsv1.Run) ([]rsv1.ExecutorTask, bool, error) {
 	var list rsv1.ExecutorTaskList
 	if err := r.Client.List(ctx, &list, client.InNamespace(run.Namespace), client.MatchingFields{indexRunName: run.Name}); err != nil {
@@ -137,7 +134,7 @@ func (r *ArchiverReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (
 		if ref := metav1.GetControllerOf(&et); ref == nil || ref.UID != run.UID {
 			continue
 		}
-		if !et.Status.Phase.IsFinal() || et.Annotations[rsv1.AnnotationFetched] == "" {
+		if !et.Status.Phase.IsFinal() || run.Status.RecordedFetch(&et) == "" {
 			return nil, false, nil
 		}
 		tasks = append(tasks, et)
@@ -146,21 +143,12 @@ func (r *ArchiverReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (
 	return tasks, true, nil
 }
 
-// settled reports whether the run controller is done with run: its change groups released, the
-// labels of its end added, and the logs of its fetched tasks folded into its status. Archived before
+// settled reports whether the run controller is done with run: its change groups released and the
+// labels of its end added (the fetches it records are executorTasks' readiness). Archived before
 // that, the run would be archived without what the run controller is about to write, and the
 // archiver's write locked on the run would be refused for the run controller's.
-func settled(run *rsv1.Run, tasks []rsv1.ExecutorTask) bool {
-	if controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) || len(missingLabels(run)) > 0 {
-		return false
-	}
-	byTask := make(map[string]*rsv1.ExecutorTask, len(tasks))
-	for i := range tasks {
-		byTask[tasks[i].Spec.TaskName] = &tasks[i]
-	}
-	folded := run.DeepCopy()
-	foldLogKeys(folded, byTask)
-	return equality.Semantic.DeepEqual(folded.Status.Tasks, run.Status.Tasks)
+func settled(run *rsv1.Run) bool {
+	return !controllerutil.ContainsFinalizer(run, rsv1.FinalizerChangeGroupLedger) && len(missingLabels(run)) == 0
 }
 
 // archive takes run through the steps, each repeatable.
@@ -282,13 +270,16 @@ func (r *ArchiverReconciler) keepArchivedTasks(ctx context.Context, run *rsv1.Ru
 			doc.Status.ExecutorTasks = append(doc.Status.ExecutorTasks, et)
 		}
 	}
-	// The log keys folded into the earlier document from the fetched ExecutorTasks, which the run's
-	// status may not show: without them the archived run's logs are not found.
+	// The fetches and log keys the earlier document had, which the run's status may not show:
+	// without them the archived run's logs are not found.
 	for i := range doc.Status.Tasks {
 		ts := &doc.Status.Tasks[i]
 		j := slices.IndexFunc(old.Status.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == ts.Name && o.ExecutorTask == ts.ExecutorTask })
 		if j < 0 {
 			continue
+		}
+		if ts.Fetched == "" {
+			ts.Fetched = old.Status.Tasks[j].Fetched
 		}
 		for k := range min(len(ts.Steps), len(old.Status.Tasks[j].Steps)) {
 			if ts.Steps[k].LogKey == "" {
@@ -316,20 +307,13 @@ func (r *ArchiverReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.Add(&archiveUpkeep{store: r.Store, keep: r.Retention, interval: interval, metrics: r.Metrics}); err != nil {
 		return err
 	}
+	// Every change of a final run: its status records the fetches it waits for.
 	final := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return o.(*rsv1.Run).Status.Phase.IsFinal()
 	})
-	fetched := predicate.Funcs{
-		CreateFunc: func(e event.CreateEvent) bool { return e.Object.GetAnnotations()[rsv1.AnnotationFetched] != "" },
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			return e.ObjectOld.GetAnnotations()[rsv1.AnnotationFetched] == "" && e.ObjectNew.GetAnnotations()[rsv1.AnnotationFetched] != ""
-		},
-		DeleteFunc: func(event.DeleteEvent) bool { return false },
-	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("archiver").
 		For(&rsv1.Run{}, builder.WithPredicates(final)).
-		Watches(&rsv1.ExecutorTask{}, enqueueAfter(0, ownerRun), builder.WithPredicates(fetched)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers, NeedLeaderElection: r.Guard.needLeaderElection()}).
 		Complete(r)
 }

@@ -14,9 +14,9 @@ import (
 
 // TestRearchivingKeepsWhatTheFirstArchiveHad: a run archived once, whose ExecutorTasks were then
 // deleted (a crash before the run left etcd), is archived again from its status alone. The first
-// document pointed its steps at their logs (folded from the fetched ExecutorTasks, which the run's
-// status may not show yet); the second keeps those ExecutorTasks and those log keys, or the archived
-// run's logs could no longer be found.
+// document pointed its steps at their logs (from a newer copy of the run than the one archived again,
+// or, before runs recorded their fetches, folded from the ExecutorTasks' annotation); the second
+// keeps those ExecutorTasks, fetches and log keys, or the archived run's logs could no longer be found.
 func TestRearchivingKeepsWhatTheFirstArchiveHad(t *testing.T) {
 	ctx := context.Background()
 	// A file:// bucket: the s3:// one (testenv.Stores) is out of this package's reach (testenv
@@ -38,8 +38,8 @@ func TestRearchivingKeepsWhatTheFirstArchiveHad(t *testing.T) {
 	et.Status.Phase = rsv1.TaskPhaseSuccess
 	logKey := objectstore.TaskOf(&et).LogKey(0)
 
-	first := run.DeepCopy()
-	foldLogKeys(first, map[string]*rsv1.ExecutorTask{"a": &et})
+	first := run.DeepCopy() // as the run controller recorded the fetch since
+	first.Status.Tasks[0].Fetched, first.Status.Tasks[0].Steps[0].LogKey = "2026-12-01T00:00:00Z", logKey
 	if err := archive.PutDocument(ctx, store, archive.Document(first, []rsv1.ExecutorTask{et}, time.Now())); err != nil {
 		t.Fatal(err)
 	}
@@ -55,5 +55,8 @@ func TestRearchivingKeepsWhatTheFirstArchiveHad(t *testing.T) {
 	steps := doc.Status.Tasks[0].Steps
 	if steps[0].LogKey != logKey || steps[1].LogKey != "" {
 		t.Errorf("archived again with log keys %q, %q; want %q and none", steps[0].LogKey, steps[1].LogKey, logKey)
+	}
+	if got := doc.Status.Tasks[0].Fetched; got != "2026-12-01T00:00:00Z" {
+		t.Errorf("archived again with task a fetched %q, want the first archive's", got)
 	}
 }

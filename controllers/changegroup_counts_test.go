@@ -9,7 +9,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -131,12 +130,7 @@ func TestACrashAfterTheLedgerWriteCountsOnce(t *testing.T) {
 	startExecutor(t, ns, "ex1")
 	t.Cleanup(func() { ledgerReleased.Store(nil) })
 	crash := newManagerCrash()
-	hook := func(run types.NamespacedName) error {
-		if run.Namespace != ns {
-			return nil
-		}
-		return crash.now()
-	}
+	hook := crash.in(ns)
 	ledgerReleased.Store(&hook)
 	run := inGroup(ns, "crash", "g1", false)
 	run.Spec.ChangeGroups = []string{"g1", "g2"}

@@ -15,12 +15,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -33,8 +35,10 @@ import (
 )
 
 // ExecutorTaskReconciler is the fetcher: once an ExecutorTask is final it copies the task's step logs
-// and workspace archives from its executor into the object store, then marks the ExecutorTask
-// fetched (the executor then deletes its copy, and the run's status points at the stored logs).
+// and workspace archives from its executor into the object store and hands the outcome to the run
+// controller (Outcomes), which records it in the run's status with the stored logs' keys; once the
+// run's status records it, the fetcher tells the executor that its copy may go (ack). The fetch
+// writes nothing to the apiserver of its own.
 type ExecutorTaskReconciler struct {
 	Client    client.Client
 	APIReader client.Reader
@@ -52,6 +56,11 @@ type ExecutorTaskReconciler struct {
 	Slots   *fetchSlots
 	// Guard, in a sharded manager, keeps the fetcher off the tasks of runs being handed over.
 	Guard *handoverGuard
+	// Outcomes carries the fetches' outcomes to the run controller.
+	Outcomes *fetchOutcomes
+	// Acking, when set, is called before the fetcher tells an executor that a task's copy may go;
+	// an error is taken for an ack lost on its way: for fault tests.
+	Acking func(et types.NamespacedName) error
 
 	mu     sync.Mutex
 	access map[string]*executorAccess // namespace -> how to reach its executors
@@ -72,7 +81,7 @@ type executorAccess struct {
 
 var _ reconcile.Reconciler = (*ExecutorTaskReconciler)(nil)
 
-// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=runservice.dev,resources=executortasks,verbs=get;list;watch
 // The executors' token Secret of each run namespace, and no other Secret.
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get,resourceNames=runservice-executor-token;runservice-executor-ca
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -81,10 +90,24 @@ var _ reconcile.Reconciler = (*ExecutorTaskReconciler)(nil)
 func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	et := &rsv1.ExecutorTask{}
 	if err := r.Client.Get(ctx, req.NamespacedName, et); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Outcomes.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !et.Status.Phase.IsFinal() || et.Annotations[rsv1.AnnotationFetched] != "" {
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, nil // fetched (and the executor told) by a manager before this one
+	}
+	run, err := r.runOf(ctx, et)
+	if err != nil || run == nil {
+		return ctrl.Result{}, err // no run to record it in: the ExecutorTask goes with its run
+	}
+	if v := run.Status.RecordedFetch(et); v != "" {
+		r.Outcomes.recorded(et)
+		return r.ack(ctx, et, v)
+	}
+	if r.Outcomes.outcome(et) != "" {
+		return ctrl.Result{}, nil // the run's status write to come records it, and brings it back
 	}
 	end, ok := r.Guard.begin(types.UID(et.Spec.RunUID))
 	if !ok {
@@ -94,16 +117,18 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	}
 	defer end()
 	ex := &rsv1.Executor{}
-	err := r.Client.Get(ctx, types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}, ex)
+	err = r.Client.Get(ctx, types.NamespacedName{Namespace: et.Namespace, Name: et.Spec.Executor}, ex)
 	// An Executor being deleted may still serve: it releases its finalizer once its containers are gone.
 	if apierrors.IsNotFound(err) || err == nil && executorRemoved(ex, et) {
-		return ctrl.Result{}, r.markLost(ctx, et, "its executor was removed before they were fetched")
+		r.recordLost(ctx, et, "its executor was removed before they were fetched")
+		return ctrl.Result{}, nil
 	}
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
 	}
 	if ex.Spec.Endpoint == "" {
-		return ctrl.Result{}, r.markLost(ctx, et, "its executor has no endpoint to fetch them from")
+		r.recordLost(ctx, et, "its executor has no endpoint to fetch them from")
+		return ctrl.Result{}, nil
 	}
 	release, wait := r.Slots.acquire(ex.UID)
 	if release == nil {
@@ -115,9 +140,27 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return ctrl.Result{RequeueAfter: retry}, nil
 	}
 	if len(missing) > 0 {
-		return ctrl.Result{}, r.markArchivesMissing(ctx, et, missing)
+		r.recordArchivesMissing(ctx, et, missing)
+		return ctrl.Result{}, nil
 	}
-	return ctrl.Result{}, r.markFetched(ctx, et, time.Now().UTC().Format(time.RFC3339))
+	r.Outcomes.put(ctx, et, time.Now().UTC().Format(time.RFC3339))
+	return ctrl.Result{}, nil
+}
+
+// runOf is the run that controls et, from the cache; nil when it is gone.
+func (r *ExecutorTaskReconciler) runOf(ctx context.Context, et *rsv1.ExecutorTask) (*rsv1.Run, error) {
+	key, ok := ownerRun(et)
+	if !ok {
+		return nil, nil
+	}
+	run := &rsv1.Run{}
+	if err := r.Client.Get(ctx, key, run); err != nil {
+		return nil, client.IgnoreNotFound(err)
+	}
+	if !metav1.IsControlledBy(et, run) {
+		return nil, nil // a run of the same name created since
+	}
+	return run, nil
 }
 
 // fetchWithin fetches within FetchTimeout, so that an executor trickling bytes slower than the
@@ -147,20 +190,20 @@ func (r *ExecutorTaskReconciler) fetchFailed(ctx context.Context, et *rsv1.Execu
 // maxEventNote keeps an event's note under the API's limit of 1 kB.
 const maxEventNote = 1000
 
-// markLost records that none of the task's data will be stored; losing archives a descendant
+// recordLost records that none of the task's data will be stored; losing archives a descendant
 // restores is worth an event (the descendant fails on it).
-func (r *ExecutorTaskReconciler) markLost(ctx context.Context, et *rsv1.ExecutorTask, why string) error {
+func (r *ExecutorTaskReconciler) recordLost(ctx context.Context, et *rsv1.ExecutorTask, why string) {
 	if saved := et.SavedArchives(); len(saved) > 0 {
 		ctrl.LoggerFrom(ctx).Error(nil, "workspace archives lost", "executorTask", klog.KObj(et), "steps", saved, "reason", why)
 		r.Recorder.Eventf(et, nil, corev1.EventTypeWarning, "ArchivesLost", "Fetch",
 			"the workspace archives of steps %v are lost: %s", saved, why)
 	}
-	return r.markFetched(ctx, et, rsv1.FetchedLost)
+	r.Outcomes.put(ctx, et, rsv1.FetchedLost)
 }
 
-// markArchivesMissing records the successful saveToWorkspace steps whose archive the executor did
-// not have: not "saved nothing", the descendants that restore them fail.
-func (r *ExecutorTaskReconciler) markArchivesMissing(ctx context.Context, et *rsv1.ExecutorTask, steps []int) error {
+// recordArchivesMissing records the successful saveToWorkspace steps whose archive the executor
+// did not have: not "saved nothing", the descendants that restore them fail.
+func (r *ExecutorTaskReconciler) recordArchivesMissing(ctx context.Context, et *rsv1.ExecutorTask, steps []int) {
 	ctrl.LoggerFrom(ctx).Error(nil, "the executor did not have workspace archives", "executorTask", klog.KObj(et), "steps", steps)
 	r.Recorder.Eventf(et, nil, corev1.EventTypeWarning, "ArchivesMissing", "Fetch",
 		"executor %s did not have the workspace archives of steps %v", et.Spec.Executor, steps)
@@ -168,14 +211,14 @@ func (r *ExecutorTaskReconciler) markArchivesMissing(ctx context.Context, et *rs
 	for j, i := range steps {
 		idx[j] = strconv.Itoa(i)
 	}
-	return r.markFetched(ctx, et, rsv1.FetchedArchivesMissing+strings.Join(idx, ","))
+	r.Outcomes.put(ctx, et, rsv1.FetchedArchivesMissing+strings.Join(idx, ","))
 }
 
 // workspaceState says whether the manager is done with a task's archives, and which of its saved
-// archives will never be in the object store and why, from the fetched annotation. A task whose
-// executor was removed before it ended is never fetched: what it saved is gone with the executor.
-func workspaceState(et *rsv1.ExecutorTask, executorRemoved bool) (fetched bool, missing []dag.MissingArchive) {
-	v := et.Annotations[rsv1.AnnotationFetched]
+// archives will never be in the object store and why, from v, what is known of its fetch (a
+// status.tasks[].fetched value). A task whose executor was removed before it ended is never
+// fetched: what it saved is gone with the executor.
+func workspaceState(et *rsv1.ExecutorTask, v string, executorRemoved bool) (fetched bool, missing []dag.MissingArchive) {
 	if v == "" && executorRemoved && !et.Status.Phase.IsFinal() {
 		v = rsv1.FetchedLost
 	}
@@ -205,21 +248,8 @@ func workspaceState(et *rsv1.ExecutorTask, executorRemoved bool) (fetched bool, 
 // fetch copies the task's logs and saved archives; it returns the saved archives the executor did
 // not have (a step that never wrote a log simply has none).
 func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTask, endpoint string) ([]int, error) {
-	acc, err := r.executorAccess(ctx, et.Namespace)
-	if err != nil {
-		return nil, err
-	}
-	// get copies url to key; a refused token or certificate is read again, and tried once more.
 	get := func(url, key string) error {
-		err := r.copy(ctx, acc, url, key)
-		if !errors.Is(err, errUnauthorized) && !errors.As(err, new(*tls.CertificateVerificationError)) {
-			return err
-		}
-		r.forget(et.Namespace, acc)
-		if acc, err = r.executorAccess(ctx, et.Namespace); err != nil {
-			return err
-		}
-		return r.copy(ctx, acc, url, key)
+		return r.withAccess(ctx, et.Namespace, func(acc *executorAccess) error { return r.copy(ctx, acc, url, key) })
 	}
 	store := objectstore.TaskOf(et)
 	for i := range et.Spec.Task.Steps {
@@ -244,6 +274,24 @@ func (r *ExecutorTaskReconciler) fetch(ctx context.Context, et *rsv1.ExecutorTas
 	return missing, nil
 }
 
+// withAccess calls do with how to reach the executors of namespace; when they refuse the token or
+// their certificate does not verify, it reads both again and calls do once more.
+func (r *ExecutorTaskReconciler) withAccess(ctx context.Context, namespace string, do func(*executorAccess) error) error {
+	acc, err := r.executorAccess(ctx, namespace)
+	if err != nil {
+		return err
+	}
+	err = do(acc)
+	if !errors.Is(err, errUnauthorized) && !errors.As(err, new(*tls.CertificateVerificationError)) {
+		return err
+	}
+	r.forget(namespace, acc)
+	if acc, err = r.executorAccess(ctx, namespace); err != nil {
+		return err
+	}
+	return do(acc)
+}
+
 // errNotOnExecutor is a 404 from the executor: it has no such file; errUnauthorized a 401: it does
 // not take the token (rotated since the fetcher read it).
 var (
@@ -255,12 +303,7 @@ var (
 func (r *ExecutorTaskReconciler) copy(ctx context.Context, acc *executorAccess, url, key string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+acc.token)
-	resp, err := acc.client.Do(req)
+	resp, err := acc.do(ctx, http.MethodGet, url)
 	if err != nil {
 		return fmt.Errorf("fetching %s: %w", url, err)
 	}
@@ -284,6 +327,16 @@ func (r *ExecutorTaskReconciler) copy(ctx context.Context, acc *executorAccess, 
 		return fmt.Errorf("fetching %s: %s to %q, not followed", url, resp.Status, resp.Header.Get("Location"))
 	}
 	return fmt.Errorf("fetching %s: %s", url, resp.Status)
+}
+
+// do sends a request with the token.
+func (acc *executorAccess) do(ctx context.Context, method, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+acc.token)
+	return acc.client.Do(req)
 }
 
 // executorAccess returns how to reach the executors of a namespace, reading their Secrets when
@@ -330,16 +383,10 @@ func (r *ExecutorTaskReconciler) forget(namespace string, acc *executorAccess) {
 	}
 }
 
-func (r *ExecutorTaskReconciler) markFetched(ctx context.Context, et *rsv1.ExecutorTask, value string) error {
-	patch := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}}}`, rsv1.AnnotationFetched, value))
-	if err := r.Client.Patch(ctx, et, patch); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("marking %s fetched: %w", et.Name, err)
-	}
-	return nil
-}
-
 // SetupWithManager registers the reconciler.
 func (r *ExecutorTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	// Final tasks, deletions included (what is kept of them in Outcomes goes), but not those a
+	// manager before this one fetched.
 	final := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		et := o.(*rsv1.ExecutorTask)
 		return et.Status.Phase.IsFinal() && et.Annotations[rsv1.AnnotationFetched] == ""
@@ -347,6 +394,11 @@ func (r *ExecutorTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("executortask").
 		For(&rsv1.ExecutorTask{}, builder.WithPredicates(final)).
+		// A run's status write that records fetches brings their tasks back, to be acked.
+		Watches(&rsv1.Run{}, handler.Funcs{UpdateFunc: fetchesRecorded}).
+		// An executor that changed its spec (cordoned to drain and leave, registered anew) is told
+		// at once of the recorded fetches it was not told of (an ack lost on its way).
+		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.unacked), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers, NeedLeaderElection: r.Guard.needLeaderElection()}).
 		Complete(r)
 }

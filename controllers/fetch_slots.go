@@ -79,6 +79,16 @@ func (s *fetchSlots) release(uid types.UID, e *executorSlots, failed bool) time.
 	return backoff + jitter(busyRetry)
 }
 
+// reset forgets the failures of executor uid: it changed (cordoned to leave, registered anew), and
+// is asked again at once rather than after its backoff.
+func (s *fetchSlots) reset(uid types.UID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.m[uid]; e != nil {
+		e.failures, e.notBefore = 0, time.Time{}
+	}
+}
+
 // forgetIdle drops failing executors nobody asked about for long (deleted ones, mostly), so the
 // map stays as large as the set of executors with recent trouble. Called with mu held.
 func (s *fetchSlots) forgetIdle() {

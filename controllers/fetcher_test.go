@@ -123,13 +123,14 @@ func finishOn(t *testing.T, ns, run, ex string) string {
 	return waitTask(t, ns, run, "a").Name
 }
 
-func fetchedAnnotation(t *testing.T, ns, et string) string {
+// recordedFetch is what the run of ExecutorTask et records of its fetch ("" while nothing).
+func recordedFetch(t *testing.T, ns, et string) string {
 	t.Helper()
 	obj := &rsv1.ExecutorTask{}
 	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: et}, obj); err != nil {
 		t.Fatalf("reading %s: %v", et, err)
 	}
-	return obj.Annotations[rsv1.AnnotationFetched]
+	return getRun(t, ns, obj.Spec.RunName).Status.RecordedFetch(obj)
 }
 
 // events lists the events about an ExecutorTask with a reason.
@@ -174,8 +175,8 @@ func TestFetcherRefusesForbiddenEndpoints(t *testing.T) {
 		if note := events(t, ns, et, rsv1.ReasonEndpointRefused)[0].Note; !strings.Contains(note, c.says) {
 			t.Errorf("%s: the event says %q, want it to name %s", c.name, note, c.says)
 		}
-		if v := fetchedAnnotation(t, ns, et); v != "" {
-			t.Errorf("%s: task marked fetched (%q) though nothing was fetched", c.name, v)
+		if v := recordedFetch(t, ns, et); v != "" {
+			t.Errorf("%s: fetch recorded (%q) though nothing was fetched", c.name, v)
 		}
 	}
 }
@@ -254,7 +255,7 @@ func TestHungExecutorsDoNotStarveOthers(t *testing.T) {
 	et := finishOn(t, ns, "healthy", "healthy")
 	start := time.Now()
 	eventually(t, 5*time.Second, "the healthy executor's task fetched while four executors hang", func() (bool, error) {
-		v := fetchedAnnotation(t, ns, et)
+		v := recordedFetch(t, ns, et)
 		return v != "" && v != "lost", nil
 	})
 	t.Logf("the healthy executor's task was fetched %v after it finished, with four executors hanging", time.Since(start).Round(time.Millisecond))
@@ -278,8 +279,8 @@ func TestHungExecutorsDoNotStarveOthers(t *testing.T) {
 		eventually(t, 20*time.Second, name+" timed out and tried again", func() (bool, error) {
 			return conns() >= 2 && len(events(t, ns, hungTasks[name], rsv1.ReasonFetchFailed)) > 0, nil
 		})
-		if v := fetchedAnnotation(t, ns, hungTasks[name]); v != "" {
-			t.Errorf("%s: task marked fetched (%q) though its executor never answered", name, v)
+		if v := recordedFetch(t, ns, hungTasks[name]); v != "" {
+			t.Errorf("%s: fetch recorded (%q) though its executor never answered", name, v)
 		}
 	}
 }

@@ -44,7 +44,7 @@ func TestFetcherUsesARotatedToken(t *testing.T) {
 	startExecutor(t, ns, "rotating", withFetchEndpoint(exe.URL))
 	before := finishOn(t, ns, "before", "rotating")
 	eventually(t, 15*time.Second, "the task fetched with the first token", func() (bool, error) {
-		return fetchedAnnotation(t, ns, before) != "", nil
+		return recordedFetch(t, ns, before) != "", nil
 	})
 
 	const rotated = "rotated-token"
@@ -56,7 +56,7 @@ func TestFetcherUsesARotatedToken(t *testing.T) {
 	current.Store(rotated)
 	after := finishOn(t, ns, "after", "rotating")
 	eventually(t, 15*time.Second, "the task fetched with the rotated token", func() (bool, error) {
-		v := fetchedAnnotation(t, ns, after)
+		v := recordedFetch(t, ns, after)
 		return v != "" && v != rsv1.FetchedLost, nil
 	})
 }
@@ -97,7 +97,7 @@ func TestFetcherTrustsOnlyTheNamespaceCA(t *testing.T) {
 	goodET := finishOn(t, ns, "good", "tls")
 	badET := finishOn(t, ns, "bad", "impostor")
 	eventually(t, 15*time.Second, "the task fetched over TLS", func() (bool, error) {
-		v := fetchedAnnotation(t, ns, goodET)
+		v := recordedFetch(t, ns, goodET)
 		return v != "" && v != rsv1.FetchedLost, nil
 	})
 	eventually(t, 15*time.Second, "the impostor's fetch refused", func() (bool, error) {
@@ -109,8 +109,8 @@ func TestFetcherTrustsOnlyTheNamespaceCA(t *testing.T) {
 	if n := impostorAsked.Load(); n > 0 {
 		t.Errorf("the fetcher sent %d requests (and its token) to an executor whose certificate the namespace CA did not sign", n)
 	}
-	if v := fetchedAnnotation(t, ns, badET); v != "" {
-		t.Errorf("the impostor's task marked fetched (%q)", v)
+	if v := recordedFetch(t, ns, badET); v != "" {
+		t.Errorf("the impostor's fetch recorded (%q)", v)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/archive"
@@ -59,6 +60,8 @@ type RunReconciler struct {
 	Scheduler *Scheduler
 	Metrics   *Metrics
 	Options   Options
+	// Fetches are the fetcher's outcomes, recorded in the runs' status (nil: no fetcher).
+	Fetches *fetchOutcomes
 
 	writes lastWrites
 	// guard and shardMetrics are the replica's part of the shard ring's handovers (nil unsharded).
@@ -174,7 +177,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		setCondition(run, ConditionAdmitted, metav1.ConditionFalse, why, "the run waits to start: "+why)
 	}
 
-	foldLogKeys(run, tasks)
+	recording := r.foldFetches(run, tasks)
 	var noExecutor []string
 	for _, name := range out.Schedule {
 		err := r.schedule(ctx, run, name, tasks)
@@ -207,6 +210,9 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		if wait := r.deferProgress(client.ObjectKeyFromObject(run), old, &run.Status); wait > 0 {
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
+	}
+	if err := r.recordingFetches(run, recording); err != nil {
+		return ctrl.Result{}, err
 	}
 	if err := r.writeStatus(ctx, run, old); err != nil {
 		return requeueOnConflict(err, "")
@@ -355,7 +361,7 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 		}
 		tasks[et.Spec.TaskName] = et
 		removed := executorRemoved(ex, et)
-		fetched, missing := workspaceState(et, removed)
+		fetched, missing := workspaceState(et, r.fetchOf(run, et), removed)
 		states[et.Spec.TaskName] = dag.ExecutorTaskState{
 			Name:            et.Name,
 			Executor:        et.Spec.Executor,
@@ -444,23 +450,45 @@ func reportOnly(old, status *rsv1.RunStatus) bool {
 	return true
 }
 
-// foldFinal records, in a final run's status, the logs fetched after it ended.
+// foldFinal records, in a final run's status, the fetches that ended after it did.
 func (r *RunReconciler) foldFinal(ctx context.Context, run *rsv1.Run) error {
 	tasks, _, err := r.executorTasks(ctx, run)
 	if err != nil {
 		return err
 	}
 	old := run.Status.DeepCopy()
-	foldLogKeys(run, tasks)
+	if err := r.recordingFetches(run, r.foldFetches(run, tasks)); err != nil {
+		return err
+	}
 	return r.writeStatus(ctx, run, old)
 }
 
-// foldLogKeys points the steps of fetched tasks at their logs in the object store.
-func foldLogKeys(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) {
+// fetchOf is what is known of the fetch of et's logs and archives: what run's status records
+// (or the annotation of a manager before status.tasks[].fetched), else the fetcher's outcome that
+// this reconcile's status write is to record; "" while it is not fetched.
+func (r *RunReconciler) fetchOf(run *rsv1.Run, et *rsv1.ExecutorTask) string {
+	if v := run.Status.Fetched(et); v != "" {
+		return v
+	}
+	return r.Fetches.outcome(et)
+}
+
+// foldFetches records in run's status the outcome of each task's fetch that it does not record
+// yet, and points the steps of fetched tasks at their logs in the object store. It reports whether
+// it recorded an outcome: the status write to come is what makes it durable, and what lets the
+// fetcher tell the executor that its copy may go.
+func (r *RunReconciler) foldFetches(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) (recording bool) {
 	for i := range run.Status.Tasks {
 		ts := &run.Status.Tasks[i]
 		et := tasks[ts.Name]
-		if et == nil || et.Annotations[rsv1.AnnotationFetched] == "" || et.Annotations[rsv1.AnnotationFetched] == rsv1.FetchedLost {
+		if et == nil || ts.ExecutorTask != et.Name || ts.FromRun != "" {
+			continue
+		}
+		if ts.Fetched == "" {
+			ts.Fetched = r.fetchOf(run, et)
+			recording = recording || ts.Fetched != ""
+		}
+		if ts.Fetched == "" || ts.Fetched == rsv1.FetchedLost {
 			continue
 		}
 		for j := range ts.Steps {
@@ -469,6 +497,15 @@ func foldLogKeys(run *rsv1.Run, tasks map[string]*rsv1.ExecutorTask) {
 			}
 		}
 	}
+	return recording
+}
+
+// recordingFetches calls the FetchRecording fault hook before a status write that records fetches.
+func (r *RunReconciler) recordingFetches(run *rsv1.Run, recording bool) error {
+	if hook := r.Options.FetchRecording; recording && hook != nil {
+		return hook(client.ObjectKeyFromObject(run))
+	}
+	return nil
 }
 
 // schedule creates the ExecutorTask of a ready task on a picked executor. One that exists already
@@ -751,7 +788,7 @@ func (r *RunReconciler) patchMeta(ctx context.Context, run *rsv1.Run, change fun
 
 // SetupWithManager registers the reconciler.
 func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("run").
 		For(&rsv1.Run{}, builder.WithPredicates(runChanged())).
 		// An executor reports a task's start and end moments apart, and the tasks of a fan-out end
@@ -759,9 +796,12 @@ func (r *RunReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&rsv1.ExecutorTask{}, enqueueAfter(r.Options.StatusBatch, ownerRun), builder.WithPredicates(reported())).
 		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.runsOfExecutor),
 			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, executorRemovedPredicate()))).
-		Watches(&rsv1.ChangeGroup{}, handler.EnqueueRequestsFromMapFunc(r.runsOfGroup)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentRuns, NeedLeaderElection: r.guard.needLeaderElection()}).
-		Complete(r)
+		Watches(&rsv1.ChangeGroup{}, handler.EnqueueRequestsFromMapFunc(r.runsOfGroup))
+	if r.Fetches != nil {
+		// The fetcher's outcomes, to be recorded in the status: batched like the executors' reports.
+		b = b.WatchesRawSource(source.Channel(r.Fetches.runs, enqueueAfter(r.Options.StatusBatch, ownerRun)))
+	}
+	return b.WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentRuns, NeedLeaderElection: r.guard.needLeaderElection()}).Complete(r)
 }
 
 // runChanged passes the changes of a run the reconciler acts on: all but the updates of the status

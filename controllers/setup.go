@@ -85,6 +85,12 @@ type Options struct {
 	// RestartReading, when set, is called before the run controller reads the run a restart
 	// restarts; an error is taken for a failed read (the object store down): for fault tests.
 	RestartReading func(run types.NamespacedName) error
+	// FetchRecording, when set, is called before the run controller writes a status that records
+	// the outcome of a fetch; an error stops the write there: for fault tests.
+	FetchRecording func(run types.NamespacedName) error
+	// FetchAcking, when set, is called before the fetcher tells an executor that a task's copy may
+	// go; an error is taken for an ack lost on its way: for fault tests.
+	FetchAcking func(executorTask types.NamespacedName) error
 }
 
 func (o *Options) defaults() {
@@ -171,7 +177,12 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 	if err != nil {
 		return err
 	}
+	var fetches *fetchOutcomes
+	if opts.Store != nil {
+		fetches = newFetchOutcomes()
+	}
 	runs := &RunReconciler{
+		Fetches:   fetches,
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("run-controller"),
@@ -216,6 +227,8 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 			Workers:      opts.MaxConcurrentFetches,
 			Slots:        &fetchSlots{perExecutor: opts.FetchesPerExecutor, base: opts.FetchBackoff, max: 5 * time.Minute},
 			Guard:        guard,
+			Outcomes:     fetches,
+			Acking:       opts.FetchAcking,
 		}
 		if err := fetcher.SetupWithManager(mgr); err != nil {
 			return err

@@ -52,6 +52,9 @@ var (
 	// restartReading, when set, is called by the manager's run controller before it reads the run
 	// a restart restarts; an error fails that read.
 	restartReading atomic.Pointer[func(types.NamespacedName) error]
+	// fetchRecording, when set, is called by the manager's run controller before a status write
+	// that records a fetch; an error stops the write.
+	fetchRecording atomic.Pointer[func(types.NamespacedName) error]
 	storeDir       string // the manager's object store
 )
 
@@ -121,6 +124,12 @@ func startManager() error {
 	}
 	opts.Controllers.RestartReading = func(run types.NamespacedName) error {
 		if f := restartReading.Load(); f != nil {
+			return (*f)(run)
+		}
+		return nil
+	}
+	opts.Controllers.FetchRecording = func(run types.NamespacedName) error {
+		if f := fetchRecording.Load(); f != nil {
 			return (*f)(run)
 		}
 		return nil
@@ -205,6 +214,16 @@ func (c *managerCrash) now() error {
 		go stopManager()
 	})
 	return errCrash
+}
+
+// in is a fault hook that crashes at the first call for an object of namespace ns.
+func (c *managerCrash) in(ns string) func(types.NamespacedName) error {
+	return func(key types.NamespacedName) error {
+		if key.Namespace != ns {
+			return nil
+		}
+		return c.now()
+	}
 }
 
 // wait waits until the crash happened, within a minute of its caller reaching the point where,

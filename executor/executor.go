@@ -644,6 +644,8 @@ func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	switch phase := et.Status.Phase; {
 	case phase.IsFinal():
 		e.wakeWaiting(ctx) // its slot is free once its runner is gone, which it is here
+		// The manager says that a task's fetch is recorded over HTTP (serveFetched); one before
+		// it did with this annotation.
 		if et.Annotations[rsv1.AnnotationFetched] != "" {
 			if err := os.RemoveAll(e.taskDir(et.UID)); err != nil {
 				return reconcile.Result{}, fmt.Errorf("removing fetched task data: %w", err)
@@ -747,6 +749,25 @@ func initialSteps(et *rsv1.ExecutorTask) []rsv1.StepStatus {
 		out[i] = rsv1.StepStatus{Name: s.Name, Phase: rsv1.StepPhaseNotStarted}
 	}
 	return out
+}
+
+// following says whether a runner follows task uid and has not written its final status yet.
+func (e *Executor) following(uid types.UID) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.runners[uid]
+	return r != nil && !r.ended.Load()
+}
+
+// unfetched says whether the executor still holds the copy of final task et that the manager has
+// not said is recorded: its directory is there (serveFetched removes it, as does the task's
+// deletion), and no manager before the HTTP word annotated it fetched.
+func (e *Executor) unfetched(et *rsv1.ExecutorTask) bool {
+	if et.Annotations[rsv1.AnnotationFetched] != "" {
+		return false
+	}
+	_, err := os.Lstat(e.taskDir(et.UID))
+	return err == nil
 }
 
 // forget stops the runner of a deleted ExecutorTask and removes its containers and data.

@@ -248,8 +248,9 @@ func (e *Executor) cordon(ctx context.Context) error {
 }
 
 // pendingTask names one task of this registration of the executor that keeps it from leaving, or
-// "" if none: an unfinished one (unfinished is true), else a finished one the manager has not fetched
-// yet (its logs and archives exist only here).
+// "" if none: an unfinished one (unfinished is true), else a finished one whose copy is still here
+// because the manager has not said that its run records the fetch (its logs and archives may exist
+// only here).
 func (e *Executor) pendingTask(ctx context.Context) (name string, unfinished bool, err error) {
 	var tasks rsv1.ExecutorTaskList
 	if err := e.reader.List(ctx, &tasks, client.InNamespace(e.opts.Namespace), client.MatchingLabels{rsv1.LabelExecutor: e.opts.Name}); err != nil {
@@ -262,7 +263,7 @@ func (e *Executor) pendingTask(ctx context.Context) (name string, unfinished boo
 		if !et.Status.Phase.IsFinal() {
 			return et.Name, true, nil
 		}
-		if name == "" && et.Annotations[rsv1.AnnotationFetched] == "" {
+		if name == "" && e.unfetched(&et) {
 			name = et.Name
 		}
 	}

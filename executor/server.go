@@ -12,11 +12,13 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -31,10 +33,12 @@ func randomToken() string {
 
 // serve serves the tasks' logs and archives:
 //
-//	GET /v1/tasks/{name}/steps/{i}/log[?follow=true]  a step's log, followed until the step ends
-//	GET /v1/tasks/{name}/archives/{i}                 the archive of saveToWorkspace step i
-//	GET /v1/tasks/{name}/workspace                    the parents' archives for the task's pod, as a tar
-//	                                                  of <source>/<i>.tar (drivers without a shared dir)
+//	GET  /v1/tasks/{name}/steps/{i}/log[?follow=true]  a step's log, followed until the step ends
+//	GET  /v1/tasks/{name}/archives/{i}                 the archive of saveToWorkspace step i
+//	POST /v1/tasks/{name}/fetched?uid=<uid>            the manager's word that the task's run records
+//	                                                   its fetch: its copy here may go
+//	GET  /v1/tasks/{name}/workspace                    the parents' archives for the task's pod, as a tar
+//	                                                   of <source>/<i>.tar (drivers without a shared dir)
 func (e *Executor) serve(ctx context.Context) error {
 	if e.opts.Listen == "" {
 		<-ctx.Done()
@@ -43,6 +47,7 @@ func (e *Executor) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/tasks/{name}/steps/{i}/log", e.authToken(e.serveLog))
 	mux.HandleFunc("GET /v1/tasks/{name}/archives/{i}", e.authToken(e.serveArchive))
+	mux.HandleFunc("POST /v1/tasks/{name}/fetched", e.authToken(e.serveFetched))
 	mux.HandleFunc("GET /v1/tasks/{name}/workspace", e.serveWorkspace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	ln, err := net.Listen("tcp", e.opts.Listen)
@@ -167,6 +172,39 @@ func (e *Executor) serveArchive(w http.ResponseWriter, r *http.Request) {
 		// It grew past its bound while served: a cut archive must not pass for a whole one.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// serveFetched is the manager's word that the run of a final task records its fetch (its logs and
+// archives are in the object store, or known lost): the task's directory goes, and with it what
+// kept a member of a group from leaving (pendingTask). The manager says so only after that record
+// is written, so nothing goes here that is not stored. Idempotent: 204 whether the directory was
+// there or not; 404 for a task this executor does not have (of that uid), whose directory, if
+// any, goes with its deletion; 409 while this executor does not see the task final yet (the
+// manager asks again).
+func (e *Executor) serveFetched(w http.ResponseWriter, r *http.Request) {
+	uid := types.UID(r.URL.Query().Get("uid"))
+	if uid == "" {
+		http.Error(w, "uid is required", http.StatusBadRequest)
+		return
+	}
+	et := &rsv1.ExecutorTask{}
+	err := e.client.Get(r.Context(), types.NamespacedName{Namespace: e.opts.Namespace, Name: r.PathValue("name")}, et)
+	switch {
+	case apierrors.IsNotFound(err) || err == nil && et.UID != uid:
+		http.Error(w, "no such task on this executor", http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, "reading the task: "+err.Error(), http.StatusInternalServerError)
+		return
+	case !et.Status.Phase.IsFinal() || e.following(uid):
+		http.Error(w, "the task is not final here yet", http.StatusConflict)
+		return
+	}
+	if err := os.RemoveAll(e.taskDir(uid)); err != nil {
+		http.Error(w, "removing the task's directory: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // notKept answers for a file of a task that does not exist, or that the executor refuses to read

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -41,6 +42,7 @@ type testServer struct {
 	client      client.Client
 	task        *rsv1.ExecutorTask
 	log         string // the step-0 log's path
+	e           *Executor
 }
 
 // startServer serves a real ExecutorTask's step-0 log of size bytes with the executor's HTTP
@@ -58,7 +60,7 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 		t.Fatal(err)
 	}
 	et := &rsv1.ExecutorTask{
-		ObjectMeta: metav1.ObjectMeta{Name: "run-a", Namespace: ns},
+		ObjectMeta: metav1.ObjectMeta{Name: "run-a", Namespace: ns, Labels: map[string]string{rsv1.LabelExecutor: "ex"}},
 		Spec: rsv1.ExecutorTaskSpec{RunName: "run", TaskName: "a", Executor: "ex", ExecutorUID: "uid",
 			Task: rsv1.Task{Name: "a", Containers: []rsv1.Container{{Image: "busybox:1.36"}},
 				Steps: []rsv1.Step{{Run: &rsv1.RunStep{Command: "yes"}}}}},
@@ -79,8 +81,9 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 	if err := c.Create(ctx, secret); err != nil {
 		t.Fatalf("creating the token secret: %v", err)
 	}
-	e := &Executor{client: c, creds: newCredentials(c, ns), opts: Options{Namespace: ns, DataDir: t.TempDir(), Listen: addr, ServerTimeouts: timeouts,
-		Limits: toolbox.Limits{Log: 1 << 30}.WithDefaults()}}
+	e := &Executor{client: c, reader: c, creds: newCredentials(c, ns), uid: "uid", runners: map[types.UID]*runner{},
+		opts: Options{Name: "ex", Namespace: ns, DataDir: t.TempDir(), Listen: addr, ServerTimeouts: timeouts,
+			Limits: toolbox.Limits{Log: 1 << 30}.WithDefaults()}}
 	log := toolbox.StepLogPath(e.taskDir(et.UID), 0)
 	if err := os.MkdirAll(filepath.Dir(log), 0o755); err != nil {
 		t.Fatal(err)
@@ -107,7 +110,21 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &testServer{addr: addr, token: "tok", client: c, task: et, log: log}
+	return &testServer{addr: addr, token: "tok", client: c, task: et, log: log, e: e}
+}
+
+// status sends a request for the server's task (path under /v1/tasks/<name>) with token and
+// returns the response's status code.
+func (s *testServer) status(t *testing.T, method, path, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, fmt.Sprintf("http://%s/v1/tasks/%s%s", s.addr, s.task.Name, path), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
 }
 
 // TestServerCutsOffSlowClients: a client that sends its headers a byte at a time, or asks for a
@@ -202,16 +219,7 @@ func TestServerCutsOffSlowClients(t *testing.T) {
 // token is accepted without a restart, and the old one no longer is.
 func TestServerAcceptsARotatedToken(t *testing.T) {
 	srv := startServer(t, 3, ServerTimeouts{ReadHeader: 10 * time.Second, WriteStall: 10 * time.Second})
-	status := func(token string) int {
-		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://%s/v1/tasks/%s/steps/0/log", srv.addr, srv.task.Name), nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode
-	}
+	status := func(token string) int { return srv.status(t, http.MethodGet, "/steps/0/log", token) }
 	if got := status("tok"); got != http.StatusOK {
 		t.Fatalf("with the token: %d, want 200", got)
 	}
@@ -232,5 +240,66 @@ func TestServerAcceptsARotatedToken(t *testing.T) {
 	}
 	if got := status("tok"); got != http.StatusUnauthorized {
 		t.Fatalf("with the rotated-out token: %d, want 401", got)
+	}
+}
+
+// TestAFinishedTaskIsKeptUntilItsFetchIsRecorded: the executor keeps a finished task's directory (its
+// logs and archives), and counts it as keeping a leaving member of a group (pendingTask), until the
+// manager says that the task's run records its fetch; then it drops it. What the manager says of a
+// task not final here yet, of another task of the name, or without the token, drops nothing.
+func TestAFinishedTaskIsKeptUntilItsFetchIsRecorded(t *testing.T) {
+	srv := startServer(t, 3, ServerTimeouts{ReadHeader: 10 * time.Second, WriteStall: 10 * time.Second})
+	ctx := context.Background()
+	dir := srv.e.taskDir(srv.task.UID)
+	ack := func(token, uid string) int { return srv.status(t, http.MethodPost, "/fetched?uid="+uid, token) }
+	kept := func(when string) {
+		t.Helper()
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatalf("%s: the task's directory is gone (%v), want it kept", when, err)
+		}
+	}
+	pending := func(want string) {
+		t.Helper()
+		if name, unfinished, err := srv.e.pendingTask(ctx); err != nil || name != want || unfinished {
+			t.Fatalf("pending task %q (unfinished %v, %v), want %q", name, unfinished, err, want)
+		}
+	}
+	uid := string(srv.task.UID)
+
+	if got := ack("tok", uid); got != http.StatusConflict {
+		t.Errorf("told while the task is not final: %d, want 409", got)
+	}
+	kept("not final")
+	et := srv.task.DeepCopy()
+	now := metav1.Now()
+	et.Status = rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseSuccess, StartTime: &now, EndTime: &now}
+	if err := srv.client.Status().Update(ctx, et); err != nil {
+		t.Fatal(err)
+	}
+	pending(et.Name)
+	for _, c := range []struct {
+		what, token, uid string
+		want             int
+	}{
+		{"without the token", "wrong", uid, http.StatusUnauthorized},
+		{"without a uid", "tok", "", http.StatusBadRequest},
+		{"of another task of the name", "tok", "00000000-0000-0000-0000-000000000000", http.StatusNotFound},
+	} {
+		if got := ack(c.token, c.uid); got != c.want {
+			t.Errorf("told %s: %d, want %d", c.what, got, c.want)
+		}
+		kept("told " + c.what)
+	}
+	pending(et.Name)
+
+	if got := ack("tok", uid); got != http.StatusNoContent {
+		t.Fatalf("told that the fetch is recorded: %d, want 204", got)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("told that the fetch is recorded, the task's directory is still there (%v)", err)
+	}
+	pending("")
+	if got := ack("tok", uid); got != http.StatusNoContent {
+		t.Errorf("told again: %d, want 204 (idempotent)", got)
 	}
 }

@@ -35,9 +35,10 @@ const (
 	// AnnotationUpdateToken carries a change-group update token on a mutating Run request.
 	AnnotationUpdateToken = "runservice.dev/changegroups-update-token"
 
-	// AnnotationFetched is set on an ExecutorTask by the manager once it is done copying the task's
-	// logs and archives into the object store: the time of a complete fetch, FetchedLost, or
-	// FetchedArchivesMissing. Any value lets the executor delete its own copy and leave its group.
+	// AnnotationFetched was set on an ExecutorTask by managers before the run's
+	// status.tasks[].fetched (same values) recorded a fetch: it is still read, on ExecutorTasks
+	// fetched before an upgrade (RunStatus.Fetched; an executor drops its copy of a task that has
+	// it), and no longer written.
 	AnnotationFetched = "runservice.dev/fetched"
 	// FetchedLost: the task's executor was gone (or had no endpoint) before the fetch, so none of
 	// the task's logs and archives are stored.

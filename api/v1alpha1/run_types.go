@@ -505,6 +505,37 @@ type TaskStatus struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=36
 	FromRunUID types.UID `json:"fromRunUID,omitempty"`
+	// fetched says that the manager is done copying the step logs and workspace archives of
+	// executorTask from its executor into the object store: the time of a complete fetch, "lost"
+	// (its executor was gone first: nothing stored), or "archives-missing:<i>[,<j>...]" (the logs
+	// are stored, the executor had no archive for those saveToWorkspace steps). Only once this is
+	// recorded does the manager tell the executor that its copy may go.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	Fetched string `json:"fetched,omitempty"`
+}
+
+// Fetched is what s records of the fetch of ExecutorTask et ("" when nothing): the fetched field
+// of the task et runs, or, for a task fetched by a manager from before that field, et's
+// AnnotationFetched. A task a restart kept has no ExecutorTask of this run and is not et's.
+func (s *RunStatus) Fetched(et *ExecutorTask) string {
+	if v := s.RecordedFetch(et); v != "" {
+		return v
+	}
+	return et.Annotations[AnnotationFetched]
+}
+
+// RecordedFetch is status.tasks[].fetched of the task ExecutorTask et runs, "" when none.
+func (s *RunStatus) RecordedFetch(et *ExecutorTask) string {
+	for i := range s.Tasks {
+		if ts := &s.Tasks[i]; ts.Name == et.Spec.TaskName {
+			if ts.ExecutorTask == et.Name && ts.FromRun == "" {
+				return ts.Fetched
+			}
+			return ""
+		}
+	}
+	return ""
 }
 
 // StepPhase is where a step is.

@@ -152,8 +152,7 @@ func (g *archiveGen) document(i int) *arv1.ArchivedRun {
 		et := rsv1.ExecutorTask{
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace: run.Namespace, Name: rsv1.ExecutorTaskName(run.Name, run.UID, task.Name),
-				UID:         types.UID(fmt.Sprintf("7a2d%04x-%04x-4000-8000-%012x", done, i>>32, i)),
-				Annotations: map[string]string{rsv1.AnnotationFetched: tEnd.Add(2 * time.Second).UTC().Format(time.RFC3339)},
+				UID: types.UID(fmt.Sprintf("7a2d%04x-%04x-4000-8000-%012x", done, i>>32, i)),
 			},
 			Spec: rsv1.ExecutorTaskSpec{RunName: run.Name, RunUID: string(run.UID), TaskName: task.Name,
 				Executor: fmt.Sprintf("k8s-executor-%d", r.IntN(3)), Task: task, Environment: run.Spec.Environment},
@@ -174,6 +173,7 @@ func (g *archiveGen) document(i int) *arv1.ArchivedRun {
 			}
 		}
 		ts.Executor, ts.ExecutorTask, ts.StartTime, ts.EndTime, ts.Steps = et.Spec.Executor, et.Name, t(tStart), t(tEnd), steps
+		ts.Fetched = tEnd.Add(2 * time.Second).UTC().Format(time.RFC3339)
 		et.Status = rsv1.ExecutorTaskStatus{Phase: ts.Phase, StartTime: ts.StartTime, EndTime: ts.EndTime, Steps: steps}
 		st.Tasks = append(st.Tasks, ts)
 		tasks = append(tasks, et)

@@ -52,7 +52,7 @@ func Document(run *rsv1.Run, tasks []rsv1.ExecutorTask, now time.Time) *arv1.Arc
 			UID:      et.UID,
 			Task:     et.Spec.TaskName,
 			Executor: et.Spec.Executor,
-			Fetched:  et.Annotations[rsv1.AnnotationFetched],
+			Fetched:  run.Status.Fetched(et),
 			Status:   *et.Status.DeepCopy(),
 		})
 	}

@@ -25,14 +25,42 @@ func finishedRun() (*rsv1.Run, []rsv1.ExecutorTask) {
 			Labels: map[string]string{"team": "a"}, CreationTimestamp: start},
 		Spec: rsv1.RunSpec{ChangeGroups: []string{"g1", "g2"}, Tasks: []rsv1.Task{{Name: "a"}}},
 		Status: rsv1.RunStatus{Phase: rsv1.RunPhaseFinished, Result: rsv1.RunResultFailed, Progress: "1/1", StartTime: &start, EndTime: &end,
-			Tasks: []rsv1.TaskStatus{{Name: "a", Phase: rsv1.TaskPhaseFailed, ExecutorTask: "r-a"}}},
+			Tasks: []rsv1.TaskStatus{{Name: "a", Phase: rsv1.TaskPhaseFailed, ExecutorTask: "r-a", Fetched: rsv1.FetchedLost}}},
 	}
 	ets := []rsv1.ExecutorTask{{
-		ObjectMeta: metav1.ObjectMeta{Name: "r-a", UID: "et-uid", Annotations: map[string]string{rsv1.AnnotationFetched: rsv1.FetchedLost}},
+		ObjectMeta: metav1.ObjectMeta{Name: "r-a", UID: "et-uid"},
 		Spec:       rsv1.ExecutorTaskSpec{TaskName: "a", Executor: "ex1"},
 		Status:     rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseFailed, Message: "exit 1"},
 	}}
 	return run, ets
+}
+
+// TestDocumentRecordsEachTasksFetch: the document's ExecutorTasks say how each one's fetch ended,
+// as the run's status records it, or, for a task fetched by a manager from before that record, as
+// its ExecutorTask's annotation said.
+func TestDocumentRecordsEachTasksFetch(t *testing.T) {
+	const at = "2026-12-01T10:01:02Z"
+	cases := []struct {
+		name, status, annotation, want string
+	}{
+		{"recorded in the run's status", at, "", at},
+		{"annotated by an earlier manager", "", rsv1.FetchedArchivesMissing + "1", rsv1.FetchedArchivesMissing + "1"},
+		{"the status over the annotation", rsv1.FetchedLost, at, rsv1.FetchedLost},
+		{"not fetched", "", "", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			run, ets := finishedRun()
+			run.Status.Tasks[0].Fetched = c.status
+			if c.annotation != "" {
+				ets[0].Annotations = map[string]string{rsv1.AnnotationFetched: c.annotation}
+			}
+			doc := archive.Document(run, ets, time.Now())
+			if got := doc.Status.ExecutorTasks[0].Fetched; got != c.want {
+				t.Errorf("archived ExecutorTask fetched %q, want %q", got, c.want)
+			}
+		})
+	}
 }
 
 // TestDocumentRoundTrip: the document is the run as it ended, with what archived runs are selected

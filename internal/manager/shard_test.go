@@ -481,7 +481,8 @@ func TestAHandoverWaitsForTheFetchInFlight(t *testing.T) {
 		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
 			return false, err
 		}
+		fetched := r.Status.RecordedFetch(et)
 		return r.Labels[rsv1.LabelShard] == "replica-b" && et.Labels[rsv1.LabelShard] == "replica-b" &&
-			et.Annotations[rsv1.AnnotationFetched] != "" && et.Annotations[rsv1.AnnotationFetched] != rsv1.FetchedLost, nil
+			fetched != "" && fetched != rsv1.FetchedLost, nil
 	})
 }

@@ -285,7 +285,8 @@ func Unstored(ctx context.Context, store *objectstore.Store, namespace string, s
 }
 
 // stored says whether what task saved in its workspace (as ts reports it) is in the object store,
-// as et's fetch left it. A task kept by the original in turn was checked when it was kept.
+// as its fetch left it: recorded in the run's status, or, in a document archived before that, in
+// its ExecutorTask's. A task kept by the original in turn was checked when it was kept.
 func stored(task *rsv1.Task, ts *rsv1.TaskStatus, et *arv1.ArchivedExecutorTask) bool {
 	if ts.FromRun != "" {
 		return true
@@ -293,10 +294,14 @@ func stored(task *rsv1.Task, ts *rsv1.TaskStatus, et *arv1.ArchivedExecutorTask)
 	if len(SavedArchives(task, ts)) == 0 {
 		return true
 	}
-	return et != nil && fetched(et.Fetched)
+	v := ts.Fetched
+	if v == "" && et != nil {
+		v = et.Fetched
+	}
+	return fetched(v)
 }
 
-// fetched says whether a fetch annotation says that the task's logs and all its archives are stored.
+// fetched says whether a fetch's outcome (status.tasks[].fetched) says that the task's logs and all its archives are stored.
 func fetched(v string) bool {
 	return v != "" && v != rsv1.FetchedLost && !strings.HasPrefix(v, rsv1.FetchedArchivesMissing)
 }

@@ -45,6 +45,21 @@ func original(tasks []rsv1.Task, phases map[string]rsv1.TaskPhase, fetched map[s
 	return doc
 }
 
+// inStatus is doc as a manager that records fetches in the run's status archives it: each task's
+// fetch in status.tasks[].fetched only (its ExecutorTask's field emptied, to show which is read).
+func inStatus(doc *arv1.ArchivedRun) *arv1.ArchivedRun {
+	for i := range doc.Status.ExecutorTasks {
+		et := &doc.Status.ExecutorTasks[i]
+		for j := range doc.Status.Tasks {
+			if doc.Status.Tasks[j].ExecutorTask == et.Name {
+				doc.Status.Tasks[j].Fetched = et.Fetched
+			}
+		}
+		et.Fetched = ""
+	}
+	return doc
+}
+
 func names(ts []rsv1.TaskStatus) []string {
 	var out []string
 	for _, t := range ts {
@@ -77,6 +92,9 @@ func TestKept(t *testing.T) {
 		{"a saved workspace with an archive missing runs again", saved,
 			original(saved, allOK, map[string]string{"a": rsv1.FetchedArchivesMissing + "1"}), nil},
 		{"a saved workspace not fetched yet runs again", saved, original(saved, allOK, map[string]string{"a": ""}), nil},
+		{"a saved workspace whose fetch the run's status records is kept", saved, inStatus(original(saved, allOK, nil)), []string{"a", "b"}},
+		{"a saved workspace the run's status records lost runs again", saved,
+			inStatus(original(saved, allOK, map[string]string{"a": rsv1.FetchedLost})), nil},
 		{"a task that saved nothing is kept whatever its fetch", chain[:1], original(chain[:1], allOK, map[string]string{"a": rsv1.FetchedLost}), []string{"a"}},
 	}
 	for _, tt := range tests {

@@ -126,7 +126,8 @@ func (r *Reader) Step(ctx context.Context, w io.Writer, run *rsv1.Run, ts *rsv1.
 	if ts.ExecutorTask != "" {
 		et, getErr = r.Runs.RunserviceV1alpha1().ExecutorTasks(r.Namespace).Get(ctx, ts.ExecutorTask, metav1.GetOptions{})
 	}
-	if getErr == nil && et.Annotations[rsv1.AnnotationFetched] == "" {
+	// The executor keeps its copy until the run's status records the fetch (and it is told so).
+	if getErr == nil && run.Status.Fetched(et) == "" {
 		if err := r.fromExecutor(ctx, w, et, i, follow); !errors.Is(err, errGone) {
 			return err
 		}

@@ -357,8 +357,8 @@ func TestWebView(t *testing.T) {
 	uitest.WaitJS(t, ctx, "deploy Running", `document.querySelector('g.node[data-task="deploy"]').dataset.phase === "Running"`)
 	// A running step's log comes live from the executor (nothing is fetched before the task ends).
 	uitest.WaitJS(t, ctx, "deploy's live log in the panel", `(document.querySelector("#log")||{}).textContent?.includes("deployed")`)
-	if et := executorTask(t, ns, "release", "deploy"); et.Annotations[rsv1.AnnotationFetched] != "" {
-		t.Errorf("deploy's log was fetched already (%s): the panel did not read it from the executor", et.Annotations[rsv1.AnnotationFetched])
+	if ts := e2e.TaskStatus((&e2e.Harness{Client: k8s}).Run(t, ns, "release"), "deploy"); ts.Fetched != "" {
+		t.Errorf("deploy's log was fetched already (%s): the panel did not read it from the executor", ts.Fetched)
 	}
 	uitest.WaitJS(t, ctx, "the stop button while the run runs", `!!document.querySelector("#stop")`)
 

@@ -13,7 +13,8 @@ import (
 // field names, phases, times, exit codes, the executor's name, a truncated message.
 const (
 	statusBaseBytes = 8 << 10 // phase, result, times, progress, conditions with truncated messages
-	taskStatusBytes = 640 + 253 + v1alpha1.MaxMessageLength
+	// A task's fetched is at most 256 bytes (the schema's bound): archives-missing of 64 steps.
+	taskStatusBytes = 640 + 253 + v1alpha1.MaxMessageLength + len(`,"fetched":""`) + 256
 	stepStatusBytes = 224
 	// uidBytes is the length of a uid, which the object store's keys carry (objectstore.Task).
 	uidBytes = len("00000000-0000-0000-0000-000000000000")

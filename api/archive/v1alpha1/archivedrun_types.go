@@ -84,8 +84,9 @@ type ArchivedExecutorTask struct {
 	Task string `json:"task"`
 	// executor is the Executor it was scheduled on.
 	Executor string `json:"executor,omitempty"`
-	// fetched is the runservice.dev/fetched annotation: when its logs and archives were stored, or
-	// why some are not (lost, archives-missing:…).
+	// fetched is what the run's status.tasks[].fetched recorded of its fetch (the
+	// runservice.dev/fetched annotation before that field): when its logs and archives were
+	// stored, or why some are not (lost, archives-missing:…).
 	// +optional
 	Fetched string `json:"fetched,omitempty"`
 	// status is the ExecutorTask's status, as its executor last wrote it.

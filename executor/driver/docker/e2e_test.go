@@ -218,8 +218,9 @@ func TestRestoreNeedsEveryArchiveItsParentSaved(t *testing.T) {
 	child := e2e.ShellTask("child", "true", e2e.After("parent"), func(t *rsv1.Task) { t.NeedsApproval = ptr.To(true) })
 	child.Steps = append([]rsv1.Step{{RestoreWorkspace: &rsv1.RestoreWorkspaceStep{DestDir: "."}}}, child.Steps...)
 	h.Create(t, ns, "gap", parent, child)
-	e2e.Eventually(t, 2*time.Minute, "the child waiting for approval", func() bool {
-		return e2e.TaskStatus(h.Run(t, ns, "gap"), "child").WaitingApproval
+	e2e.Eventually(t, 2*time.Minute, "the child waiting for approval, and the parent's fetch recorded", func() bool {
+		run := h.Run(t, ns, "gap")
+		return e2e.TaskStatus(run, "child").WaitingApproval && e2e.TaskStatus(run, "parent").Fetched != ""
 	})
 	ctx := context.Background()
 	bucket, err := blob.OpenBucket(ctx, storeURL)

@@ -2,10 +2,12 @@ package kubernetes_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -46,6 +49,9 @@ var (
 	// auditLog is the apiserver's log of write requests (testenv.WithAuditLog), for the tests that
 	// count what each client writes.
 	auditLog string
+	// fetchAcking, when set, is called by the manager's fetcher before it tells an executor that a
+	// task's copy may go; an error loses the ack on its way.
+	fetchAcking atomic.Pointer[func(types.NamespacedName) error]
 )
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
@@ -94,6 +100,12 @@ func testMain(m *testing.M) int {
 	// The fetcher runs, as in production: a member leaves only once its finished tasks are fetched.
 	// (Simulated pods write no logs: the executor answers 404, which stores nothing.)
 	opts.ObjectStore = objectstore.FileURL(filepath.Join(tmp, "store"))
+	opts.Controllers.FetchAcking = func(et types.NamespacedName) error {
+		if f := fetchAcking.Load(); f != nil {
+			return (*f)(et)
+		}
+		return nil
+	}
 	mgr, err := manager.New(ctx, env.Config, opts)
 	if err != nil {
 		return fail(err)
@@ -507,16 +519,54 @@ func TestAStoppedMemberWaitsForTheFetch(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("fa did not leave once its task was fetched")
 	}
-	et := &rsv1.ExecutorTask{}
-	quick := getRun(t, ns, "quick")
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: rsv1.ExecutorTaskName(quick.Name, quick.UID, "t")}, et); err != nil {
-		t.Fatal(err)
-	}
-	if v := et.Annotations[rsv1.AnnotationFetched]; v == "" || v == rsv1.FetchedLost {
-		t.Errorf("fetched annotation %q, want the time of a real fetch", v)
+	if v := e2e.TaskStatus(getRun(t, ns, "quick"), "t").Fetched; v == "" || v == rsv1.FetchedLost {
+		t.Errorf("the run records the fetch as %q, want the time of a real fetch", v)
 	}
 	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "fa"}, &rsv1.Executor{}); !apierrors.IsNotFound(err) {
 		t.Errorf("fetched, fa should have left the group: %v", err)
+	}
+}
+
+// TestAStoppedMemberLeavesAfterALostAck: the manager's word that a finished task's fetch is
+// recorded in its run never reaches the member (lost on its way, again and again, until the
+// manager's backoff for the member is 16s). Told to stop, the member cordons itself and waits for
+// that word; the manager, seeing the cordon, says it again at once: the member leaves within
+// seconds, not after the backoff, nor stays registered once its fetch wait is over.
+func TestAStoppedMemberLeavesAfterALostAck(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "k")
+	ctx := context.Background()
+	la := startExecutor(t, ns, "la", "--drain-timeout", "1m", "--lease-duration", "5m")
+	var lost atomic.Int32
+	hook := func(et types.NamespacedName) error {
+		ex := &rsv1.Executor{}
+		if et.Namespace != ns || k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "la"}, ex) == nil && ex.Spec.Unschedulable {
+			return nil
+		}
+		lost.Add(1)
+		return errors.New("the ack was lost on its way")
+	}
+	fetchAcking.Store(&hook)
+	t.Cleanup(func() { fetchAcking.Store(nil) })
+	finishOne(t, ns, "quick")
+	e2e.Eventually(t, time.Minute, "four acks lost", func() bool { return lost.Load() >= 4 })
+	if v := e2e.TaskStatus(getRun(t, ns, "quick"), "t").Fetched; v == "" || v == rsv1.FetchedLost {
+		t.Fatalf("the run records the fetch as %q, want the time of a real fetch", v)
+	}
+
+	stopped, start := make(chan struct{}), time.Now()
+	go func() { defer close(stopped); la.Stop() }()
+	select {
+	case <-stopped:
+	case <-time.After(time.Minute):
+		t.Fatal("la did not exit within its fetch wait")
+	}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "la"}, &rsv1.Executor{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("la stayed registered (%v): it was never told that its task's fetch is recorded", err)
+	}
+	d := time.Since(start)
+	t.Logf("la left %v after it was told to stop, with %d acks lost before", d.Round(time.Millisecond), lost.Load())
+	if d > 10*time.Second {
+		t.Fatalf("la left %v after it was told to stop, want about a round trip after its cordon, not after the manager's 16s backoff", d.Round(time.Millisecond))
 	}
 }
 

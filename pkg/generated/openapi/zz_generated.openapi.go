@@ -2831,7 +2831,7 @@ func schema_runservice_api_archive_v1alpha1_ArchivedExecutorTask(ref common.Refe
 					},
 					"fetched": {
 						SchemaProps: spec.SchemaProps{
-							Description: "fetched is the runservice.dev/fetched annotation: when its logs and archives were stored, or why some are not (lost, archives-missing:…).",
+							Description: "fetched is what the run's status.tasks[].fetched recorded of its fetch (the runservice.dev/fetched annotation before that field): when its logs and archives were stored, or why some are not (lost, archives-missing:…).",
 							Type:        []string{"string"},
 							Format:      "",
 						},
@@ -4935,6 +4935,13 @@ func schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref common.Referenc
 					"fromRunUID": {
 						SchemaProps: spec.SchemaProps{
 							Description: "fromRunUID is the uid of fromRun, under which its logs and workspace archives are kept.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"fetched": {
+						SchemaProps: spec.SchemaProps{
+							Description: "fetched says that the manager is done copying the step logs and workspace archives of executorTask from its executor into the object store: the time of a complete fetch, \"lost\" (its executor was gone first: nothing stored), or \"archives-missing:<i>[,<j>...]\" (the logs are stored, the executor had no archive for those saveToWorkspace steps). Only once this is recorded does the manager tell the executor that its copy may go.",
 							Type:        []string{"string"},
 							Format:      "",
 						},
