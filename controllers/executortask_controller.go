@@ -395,7 +395,9 @@ func (r *ExecutorTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("executortask").
 		For(&rsv1.ExecutorTask{}, builder.WithPredicates(final)).
 		// A run's status write that records fetches brings their tasks back, to be acked.
-		Watches(&rsv1.Run{}, handler.Funcs{UpdateFunc: fetchesRecorded}).
+		// A run arriving in this replica's cache (moved here from another shard, whose tasks were
+		// relabelled before it and found no run then) brings back its ended tasks.
+		Watches(&rsv1.Run{}, handler.Funcs{CreateFunc: endedTasksOf, UpdateFunc: fetchesRecorded}).
 		// An executor that changed its spec (cordoned to drain and leave, registered anew) is told
 		// at once of the recorded fetches it was not told of (an ack lost on its way).
 		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.unacked), builder.WithPredicates(predicate.GenerationChangedPredicate{})).

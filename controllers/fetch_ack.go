@@ -113,6 +113,21 @@ func fetchesRecorded(_ context.Context, e event.UpdateEvent, q workqueue.TypedRa
 	}
 }
 
+// endedTasksOf enqueues the ExecutorTasks of a run's ended tasks (not those kept from another
+// run): the fetcher found no run to record their fetch in while the run was not in this replica's
+// cache, and looks again now that it is (a fetch to do, or an executor to tell).
+func endedTasksOf(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	run, ok := e.Object.(*rsv1.Run)
+	if !ok {
+		return
+	}
+	for _, ts := range run.Status.Tasks {
+		if ts.ExecutorTask != "" && ts.FromRun == "" && ts.Phase.IsFinal() {
+			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: run.Namespace, Name: ts.ExecutorTask}})
+		}
+	}
+}
+
 // unacked maps an Executor to its final tasks that it was not told of yet, and lifts its backoff:
 // it changed, and is asked again at once.
 func (r *ExecutorTaskReconciler) unacked(ctx context.Context, o client.Object) []reconcile.Request {

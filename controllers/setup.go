@@ -82,6 +82,9 @@ type Options struct {
 	// ShardResync is how often the leader's sharder looks at every run again although the ring
 	// did not change (default 10 minutes).
 	ShardResync time.Duration
+	// ShardRelabelling, when set, is called by the sharder between relabelling a run's
+	// ExecutorTasks and relabelling the run: for tests of what the new owner sees meanwhile.
+	ShardRelabelling func(run types.NamespacedName)
 	// RestartReading, when set, is called before the run controller reads the run a restart
 	// restarts; an error is taken for a failed read (the object store down): for fault tests.
 	RestartReading func(run types.NamespacedName) error

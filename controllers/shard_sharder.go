@@ -52,6 +52,8 @@ type Sharder struct {
 	Metrics  *shardMetrics
 	// Resync is how often every run is looked at again although the ring did not change.
 	Resync time.Duration
+	// Relabelling, when set, is called between relabelling a run's ExecutorTasks and the run.
+	Relabelling func(run types.NamespacedName)
 
 	unlabelled cache.Cache
 
@@ -123,6 +125,9 @@ func (s *Sharder) assign(ctx context.Context, run *rsv1.Run, from, owner string,
 		if err := s.Client.Patch(ctx, et, patch); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("labelling executor task %s with shard %s: %w", et.Name, owner, err)
 		}
+	}
+	if s.Relabelling != nil {
+		s.Relabelling(client.ObjectKeyFromObject(run))
 	}
 	base := run.DeepCopy()
 	if run.Labels == nil {

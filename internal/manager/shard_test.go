@@ -486,3 +486,105 @@ func TestAHandoverWaitsForTheFetchInFlight(t *testing.T) {
 			fetched != "" && fetched != rsv1.FetchedLost, nil
 	})
 }
+
+// TestAMovedRunsUnfetchedTaskIsFetchedByItsNewOwner: a run moves while its ended task's fetch
+// failed on its former owner (the executor answered 503: a backoff, nothing in flight, so the drain
+// is acknowledged). The new owner sees the task relabelled before the run (by three seconds here),
+// so its fetcher first finds no run to record the fetch in; the run's arrival must bring the task
+// back, and the fetch is recorded.
+func TestAMovedRunsUnfetchedTaskIsFetchedByItsNewOwner(t *testing.T) {
+	ring, ns := newNamespace(t, "ring"), newNamespace(t, "refetch")
+	ctx := context.Background()
+	var healthy atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case !healthy.Load():
+			http.Error(w, "not now", http.StatusServiceUnavailable)
+		case strings.HasSuffix(r.URL.Path, "/log"):
+			_, _ = w.Write([]byte("the step's log\n"))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	token := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: rsv1.ExecutorTokenSecret, Namespace: ns}, StringData: map[string]string{rsv1.ExecutorTokenKey: "t"}}
+	if err := k8s.Create(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	testenv.StartFakeExecutor(t, k8s, ns, "fake")
+	endpoint := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"spec":{"endpoint":%q}}`, srv.URL))
+	if err := k8s.Patch(ctx, &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns}}, endpoint); err != nil {
+		t.Fatal(err)
+	}
+	store := objectstore.FileURL(t.TempDir())
+	withStore := func(change func(*manager.Options)) func(*manager.Options) {
+		return func(o *manager.Options) {
+			change(o)
+			o.ObjectStore, o.Controllers.ExecutorInsecureHTTP = store, true
+		}
+	}
+	stopA, err := env.StartManager(withStore(func(o *manager.Options) {
+		sharded(ring, "replica-a", true)(o)
+		o.Controllers.FetchBackoff = time.Hour // the former owner does not try again by itself
+		// The leader's sharder: the new owner sees the run's task three seconds before the run.
+		o.Controllers.ShardRelabelling = func(types.NamespacedName) { time.Sleep(3 * time.Second) }
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopA)
+	dropRunsAtEnd(t, ns)
+
+	both := shard.NewRing("replica-a", "replica-b")
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("refetched-%d", i); both.Owner(shard.Key(ns, n)) == "replica-b" {
+			name = n
+		}
+	}
+	run := twoTaskRun(ns, name)
+	run.Spec.Tasks = run.Spec.Tasks[:1]
+	if err := k8s.Create(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	etName := testenv.ReportTask(t, k8s, ns, name, "build", rsv1.ExecutorTaskStatus{})
+	et := &rsv1.ExecutorTask{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
+		t.Fatal(err)
+	}
+	if err := succeed(ctx, et); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "replica-a's fetch failing (an UnreachableExecutor or FetchFailed event)", func() (bool, error) {
+		r := &rsv1.Run{}
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r)
+		return err == nil && r.Status.Phase.IsFinal(), err
+	})
+	time.Sleep(time.Second) // the fetch has been tried and failed: a backoff of an hour
+	healthy.Store(true)
+
+	stopB, err := env.StartManager(withStore(sharded(ring, "replica-b", false)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopB)
+	eventually(t, 30*time.Second, "the run and its task moved to replica-b", func() (bool, error) {
+		r, et := &rsv1.Run{}, &rsv1.ExecutorTask{}
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r); err != nil {
+			return false, err
+		}
+		err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et)
+		return r.Labels[rsv1.LabelShard] == "replica-b" && et.Labels[rsv1.LabelShard] == "replica-b", err
+	})
+	eventually(t, 30*time.Second, "the task's fetch recorded in the run by replica-b", func() (bool, error) {
+		r, et := &rsv1.Run{}, &rsv1.ExecutorTask{}
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r); err != nil {
+			return false, err
+		}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
+			return false, err
+		}
+		fetched := r.Status.RecordedFetch(et)
+		return fetched != "" && fetched != rsv1.FetchedLost, nil
+	})
+}
