@@ -3,6 +3,7 @@ package docker_test
 import (
 	"context"
 	"errors"
+	"k8s.io/client-go/util/retry"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -85,14 +86,19 @@ func TestAProcessWhoseLeaseWasTakenOverLeavesItsTasks(t *testing.T) {
 	h.WaitStepRunning(t, ns, "long", "t")
 
 	ctx := context.Background()
-	lease := &coordinationv1.Lease{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, lease); err != nil {
-		t.Fatal(err)
-	}
-	now := metav1.NowMicro()
-	lease.Spec.HolderIdentity = ptr.To(rsv1.LeaseHolder(name, "elsewhere"))
-	lease.Spec.RenewTime = &now
-	if err := k8s.Update(ctx, lease); err != nil {
+	// The executor renews its Lease meanwhile (with its count of active tasks): read it again on
+	// a conflict, as another process taking it over would.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		lease := &coordinationv1.Lease{}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, lease); err != nil {
+			return err
+		}
+		now := metav1.NowMicro()
+		lease.Spec.HolderIdentity = ptr.To(rsv1.LeaseHolder(name, "elsewhere"))
+		lease.Spec.RenewTime = &now
+		return k8s.Update(ctx, lease)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	exitedNonZero(t, first, "another process runs as executor usurped")
