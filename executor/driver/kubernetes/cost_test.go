@@ -155,8 +155,11 @@ func TestFollowingATaskCostsTheSameHoweverManyRun(t *testing.T) {
 	}
 	few := measure("few", 5)
 	many := measure("many", 30)
-	if many.logGets > 2 {
-		t.Errorf("%.1f pods/log requests per task with 30 tasks, want at most 2 (one follow, one read of the ended pod)", many.logGets)
+	// One follow and one read of the ended pod; on a loaded machine the apiserver ends an
+	// occasional follow early, which is followed again after a backoff (CI, load average above 10:
+	// 63 requests for 30 tasks): a tenth more, not one per second per task as polling would be.
+	if many.logGets > 2.2 {
+		t.Errorf("%.1f pods/log requests per task with 30 tasks, want at most 2.2 (one follow, one read of the ended pod, an occasional follow again)", many.logGets)
 	}
 	// A task's pod changes a handful of times (created, running, ended, deleted), each waking its
 	// Wait and its Mirror once.
