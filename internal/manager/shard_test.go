@@ -401,22 +401,7 @@ func TestAHandoverWaitsForTheFetchInFlight(t *testing.T) {
 			close(release)
 		}
 	}()
-	token := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: rsv1.ExecutorTokenSecret, Namespace: ns}, StringData: map[string]string{rsv1.ExecutorTokenKey: "t"}}
-	if err := k8s.Create(ctx, token); err != nil {
-		t.Fatal(err)
-	}
-	testenv.StartFakeExecutor(t, k8s, ns, "fake")
-	endpoint := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"spec":{"endpoint":%q}}`, srv.URL))
-	if err := k8s.Patch(ctx, &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns}}, endpoint); err != nil {
-		t.Fatal(err)
-	}
-	store := objectstore.FileURL(t.TempDir())
-	withStore := func(change func(*manager.Options)) func(*manager.Options) {
-		return func(o *manager.Options) {
-			change(o)
-			o.ObjectStore, o.Controllers.ExecutorInsecureHTTP = store, true
-		}
-	}
+	withStore := fetchable(t, ns, srv.URL)
 	stopA, err := env.StartManager(withStore(sharded(ring, "replica-a", true)))
 	if err != nil {
 		t.Fatal(err)
@@ -507,22 +492,7 @@ func TestAMovedRunsUnfetchedTaskIsFetchedByItsNewOwner(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	token := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: rsv1.ExecutorTokenSecret, Namespace: ns}, StringData: map[string]string{rsv1.ExecutorTokenKey: "t"}}
-	if err := k8s.Create(ctx, token); err != nil {
-		t.Fatal(err)
-	}
-	testenv.StartFakeExecutor(t, k8s, ns, "fake")
-	endpoint := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"spec":{"endpoint":%q}}`, srv.URL))
-	if err := k8s.Patch(ctx, &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns}}, endpoint); err != nil {
-		t.Fatal(err)
-	}
-	store := objectstore.FileURL(t.TempDir())
-	withStore := func(change func(*manager.Options)) func(*manager.Options) {
-		return func(o *manager.Options) {
-			change(o)
-			o.ObjectStore, o.Controllers.ExecutorInsecureHTTP = store, true
-		}
-	}
+	withStore := fetchable(t, ns, srv.URL)
 	stopA, err := env.StartManager(withStore(func(o *manager.Options) {
 		sharded(ring, "replica-a", true)(o)
 		o.Controllers.FetchBackoff = time.Hour // the former owner does not try again by itself
@@ -587,4 +557,28 @@ func TestAMovedRunsUnfetchedTaskIsFetchedByItsNewOwner(t *testing.T) {
 		fetched := r.Status.RecordedFetch(et)
 		return fetched != "" && fetched != rsv1.FetchedLost, nil
 	})
+}
+
+// fetchable gives namespace ns an executor "fake" whose endpoint is url and the token it is
+// fetched with, and returns what makes a manager's options fetch from it into one object store
+// shared by the test's managers.
+func fetchable(t *testing.T, ns, url string) func(change func(*manager.Options)) func(*manager.Options) {
+	t.Helper()
+	ctx := context.Background()
+	token := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: rsv1.ExecutorTokenSecret, Namespace: ns}, StringData: map[string]string{rsv1.ExecutorTokenKey: "t"}}
+	if err := k8s.Create(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	testenv.StartFakeExecutor(t, k8s, ns, "fake")
+	endpoint := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"spec":{"endpoint":%q}}`, url))
+	if err := k8s.Patch(ctx, &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "fake", Namespace: ns}}, endpoint); err != nil {
+		t.Fatal(err)
+	}
+	store := objectstore.FileURL(t.TempDir())
+	return func(change func(*manager.Options)) func(*manager.Options) {
+		return func(o *manager.Options) {
+			change(o)
+			o.ObjectStore, o.Controllers.ExecutorInsecureHTTP = store, true
+		}
+	}
 }
