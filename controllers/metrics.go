@@ -110,7 +110,7 @@ func (c *runPhaseCollector) setReader(r client.Reader) {
 	c.client = r
 }
 
-var runsDesc = prometheus.NewDesc("runservice_runs", "Runs in etcd, by phase.", []string{"phase"}, nil)
+var runsDesc = prometheus.NewDesc("runservice_runs", "Runs in etcd, by phase (in a sharded manager: the runs this replica owns).", []string{"phase"}, nil)
 
 func (c *runPhaseCollector) Describe(ch chan<- *prometheus.Desc) { ch <- runsDesc }
 

@@ -70,14 +70,18 @@ echo "$out" | tail -5 >&2
 [ "$(echo "$out" | tail -1)" = packaged ] || fail "runctl logs diamond package did not print the step's output"
 log "README walkthrough: diamond Success, logs read from S3 ($((SECONDS - t0)) s)"
 
-# The manager's metrics: through their Service (either replica), and the leader's runservice figures.
+# The manager's metrics: through their Service (any replica), and each replica's runservice figures.
 metrics=$(kubectl get --raw /api/v1/namespaces/runservice-system/services/runservice-manager-metrics:metrics/proxy/metrics) ||
   fail "the manager's metrics Service does not answer"
 echo "$metrics" | grep -q '^process_start_time_seconds' || fail "the manager's metrics Service answers without metrics"
-leader=$(kubectl -n runservice-system get lease runservice-manager.runservice.dev -o jsonpath='{.spec.holderIdentity}')
-leader=${leader%%_*}
-metrics=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$leader:8080/proxy/metrics") || fail "the leader $leader serves no metrics"
-echo "$metrics" | grep -q '^runservice_runs{phase="Finished"} [1-9]' || fail "the leader's metrics do not count the finished run: $(echo "$metrics" | grep '^runservice_')"
+# Each replica counts the runs it owns (sharded): one of the three counts the finished run.
+counted=
+for pod in $(kubectl -n runservice-system get pods -l app.kubernetes.io/name=runservice-manager -o jsonpath='{.items[*].metadata.name}'); do
+  metrics=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$pod:8080/proxy/metrics") || fail "the manager replica $pod serves no metrics"
+  echo "$metrics" | grep -q '^runservice_shard_runs{' || fail "the manager replica $pod is not sharded: $(echo "$metrics" | grep '^runservice_')"
+  echo "$metrics" | grep -q '^runservice_runs{phase="Finished"} [1-9]' && counted=$pod
+done
+[ -n "$counted" ] || fail "no manager replica's metrics count the finished run"
 
 # The archive API: registered by its APIService and served by every manager replica behind its
 # Service (the front proxy of hack/cluster.sh, the caBundle the manager keeps, delegated auth).
