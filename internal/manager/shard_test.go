@@ -409,27 +409,7 @@ func TestAHandoverWaitsForTheFetchInFlight(t *testing.T) {
 	t.Cleanup(stopA)
 	dropRunsAtEnd(t, ns)
 
-	// A run the ring of both replicas gives to replica-b.
-	both := shard.NewRing("replica-a", "replica-b")
-	name := ""
-	for i := 0; name == ""; i++ {
-		if n := fmt.Sprintf("fetched-%d", i); both.Owner(shard.Key(ns, n)) == "replica-b" {
-			name = n
-		}
-	}
-	run := twoTaskRun(ns, name)
-	run.Spec.Tasks = run.Spec.Tasks[:1]
-	if err := k8s.Create(ctx, run); err != nil {
-		t.Fatal(err)
-	}
-	etName := testenv.ReportTask(t, k8s, ns, name, "build", rsv1.ExecutorTaskStatus{})
-	et := &rsv1.ExecutorTask{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
-		t.Fatal(err)
-	}
-	if err := succeed(ctx, et); err != nil {
-		t.Fatal(err)
-	}
+	run, etName := endedRunOfB(t, ns, "fetched")
 	select {
 	case <-fetching:
 	case <-time.After(30 * time.Second):
@@ -505,26 +485,7 @@ func TestAMovedRunsUnfetchedTaskIsFetchedByItsNewOwner(t *testing.T) {
 	t.Cleanup(stopA)
 	dropRunsAtEnd(t, ns)
 
-	both := shard.NewRing("replica-a", "replica-b")
-	name := ""
-	for i := 0; name == ""; i++ {
-		if n := fmt.Sprintf("refetched-%d", i); both.Owner(shard.Key(ns, n)) == "replica-b" {
-			name = n
-		}
-	}
-	run := twoTaskRun(ns, name)
-	run.Spec.Tasks = run.Spec.Tasks[:1]
-	if err := k8s.Create(ctx, run); err != nil {
-		t.Fatal(err)
-	}
-	etName := testenv.ReportTask(t, k8s, ns, name, "build", rsv1.ExecutorTaskStatus{})
-	et := &rsv1.ExecutorTask{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
-		t.Fatal(err)
-	}
-	if err := succeed(ctx, et); err != nil {
-		t.Fatal(err)
-	}
+	run, etName := endedRunOfB(t, ns, "refetched")
 	eventually(t, 30*time.Second, "replica-a's fetch failing (an UnreachableExecutor or FetchFailed event)", func() (bool, error) {
 		r := &rsv1.Run{}
 		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r)
@@ -581,4 +542,33 @@ func fetchable(t *testing.T, ns, url string) func(change func(*manager.Options))
 			o.ObjectStore, o.Controllers.ExecutorInsecureHTTP = store, true
 		}
 	}
+}
+
+// endedRunOfB creates a run of one task named prefix-<i>, the first such name that the ring of
+// replica-a and replica-b gives to replica-b, and reports its task ended with success; it returns
+// the run and the task's ExecutorTask name.
+func endedRunOfB(t *testing.T, ns, prefix string) (*rsv1.Run, string) {
+	t.Helper()
+	ctx := context.Background()
+	both := shard.NewRing("replica-a", "replica-b")
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("%s-%d", prefix, i); both.Owner(shard.Key(ns, n)) == "replica-b" {
+			name = n
+		}
+	}
+	run := twoTaskRun(ns, name)
+	run.Spec.Tasks = run.Spec.Tasks[:1]
+	if err := k8s.Create(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	etName := testenv.ReportTask(t, k8s, ns, name, "build", rsv1.ExecutorTaskStatus{})
+	et := &rsv1.ExecutorTask{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
+		t.Fatal(err)
+	}
+	if err := succeed(ctx, et); err != nil {
+		t.Fatal(err)
+	}
+	return run, etName
 }
