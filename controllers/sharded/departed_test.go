@@ -1,0 +1,90 @@
+package sharded_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/testenv"
+)
+
+// departed is a member that left the ring: no replica's cache selects its label.
+const departed = "shard-gone"
+
+// TestAnExecutorTaskOfADepartedMemberFollowsItsRun: ExecutorTasks of shard-b's runs labelled with
+// a member that left the ring, so that no replica caches them. One was created before shard-b
+// scheduled the task (a stalled member's create after its Lease expired: shard-b meets
+// AlreadyExists and adopts it); the other is relabelled while its task runs (a deposed leader's
+// relabel landing late). shard-b labels each with its run's shard, and both runs finish.
+func TestAnExecutorTaskOfADepartedMemberFollowsItsRun(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	autoExecutor(t, ns, "fake", 2*time.Second)
+	names := namesOn(ns, "departed", "shard-b", 2)
+	stalled, late := newRun(ns, names[0], "", true), newRun(ns, names[1], "", false)
+	createRun(t, stalled)
+	createStalledTask(t, stalled, "fake")
+	if err := k8s.Patch(ctx, stalled, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"suspend":false}}`))); err != nil {
+		t.Fatal(err)
+	}
+	createRun(t, late)
+	etName := testenv.ReportTask(t, k8s, ns, late.Name, "only", rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseRunning, StartTime: ptrNow()})
+	relabel := client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"`+rsv1.LabelShard+`":"`+departed+`"}}}`))
+	if err := k8s.Patch(ctx, &rsv1.ExecutorTask{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: etName}}, relabel); err != nil {
+		t.Fatal(err)
+	}
+	for _, run := range []*rsv1.Run{stalled, late} {
+		eventually(t, 30*time.Second, "run "+run.Name+" finished, its task labelled shard-b", func() (bool, error) {
+			r := &rsv1.Run{}
+			if err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r); err != nil {
+				return false, err
+			}
+			var ets rsv1.ExecutorTaskList
+			if err := k8s.List(ctx, &ets, client.InNamespace(ns), client.MatchingLabels{rsv1.LabelRunUID: string(r.UID)}); err != nil {
+				return false, err
+			}
+			return r.Status.Phase == rsv1.RunPhaseFinished && len(ets.Items) == 1 && ets.Items[0].Labels[rsv1.LabelShard] == "shard-b", nil
+		})
+	}
+}
+
+// createStalledTask creates the ExecutorTask of run's task on executor as a member that left the
+// ring would: with its own name as the shard label.
+func createStalledTask(t *testing.T, run *rsv1.Run, executor string) {
+	t.Helper()
+	ctx := context.Background()
+	eventually(t, 30*time.Second, "run "+run.Name+" queued", func() (bool, error) {
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), run)
+		return run.Status.Phase == rsv1.RunPhaseQueued, err
+	})
+	ex := &rsv1.Executor{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: executor}, ex); err != nil {
+		t.Fatal(err)
+	}
+	task := run.Spec.Tasks[0]
+	et := &rsv1.ExecutorTask{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: rsv1.ExecutorTaskName(run.Name, run.UID, task.Name), Namespace: run.Namespace,
+			Labels: map[string]string{
+				rsv1.LabelRun: rsv1.LabelValue(run.Name), rsv1.LabelRunUID: string(run.UID), rsv1.LabelTask: task.Name,
+				rsv1.LabelExecutor: executor, rsv1.LabelShard: departed,
+			},
+		},
+		Spec: rsv1.ExecutorTaskSpec{
+			RunName: run.Name, RunUID: string(run.UID), TaskName: task.Name,
+			Executor: executor, ExecutorUID: string(ex.UID), Task: task,
+		},
+	}
+	if err := controllerutil.SetControllerReference(run, et, k8s.Scheme()); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, et); err != nil {
+		t.Fatal(err)
+	}
+}
