@@ -8,7 +8,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/testenv"
@@ -54,37 +53,13 @@ func TestAnExecutorTaskOfADepartedMemberFollowsItsRun(t *testing.T) {
 	}
 }
 
-// createStalledTask creates the ExecutorTask of run's task on executor as a member that left the
-// ring would: with its own name as the shard label.
+// createStalledTask creates the ExecutorTask of queued run's task on executor as a member that
+// left the ring would: with its own name as the shard label.
 func createStalledTask(t *testing.T, run *rsv1.Run, executor string) {
 	t.Helper()
-	ctx := context.Background()
 	eventually(t, 30*time.Second, "run "+run.Name+" queued", func() (bool, error) {
-		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), run)
+		err := k8s.Get(context.Background(), client.ObjectKeyFromObject(run), run)
 		return run.Status.Phase == rsv1.RunPhaseQueued, err
 	})
-	ex := &rsv1.Executor{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: executor}, ex); err != nil {
-		t.Fatal(err)
-	}
-	task := run.Spec.Tasks[0]
-	et := &rsv1.ExecutorTask{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: rsv1.ExecutorTaskName(run.Name, run.UID, task.Name), Namespace: run.Namespace,
-			Labels: map[string]string{
-				rsv1.LabelRun: rsv1.LabelValue(run.Name), rsv1.LabelRunUID: string(run.UID), rsv1.LabelTask: task.Name,
-				rsv1.LabelExecutor: executor, rsv1.LabelShard: departed,
-			},
-		},
-		Spec: rsv1.ExecutorTaskSpec{
-			RunName: run.Name, RunUID: string(run.UID), TaskName: task.Name,
-			Executor: executor, ExecutorUID: string(ex.UID), Task: task,
-		},
-	}
-	if err := controllerutil.SetControllerReference(run, et, k8s.Scheme()); err != nil {
-		t.Fatal(err)
-	}
-	if err := k8s.Create(ctx, et); err != nil {
-		t.Fatal(err)
-	}
+	testenv.CreateExecutorTask(t, k8s, run, executor, departed)
 }
