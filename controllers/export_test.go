@@ -18,3 +18,8 @@ func (s *Scheduler) Pick(ctx context.Context, namespace string, task *rsv1.Task)
 	defer s.mu.Unlock()
 	return s.pick(ctx, namespace, task)
 }
+
+// ScanTasks is the sharder's look at the ExecutorTasks labelled with members not in members.
+func (s *Sharder) ScanTasks(ctx context.Context, members []string) error {
+	return s.scanTasks(ctx, members)
+}

@@ -120,7 +120,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		}
 	}
 	if run.Status.Phase.IsFinal() {
-		if err := r.foldFinal(ctx, run); err != nil {
+		if err := r.writeFetches(ctx, run); err != nil {
 			return requeueOnConflict(err, "")
 		}
 		return requeueOnConflict(r.release(ctx, run), "")
@@ -378,14 +378,22 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 		if _, ok := states[ts.Name]; ok || ts.ExecutorTask == "" || ts.Phase.IsFinal() {
 			continue
 		}
-		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: ts.ExecutorTask}, &rsv1.ExecutorTask{})
-		if apierrors.IsNotFound(err) {
+		et := &rsv1.ExecutorTask{}
+		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: ts.ExecutorTask}, et)
+		switch {
+		case apierrors.IsNotFound(err):
 			states[ts.Name] = dag.ExecutorTaskState{
 				Name: ts.ExecutorTask, Executor: ts.Executor,
 				Status: rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseFailed, Message: "its ExecutorTask " + ts.ExecutorTask + " was deleted"},
 			}
-		} else if err != nil {
+		case err != nil:
 			return nil, nil, fmt.Errorf("reading executor task %s: %w", ts.ExecutorTask, err)
+		default:
+			// Not in the cache: the cache lags behind its creation, or it is labelled with
+			// another shard.
+			if err := r.followRun(ctx, et); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 	return tasks, states, nil
@@ -450,8 +458,9 @@ func reportOnly(old, status *rsv1.RunStatus) bool {
 	return true
 }
 
-// foldFinal records, in a final run's status, the fetches that ended after it did.
-func (r *RunReconciler) foldFinal(ctx context.Context, run *rsv1.Run) error {
+// writeFetches records in run's status, alone, the fetches whose outcome it does not record yet:
+// those of a final run that ended after it did, and those of a run handed over.
+func (r *RunReconciler) writeFetches(ctx context.Context, run *rsv1.Run) error {
 	tasks, _, err := r.executorTasks(ctx, run)
 	if err != nil {
 		return err
@@ -573,6 +582,9 @@ func (r *RunReconciler) schedule(ctx context.Context, run *rsv1.Run, name string
 				return false, fmt.Errorf("reading executor task %s: %w", etName, err)
 			}
 			if err := adoptable(et, run, name); err != nil {
+				return false, err
+			}
+			if err := r.followRun(ctx, et); err != nil {
 				return false, err
 			}
 			landedOn = et.Spec.Executor

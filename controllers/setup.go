@@ -82,6 +82,9 @@ type Options struct {
 	// ShardResync is how often the leader's sharder looks at every run again although the ring
 	// did not change (default 10 minutes).
 	ShardResync time.Duration
+	// ShardLeaseDuration is the duration of the ring's membership Leases (default
+	// shard.DefaultLeaseDuration): how long after a change of the ring every replica sees it.
+	ShardLeaseDuration time.Duration
 	// ShardRelabelling, when set, is called by the sharder between relabelling a run's
 	// ExecutorTasks and relabelling the run: for tests of what the new owner sees meanwhile.
 	ShardRelabelling func(run types.NamespacedName)

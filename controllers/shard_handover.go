@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -161,7 +162,7 @@ const handoverRetry = 100 * time.Millisecond
 
 // handover is the run reconcile's part of a handover, before anything else: a run this replica
 // gave away is left alone (done), a run to drain is acknowledged once no work for it is in flight
-// (done). Otherwise the reconcile goes on.
+// and the outcomes of its fetches are recorded in its status (done). Otherwise the reconcile goes on.
 func (r *RunReconciler) handover(ctx context.Context, run *rsv1.Run) (done bool, result ctrl.Result, err error) {
 	g := r.guard
 	if g == nil {
@@ -177,6 +178,13 @@ func (r *RunReconciler) handover(ctx context.Context, run *rsv1.Run) (done bool,
 	if !g.drain(run.UID) {
 		return true, ctrl.Result{RequeueAfter: handoverRetry}, nil
 	}
+	// The fetches that ended are in memory until the run's status records them: written before
+	// the acknowledgement, else the new owner would fetch them again, and find them lost if the
+	// executor left meanwhile. The write changes the run, so the acknowledgement is locked on it.
+	if err := r.writeFetches(ctx, run); err != nil {
+		res, err := requeueOnConflict(client.IgnoreNotFound(err), "recording the fetches before the run's handover")
+		return true, res, err
+	}
 	base := run.DeepCopy()
 	delete(run.Labels, rsv1.LabelShard)
 	delete(run.Labels, rsv1.LabelShardDrain)
@@ -191,4 +199,20 @@ func (r *RunReconciler) handover(ctx context.Context, run *rsv1.Run) (done bool,
 	r.shardMetrics.released.Inc()
 	ctrl.LoggerFrom(ctx).Info("handed the run over", "shard", r.Options.Shard.Me(), "to", base.Labels[rsv1.LabelShardDrain], "resourceVersion", run.ResourceVersion)
 	return true, ctrl.Result{}, nil
+}
+
+// followRun labels et, an ExecutorTask of a run this replica owns that its cache does not show
+// (read from the apiserver), with its run's shard: created by a member after it left the ring (a
+// stalled replica), or relabelled late by a deposed leader, it is in no live replica's cache, and
+// the run would wait for it for ever. The sharder's scans find those of members not live; this
+// finds any the run's owner misses, at the moment it misses it. The run is read anew: a stalled
+// replica, whose cache still shows the run as its own, does not take the task back.
+func (r *RunReconciler) followRun(ctx context.Context, et *rsv1.ExecutorTask) error {
+	if r.guard == nil || et.Labels[rsv1.LabelShard] == r.Options.Shard.Me() {
+		return nil
+	}
+	if _, err := followRun(ctx, r.APIReader, r.Client, et); err != nil {
+		return fmt.Errorf("labelling executor task %s with its run's shard: %w", et.Name, err)
+	}
+	return nil
 }

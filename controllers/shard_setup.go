@@ -12,7 +12,7 @@ func setupSharding(mgr ctrl.Manager, opts Options) (*handoverGuard, *shardMetric
 		return nil, nil, nil
 	}
 	metrics := newShardMetrics(mgr.GetClient(), opts.Shard.Me())
-	sharder := &Sharder{View: opts.Shard, Recorder: mgr.GetEventRecorder("sharder"), Metrics: metrics, Resync: opts.ShardResync, Relabelling: opts.ShardRelabelling}
+	sharder := &Sharder{View: opts.Shard, Recorder: mgr.GetEventRecorder("sharder"), Metrics: metrics, Resync: opts.ShardResync, Settle: opts.ShardLeaseDuration, Relabelling: opts.ShardRelabelling}
 	if err := sharder.SetupWithManager(mgr); err != nil {
 		return nil, nil, err
 	}

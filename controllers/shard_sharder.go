@@ -54,6 +54,10 @@ type Sharder struct {
 	Resync time.Duration
 	// Relabelling, when set, is called between relabelling a run's ExecutorTasks and the run.
 	Relabelling func(run types.NamespacedName)
+	// Settle is how long after a change of the ring every replica sees it as the sharder does
+	// (the ring's Lease duration): the sharder then looks once more at the runs and ExecutorTasks
+	// labelled with members not live, which a replica with an older view labelled meanwhile.
+	Settle time.Duration
 
 	unlabelled cache.Cache
 
@@ -152,7 +156,12 @@ func (s *Sharder) assign(ctx context.Context, run *rsv1.Run, from, owner string,
 }
 
 // Start watches the ring until ctx ends (a manager.Runnable on the leader): a scan at once, after
-// each change of the ring, and every Resync.
+// each change of the ring and again Settle after it, and every Resync.
+//
+// The scan Settle after a change finds what replicas that did not see the change yet labelled
+// with a member that left: the webhook of a replica whose view still shows the member (it labels
+// new runs), a member that stalled past its Lease's expiry (it may still create ExecutorTasks).
+// Without it, such a run would wait for the next change or Resync, owned by no replica.
 func (s *Sharder) Start(ctx context.Context) error {
 	log := ctrl.LoggerFrom(ctx).WithName("sharder")
 	var changes <-chan struct{}
@@ -161,9 +170,16 @@ func (s *Sharder) Start(ctx context.Context) error {
 	}
 	resync := time.NewTicker(s.Resync)
 	defer resync.Stop()
-	var scanned []string // the members at the last complete scan; nil: none yet
+	var (
+		scanned []string // the members at the last complete scan; nil: none yet
+		seen    []string // the members at the last look at the ring
+		settled <-chan time.Time
+	)
 	for {
 		members := s.View.Ring().Members()
+		if seen == nil || !slices.Equal(members, seen) {
+			seen, settled = members, time.After(s.Settle)
+		}
 		full := scanned == nil || slices.ContainsFunc(members, func(m string) bool { return !slices.Contains(scanned, m) })
 		if err := s.scan(ctx, members, full); err != nil {
 			log.Error(err, "looking for runs to move (retried)")
@@ -182,16 +198,27 @@ func (s *Sharder) Start(ctx context.Context) error {
 		case <-resync.C:
 			scanned = nil
 		case <-retry:
+		case <-settled:
+			settled = nil
 		}
 	}
 }
 
 // scan places the runs that may be misplaced in the ring of members: every labelled run when full,
-// else those labelled with a member that is not live.
+// else those labelled with a member that is not live; then the ExecutorTasks labelled with a
+// member that is not live follow their runs.
 func (s *Sharder) scan(ctx context.Context, members []string, full bool) error {
 	if len(members) == 0 {
 		return nil // nothing can be placed; the first member's arrival brings a full scan
 	}
+	if err := s.scanRuns(ctx, members, full); err != nil {
+		return err
+	}
+	return s.scanTasks(ctx, members)
+}
+
+// scanRuns places the runs that may be misplaced (see scan).
+func (s *Sharder) scanRuns(ctx context.Context, members []string, full bool) error {
 	sel := labels.NewSelector()
 	op, values := selection.Exists, []string(nil)
 	if !full {
@@ -236,6 +263,67 @@ func (s *Sharder) scan(ctx context.Context, members []string, full bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// scanTasks labels the ExecutorTasks labelled with a member that is not live with their run's
+// shard (followRun), page by page: a member that stalled past its Lease's expiry may have created
+// one after its runs moved, or a deposed leader's relabel landed late. No live replica caches
+// such a task, so its run would wait for it for ever. (A task labelled with a live member other
+// than its run's is found by that run's owner, which misses it: see RunReconciler.followRun.)
+func (s *Sharder) scanTasks(ctx context.Context, members []string) error {
+	exists, _ := labels.NewRequirement(rsv1.LabelShard, selection.Exists, nil) // constant: valid
+	notLive, err := labels.NewRequirement(rsv1.LabelShard, selection.NotIn, members)
+	if err != nil {
+		return fmt.Errorf("selecting executor tasks of shards other than %v: %w", members, err)
+	}
+	sel := labels.NewSelector().Add(*exists, *notLive)
+	var errs []error
+	opts := []client.ListOption{client.MatchingLabelsSelector{Selector: sel}, client.Limit(sharderPage)}
+	for cont := ""; ; {
+		var page rsv1.ExecutorTaskList
+		if err := s.Client.List(ctx, &page, append(opts, client.Continue(cont))...); err != nil {
+			return fmt.Errorf("listing executor tasks: %w", err)
+		}
+		for i := range page.Items {
+			et := &page.Items[i]
+			if _, err := followRun(ctx, s.Client, s.Client, et); err != nil {
+				errs = append(errs, fmt.Errorf("labelling executor task %s/%s with its run's shard: %w", et.Namespace, et.Name, err))
+			}
+		}
+		if cont = page.Continue; cont == "" {
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// followRun labels et with its run's shard as the apiserver has it now, and says whether it did.
+// The patch is locked on et's resourceVersion, so that a relabel by the sharder's assign meanwhile
+// (a move: the tasks first, then the run) is not undone. A run without the label is being assigned,
+// and its tasks with it; a run gone takes its tasks with it.
+func followRun(ctx context.Context, reader client.Reader, writer client.Writer, et *rsv1.ExecutorTask) (bool, error) {
+	key, ok := ownerRun(et)
+	if !ok {
+		return false, nil
+	}
+	run := &rsv1.Run{}
+	if err := reader.Get(ctx, key, run); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	owner := run.Labels[rsv1.LabelShard]
+	if string(run.UID) != et.Spec.RunUID || owner == "" || owner == et.Labels[rsv1.LabelShard] {
+		return false, nil
+	}
+	base := et.DeepCopy()
+	if et.Labels == nil {
+		et.Labels = map[string]string{}
+	}
+	et.Labels[rsv1.LabelShard] = owner
+	if err := writer.Patch(ctx, et, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	ctrl.LoggerFrom(ctx).Info("labelled an executor task with its run's shard", "executorTask", client.ObjectKeyFromObject(et), "from", base.Labels[rsv1.LabelShard], "shard", owner)
+	return true, nil
 }
 
 // placeRetries is how often place reads a run again whose write met a newer version (its owner
@@ -335,6 +423,9 @@ func (s *Sharder) SetupWithManager(mgr ctrl.Manager) error {
 	s.draining = map[types.UID]drainStart{}
 	if s.Resync == 0 {
 		s.Resync = 10 * time.Minute
+	}
+	if s.Settle == 0 {
+		s.Settle = shard.DefaultLeaseDuration
 	}
 	if err := mgr.Add(leaderCache{s.unlabelled}); err != nil {
 		return err

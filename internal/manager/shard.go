@@ -78,7 +78,7 @@ func newSharding(cfg *rest.Config, opts *Options) (*sharding, *rest.Config, erro
 		leases: cs,
 		lost:   opts.OnShardLeaseLost,
 	}
-	opts.Controllers.Shard = s.view
+	opts.Controllers.Shard, opts.Controllers.ShardLeaseDuration = s.view, opts.ShardLeaseDuration
 	return s, cfg, nil
 }
 

@@ -8,12 +8,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
@@ -571,4 +573,169 @@ func endedRunOfB(t *testing.T, ns, prefix string) (*rsv1.Run, string) {
 		t.Fatal(err)
 	}
 	return run, etName
+}
+
+// TestADrainRecordsTheFetchItHolds: a run is drained while the outcome of its task's fetch is
+// still in its owner's memory (fetched, the status write that records it held back by
+// FetchRecording until the drain is asked for, and then refused: the drain changed the run), and
+// its Executor is deleted before the new owner could fetch again. The owner records the fetch
+// before it acknowledges: the new owner finds the task fetched, not lost, and nothing is fetched
+// twice.
+func TestADrainRecordsTheFetchItHolds(t *testing.T) {
+	ring, ns := newNamespace(t, "ring"), newNamespace(t, "pending")
+	ctx := context.Background()
+	var fetches atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/log") {
+			fetches.Add(1)
+			_, _ = w.Write([]byte("the step's log\n"))
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	withStore := fetchable(t, ns, srv.URL)
+	recording, release := make(chan struct{}, 1), make(chan struct{})
+	var once sync.Once
+	releaseOnce := func() { once.Do(func() { close(release) }) }
+	defer releaseOnce()
+	stopA, err := env.StartManager(withStore(func(o *manager.Options) {
+		sharded(ring, "replica-a", true)(o)
+		o.Controllers.FetchRecording = func(types.NamespacedName) error {
+			select {
+			case recording <- struct{}{}:
+			default:
+			}
+			<-release
+			return nil
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopA)
+	dropRunsAtEnd(t, ns)
+
+	run, etName := endedRunOfB(t, ns, "pending")
+	select {
+	case <-recording:
+	case <-time.After(30 * time.Second):
+		t.Fatal("replica-a never came to record the task's fetch")
+	}
+	removeExecutor(t, ns, "fake")
+
+	stopB, err := env.StartManager(withStore(sharded(ring, "replica-b", false)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopB)
+	eventually(t, 30*time.Second, "the run drained", func() (bool, error) {
+		r := &rsv1.Run{}
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r)
+		return r.Labels[rsv1.LabelShardDrain] == "replica-b", err
+	})
+	releaseOnce()
+	var fetched string
+	eventually(t, 30*time.Second, "the run on replica-b, its task's fetch recorded", func() (bool, error) {
+		r, et := &rsv1.Run{}, &rsv1.ExecutorTask{}
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(run), r); err != nil {
+			return false, err
+		}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: etName}, et); err != nil {
+			return false, err
+		}
+		fetched = r.Status.RecordedFetch(et)
+		return r.Labels[rsv1.LabelShard] == "replica-b" && fetched != "", nil
+	})
+	if fetched == rsv1.FetchedLost {
+		t.Fatalf("the task's fetch is recorded %q although replica-a stored its log", fetched)
+	}
+	time.Sleep(time.Second) // replica-b's fetcher has seen the task
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("the task's log was fetched %d times, want once", n)
+	}
+}
+
+// removeExecutor deletes Executor name of ns for good (its finalizers dropped, as a forced
+// removal does) and waits until it is gone.
+func removeExecutor(t *testing.T, ns, name string) {
+	t.Helper()
+	ctx := context.Background()
+	ex := &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := k8s.Delete(ctx, ex); err != nil {
+		t.Fatal(err)
+	}
+	err := k8s.Patch(ctx, ex, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
+	if client.IgnoreNotFound(err) != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "executor "+name+" gone", func() (bool, error) {
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(ex), &rsv1.Executor{})
+		return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+	})
+}
+
+// TestARunLabelledWithADepartedMemberIsPlaced: a replica whose view of the ring lags behind still
+// sees a member that left, and its webhook labels a new run with it; the leader's sharder, whose
+// ring changed when the member left, looks again one Lease duration later, moves the run to a live
+// member, and the run finishes. Resync is an hour: only that second look can find the run.
+func TestARunLabelledWithADepartedMemberIsPlaced(t *testing.T) {
+	ring, ns := newNamespace(t, "ring"), newNamespace(t, "stale")
+	const lease = 2 * time.Second
+	static := func(view shard.View, webhook bool) func(*manager.Options) {
+		return func(o *manager.Options) {
+			o.Controllers.Shard, o.Controllers.ShardLeaseDuration, o.Controllers.ShardResync = view, lease, time.Hour
+			o.LeaderElection, o.LeaderElectionNS = true, ring
+			if !webhook {
+				o.WebhookPort = 0
+			}
+		}
+	}
+	// The leader (started first), and a replica with the stale view that serves the webhook.
+	leaderView := shard.NewStatic("replica-a", "replica-gone")
+	stopA, err := env.StartManager(static(leaderView, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopA)
+	staleView := shard.NewStatic("replica-w")
+	staleView.Set(shard.NewRing("replica-a", "replica-gone"))
+	stopW, err := env.StartManager(static(staleView, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopW)
+	testenv.StartFakeExecutor(t, k8s, ns, "fake")
+	playExecutor(t, ns)
+	dropRunsAtEnd(t, ns)
+
+	leaderView.Set(shard.NewRing("replica-a"))
+	time.Sleep(lease / 2) // the leader's scan of the change has looked, and found nothing
+	ctx := context.Background()
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("stale-%d", i); staleView.Ring().Owner(shard.Key(ns, n)) == "replica-gone" {
+			name = n
+		}
+	}
+	if err := k8s.Create(ctx, twoTaskRun(ns, name)); err != nil {
+		t.Fatal(err)
+	}
+	created := time.Now()
+	run := &rsv1.Run{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, run); err != nil {
+		t.Fatal(err)
+	}
+	if got := run.Labels[rsv1.LabelShard]; got != "replica-gone" {
+		t.Fatalf("the stale webhook labelled the run %q, want replica-gone", got)
+	}
+	eventually(t, 30*time.Second, "the run moved to replica-a", func() (bool, error) {
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), run)
+		return run.Labels[rsv1.LabelShard] == "replica-a", err
+	})
+	t.Logf("the run labelled with the departed member moved %s after its creation (Lease %s)", time.Since(created).Round(time.Millisecond), lease)
+	eventually(t, 60*time.Second, "the run finished", func() (bool, error) {
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(run), run)
+		return run.Status.Phase == rsv1.RunPhaseFinished, err
+	})
 }

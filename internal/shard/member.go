@@ -65,12 +65,15 @@ type Membership struct {
 	Duration time.Duration
 }
 
+// DefaultLeaseDuration is a membership Lease's duration when none is given.
+const DefaultLeaseDuration = 15 * time.Second
+
 // Timings derived from the Lease duration, in client-go's proportions (15s, 10s, 2s by default
 // for controller-runtime's leader; here 15s, 10s, 2.5s).
 func (m *Membership) timings() (lease, renew, retry time.Duration) {
 	lease = m.Duration
 	if lease <= 0 {
-		lease = 15 * time.Second
+		lease = DefaultLeaseDuration
 	}
 	return lease, lease * 2 / 3, lease / 6
 }

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/manager"
@@ -320,4 +321,40 @@ func WatchLimit(t testing.TB, ctx context.Context, cfg *rest.Config, ns string) 
 		}
 	}()
 	return w
+}
+
+// CreateExecutorTask creates the ExecutorTask of run's first task on executor as a manager replica
+// named shard would (shard "" leaves the label out): for tests of what a replica that left the ring
+// created. run must have its uid (read back after its creation).
+func CreateExecutorTask(t testing.TB, c client.Client, run *rsv1.Run, executor, shard string) *rsv1.ExecutorTask {
+	t.Helper()
+	ctx := context.Background()
+	ex := &rsv1.Executor{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: executor}, ex); err != nil {
+		t.Fatalf("reading executor %s: %v", executor, err)
+	}
+	task := run.Spec.Tasks[0]
+	et := &rsv1.ExecutorTask{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: rsv1.ExecutorTaskName(run.Name, run.UID, task.Name), Namespace: run.Namespace,
+			Labels: map[string]string{
+				rsv1.LabelRun: rsv1.LabelValue(run.Name), rsv1.LabelRunUID: string(run.UID), rsv1.LabelTask: task.Name,
+				rsv1.LabelExecutor: executor,
+			},
+		},
+		Spec: rsv1.ExecutorTaskSpec{
+			RunName: run.Name, RunUID: string(run.UID), TaskName: task.Name,
+			Executor: executor, ExecutorUID: string(ex.UID), Task: task,
+		},
+	}
+	if shard != "" {
+		et.Labels[rsv1.LabelShard] = shard
+	}
+	if err := controllerutil.SetControllerReference(run, et, c.Scheme()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, et); err != nil {
+		t.Fatalf("creating executor task %s: %v", et.Name, err)
+	}
+	return et
 }
