@@ -63,7 +63,14 @@ type Membership struct {
 	// Duration is the Lease's duration: how long after its last renewal the others take the
 	// member for gone. The member gives up (lost) when it could not renew for 2/3 of it.
 	Duration time.Duration
+	// Identity is the Lease's holder while this process holds it (default: NewIdentity(Member)).
+	// A sharded replica leads the manager's election under the same identity, so that the others
+	// can tell a member leads (LeaseView.LiveHolder).
+	Identity string
 }
+
+// NewIdentity returns a holder identity for member: its name and a token of this process.
+func NewIdentity(member string) string { return member + "/" + rand.Text()[:8] }
 
 // Timings derived from the Lease duration, in client-go's proportions (15s, 10s, 2s by default
 // for controller-runtime's leader; here 15s, 10s, 2.5s).
@@ -85,10 +92,13 @@ func (m *Membership) Hold(ctx context.Context, lost func()) (release func(), err
 		return nil, err
 	}
 	lease, renew, retry := m.timings()
+	if m.Identity == "" {
+		m.Identity = NewIdentity(m.Member)
+	}
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: m.Namespace, Name: LeaseName(m.Member)},
 		Client:     m.Client,
-		LockConfig: resourcelock.ResourceLockConfig{Identity: m.Member + "/" + rand.Text()[:8]},
+		LockConfig: resourcelock.ResourceLockConfig{Identity: m.Identity},
 		Labels:     map[string]string{RingLabel: RingName},
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
