@@ -92,13 +92,14 @@ func (m *Membership) Hold(ctx context.Context, lost func()) (release func(), err
 		return nil, err
 	}
 	lease, renew, retry := m.timings()
-	if m.Identity == "" {
-		m.Identity = NewIdentity(m.Member)
+	identity := m.Identity
+	if identity == "" {
+		identity = NewIdentity(m.Member) // each Hold its own: a second one waits for the first
 	}
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: m.Namespace, Name: LeaseName(m.Member)},
 		Client:     m.Client,
-		LockConfig: resourcelock.ResourceLockConfig{Identity: m.Identity},
+		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
 		Labels:     map[string]string{RingLabel: RingName},
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
