@@ -252,7 +252,11 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 	}
 	if opts.Webhook {
 		(&webhook.RunDefaulter{Archiving: opts.Archive, Reader: mgr.GetAPIReader(), Store: opts.Store, Shard: opts.Shard}).SetupWithManager(mgr)
-		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader(), Store: opts.Store}).SetupWithManager(mgr)
+		self, err := webhook.Self(ctx, mgr.GetConfig())
+		if err != nil {
+			return err
+		}
+		(&webhook.RunValidator{Ledger: l, Reader: mgr.GetAPIReader(), Store: opts.Store, Manager: self}).SetupWithManager(mgr)
 	}
 	return nil
 }

@@ -112,13 +112,17 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		HealthProbeBindAddress:        opts.ProbeAddr,
 		PprofBindAddress:              opts.PprofAddr,
 		LeaderElection:                opts.LeaderElection,
-		LeaderElectionID:              "runservice-manager.runservice.dev",
+		LeaderElectionID:              leaderElectionID,
 		LeaderElectionNamespace:       opts.LeaderElectionNS,
 		LeaderElectionReleaseOnCancel: true,
 		LeaseDuration:                 &leaseDuration,
 		RenewDeadline:                 &renewDeadline,
 		Controller:                    config.Controller{SkipNameValidation: &opts.SkipNameValidation},
 		Cache:                         CacheOptions(shardName(opts.Controllers.Shard)),
+	}
+	setupWith, err := leaderElection(ctx, cfg, &opts, sharding, &mopts)
+	if err != nil {
+		return nil, err
 	}
 	var certs *webhookcert.Manager
 	if opts.WebhookPort != 0 {
@@ -158,7 +162,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (ctrl.Manager, err
 		opts.Controllers.Store = store
 		context.AfterFunc(ctx, func() { _ = store.Close() })
 	}
-	if err := controllers.SetupWithManager(ctx, mgr, opts.Controllers); err != nil {
+	if err := controllers.SetupWithManager(ctx, setupWith(mgr), opts.Controllers); err != nil {
 		return nil, err
 	}
 	if err := addArchiveAPI(mgr, cfg, opts); err != nil {

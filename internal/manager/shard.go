@@ -52,16 +52,9 @@ func newSharding(cfg *rest.Config, opts *Options) (*sharding, *rest.Config, erro
 	if err := shard.ValidateMember(me); err != nil {
 		return nil, nil, fmt.Errorf("--shard-identity: %w", err)
 	}
-	ns := opts.Namespace
-	if ns == "" {
-		ns = opts.LeaderElectionNS
-	}
-	if ns == "" {
-		b, err := os.ReadFile(serviceAccountNamespace)
-		if err != nil {
-			return nil, nil, errors.New("--shards=auto: the manager's namespace, where the membership Leases are, is unknown: set --namespace (or $POD_NAMESPACE)")
-		}
-		ns = strings.TrimSpace(string(b))
+	ns, err := ringNamespace(opts)
+	if err != nil {
+		return nil, nil, err
 	}
 	cfg = rest.CopyConfig(cfg)
 	if cfg.UserAgent == "" {
@@ -73,13 +66,29 @@ func newSharding(cfg *rest.Config, opts *Options) (*sharding, *rest.Config, erro
 		return nil, nil, fmt.Errorf("creating the membership Lease client: %w", err)
 	}
 	s := &sharding{
-		member: &shard.Membership{Client: cs.CoordinationV1(), Namespace: ns, Member: me, Duration: opts.ShardLeaseDuration},
+		member: &shard.Membership{Client: cs.CoordinationV1(), Namespace: ns, Member: me, Duration: opts.ShardLeaseDuration, Identity: shard.NewIdentity(me)},
 		view:   shard.NewLeaseView(me),
 		leases: cs,
 		lost:   opts.OnShardLeaseLost,
 	}
 	opts.Controllers.Shard, opts.Controllers.ShardLeaseDuration = s.view, opts.ShardLeaseDuration
 	return s, cfg, nil
+}
+
+// ringNamespace is where the shard ring's Leases are: the manager's namespace.
+func ringNamespace(opts *Options) (string, error) {
+	ns := opts.Namespace
+	if ns == "" {
+		ns = opts.LeaderElectionNS
+	}
+	if ns != "" {
+		return ns, nil
+	}
+	b, err := os.ReadFile(serviceAccountNamespace)
+	if err != nil {
+		return "", errors.New("the manager's namespace, where the shard ring's Leases are, is unknown: set --namespace (or $POD_NAMESPACE)")
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // shardedManager is the manager of a ring member: Start joins the ring before the manager starts

@@ -42,65 +42,14 @@ type managerProc struct {
 func TestThreeManagerProcessesShareRuns(t *testing.T) {
 	auditFrom := auditSize(t)
 	ring, ns := newNamespace(t, "ring"), newNamespace(t, "procs")
-	// Kept when the test fails: the processes' logs are there.
-	dir, err := os.MkdirTemp("", "runservice-shard-procs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("the processes' logs are in %s", dir)
-			return
-		}
-		_ = os.RemoveAll(dir)
-	})
-	bins := filepath.Join(dir, "bin")
-	if err := e2e.Build(env.Root, bins, "./cmd/manager"); err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, env.Kubeconfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	storeURL := objectstore.FileURL(filepath.Join(dir, "store"))
+	ps := newProcs(t)
+	dir := ps.dir
 	// Short for the test, long enough for a loaded machine: a member that cannot renew within 2/3
 	// of it stops.
 	const lease = 10 * time.Second
 	start := func(name string, webhook bool) *managerProc {
-		w := env.WebhookInstallOptions
-		port := "0"
-		if webhook {
-			port = strconv.Itoa(w.LocalServingPort)
-		}
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(filepath.Join(bins, "manager"),
-			"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
-			"--webhook-port", port, "--webhook-cert-dir", w.LocalServingCertDir,
-			"--object-store", storeURL, "--archive-index-dir", filepath.Join(dir, name+"-index"),
-			"--archive-after", "1h", "--executor-insecure-http", "--executor-endpoint-allow", "loopback",
-			"--shards", "auto", "--shard-identity", name, "--shard-lease-duration", lease.String(),
+		return ps.start(t, name, webhook, "--shards", "auto", "--shard-identity", name, "--shard-lease-duration", lease.String(),
 			"--leader-elect", "--leader-election-namespace", ring, "--namespace", ring)
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		p := &managerProc{name: name, cmd: cmd, exited: make(chan struct{})}
-		go func() { _ = cmd.Wait(); _ = logf.Close(); close(p.exited) }()
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-p.exited:
-			case <-time.After(20 * time.Second):
-				_ = cmd.Process.Kill()
-				<-p.exited
-			}
-		})
-		return p
 	}
 	ctx := context.Background()
 	procs := []*managerProc{start("manager-0", true), start("manager-1", false), start("manager-2", false)}
@@ -141,7 +90,7 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 	playExecutor(t, ns)
 	time.Sleep(time.Second)
 	victim := procs[1]
-	if leader := leaderOf(t, dir, ring); leader == victim.name {
+	if leader := leaderOf(t, dir, ring, "manager-0", "manager-1", "manager-2"); leader == victim.name {
 		victim = procs[2]
 	}
 	killed := time.Now()
@@ -221,6 +170,76 @@ func TestThreeManagerProcessesShareRuns(t *testing.T) {
 	checkAudit(t, ns, auditFrom)
 }
 
+// managerProcs builds cmd/manager once and starts manager processes on the test's control plane, each
+// with its own log (kept when the test fails), archive index and ports, sharing a file:// store.
+type managerProcs struct {
+	dir, bins, kubeconfig, storeURL string
+}
+
+func newProcs(t *testing.T) *managerProcs {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "runservice-shard-procs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the processes' logs are in %s", dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
+	p := &managerProcs{dir: dir, bins: filepath.Join(dir, "bin"), kubeconfig: filepath.Join(dir, "kubeconfig"), storeURL: objectstore.FileURL(filepath.Join(dir, "store"))}
+	if err := e2e.Build(env.Root, p.bins, "./cmd/manager"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p.kubeconfig, env.Kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// start starts manager process name with args after the common ones; only a process with webhook
+// serves the webhook. It is stopped (SIGTERM, then SIGKILL after 20s) when the test ends.
+func (ps *managerProcs) start(t *testing.T, name string, webhook bool, args ...string) *managerProc {
+	t.Helper()
+	w := env.WebhookInstallOptions
+	port := "0"
+	if webhook {
+		port = strconv.Itoa(w.LocalServingPort)
+	}
+	logf, err := os.Create(filepath.Join(ps.dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(ps.bins, "manager"), append([]string{
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "0",
+		"--webhook-port", port, "--webhook-cert-dir", w.LocalServingCertDir,
+		"--object-store", ps.storeURL, "--archive-index-dir", filepath.Join(ps.dir, name+"-index"),
+		"--archive-after", "1h", "--executor-insecure-http", "--executor-endpoint-allow", "loopback"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+ps.kubeconfig)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &managerProc{name: name, cmd: cmd, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); _ = logf.Close(); close(p.exited) }()
+	t.Cleanup(func() { p.stop(20 * time.Second) })
+	return p
+}
+
+// stop stops the process cleanly (SIGTERM), killing it after grace.
+func (p *managerProc) stop(grace time.Duration) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
 // checkAudit reads the audit log from offset from (after its last batch is written) and checks the
 // writes of the manager processes' shard work (user agent "... shard/<member>", not the sharder's)
 // to the runs and ExecutorTasks of ns.
@@ -285,14 +304,13 @@ func checkAudit(t *testing.T, ns string, from int64) {
 	}
 }
 
-// leaderOf is the manager process that leads ring, from the processes' logs (controller-runtime's
-// leader identity is the host name and a uuid, which names no process).
-func leaderOf(t *testing.T, dir, ring string) string {
+// leaderOf is the manager process of names that leads ring, from the processes' logs.
+func leaderOf(t *testing.T, dir, ring string, names ...string) string {
 	t.Helper()
 	lock := fmt.Sprintf(`"lock":"%s/runservice-manager.runservice.dev"`, ring)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		for _, name := range []string{"manager-0", "manager-1", "manager-2"} {
+		for _, name := range names {
 			b, err := os.ReadFile(filepath.Join(dir, name+".log"))
 			if err != nil {
 				t.Fatal(err)

@@ -38,6 +38,9 @@ type LeaseView struct {
 	me   string
 	ring atomic.Pointer[Ring]
 
+	cs        kubernetes.Interface // set by Start
+	namespace string
+
 	mu     sync.Mutex
 	leases map[string]observedLease // by Lease name
 	kick   chan struct{}
@@ -68,6 +71,7 @@ func (v *LeaseView) Ring() *Ring { return v.ring.Load() }
 // Start watches the ring's Leases in namespace until ctx ends; it returns once the first list is
 // seen (the ring is then what the Leases say).
 func (v *LeaseView) Start(ctx context.Context, cs kubernetes.Interface, namespace string) error {
+	v.cs, v.namespace = cs, namespace
 	f := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = RingLabel + "=" + RingName }))
 	inf := f.Coordination().V1().Leases().Informer()
@@ -166,6 +170,43 @@ func (v *LeaseView) update() time.Duration {
 	return next
 }
 
+// Sync reads the ring's Leases from the apiserver (a list, not the informer, which may lag behind
+// a Lease just taken) into the view, and returns the ring then. Call it after Start.
+func (v *LeaseView) Sync(ctx context.Context) (*Ring, error) {
+	list, err := v.cs.CoordinationV1().Leases(v.namespace).List(ctx, metav1.ListOptions{LabelSelector: RingLabel + "=" + RingName})
+	if err != nil {
+		return nil, fmt.Errorf("listing the shard ring's Leases: %w", err)
+	}
+	for i := range list.Items {
+		v.observe(&list.Items[i])
+	}
+	v.update()
+	return v.Ring(), nil
+}
+
+// LiveHolder says whether identity holds a live membership Lease: whether the process of that
+// identity (the holder of the manager's leader-election Lease, say) is a live member of the ring.
+func (v *LeaseView) LiveHolder(identity string) bool {
+	now := v.now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, l := range v.leases {
+		if l.holder == identity && l.left(now) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// left is how long l stays live after now (0 or less: not live): a Lease without a holder (released)
+// or a duration is not live; another until its duration has passed since this replica saw it change.
+func (l observedLease) left(now time.Time) time.Duration {
+	if l.holder == "" || l.duration <= 0 {
+		return 0
+	}
+	return l.seen.Add(l.duration).Sub(now)
+}
+
 // liveMembers returns the holders of the Leases live at now, and how long until the first of them
 // expires (an hour when none is live).
 func liveMembers(leases map[string]observedLease, now time.Time) ([]string, time.Duration) {
@@ -173,10 +214,7 @@ func liveMembers(leases map[string]observedLease, now time.Time) ([]string, time
 	var members []string
 	for _, name := range slices.Sorted(maps.Keys(leases)) {
 		l := leases[name]
-		if l.holder == "" || l.duration <= 0 {
-			continue
-		}
-		left := l.seen.Add(l.duration).Sub(now)
+		left := l.left(now)
 		if left <= 0 {
 			continue
 		}

@@ -63,10 +63,17 @@ type Membership struct {
 	// Duration is the Lease's duration: how long after its last renewal the others take the
 	// member for gone. The member gives up (lost) when it could not renew for 2/3 of it.
 	Duration time.Duration
+	// Identity is the Lease's holder while this process holds it (default: NewIdentity(Member)).
+	// A sharded replica leads the manager's election under the same identity, so that the others
+	// can tell a member leads (LeaseView.LiveHolder).
+	Identity string
 }
 
 // DefaultLeaseDuration is a membership Lease's duration when none is given.
 const DefaultLeaseDuration = 15 * time.Second
+
+// NewIdentity returns a holder identity for member: its name and a token of this process.
+func NewIdentity(member string) string { return member + "/" + rand.Text()[:8] }
 
 // Timings derived from the Lease duration, in client-go's proportions (15s, 10s, 2s by default
 // for controller-runtime's leader; here 15s, 10s, 2.5s).
@@ -88,10 +95,14 @@ func (m *Membership) Hold(ctx context.Context, lost func()) (release func(), err
 		return nil, err
 	}
 	lease, renew, retry := m.timings()
+	identity := m.Identity
+	if identity == "" {
+		identity = NewIdentity(m.Member) // each Hold its own: a second one waits for the first
+	}
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: m.Namespace, Name: LeaseName(m.Member)},
 		Client:     m.Client,
-		LockConfig: resourcelock.ResourceLockConfig{Identity: m.Member + "/" + rand.Text()[:8]},
+		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
 		Labels:     map[string]string{RingLabel: RingName},
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

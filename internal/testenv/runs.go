@@ -32,12 +32,18 @@ import (
 // changed by change, and returns once its webhook serves (without a webhook, WebhookPort 0: once
 // its cache has synced). stop stops it and waits for its end.
 func (e *Env) StartManager(change func(*manager.Options)) (stop func(), err error) {
+	return e.StartManagerAs(e.Config, change)
+}
+
+// StartManagerAs is StartManager with the manager's requests made with cfg: as another user than
+// the tests' admin.
+func (e *Env) StartManagerAs(cfg *rest.Config, change func(*manager.Options)) (stop func(), err error) {
 	opts := e.ManagerOptions()
 	if change != nil {
 		change(&opts)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := manager.New(ctx, e.Config, opts)
+	mgr, err := manager.New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		return nil, err

@@ -3,6 +3,8 @@ package webhook
 import (
 	"encoding/json"
 	"maps"
+	"slices"
+	"strings"
 	"testing"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -64,6 +66,51 @@ func TestShardLabels(t *testing.T) {
 			}
 			if !maps.Equal(got.Labels, tt.want) || (tt.want == nil) != (got.Labels == nil) {
 				t.Fatalf("labels %v, want %v (patch %s)", got.Labels, tt.want, patch)
+			}
+		})
+	}
+}
+
+// TestShardLabelChanges: only the manager's user may add, edit or remove a run's shard labels;
+// an update that leaves them as they were passes for anyone.
+func TestShardLabelChanges(t *testing.T) {
+	with := func(labels ...string) *rsv1.Run {
+		r := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "r", Labels: map[string]string{"team": "x"}}}
+		for i := 0; i+1 < len(labels); i += 2 {
+			r.Labels[labels[i]] = labels[i+1]
+		}
+		return r
+	}
+	tests := []struct {
+		name     string
+		old, run *rsv1.Run
+		user     string
+		want     []string // the fields refused
+	}{
+		{"unchanged", with(rsv1.LabelShard, "a"), with(rsv1.LabelShard, "a"), "alice", nil},
+		{"other labels change", with(rsv1.LabelShard, "a"), with(rsv1.LabelShard, "a", "team", "y"), "alice", nil},
+		{"edited", with(rsv1.LabelShard, "a"), with(rsv1.LabelShard, "b"), "alice", []string{"metadata.labels[runservice.dev/shard]"}},
+		{"removed", with(rsv1.LabelShard, "a"), with(), "alice", []string{"metadata.labels[runservice.dev/shard]"}},
+		{"added", with(), with(rsv1.LabelShard, "a"), "alice", []string{"metadata.labels[runservice.dev/shard]"}},
+		{"emptied", with(rsv1.LabelShard, "a"), with(rsv1.LabelShard, ""), "alice", []string{"metadata.labels[runservice.dev/shard]"}},
+		{"drain added", with(rsv1.LabelShard, "a"), with(rsv1.LabelShard, "a", rsv1.LabelShardDrain, "b"), "alice", []string{"metadata.labels[runservice.dev/shard-drain]"}},
+		{"both removed", with(rsv1.LabelShard, "a", rsv1.LabelShardDrain, "b"), with(), "alice",
+			[]string{"metadata.labels[runservice.dev/shard]", "metadata.labels[runservice.dev/shard-drain]"}},
+		{"the manager acknowledges", with(rsv1.LabelShard, "a", rsv1.LabelShardDrain, "b"), with(), "system:serviceaccount:rs:manager", nil},
+		{"the manager relabels", with(), with(rsv1.LabelShard, "b"), "system:serviceaccount:rs:manager", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := shardLabelChanges(tt.old, tt.run, tt.user, "system:serviceaccount:rs:manager")
+			var got []string
+			for _, e := range errs {
+				got = append(got, e.Field)
+				if !strings.Contains(e.Error(), `user "system:serviceaccount:rs:manager"`) || !strings.Contains(e.Error(), `"alice"`) {
+					t.Errorf("the refusal does not say who may change it and who tried: %v", e)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("refused %v, want %v", got, tt.want)
 			}
 		})
 	}

@@ -46,6 +46,9 @@ type RunValidator struct {
 	Reader client.Reader
 	// Store is the archive's object store, where restarted runs no longer live are found (nil: none).
 	Store *objectstore.Store
+	// Manager is the user the manager's replicas run as (Self): the only one that may change a
+	// run's shard labels.
+	Manager string
 }
 
 var _ admission.Handler = (*RunValidator)(nil)
@@ -69,6 +72,9 @@ func (v *RunValidator) Handle(ctx context.Context, req admission.Request) admiss
 		old := &rsv1.Run{}
 		if err := json.Unmarshal(req.OldObject.Raw, old); err != nil {
 			return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding old run: %w", err))
+		}
+		if errs := shardLabelChanges(old, run, req.UserInfo.Username, v.Manager); len(errs) > 0 {
+			return invalid(run, errs)
 		}
 		return v.update(ctx, old, run, dryRun)
 	}
