@@ -205,6 +205,8 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
 		Cache: cache.Options{
 			DefaultNamespaces: map[string]cache.Config{opts.Namespace: {}},
+			// Nothing the executor reads of its tasks is in their managed fields.
+			DefaultTransform: cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{
 				&rsv1.ExecutorTask{}: {Label: sel},
 			},

@@ -3,8 +3,11 @@ package executor
 import (
 	"encoding/base64"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -62,5 +65,65 @@ func TestOutcomeOfAStreamedSave(t *testing.T) {
 				t.Fatalf("task %s %q, save step %s; want %s %q, %s", phase, msg, steps[1].Phase, tt.phase, tt.msg, tt.step)
 			}
 		})
+	}
+}
+
+// TestStepsDirLook: report re-reads the steps' results only when their directory may have changed:
+// a result written (by rename, as the toolbox and the mirror write them) is always seen, also
+// within the file system's clock granularity of the last look; an old, unchanged directory is not
+// read again.
+func TestStepsDirLook(t *testing.T) {
+	dir := t.TempDir()
+	steps := filepath.Join(dir, toolbox.StepsDir)
+	var l dirLook
+	if !l.changed(dir) {
+		t.Fatal("no steps directory: want changed (reading the steps says what is wrong)")
+	}
+	if err := os.Mkdir(steps, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if !l.changed(dir) || !l.changed(dir) {
+		t.Fatal("a directory changed a moment ago: want changed until a look comes well after its time")
+	}
+	old := time.Now().Add(-2 * racyLook)
+	if err := os.Chtimes(steps, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if !l.changed(dir) {
+		t.Fatal("the directory's time moved: want changed")
+	}
+	if l.changed(dir) || l.changed(dir) {
+		t.Fatal("an old directory unchanged since the last look: want unchanged")
+	}
+	write := func(i int) {
+		t.Helper()
+		tmp := toolbox.StepResultPath(dir, i) + ".tmp"
+		if err := os.WriteFile(tmp, []byte(`{"phase":"Running"}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, toolbox.StepResultPath(dir, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0)
+	if !l.changed(dir) {
+		t.Fatal("a result was written: want changed")
+	}
+	// Within the clock's granularity of that look: the time may not move, the look must not trust it.
+	write(1)
+	if !l.changed(dir) {
+		t.Fatal("a second result written right after a look: want changed")
+	}
+	if err := os.Remove(steps + "/0.json"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(steps); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(steps, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !l.changed(dir) {
+		t.Fatal("the steps directory replaced by a file: want changed")
 	}
 }

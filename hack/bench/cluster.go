@@ -352,9 +352,9 @@ const profileChunk = 10 * time.Second
 
 // profileExecutor writes CPU profiles of the executor serving profiles at b.pprof into b.profile, one
 // per profileChunk (executor-cpu-<prefix><n>.pprof; `go tool pprof -top bin/executor
-// executor-cpu-burst1-*` merges a phase's), until the func it returns is called; that func drops the
-// chunk in flight and writes the executor's heap profile (executor-heap-<prefix>.pprof). With no
-// address it does nothing.
+// executor-cpu-burst1-*` merges a phase's) with its heap profile at the end of each
+// (executor-heap-<prefix><n>.pprof: the largest is near the peak of tasks in flight), until the
+// func it returns is called, which drops the chunk in flight. With no address it does nothing.
 func (b *clusterBench) profileExecutor(ctx context.Context, prefix string, wg *sync.WaitGroup) func() error {
 	addr := b.pprof
 	if b.profile == "" || addr == "" {
@@ -371,7 +371,10 @@ func (b *clusterBench) profileExecutor(ctx context.Context, prefix string, wg *s
 				errc <- nil
 				return
 			}
-			if err != nil {
+			if err == nil {
+				err = saveProfile(pctx, "http://"+addr+"/debug/pprof/heap", filepath.Join(b.profile, fmt.Sprintf("executor-heap-%s%d.pprof", prefix, i)))
+			}
+			if err != nil && pctx.Err() == nil {
 				errc <- err
 				return
 			}
@@ -382,7 +385,7 @@ func (b *clusterBench) profileExecutor(ctx context.Context, prefix string, wg *s
 		if err := <-errc; err != nil {
 			return fmt.Errorf("profiling the executor: %w", err)
 		}
-		return saveProfile(ctx, "http://"+addr+"/debug/pprof/heap", filepath.Join(b.profile, "executor-heap-"+prefix+".pprof"))
+		return nil
 	}
 }
 
