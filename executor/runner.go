@@ -162,7 +162,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 	if err := r.report(ctx); err != nil && ctx.Err() == nil {
 		ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
 	}
-	tick := time.NewTicker(500 * time.Millisecond)
+	tick := time.NewTicker(lookEvery)
 	defer tick.Stop()
 	stopRequested, timedOut := r.stopped, false
 	for {
@@ -179,6 +179,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			if err := r.report(ctx); err != nil && ctx.Err() == nil {
 				ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
 			}
+			tick.Reset(max(r.stepsLook.every, lookEvery))
 		case w := <-done:
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -385,8 +386,10 @@ func (r *runner) report(ctx context.Context) error {
 		return nil
 	}
 	if recorded && !r.stepsLook.changed(r.dir) {
+		r.stepsLook.every = min(2*max(r.stepsLook.every, lookEvery), quietLookEvery)
 		return nil
 	}
+	r.stepsLook.every = lookEvery
 	steps := r.steps()
 	if recorded && equality.Semantic.DeepEqual(steps, r.et.Status.Steps) {
 		return nil
@@ -424,11 +427,20 @@ func (r *runner) runFor(ctx context.Context, d time.Duration) bool {
 // time as it was (the file system's clock is coarse), so a directory changed that recently counts as
 // changed until a look comes later than racyLook after its time, as git treats a racily clean index
 // entry. Anything but a directory counts as changed: reading the steps says what is wrong.
+//
+// every is when the runner looks next: lookEvery, doubling up to quietLookEvery while a Running
+// task's steps stay as they were (a step's progress is then shown up to that late), so that a
+// thousand long tasks in flight do not wake the executor two thousand times a second.
 type dirLook struct {
 	mtime, at time.Time // the directory's time at the last look, and when that look was
+	every     time.Duration
 }
 
-const racyLook = time.Second
+const (
+	racyLook       = time.Second
+	lookEvery      = 500 * time.Millisecond
+	quietLookEvery = 2 * time.Second
+)
 
 func (l *dirLook) changed(dir string) bool {
 	now := time.Now()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,5 +126,42 @@ func TestStepsDirLook(t *testing.T) {
 	}
 	if !l.changed(dir) {
 		t.Fatal("the steps directory replaced by a file: want changed")
+	}
+}
+
+// TestAQuietRunningTaskIsLookedAtLessOften: a Running task whose steps' directory stays as it was is
+// looked at every 500ms, then 1s, then 2s at most; a change brings it back to 500ms.
+func TestAQuietRunningTaskIsLookedAtLessOften(t *testing.T) {
+	dir := t.TempDir()
+	steps := filepath.Join(dir, toolbox.StepsDir)
+	if err := os.Mkdir(steps, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * racyLook)
+	if err := os.Chtimes(steps, old, old); err != nil {
+		t.Fatal(err)
+	}
+	r := &runner{dir: dir, et: &rsv1.ExecutorTask{Status: rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseRunning}}}
+	r.stepsLook.mtime, r.stepsLook.at = old, time.Now() // the look that recorded Running
+	var got []time.Duration
+	for range 4 {
+		if err := r.report(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r.stepsLook.every)
+	}
+	if want := []time.Duration{time.Second, 2 * time.Second, 2 * time.Second, 2 * time.Second}; !slices.Equal(got, want) {
+		t.Fatalf("next looks %v, want %v", got, want)
+	}
+	if err := os.WriteFile(filepath.Join(steps, "0.log"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The directory changed; its steps read the same as recorded (none), so nothing is written.
+	r.et.Status.Steps = initialSteps(r.et)
+	if err := r.report(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if r.stepsLook.every != lookEvery {
+		t.Fatalf("after a change the next look is in %v, want %v", r.stepsLook.every, lookEvery)
 	}
 }
