@@ -63,6 +63,9 @@ type Options struct {
 	InsecureHTTP bool
 	// Listen is the address of the HTTP server for logs and archives.
 	Listen string
+	// PprofAddr, when set, serves Go's profiles (/debug/pprof/) there: for finding what costs CPU or
+	// holds memory in a running executor.
+	PprofAddr string
 	// DataDir holds the tasks' directories (logs, archives) until the manager fetched them.
 	DataDir string
 	// Toolbox is the path of the static toolbox binary.
@@ -198,9 +201,12 @@ func Run(ctx context.Context, cfg *rest.Config, driver Driver, opts Options) err
 		Scheme:                 Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
+		PprofBindAddress:       opts.PprofAddr,
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
 		Cache: cache.Options{
 			DefaultNamespaces: map[string]cache.Config{opts.Namespace: {}},
+			// Nothing the executor reads of its tasks is in their managed fields.
+			DefaultTransform: cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{
 				&rsv1.ExecutorTask{}: {Label: sel},
 			},

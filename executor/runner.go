@@ -39,6 +39,8 @@ type runner struct {
 	stopped  chan struct{}
 	// startedSeen is when the runner first saw the main container started.
 	startedSeen time.Time
+	// stepsLook is what report last saw of the steps' directory.
+	stepsLook dirLook
 	// refused is what the executor refused of the task while it ran (a link planted at the stop
 	// file, frames past its bounds), for its final status.
 	refused error
@@ -160,7 +162,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 	if err := r.report(ctx); err != nil && ctx.Err() == nil {
 		ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
 	}
-	tick := time.NewTicker(500 * time.Millisecond)
+	tick := time.NewTicker(lookEvery)
 	defer tick.Stop()
 	stopRequested, timedOut := r.stopped, false
 	for {
@@ -177,6 +179,7 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 			if err := r.report(ctx); err != nil && ctx.Err() == nil {
 				ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
 			}
+			tick.Reset(max(r.stepsLook.every, lookEvery))
 		case w := <-done:
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -372,13 +375,23 @@ func (r *runner) refusal(steps []rsv1.StepStatus) string {
 // report writes the task's progress: Running, with its start time and steps, once it has run for
 // RunningStatusDelay (a task that ends sooner gets only its final status, which carries them),
 // then its steps whenever they changed.
+//
+// It runs on every tick of every runner, so it looks at what it needs only: whether the main
+// container has run long enough while the task is not recorded Running, then whether the steps'
+// directory changed since it last looked; the steps' results are read only when they may differ
+// from what was recorded.
 func (r *runner) report(ctx context.Context) error {
-	steps := r.steps()
 	recorded := r.et.Status.Phase == rsv1.TaskPhaseRunning
-	if recorded && equality.Semantic.DeepEqual(steps, r.et.Status.Steps) {
+	if !recorded && !r.runFor(ctx, r.e.opts.RunningStatusDelay) {
 		return nil
 	}
-	if !recorded && !r.runFor(ctx, r.e.opts.RunningStatusDelay) {
+	if recorded && !r.stepsLook.changed(r.dir) {
+		r.stepsLook.every = min(2*max(r.stepsLook.every, lookEvery), quietLookEvery)
+		return nil
+	}
+	r.stepsLook.every = lookEvery
+	steps := r.steps()
+	if recorded && equality.Semantic.DeepEqual(steps, r.et.Status.Steps) {
 		return nil
 	}
 	start := r.et.Status.StartTime
@@ -406,6 +419,39 @@ func (r *runner) runFor(ctx context.Context, d time.Duration) bool {
 		r.startedSeen = time.Now()
 	}
 	return time.Since(r.startedSeen) >= d
+}
+
+// dirLook tells whether the steps' directory may have changed since the last look, from its
+// modification time: the toolbox and the mirror write each step's result by a rename into it
+// (toolbox.writeFileAtomic), which sets that time. A change within racyLook of a look may leave the
+// time as it was (the file system's clock is coarse), so a directory changed that recently counts as
+// changed until a look comes later than racyLook after its time, as git treats a racily clean index
+// entry. Anything but a directory counts as changed: reading the steps says what is wrong.
+//
+// every is when the runner looks next: lookEvery, doubling up to quietLookEvery while a Running
+// task's steps stay as they were (a step's progress is then shown up to that late), so that a
+// thousand long tasks in flight do not wake the executor two thousand times a second.
+type dirLook struct {
+	mtime, at time.Time // the directory's time at the last look, and when that look was
+	every     time.Duration
+}
+
+const (
+	racyLook       = time.Second
+	lookEvery      = 500 * time.Millisecond
+	quietLookEvery = 2 * time.Second
+)
+
+func (l *dirLook) changed(dir string) bool {
+	now := time.Now()
+	fi, err := os.Lstat(filepath.Join(dir, toolbox.StepsDir))
+	if err != nil || !fi.IsDir() {
+		*l = dirLook{}
+		return true
+	}
+	same := !l.at.IsZero() && fi.ModTime().Equal(l.mtime) && l.at.Sub(l.mtime) > racyLook
+	l.mtime, l.at = fi.ModTime(), now
+	return !same
 }
 
 // steps reads the steps' results from the task's directory.

@@ -3,8 +3,12 @@ package executor
 import (
 	"encoding/base64"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -62,5 +66,102 @@ func TestOutcomeOfAStreamedSave(t *testing.T) {
 				t.Fatalf("task %s %q, save step %s; want %s %q, %s", phase, msg, steps[1].Phase, tt.phase, tt.msg, tt.step)
 			}
 		})
+	}
+}
+
+// TestStepsDirLook: report re-reads the steps' results only when their directory may have changed:
+// a result written (by rename, as the toolbox and the mirror write them) is always seen, also
+// within the file system's clock granularity of the last look; an old, unchanged directory is not
+// read again.
+func TestStepsDirLook(t *testing.T) {
+	dir := t.TempDir()
+	steps := filepath.Join(dir, toolbox.StepsDir)
+	var l dirLook
+	if !l.changed(dir) {
+		t.Fatal("no steps directory: want changed (reading the steps says what is wrong)")
+	}
+	if err := os.Mkdir(steps, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if !l.changed(dir) || !l.changed(dir) {
+		t.Fatal("a directory changed a moment ago: want changed until a look comes well after its time")
+	}
+	old := time.Now().Add(-2 * racyLook)
+	if err := os.Chtimes(steps, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if !l.changed(dir) {
+		t.Fatal("the directory's time moved: want changed")
+	}
+	if l.changed(dir) || l.changed(dir) {
+		t.Fatal("an old directory unchanged since the last look: want unchanged")
+	}
+	write := func(i int) {
+		t.Helper()
+		tmp := toolbox.StepResultPath(dir, i) + ".tmp"
+		if err := os.WriteFile(tmp, []byte(`{"phase":"Running"}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, toolbox.StepResultPath(dir, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0)
+	if !l.changed(dir) {
+		t.Fatal("a result was written: want changed")
+	}
+	// Within the clock's granularity of that look: the time may not move, the look must not trust it.
+	write(1)
+	if !l.changed(dir) {
+		t.Fatal("a second result written right after a look: want changed")
+	}
+	if err := os.Remove(steps + "/0.json"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(steps); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(steps, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !l.changed(dir) {
+		t.Fatal("the steps directory replaced by a file: want changed")
+	}
+}
+
+// TestAQuietRunningTaskIsLookedAtLessOften: a Running task whose steps' directory stays as it was is
+// looked at every 500ms, then 1s, then 2s at most; a change brings it back to 500ms.
+func TestAQuietRunningTaskIsLookedAtLessOften(t *testing.T) {
+	dir := t.TempDir()
+	steps := filepath.Join(dir, toolbox.StepsDir)
+	if err := os.Mkdir(steps, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * racyLook)
+	if err := os.Chtimes(steps, old, old); err != nil {
+		t.Fatal(err)
+	}
+	r := &runner{dir: dir, et: &rsv1.ExecutorTask{Status: rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseRunning}}}
+	r.stepsLook.mtime, r.stepsLook.at = old, time.Now() // the look that recorded Running
+	var got []time.Duration
+	for range 4 {
+		if err := r.report(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r.stepsLook.every)
+	}
+	if want := []time.Duration{time.Second, 2 * time.Second, 2 * time.Second, 2 * time.Second}; !slices.Equal(got, want) {
+		t.Fatalf("next looks %v, want %v", got, want)
+	}
+	if err := os.WriteFile(filepath.Join(steps, "0.log"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The directory changed; its steps read the same as recorded (none), so nothing is written.
+	r.et.Status.Steps = initialSteps(r.et)
+	if err := r.report(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if r.stepsLook.every != lookEvery {
+		t.Fatalf("after a change the next look is in %v, want %v", r.stepsLook.every, lookEvery)
 	}
 }

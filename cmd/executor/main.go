@@ -49,6 +49,7 @@ func main() {
 	flag.IntVar(&limit, "active-tasks-limit", 0, "Most tasks run at once; 0 means no limit.")
 	flag.BoolVar(&opts.AllowPrivilegedContainers, "allow-privileged", false, "Run tasks that ask for privileged containers.")
 	flag.StringVar(&opts.Listen, "listen", ":8090", "Address of the HTTP server for logs and archives.")
+	flag.StringVar(&opts.PprofAddr, "pprof-bind-address", "", "Address serving Go's profiles (/debug/pprof/, unauthenticated: keep it on loopback); empty (the default) disables it.")
 	flag.StringVar(&opts.Endpoint, "endpoint", "", "URL the manager reaches the HTTP server at (default https://127.0.0.1<listen port>); https serves TLS with a certificate of the namespace's executor CA (the Secret "+rsv1.ExecutorCASecret+").")
 	flag.BoolVar(&opts.InsecureHTTP, "insecure-http", false, "Allow http:// endpoints: the executors' token, logs and archives then cross the network in clear.")
 	flag.StringVar(&opts.DataDir, "data-dir", "", "Directory for tasks' logs and archives until fetched (default under ~/.local/share/runservice).")

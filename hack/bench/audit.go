@@ -5,6 +5,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"runservice.dev/runservice/internal/testenv"
 )
@@ -34,6 +35,9 @@ type writeCounts struct {
 	// shardWrites are a sharded manager's writes by replica, from the " shard/<member>" its
 	// requests' user agent ends with.
 	shardWrites map[string]int
+	// podRun is, per task pod kwok moved from Running to Succeeded, the time between its two
+	// status patches: how long its container ran as the executors see it (sorted).
+	podRun []time.Duration
 }
 
 func (w writeCounts) total(components ...string) int {
@@ -57,8 +61,13 @@ func (w writeCounts) all() int {
 // between counts the completed write requests logged from offset from to offset to.
 func (a auditLog) between(from, to int64) (writeCounts, error) {
 	w := writeCounts{writes: map[string]map[string]int{}, reads: map[string]map[string]int{}, conflicts: map[string]int{}, shardWrites: map[string]int{}}
+	patched := map[string][]time.Time{} // task pod -> kwok's status patches
 	err := testenv.ScanAuditLog(a.path, from, to, func(e testenv.AuditEvent) error {
 		c := componentOf(e.UserAgent)
+		if o := e.ObjectRef; c == "kwok" && e.Verb == "patch" && o.Resource == "pods" && o.Subresource == "status" && strings.HasPrefix(o.Name, "rs-") {
+			k := o.Namespace + "/" + o.Name
+			patched[k] = append(patched[k], e.StageTimestamp)
+		}
 		res := e.ObjectRef.Resource
 		if e.ObjectRef.Subresource != "" {
 			res += "/" + e.ObjectRef.Subresource
@@ -79,6 +88,12 @@ func (a auditLog) between(from, to int64) (writeCounts, error) {
 		}
 		return nil
 	})
+	for _, ts := range patched {
+		if len(ts) == 2 { // Running, then Succeeded
+			w.podRun = append(w.podRun, ts[1].Sub(ts[0]))
+		}
+	}
+	w.podRun = sortedCopy(w.podRun)
 	return w, err
 }
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +38,9 @@ const (
 	clusterExecutors = 3
 	clusterPool      = "kwok-cluster"
 	clusterComplete  = 500 * time.Millisecond
+	// runningStatusDelay is the executors' default --running-status-delay: a task whose container
+	// runs longer costs a Running write.
+	runningStatusDelay = time.Second
 	// schedulerQPS is kube-scheduler's client rate here: its default (50) binds fewer pods a second
 	// than the targets need, and would measure the scheduler instead of the run service.
 	schedulerQPS = 500
@@ -64,6 +68,10 @@ type clusterBench struct {
 	archiveAfter string
 	// seen, when set, is shown every version of a phase's runs that the bench's watch sees.
 	seen func(*rsv1.Run)
+	// profile, when set, is the directory the first executor's CPU profiles of each phase and its
+	// heap profile at the phase's end are written to (-cluster-profile); pprof is where that
+	// executor serves them.
+	profile, pprof string
 }
 
 // clusterPhase is what one phase measured.
@@ -94,6 +102,8 @@ type clusterStack struct {
 	pool string // the kwok nodes' pool, the executors' pods' node selector
 	sub  versioned.Interface
 	kw   *testenv.Kwok
+	// pprof is the address the first executor serves its profiles at ("": none).
+	pprof string
 }
 
 // stop stops the stack's processes and kwok.
@@ -151,10 +161,20 @@ func startClusterStack(ctx context.Context, env *testenv.Env, kube kubernetes.In
 	return s, nil
 }
 
-// startExecutors starts the scenario's Kubernetes-driver executors and waits until they are ready.
-func (s *clusterStack) startExecutors(ctx context.Context) error {
+// startExecutors starts the scenario's Kubernetes-driver executors and waits until they are ready;
+// with profiles, the first serves Go's profiles at an address of its own (s.pprof).
+func (s *clusterStack) startExecutors(ctx context.Context, profiles bool) error {
 	for i := range clusterExecutors {
-		ex, err := startClusterExecutor(s.pd.dir, s.pd.bins, s.pd.kubeconfig, s.ns, s.pool, i)
+		var extra []string
+		if profiles && i == 0 {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			s.pprof = fmt.Sprintf("127.0.0.1:%d", port)
+			extra = append(extra, "--pprof-bind-address", s.pprof)
+		}
+		ex, err := startClusterExecutor(s.pd.dir, s.pd.bins, s.pd.kubeconfig, s.ns, s.pool, i, extra...)
 		if err != nil {
 			return err
 		}
@@ -192,9 +212,10 @@ func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	set.procs = append(set.procs, mgr)
-	if err := st.startExecutors(ctx); err != nil {
+	if err := st.startExecutors(ctx, b.profile != ""); err != nil {
 		return err
 	}
+	b.pprof = st.pprof
 	if err := waitWebhook(ctx, sub, ns); err != nil {
 		return err
 	}
@@ -246,6 +267,7 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 	}
 	set.begin()
 	start := time.Now()
+	profiled := b.profileExecutor(ctx, prefix, &wg)
 	submitErr := make(chan error, 1)
 	go func() {
 		submitErr <- (&serviceBench{ns: ns, runs: runs, prefix: prefix, submitters: b.submitters, rate: rate}).submit(ctx, sub, benchTasks(), t)
@@ -280,6 +302,9 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 		}
 	}
 	end, lastCreated := t.last()
+	if err := profiled(); err != nil {
+		return nil, err
+	}
 	if err := waitNoPods(ctx, b.kube, ns); err != nil {
 		return nil, err
 	}
@@ -319,6 +344,49 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 	t.mu.Unlock()
 	p.latency = sortedCopy(p.latency)
 	return p, nil
+}
+
+// profileChunk is the length of each CPU profile of a phase: the profile in flight when the phase's
+// last run finished is dropped, so a phase's profiles miss at most that much of its end.
+const profileChunk = 10 * time.Second
+
+// profileExecutor writes CPU profiles of the executor serving profiles at b.pprof into b.profile, one
+// per profileChunk (executor-cpu-<prefix><n>.pprof; `go tool pprof -top bin/executor
+// executor-cpu-burst1-*` merges a phase's) with its heap profile at the end of each
+// (executor-heap-<prefix><n>.pprof: the largest is near the peak of tasks in flight), until the
+// func it returns is called, which drops the chunk in flight. With no address it does nothing.
+func (b *clusterBench) profileExecutor(ctx context.Context, prefix string, wg *sync.WaitGroup) func() error {
+	addr := b.pprof
+	if b.profile == "" || addr == "" {
+		return func() error { return nil }
+	}
+	pctx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	wg.Go(func() {
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(profileChunk.Seconds()))
+		for i := 0; ; i++ {
+			err := saveProfile(pctx, url, filepath.Join(b.profile, fmt.Sprintf("executor-cpu-%s%d.pprof", prefix, i)))
+			if pctx.Err() != nil {
+				_ = os.Remove(filepath.Join(b.profile, fmt.Sprintf("executor-cpu-%s%d.pprof", prefix, i)))
+				errc <- nil
+				return
+			}
+			if err == nil {
+				err = saveProfile(pctx, "http://"+addr+"/debug/pprof/heap", filepath.Join(b.profile, fmt.Sprintf("executor-heap-%s%d.pprof", prefix, i)))
+			}
+			if err != nil && pctx.Err() == nil {
+				errc <- err
+				return
+			}
+		}
+	})
+	return func() error {
+		stop()
+		if err := <-errc; err != nil {
+			return fmt.Errorf("profiling the executor: %w", err)
+		}
+		return nil
+	}
 }
 
 // buildBinaries builds the manager and the executor as `make build` would, into dir.
@@ -387,18 +455,18 @@ func startNamedManagerProc(env *testenv.Env, dir, name, bins, kubeconfig, storeU
 	return startProc(dir, "manager", name, procEnv, filepath.Join(bins, "manager"), args...)
 }
 
-func startClusterExecutor(dir, bins, kubeconfig, ns, pool string, i int) (*proc, error) {
+func startClusterExecutor(dir, bins, kubeconfig, ns, pool string, i int, extra ...string) (*proc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	name := fmt.Sprintf("bench-cluster-%d", i)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	return startProc(dir, "executors", name, []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "executor"),
-		"--driver", string(rsv1.DriverKubernetes), "--namespace", ns, "--group", "bench", "--name", name,
-		"--listen", addr, "--endpoint", "http://"+addr, "--insecure-http",
+	args := append([]string{"--driver", string(rsv1.DriverKubernetes), "--namespace", ns, "--group", "bench", "--name", name,
+		"--listen", addr, "--endpoint", "http://" + addr, "--insecure-http",
 		"--data-dir", filepath.Join(dir, name), "--object-store=",
-		"--toolbox-image", kwokToolboxImage, "--pod-node-selector", testenv.KwokPoolLabel+"="+pool)
+		"--toolbox-image", kwokToolboxImage, "--pod-node-selector", testenv.KwokPoolLabel + "=" + pool}, extra...)
+	return startProc(dir, "executors", name, []string{"KUBECONFIG=" + kubeconfig}, filepath.Join(bins, "executor"), args...)
 }
 
 func freePort() (int, error) {
@@ -552,6 +620,12 @@ func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
 	}
 	for _, c := range sortedKeys(p.writes.reads) {
 		fmt.Fprintf(out, "  %s reads per task: %s\n", c, perTask(p.writes.reads[c], tasks))
+	}
+	if r := p.writes.podRun; len(r) > 0 {
+		longer := len(r) - sort.Search(len(r), func(i int) bool { return r[i] > runningStatusDelay })
+		fmt.Fprintf(out, "  task pods' run (kwok's Running -> Succeeded status patches, %s asked): p10 %.1fs p50 %.1fs p90 %.1fs; %.0f%% longer than the executors' --running-status-delay (%s), each a Running write\n",
+			clusterComplete, percentile(r, 0.1).Seconds(), percentile(r, 0.5).Seconds(), percentile(r, 0.9).Seconds(),
+			100*float64(longer)/float64(len(r)), runningStatusDelay)
 	}
 	parts = parts[:0]
 	for _, c := range clusterComponents {

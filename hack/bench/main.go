@@ -44,36 +44,38 @@ import (
 )
 
 type config struct {
-	runs         int
-	executors    int
-	concurrency  int
-	submitters   int
-	rate         float64
-	baselineN    int
-	quick        bool
-	timeout      time.Duration
-	verbose      bool
-	profile      string
-	docker       bool
-	dockerTasks  int
-	kwok         bool
-	kwokRuns     int
-	node         bool
-	service      bool
-	cluster      bool
-	bursts       string
-	archiveAfter string
-	burstSizes   []int
-	steadyRate   float64
-	steady       time.Duration
-	reads        bool
-	soak         soakConfig
-	archive      archiveBench
-	archiveOn    bool
-	archiveStore string
-	shards       string
-	shardCounts  []int
-	shardRuns    int
+	runs        int
+	executors   int
+	concurrency int
+	submitters  int
+	rate        float64
+	baselineN   int
+	quick       bool
+	timeout     time.Duration
+	verbose     bool
+	profile     string
+	docker      bool
+	dockerTasks int
+	kwok        bool
+	kwokRuns    int
+	node        bool
+	service     bool
+	cluster     bool
+	// clusterProfile is where the cluster scenario writes an executor's profiles ("": none).
+	clusterProfile string
+	bursts         string
+	archiveAfter   string
+	burstSizes     []int
+	steadyRate     float64
+	steady         time.Duration
+	reads          bool
+	soak           soakConfig
+	archive        archiveBench
+	archiveOn      bool
+	archiveStore   string
+	shards         string
+	shardCounts    []int
+	shardRuns      int
 }
 
 func main() {
@@ -97,6 +99,7 @@ func main() {
 	flag.BoolVar(&c.cluster, "cluster", true, "the cluster scenario of issue 10: kube-scheduler, 5 kwok nodes, the manager and 3 executors as processes; runs at once, then a steady rate")
 	flag.StringVar(&c.bursts, "cluster-runs", "1000", "cluster scenario: runs submitted at once, a comma-separated list of sizes measured one after the other (e.g. 300,1000,3000 for CPU per task by load); 100 with -quick")
 	flag.Float64Var(&c.steadyRate, "cluster-rate", 20, "cluster scenario: runs per second of the steady phase (5 with -quick)")
+	flag.StringVar(&c.clusterProfile, "cluster-profile", "", "cluster scenario: write the first executor's CPU profiles of each phase (10s each: executor-cpu-<phase>-<n>.pprof, merged by go tool pprof) and its heap profile at the phase's end into this directory")
 	flag.BoolVar(&c.reads, "cluster-reads", false, "cluster scenario: also count the reads (get, list) per task by component, from the audit log (which then costs the apiserver more)")
 	flag.StringVar(&c.archiveAfter, "cluster-archive-after", "", "cluster scenario: the manager's --archive-after (e.g. 0s): each phase then lasts until its runs are archived, and reports the archive lag (finished -> gone from etcd) and the writes with the archive's; default: the manager's (10m), so nothing is archived during the scenario")
 	flag.DurationVar(&c.steady, "cluster-steady", 2*time.Minute, "cluster scenario: how long the steady phase submits; 0 skips it (20s with -quick)")
@@ -286,6 +289,7 @@ func run(c config, out io.Writer) (err error) {
 		if err := (&clusterBench{
 			env: env, kube: kube, audit: audit, suffix: suffix, bursts: c.burstSizes,
 			rate: c.steadyRate, steady: c.steady, submitters: c.submitters, archiveAfter: c.archiveAfter,
+			profile: c.clusterProfile,
 		}).run(ctx, out); err != nil {
 			return fmt.Errorf("cluster scenario: %w", err)
 		}

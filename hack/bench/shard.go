@@ -126,7 +126,7 @@ func (b *shardBench) count(ctx context.Context, st *clusterStack, ring string, n
 		}
 	}
 	if !slices.ContainsFunc(st.set.procs, func(p *proc) bool { return p.component == "executors" }) {
-		if err := st.startExecutors(ctx); err != nil {
+		if err := st.startExecutors(ctx, false); err != nil {
 			return nil, err
 		}
 	}

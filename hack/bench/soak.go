@@ -164,7 +164,7 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 		if b.profiles == "" {
 			return nil
 		}
-		return saveHeapProfile(ctx, "http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(b.profiles, name))
+		return saveProfile(ctx, "http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(b.profiles, name))
 	}
 	warm := false
 	for done := false; !done; {
@@ -543,8 +543,8 @@ func slope(s []soakSample, v func(soakSample) float64) float64 {
 	return (n*sxy - sx*sy) / d
 }
 
-// saveHeapProfile writes the heap profile served at url into path.
-func saveHeapProfile(ctx context.Context, url, path string) error {
+// saveProfile writes the profile served at url (a process's /debug/pprof/...) into path.
+func saveProfile(ctx context.Context, url, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
@@ -554,11 +554,11 @@ func saveHeapProfile(ctx context.Context, url, path string) error {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("reading the manager's heap profile: %w", err)
+		return fmt.Errorf("reading the profile %s: %w", url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("reading the manager's heap profile: %s", resp.Status)
+		return fmt.Errorf("reading the profile %s: %s", url, resp.Status)
 	}
 	f, err := os.Create(path)
 	if err != nil {

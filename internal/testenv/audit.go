@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 )
 
 // AuditEvent is what tests and the benchmark read of an event of the apiserver's audit log
@@ -23,6 +24,8 @@ type AuditEvent struct {
 	ResponseStatus *struct {
 		Code int `json:"code"`
 	} `json:"responseStatus"`
+	// StageTimestamp is when the request was answered.
+	StageTimestamp time.Time `json:"stageTimestamp"`
 }
 
 // ScanAuditLog calls each for every completed request about an object (stage ResponseComplete,

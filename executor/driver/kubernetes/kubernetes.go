@@ -101,7 +101,8 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 	factory := informers.NewSharedInformerFactoryWithOptions(c, 10*time.Minute, informers.WithNamespace(opts.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = labels.SelectorFromSet(labels.Set{rsv1.LabelExecutor: opts.Executor}).String()
-		}))
+		}),
+		informers.WithTransform(slimPod))
 	if d.pods, err = newPodIndex(factory.Core().V1().Pods().Informer()); err != nil {
 		return nil, err
 	}
@@ -112,6 +113,19 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 		}
 	}
 	return d, nil
+}
+
+// slimPod drops what the driver never reads of a pod before the informer keeps it: its managed
+// fields (an entry per writer: the executor, the scheduler, the kubelet) and the task file a pod
+// without a Secret carries in an annotation (up to maxTaskAnnotation, read by the pod's own
+// downward-API volume only). With a thousand tasks in flight their pods are most of the
+// executor's memory.
+func slimPod(obj any) (any, error) {
+	if pod, ok := obj.(*corev1.Pod); ok {
+		pod.ManagedFields = nil
+		delete(pod.Annotations, annotationTask) // the object is the informer's own, fresh from the watch
+	}
+	return obj, nil
 }
 
 // Archs implements executor.Driver.
@@ -279,6 +293,7 @@ func (d *Driver) Start(ctx context.Context, t *executor.Task) error {
 		}
 		return fmt.Errorf("creating the task's pod: %w", err)
 	}
+	_, _ = slimPod(created)
 	d.pods.noteCreated(string(et.UID), created)
 	return t.Started()
 }
