@@ -49,6 +49,9 @@ func TestSilentPermanentExecutorKeepsTasksRunning(t *testing.T) {
 	createRun(t, newRun(ns, "quiet", task("a")))
 	et := waitTask(t, ns, "quiet", "a")
 	report(t, ns, et.Name, rsv1.TaskPhaseRunning, "")
+	eventually(t, 30*time.Second, "the run showing task a Running", func() (bool, error) {
+		return taskStatus(getRun(t, ns, "quiet"), "a").Phase == rsv1.TaskPhaseRunning, nil
+	})
 	ex.silence()
 	eventually(t, 30*time.Second, "executor not Ready", func() (bool, error) {
 		e := &rsv1.Executor{}

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/internal/executorhttp"
@@ -130,7 +131,7 @@ func (r *ExecutorTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		r.recordLost(ctx, et, "its executor has no endpoint to fetch them from")
 		return ctrl.Result{}, nil
 	}
-	release, wait := r.Slots.acquire(ex.UID)
+	release, wait := r.Slots.acquire(ex.UID, client.ObjectKeyFromObject(et))
 	if release == nil {
 		return ctrl.Result{RequeueAfter: wait}, nil // the executor is busy or backing off
 	}
@@ -391,7 +392,7 @@ func (r *ExecutorTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		et := o.(*rsv1.ExecutorTask)
 		return et.Status.Phase.IsFinal() && et.Annotations[rsv1.AnnotationFetched] == ""
 	})
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("executortask").
 		For(&rsv1.ExecutorTask{}, builder.WithPredicates(final)).
 		// A run's status write that records fetches brings their tasks back, to be acked.
@@ -400,7 +401,11 @@ func (r *ExecutorTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&rsv1.Run{}, handler.Funcs{CreateFunc: endedTasksOf, UpdateFunc: fetchesRecorded}).
 		// An executor that changed its spec (cordoned to drain and leave, registered anew) is told
 		// at once of the recorded fetches it was not told of (an ack lost on its way).
-		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.unacked), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers, NeedLeaderElection: r.Guard.needLeaderElection()}).
+		Watches(&rsv1.Executor{}, handler.EnqueueRequestsFromMapFunc(r.unacked), builder.WithPredicates(predicate.GenerationChangedPredicate{}))
+	if r.Slots.wake != nil {
+		// A task that waited for a slot of its executor, woken as one frees.
+		b = b.WatchesRawSource(source.Channel(r.Slots.wake, &handler.EnqueueRequestForObject{}))
+	}
+	return b.WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers, NeedLeaderElection: r.Guard.needLeaderElection()}).
 		Complete(r)
 }

@@ -44,7 +44,7 @@ func (r *ExecutorTaskReconciler) ack(ctx context.Context, et *rsv1.ExecutorTask,
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
 	}
-	release, wait := r.Slots.acquire(ex.UID)
+	release, wait := r.Slots.acquire(ex.UID, client.ObjectKeyFromObject(et))
 	if release == nil {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}

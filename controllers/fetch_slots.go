@@ -2,19 +2,29 @@ package controllers
 
 import (
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
 )
 
 // fetchSlots bounds the fetcher's work per executor, so that executors that hang cannot take every
 // worker: at most perExecutor fetches from one executor at a time, one while its last fetch
 // failed, and none while it backs off after failures (backoff doubling from base up to max).
-// A reconcile that gets no slot is requeued, never blocked, so its worker serves other executors.
+// A reconcile that gets no slot is requeued, never blocked, so its worker serves other executors;
+// and when a slot of its executor frees, one waiting task is woken at once (wake) rather than after
+// its requeue: a fetch that waits for a slot delays its run's last status write (FinishWait).
 type fetchSlots struct {
 	perExecutor int
 	base, max   time.Duration
+	// wake, when set, is sent the ExecutorTasks to reconcile again when a slot they waited for
+	// frees (without blocking: one not sent comes back on its requeue).
+	wake chan event.GenericEvent
 
 	mu sync.Mutex
 	m  map[types.UID]*executorSlots // by executor UID: an executor registered anew starts afresh
@@ -24,14 +34,17 @@ type executorSlots struct {
 	busy      int
 	failures  int
 	notBefore time.Time
+	// waiting are the ExecutorTasks that found every slot taken, oldest first.
+	waiting []types.NamespacedName
 }
 
 // busyRetry is when a reconcile that found its executor's slots taken looks again; jittered so the
 // tasks of one executor do not come back in step.
 const busyRetry = 500 * time.Millisecond
 
-// acquire takes a slot for executor uid. Without one it returns nil and how long to wait.
-func (s *fetchSlots) acquire(uid types.UID) (release func(failed bool) time.Duration, wait time.Duration) {
+// acquire takes a slot for executor uid, for the ExecutorTask key. Without one it returns nil and
+// how long to wait.
+func (s *fetchSlots) acquire(uid types.UID, key types.NamespacedName) (release func(failed bool) time.Duration, wait time.Duration) {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -51,8 +64,12 @@ func (s *fetchSlots) acquire(uid types.UID) (release func(failed bool) time.Dura
 		limit = 1 // a probe: the others wait for its outcome instead of hanging beside it
 	}
 	if e.busy >= limit {
+		if !slices.Contains(e.waiting, key) {
+			e.waiting = append(e.waiting, key)
+		}
 		return nil, jitter(busyRetry)
 	}
+	e.waiting = slices.DeleteFunc(e.waiting, func(k types.NamespacedName) bool { return k == key })
 	e.busy++
 	return func(failed bool) time.Duration { return s.release(uid, e, failed) }, 0
 }
@@ -64,7 +81,8 @@ func (s *fetchSlots) release(uid types.UID, e *executorSlots, failed bool) time.
 	e.busy--
 	if !failed {
 		e.failures, e.notBefore = 0, time.Time{}
-		if e.busy == 0 {
+		s.wakeOne(e)
+		if e.busy == 0 && len(e.waiting) == 0 {
 			delete(s.m, uid)
 		}
 		return 0
@@ -77,6 +95,19 @@ func (s *fetchSlots) release(uid types.UID, e *executorSlots, failed bool) time.
 	e.notBefore = time.Now().Add(backoff)
 	s.forgetIdle()
 	return backoff + jitter(busyRetry)
+}
+
+// wakeOne sends the oldest task waiting for a slot of e to be reconciled again. Called with mu held.
+func (s *fetchSlots) wakeOne(e *executorSlots) {
+	if s.wake == nil || len(e.waiting) == 0 {
+		return
+	}
+	key := e.waiting[0]
+	select {
+	case s.wake <- event.GenericEvent{Object: &rsv1.ExecutorTask{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}}:
+		e.waiting = e.waiting[1:]
+	default: // full: it comes back on its requeue
+	}
 }
 
 // reset forgets the failures of executor uid: it changed (cordoned to leave, registered anew), and

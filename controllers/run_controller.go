@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -69,8 +68,8 @@ type RunReconciler struct {
 	shardMetrics *shardMetrics
 
 	mu sync.Mutex
-	// progressSince holds, by run, since when what its running tasks reported waits to be written.
-	progressSince map[types.NamespacedName]time.Time
+	// held holds, by run, since when its status's changes wait to be written (deferWrite).
+	held map[types.NamespacedName]*heldWrite
 }
 
 var _ reconcile.Reconciler = (*RunReconciler)(nil)
@@ -91,7 +90,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err := r.Client.Get(ctx, req.NamespacedName, run); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.writes.forget(req.NamespacedName)
-			r.progressWritten(req.NamespacedName)
+			r.written(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -207,7 +206,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		}
 	}
 	if len(out.Schedule) == 0 && len(out.Stop) == 0 {
-		if wait := r.deferProgress(client.ObjectKeyFromObject(run), old, &run.Status); wait > 0 {
+		if wait := r.deferWrite(client.ObjectKeyFromObject(run), old, &run.Status, r.fetchesAwaited(run, tasks)); wait > 0 {
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
 	}
@@ -404,58 +403,6 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 // keeps it until its tasks' containers are known gone, and its tasks unfinished until then.
 func executorRemoved(ex *rsv1.Executor, et *rsv1.ExecutorTask) bool {
 	return ex == nil || string(ex.UID) != et.Spec.ExecutorUID
-}
-
-// deferProgress says how long the write of the run's new status may wait: when all that changed is
-// what its tasks report (a start, steps, a task ended that makes nothing ready and ends nothing),
-// until ProgressDelay after that change was first seen, so that a burst (a task that starts and
-// ends, sibling tasks ending together) is written once; 0 to write now. What the run decided (tasks
-// scheduled or stopped, its phase, the run final, conditions) is written at once: an ExecutorTask
-// created must be in the status before anything else happens.
-func (r *RunReconciler) deferProgress(key types.NamespacedName, old, status *rsv1.RunStatus) time.Duration {
-	if equality.Semantic.DeepEqual(old, status) || !reportOnly(old, status) {
-		return 0
-	}
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.progressSince == nil {
-		r.progressSince = map[types.NamespacedName]time.Time{}
-	}
-	since, ok := r.progressSince[key]
-	if !ok {
-		since = now
-		r.progressSince[key] = now
-	}
-	return since.Add(r.Options.ProgressDelay).Sub(now)
-}
-
-// progressWritten forgets the progress of a run that waited: it is written, or the run is gone.
-func (r *RunReconciler) progressWritten(key types.NamespacedName) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.progressSince, key)
-}
-
-// reportOnly reports whether status differs from old only in what the run's tasks report: the run's
-// phase, times and conditions are the same, and so is every task's ExecutorTask and executor (what
-// scheduling decided).
-func reportOnly(old, status *rsv1.RunStatus) bool {
-	if old.Phase != status.Phase || status.Phase.IsFinal() || len(old.Tasks) != len(status.Tasks) {
-		return false
-	}
-	a, b := *old, *status
-	a.Tasks, b.Tasks = nil, nil
-	if !equality.Semantic.DeepEqual(&a, &b) {
-		return false
-	}
-	for _, ts := range status.Tasks {
-		j := slices.IndexFunc(old.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == ts.Name })
-		if j < 0 || old.Tasks[j].ExecutorTask != ts.ExecutorTask || old.Tasks[j].Executor != ts.Executor {
-			return false
-		}
-	}
-	return true
 }
 
 // writeFetches records in run's status, alone, the fetches whose outcome it does not record yet:
@@ -695,7 +642,7 @@ func (r *RunReconciler) writeStatus(ctx context.Context, run *rsv1.Run, old *rsv
 		return fmt.Errorf("writing run status: %w", err)
 	}
 	r.writes.wrote(run)
-	r.progressWritten(client.ObjectKeyFromObject(run))
+	r.written(client.ObjectKeyFromObject(run))
 	if old.Phase != run.Status.Phase {
 		r.Metrics.observePhase(run, old.Phase)
 		// No event for the start: the phase, startTime and the Admitted condition say it, and an event

@@ -38,10 +38,16 @@ type Options struct {
 	// reconciled: the changes meanwhile (a task's start and end, the ends of a fan-out) are folded
 	// into its status in one write.
 	StatusBatch time.Duration
-	// ProgressDelay is how long what a run's tasks report (a start, steps, an end that makes no
-	// task ready and ends nothing) may wait before it is written to the run's status: a burst of
-	// reports (a task that starts and ends, siblings that end together) costs one status write.
+	// StartDelay is how long what a run's tasks report (a start, steps, a fetch's outcome) may wait
+	// before it is written to the run's status when nothing else is: a task that ends sooner is
+	// recorded Running by the write of its end, and a burst of reports costs one write.
+	StartDelay time.Duration
+	// ProgressDelay is how long a task's end that makes no task ready and ends nothing (a sibling
+	// still runs) may wait before it is written: siblings that end together cost one write.
 	ProgressDelay time.Duration
+	// FinishWait is how long, at most, a run's end waits for the fetches of its tasks under way,
+	// so that their outcomes ride on its last status write instead of a write of their own.
+	FinishWait time.Duration
 	// Store is the object store step logs and workspace archives are fetched into; nil turns the
 	// fetcher off.
 	Store *objectstore.Store
@@ -116,8 +122,16 @@ func (o *Options) defaults() {
 	if o.StatusBatch == 0 {
 		o.StatusBatch = 30 * time.Millisecond
 	}
+	if o.StartDelay == 0 {
+		o.StartDelay = 5 * time.Second
+	}
 	if o.ProgressDelay == 0 {
 		o.ProgressDelay = time.Second
+	}
+	if o.FinishWait == 0 {
+		// A fetch takes milliseconds to tens of them; one that waits for its executor's slot
+		// (busyRetry) comes later than this, and is recorded by a write of its own.
+		o.FinishWait = 300 * time.Millisecond
 	}
 	o.FetchTimeouts = o.FetchTimeouts.WithDefaults()
 	if o.FetchTimeout == 0 {
@@ -231,7 +245,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 			Stall:        opts.FetchTimeouts.Stall,
 			FetchTimeout: opts.FetchTimeout,
 			Workers:      opts.MaxConcurrentFetches,
-			Slots:        &fetchSlots{perExecutor: opts.FetchesPerExecutor, base: opts.FetchBackoff, max: 5 * time.Minute},
+			Slots:        &fetchSlots{perExecutor: opts.FetchesPerExecutor, base: opts.FetchBackoff, max: 5 * time.Minute, wake: make(chan event.GenericEvent, 1024)},
 			Guard:        guard,
 			Outcomes:     fetches,
 			Acking:       opts.FetchAcking,

@@ -195,7 +195,7 @@ func (r *RunReconciler) handover(ctx context.Context, run *rsv1.Run) (done bool,
 		return true, res, err
 	}
 	g.release(run)
-	r.progressWritten(client.ObjectKeyFromObject(run))
+	r.written(client.ObjectKeyFromObject(run))
 	r.shardMetrics.released.Inc()
 	ctrl.LoggerFrom(ctx).Info("handed the run over", "shard", r.Options.Shard.Me(), "to", base.Labels[rsv1.LabelShardDrain], "resourceVersion", run.ResourceVersion)
 	return true, ctrl.Result{}, nil

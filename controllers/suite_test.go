@@ -1,9 +1,11 @@
 package controllers_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -152,10 +154,13 @@ func startManager() error {
 	return nil
 }
 
-// managerWrite is a write the manager sent to the apiserver, and the status code it got.
+// managerWrite is a write the manager sent to the apiserver, and the status code it got; body is
+// kept for the patches of runs' status (what each write changed).
 type managerWrite struct {
 	method, path string
 	code         int
+	body         string
+	at           time.Time
 }
 
 var (
@@ -168,11 +173,17 @@ var (
 type recordingTransport struct{ next http.RoundTripper }
 
 func (t *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Method == http.MethodPatch && strings.HasSuffix(req.URL.Path, "/status") && strings.Contains(req.URL.Path, "/runs/") && req.Body != nil {
+		body, _ = io.ReadAll(req.Body)
+		_ = req.Body.Close()
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	}
 	resp, err := t.next.RoundTrip(req)
 	switch req.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 	default:
-		w := managerWrite{method: req.Method, path: req.URL.Path}
+		w := managerWrite{method: req.Method, path: req.URL.Path, body: string(body), at: time.Now()}
 		if resp != nil {
 			w.code = resp.StatusCode
 		}

@@ -168,10 +168,22 @@ func After(parents ...string) func(*rsv1.Task) {
 // WaitStepRunning waits until a one-step task's step runs.
 func (h *Harness) WaitStepRunning(t *testing.T, ns, run, task string) {
 	t.Helper()
-	h.Eventually(t, "step of "+task+" running", func() bool {
-		ts := TaskStatus(h.Run(t, ns, run), task)
-		return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
-	})
+	h.Eventually(t, "step of "+task+" running", func() bool { return h.StepRunning(t, ns, run, task) })
+}
+
+// StepRunning says whether a one-step task's step runs, as its executor reports it on the task's
+// ExecutorTask: the run records a start only with its next status write, or StartDelay later.
+func (h *Harness) StepRunning(t *testing.T, ns, run, task string) bool {
+	t.Helper()
+	ts := TaskStatus(h.Run(t, ns, run), task)
+	if ts.ExecutorTask == "" {
+		return false
+	}
+	et := &rsv1.ExecutorTask{}
+	if err := h.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: ts.ExecutorTask}, et); err != nil {
+		return false
+	}
+	return len(et.Status.Steps) == 1 && et.Status.Steps[0].Phase == rsv1.StepPhaseRunning
 }
 
 // waitLogsFetched waits until every started step of a run points at its log in the object store.

@@ -191,10 +191,7 @@ func TestDeletedTasksLeaveNoDirectory(t *testing.T) {
 	ctx := context.Background()
 	tasks := map[string]*rsv1.ExecutorTask{}
 	for _, name := range []string{"seen", "unseen"} {
-		e2e.Eventually(t, time.Minute, "task "+name+" running", func() bool {
-			ts := e2e.TaskStatus(h.Run(t, ns, "tidy"), name)
-			return len(ts.Steps) == 1 && ts.Steps[0].Phase == rsv1.StepPhaseRunning
-		})
+		e2e.Eventually(t, time.Minute, "task "+name+" running", func() bool { return h.StepRunning(t, ns, "tidy", name) })
 		et := &rsv1.ExecutorTask{}
 		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: e2e.TaskStatus(h.Run(t, ns, "tidy"), name).ExecutorTask}, et); err != nil {
 			t.Fatal(err)
