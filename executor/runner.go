@@ -395,7 +395,7 @@ func (r *runner) report(ctx context.Context) error {
 		return nil
 	}
 	start := r.et.Status.StartTime
-	return r.e.updateStatus(ctx, r.et, func(st *rsv1.ExecutorTaskStatus) {
+	err := r.e.updateStatus(ctx, r.et, func(st *rsv1.ExecutorTaskStatus) {
 		if st.Phase.IsFinal() {
 			return
 		}
@@ -405,6 +405,10 @@ func (r *runner) report(ctx context.Context) error {
 		}
 		st.Steps = steps
 	})
+	if err != nil {
+		r.stepsLook = dirLook{} // what this look saw is not recorded: the next one reads the steps again
+	}
+	return err
 }
 
 // runFor says whether the task's main container has run for d, counted from when the runner first

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 	"runservice.dev/runservice/executor/toolbox"
@@ -163,5 +165,40 @@ func TestAQuietRunningTaskIsLookedAtLessOften(t *testing.T) {
 	}
 	if r.stepsLook.every != lookEvery {
 		t.Fatalf("after a change the next look is in %v, want %v", r.stepsLook.every, lookEvery)
+	}
+}
+
+// TestAProgressWriteThatFailsIsTriedAgain: a look that saw a step's result, and whose status write
+// then failed (the apiserver out of reach), does not count as recorded: the next look reads the
+// steps and writes again, though the steps' directory has not changed since.
+func TestAProgressWriteThatFailsIsTriedAgain(t *testing.T) {
+	dir := t.TempDir()
+	steps := filepath.Join(dir, toolbox.StepsDir)
+	if err := os.Mkdir(steps, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	res := `{"phase":"Running","startTime":"2026-01-02T03:04:05Z"}`
+	if err := os.WriteFile(toolbox.StepResultPath(dir, 0), []byte(res), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * racyLook)
+	if err := os.Chtimes(steps, old, old); err != nil {
+		t.Fatal(err)
+	}
+	// A client of an address nothing listens on: each write fails as a dropped connection does.
+	c, err := client.New(&rest.Config{Host: "https://127.0.0.1:1", Timeout: time.Second}, client.Options{Scheme: Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	et := &rsv1.ExecutorTask{
+		ObjectMeta: metav1.ObjectMeta{Name: "t", Namespace: "ns"},
+		Spec:       rsv1.ExecutorTaskSpec{Task: rsv1.Task{Steps: []rsv1.Step{{Run: &rsv1.RunStep{Command: "true"}}}}},
+		Status:     rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseRunning},
+	}
+	r := &runner{e: &Executor{client: c, reader: c}, dir: dir, et: et}
+	for i := range 2 {
+		if err := r.report(t.Context()); err == nil {
+			t.Fatalf("look %d: no write tried, the step's result taken for recorded (recorded steps: %v)", i+1, r.et.Status.Steps)
+		}
 	}
 }
