@@ -295,6 +295,11 @@ func (l *unshardedLock) waitNoMembers(ctx context.Context) error {
 func leaderElection(ctx context.Context, cfg *rest.Config, opts *Options, s *sharding, mopts *ctrl.Options) (func(ctrl.Manager) ctrl.Manager, error) {
 	plain := func(m ctrl.Manager) ctrl.Manager { return m }
 	if !opts.LeaderElection {
+		if s == nil {
+			if err := aloneBesideTheRing(ctx, cfg, opts); err != nil {
+				return nil, err
+			}
+		}
 		return plain, nil // no lock to judge the other mode by; several managers need --leader-elect
 	}
 	identity := unshardedIdentity()
@@ -320,4 +325,40 @@ func leaderElection(ctx context.Context, cfg *rest.Config, opts *Options, s *sha
 	}
 	mopts.LeaderElectionResourceLockInterface = &unshardedLock{LeaseLock: lock, view: shard.NewLeaseView(""), leases: cs, ringNS: ns, ctx: ctx}
 	return plain, nil
+}
+
+// aloneBesideTheRing refuses an unsharded manager without leader election while members of the
+// shard ring are live in its namespace (a `go run ./cmd/manager` against a sharded deployment): an
+// elected one waits for them to go (unshardedLock), this one has no lock to wait on and would act
+// on their runs beside them. A Lease counts as live until its renewal plus its duration, as its
+// holder recorded them. A manager whose namespace is unknown (out of a cluster, no --namespace) has
+// no ring to look at.
+func aloneBesideTheRing(ctx context.Context, cfg *rest.Config, opts *Options) error {
+	ns, err := ringNamespace(opts)
+	if err != nil {
+		return nil
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("creating the shard ring's client: %w", err)
+	}
+	list, err := cs.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{LabelSelector: shard.RingLabel + "=" + shard.RingName})
+	if err != nil {
+		return fmt.Errorf("looking for live members of the shard ring in namespace %s: %w", ns, err)
+	}
+	now := time.Now()
+	var live []string
+	for _, l := range list.Items {
+		if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+			continue
+		}
+		if now.Before(l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)) {
+			live = append(live, strings.TrimPrefix(l.Name, shard.LeasePrefix))
+		}
+	}
+	if len(live) > 0 {
+		return fmt.Errorf("members of the shard ring are live in namespace %s (%s): an unsharded manager without --leader-elect would act on their runs beside them; "+
+			"run it with --leader-elect (it then waits for them to go) or --shards=auto (it joins them), or stop them first", ns, strings.Join(live, ", "))
+	}
+	return nil
 }
