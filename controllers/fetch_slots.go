@@ -82,7 +82,10 @@ func (s *fetchSlots) release(uid types.UID, e *executorSlots, failed bool) time.
 	if !failed {
 		e.failures, e.notBefore = 0, time.Time{}
 		s.wakeOne(e)
-		if e.busy == 0 && len(e.waiting) == 0 {
+		if e.busy == 0 {
+			// Forgotten with its waiting list: a task that waits still comes back on its requeue,
+			// and one that no longer needs a slot (its ExecutorTask gone, its run moved) is not
+			// kept for an executor that may be gone too.
 			delete(s.m, uid)
 		}
 		return 0
