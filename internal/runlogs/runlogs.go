@@ -55,6 +55,24 @@ func Task(run *rsv1.Run, name string) (*rsv1.TaskStatus, error) {
 	return nil, fmt.Errorf("run %s has no task %q (its tasks: %s)", run.Name, name, runops.TaskNames(run))
 }
 
+// Task is Task with, while the run's status has not recorded the task's steps yet, the steps its
+// executor reports: a run records a task's start and steps with its next status write (up to the
+// run controller's StartDelay after the start), the executor at once. A step can be followed as
+// soon as its ExecutorTask says it runs.
+func (r *Reader) Task(ctx context.Context, run *rsv1.Run, name string) (*rsv1.TaskStatus, error) {
+	ts, err := Task(run, name)
+	if err != nil || len(ts.Steps) > 0 || ts.ExecutorTask == "" || ts.Phase.IsFinal() {
+		return ts, err
+	}
+	et, err := r.Runs.RunserviceV1alpha1().ExecutorTasks(r.Namespace).Get(ctx, ts.ExecutorTask, metav1.GetOptions{})
+	if err != nil || len(et.Status.Steps) == 0 {
+		return ts, nil // nothing more to say than the run does: its error names the steps it knows
+	}
+	live := ts.DeepCopy()
+	live.Steps = et.Status.Steps
+	return live, nil
+}
+
 // StepIndex finds a task's step by index or name.
 func StepIndex(ts *rsv1.TaskStatus, s string) (int, error) {
 	if i, err := strconv.Atoi(s); err == nil && i >= 0 && i < len(ts.Steps) {
@@ -79,7 +97,7 @@ func (r *Reader) Print(ctx context.Context, w io.Writer, runName, taskName, step
 	if err != nil {
 		return err
 	}
-	ts, err := Task(run, taskName)
+	ts, err := r.Task(ctx, run, taskName)
 	if err != nil {
 		return err
 	}

@@ -357,7 +357,7 @@ func (s *server) stepLog(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	ts, err := runlogs.Task(run, r.PathValue("task"))
+	ts, err := rd.Task(ctx, run, r.PathValue("task"))
 	if err != nil {
 		writeError(w, notFound(err))
 		return

@@ -490,7 +490,9 @@ func TestFollowLiveLog(t *testing.T) {
 			t.Fatalf("followed log misses tick-%d:\n%s", i, log)
 		}
 	}
-	if run := h.Run(t, ns, "live"); e2e.TaskStatus(run, "ticker").Phase != rsv1.TaskPhaseSuccess && e2e.TaskStatus(run, "ticker").Phase != rsv1.TaskPhaseRunning {
+	// The run records the task's start and end with its next writes (a start up to the run
+	// controller's StartDelay later): the log was followed before, from the executor.
+	if run := h.WaitRun(t, ns, "live", rsv1.RunPhaseFinished); e2e.TaskStatus(run, "ticker").Phase != rsv1.TaskPhaseSuccess {
 		t.Fatalf("task %s", e2e.TaskStatus(run, "ticker").Phase)
 	}
 }
