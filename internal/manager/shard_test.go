@@ -161,26 +161,7 @@ func twoTaskRun(ns, name string) *rsv1.Run {
 // playExecutor ends, as their executor would, every ExecutorTask of ns that has not reported yet,
 // until the test ends: a fake executor's work for many runs.
 func playExecutor(t *testing.T, ns string) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ctx.Err() == nil {
-			var list rsv1.ExecutorTaskList
-			if err := k8s.List(ctx, &list, client.InNamespace(ns)); err == nil {
-				for i := range list.Items {
-					if et := &list.Items[i]; et.Status.Phase == "" {
-						_ = succeed(ctx, et)
-					}
-				}
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	playTasks(t, ns).Store("")
 }
 
 func succeed(ctx context.Context, et *rsv1.ExecutorTask) error {
