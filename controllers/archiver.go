@@ -99,6 +99,9 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{RequeueAfter: time.Second}, nil // being handed over
 	}
 	defer end()
+	if run.Status.EndTime != nil && !deleting {
+		r.Metrics.observeArchiveStep("settle", time.Since(run.Status.EndTime.Add(after)))
+	}
 	if err := r.archive(ctx, run, tasks); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			// The run changed since it was read (archived again, with the change, once the cache has
@@ -154,7 +157,10 @@ func settled(run *rsv1.Run) bool {
 // archive takes run through the steps, each repeatable.
 func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks []rsv1.ExecutorTask) error {
 	key := client.ObjectKeyFromObject(run)
+	began := time.Now()
 	done := func(step string) error {
+		r.Metrics.observeArchiveStep(step, time.Since(began))
+		began = time.Now()
 		if r.StepDone != nil {
 			return r.StepDone(key, step)
 		}
@@ -203,6 +209,7 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 	if err := r.Client.Delete(ctx, run, client.Preconditions{UID: &run.UID, ResourceVersion: &rv}); err != nil {
 		return fmt.Errorf("deleting archived run: %w", err)
 	}
+	r.Metrics.observeArchiveStep("delete", time.Since(began))
 	r.writes.deleted(run)
 	return nil
 }

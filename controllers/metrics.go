@@ -19,6 +19,7 @@ type Metrics struct {
 	runs              *runPhaseCollector
 	archived          prometheus.Counter
 	archiveLag        prometheus.Histogram
+	archiveSteps      *prometheus.HistogramVec
 	expired           prometheus.Counter
 }
 
@@ -56,12 +57,17 @@ func newMetrics(c client.Reader) *Metrics {
 		Help:    "Time from when a run was due for archiving (its end plus --archive-after) to archived.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
 	})
+	m.archiveSteps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "runservice_archive_step_seconds",
+		Help:    "Time each step of archiving a run took: settle (from when the run was due to when the archiver began: the run controller's last writes and the queue), document, segment, executortasks, finalizer, delete.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+	}, []string{"step"})
 	m.expired = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "runservice_archive_expired_runs_total",
 		Help: "Archived runs deleted from the object store by --archive-retention, with their logs and workspace archives.",
 	})
 	m.runs = &runPhaseCollector{client: c}
-	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs, m.archived, m.archiveLag, m.expired)
+	metrics.Registry.MustRegister(m.schedulingLatency, m.transitions, m.runs, m.archived, m.archiveLag, m.archiveSteps, m.expired)
 	sharedMetrics = m
 	return m
 }
@@ -76,6 +82,11 @@ func (m *Metrics) observeArchived(run *rsv1.Run, after time.Duration) {
 	if run.Status.EndTime != nil && run.DeletionTimestamp == nil {
 		m.archiveLag.Observe(max(0, time.Since(run.Status.EndTime.Add(after)).Seconds()))
 	}
+}
+
+// observeArchiveStep records how long a step of archiving a run took.
+func (m *Metrics) observeArchiveStep(step string, d time.Duration) {
+	m.archiveSteps.WithLabelValues(step).Observe(max(0, d.Seconds()))
 }
 
 func (m *Metrics) observeExpired(n int) { m.expired.Add(float64(n)) }

@@ -221,6 +221,37 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 	}
 	samples = append(samples, last)
 	printSoak(out, int(submitted.Load()), samples, start, submittedAt, t)
+	return printArchiveSteps(ctx, out, look.metrics)
+}
+
+// printArchiveSteps prints where the archive lag went: the mean of each step of the manager's
+// runservice_archive_step_seconds, in the order they happen.
+func printArchiveSteps(ctx context.Context, out io.Writer, url string) error {
+	families, err := scrapeFamilies(ctx, url)
+	if err != nil {
+		return err
+	}
+	steps := map[string]histogramSummary{}
+	for _, m := range families["runservice_archive_step_seconds"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "step" {
+				steps[l.GetValue()] = histogramSummary{count: m.GetHistogram().GetSampleCount(), sum: m.GetHistogram().GetSampleSum()}
+			}
+		}
+	}
+	fmt.Fprint(out, "archive steps, mean (the manager's runservice_archive_step_seconds; settle: from due to the archiver's start, the run controller's last writes and the queue):")
+	total := 0.0
+	for _, step := range []string{"settle", "document", "segment", "executortasks", "finalizer", "delete"} {
+		h := steps[step]
+		if h.count == 0 {
+			fmt.Fprintf(out, " %s -", step)
+			continue
+		}
+		mean := h.sum / float64(h.count)
+		total += mean
+		fmt.Fprintf(out, " %s %.0fms (%d);", step, 1000*mean, h.count)
+	}
+	fmt.Fprintf(out, " sum %.2fs\n", total)
 	return nil
 }
 
