@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -35,10 +36,11 @@ import (
 //     written again, it keeps the ExecutorTasks an earlier attempt archived and deleted since;
 //  2. its index entry is written in a segment (batched with other runs'), so that a rebuilt index
 //     finds it;
-//  3. the ExecutorTasks are deleted, in one request selecting the run's uid (deleteExecutorTasks);
-//  4. FinalizerArchive is removed, locked on the resourceVersion archived, and the run is deleted
-//     with that uid and resourceVersion as preconditions: what leaves etcd is what was archived (a
-//     run changed meanwhile is archived again).
+//  3. the ExecutorTasks are deleted, in one request selecting the run's uid (deleteExecutorTasks),
+//     and FinalizerArchive is removed, locked on the resourceVersion archived: the two at once,
+//     unless the run is being deleted (then its ExecutorTasks first);
+//  4. the run is deleted with that uid and resourceVersion as preconditions: what leaves etcd is
+//     what was archived (a run changed meanwhile is archived again).
 type ArchiverReconciler struct {
 	Client client.Client
 	Store  *objectstore.Store
@@ -158,9 +160,8 @@ func settled(run *rsv1.Run) bool {
 func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks []rsv1.ExecutorTask) error {
 	key := client.ObjectKeyFromObject(run)
 	began := time.Now()
-	done := func(step string) error {
-		r.Metrics.observeArchiveStep(step, time.Since(began))
-		began = time.Now()
+	done := func(step string, since time.Time) error {
+		r.Metrics.observeArchiveStep(step, time.Since(since))
 		if r.StepDone != nil {
 			return r.StepDone(key, step)
 		}
@@ -173,30 +174,51 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 	if err := archive.PutDocument(ctx, r.Store, doc); err != nil {
 		return fmt.Errorf("archiving run: %w", err)
 	}
-	if err := done("document"); err != nil {
+	if err := done("document", began); err != nil {
 		return err
 	}
+	began = time.Now()
 	if err := r.segments.add(ctx, archive.EntryOf(doc)); err != nil {
 		return fmt.Errorf("archiving run: %w", err)
 	}
-	if err := done("segment"); err != nil {
+	if err := done("segment", began); err != nil {
 		return err
 	}
-	if err := r.deleteExecutorTasks(ctx, run, tasks); err != nil {
-		return err
-	}
-	if err := done("executortasks"); err != nil {
-		return err
-	}
-	if controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
-		base := run.DeepCopy()
-		controllerutil.RemoveFinalizer(run, rsv1.FinalizerArchive)
-		if err := r.Client.Patch(ctx, run, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
-			return fmt.Errorf("removing finalizer %s: %w", rsv1.FinalizerArchive, err)
-		}
-		if err := done("finalizer"); err != nil {
+	// The document and its index entry are durable: the ExecutorTasks' delete and the finalizer's
+	// removal need not wait for each other, as the run's delete waits for both. A run being deleted
+	// is gone with its last finalizer, so its ExecutorTasks go first: nothing would come back for
+	// them (only the garbage collector, where there is one).
+	began = time.Now()
+	deleteTasks := func() error {
+		if err := r.deleteExecutorTasks(ctx, run, tasks); err != nil {
 			return err
 		}
+		return done("executortasks", began)
+	}
+	if !controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
+		if err := deleteTasks(); err != nil {
+			return err
+		}
+	} else {
+		var g errgroup.Group
+		if run.DeletionTimestamp == nil {
+			g.Go(deleteTasks)
+		} else if err := deleteTasks(); err != nil {
+			return err
+		}
+		// Patched from a copy: the run is read by deleteTasks meanwhile.
+		final := run.DeepCopy()
+		controllerutil.RemoveFinalizer(final, rsv1.FinalizerArchive)
+		g.Go(func() error {
+			if err := r.Client.Patch(ctx, final, client.MergeFromWithOptions(run, client.MergeFromWithOptimisticLock{})); err != nil {
+				return fmt.Errorf("removing finalizer %s: %w", rsv1.FinalizerArchive, err)
+			}
+			return done("finalizer", began)
+		})
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		run = final
 		if run.DeletionTimestamp != nil && len(run.Finalizers) == 0 {
 			r.writes.deleted(run)
 			return nil // deleted already: gone with its last finalizer
@@ -205,6 +227,7 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 			return nil // deleted already: gone once its other finalizers are
 		}
 	}
+	began = time.Now()
 	rv := run.ResourceVersion
 	if err := r.Client.Delete(ctx, run, client.Preconditions{UID: &run.UID, ResourceVersion: &rv}); err != nil {
 		return fmt.Errorf("deleting archived run: %w", err)
@@ -413,8 +436,12 @@ func (b *segmentBatcher) add(ctx context.Context, e archive.Entry) error {
 	}
 }
 
-// Start writes segments until ctx ends (a manager.Runnable).
+// Start writes segments until ctx ends (a manager.Runnable). The wait bounds how often segments
+// are written, not how long an entry waits: an entry that finds no segment written for a wait is
+// written at once; the ones that come sooner after a write are written together a wait after it,
+// or as soon as max of them are pending.
 func (b *segmentBatcher) Start(ctx context.Context) error {
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -422,22 +449,30 @@ func (b *segmentBatcher) Start(ctx context.Context) error {
 			return nil
 		case <-b.kick:
 		}
-		t := time.NewTimer(b.wait)
-		for full := false; !full; {
-			select {
-			case <-ctx.Done():
-				full = true
-			case <-t.C:
-				full = true
-			case <-b.kick:
-				b.mu.Lock()
-				full = len(b.pending) >= b.max
-				b.mu.Unlock()
+		if wait := time.Until(last.Add(b.wait)); wait > 0 {
+			t := time.NewTimer(wait)
+			// Full already: the kick of the last entry was dropped while the first's was pending.
+			for full := b.full(); !full; {
+				select {
+				case <-ctx.Done():
+					full = true
+				case <-t.C:
+					full = true
+				case <-b.kick:
+					full = b.full()
+				}
 			}
+			t.Stop()
 		}
-		t.Stop()
 		b.flush(ctx)
+		last = time.Now()
 	}
+}
+
+func (b *segmentBatcher) full() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.pending) >= b.max
 }
 
 func (b *segmentBatcher) flush(ctx context.Context) {
