@@ -41,6 +41,9 @@ func main() {
 	flag.StringVar(&opts.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "The manager's namespace (default: $POD_NAMESPACE).")
 	flag.DurationVar(&opts.Controllers.PhantomGrace, "phantom-grace", 0, "How long a change-group entry of a run that never started is kept (default 1m).")
 	flag.IntVar(&opts.Controllers.MaxConcurrentRuns, "max-concurrent-runs", 0, "Runs reconciled at once (default 16).")
+	flag.DurationVar(&opts.Controllers.StartDelay, "status-report-delay", 5*time.Second, "How long what a run's tasks report (a start, steps' progress, a fetch's outcome) may wait to ride on the run's next status write; 0 writes each at once.")
+	flag.DurationVar(&opts.Controllers.ProgressDelay, "status-progress-delay", time.Second, "How long a task's end that makes no task ready and ends nothing (a sibling still runs) may wait before the run's status records it; 0 writes it at once.")
+	flag.DurationVar(&opts.Controllers.FinishWait, "status-finish-wait", 300*time.Millisecond, "How long, at most, a run's end waits for the fetches of its tasks under way, so that its last status write records them; 0 writes the end at once.")
 	flag.BoolVar(&opts.Controllers.ExecutorInsecureHTTP, "executor-insecure-http", false, "Fetch from executors' http:// endpoints too (the executors' token then crosses the network in clear); by default only https, trusting the executor CA of each namespace (the Secret runservice-executor-ca).")
 	flag.Var(&opts.Controllers.EndpointAllow, "executor-endpoint-allow", "Address ranges the fetcher may dial although executors' endpoints there are refused by default: comma-separated CIDRs and the words loopback, link-local (default none: loopback, link-local, unspecified and multicast addresses are refused).")
 	flag.StringVar(&opts.ObjectStore, "object-store", objectstore.DefaultURL(), "Object store URL (file:///dir or s3://bucket?endpoint=...) for step logs and workspace archives.")
@@ -57,6 +60,11 @@ func main() {
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	opts.Controllers.Archive = opts.Controllers.ArchiveAfter >= 0
+	for _, d := range []*time.Duration{&opts.Controllers.StartDelay, &opts.Controllers.ProgressDelay, &opts.Controllers.FinishWait} {
+		if *d <= 0 {
+			*d = -1 // at once; a zero Options field takes the default
+		}
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	klog.SetLogger(ctrl.Log) // the archive API's generic server and client-go log through klog
 	log := ctrl.Log.WithName("setup")
