@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -37,10 +38,9 @@ import (
 //  2. its index entry is written in a segment (batched with other runs'), so that a rebuilt index
 //     finds it;
 //  3. the ExecutorTasks are deleted, in one request selecting the run's uid (deleteExecutorTasks),
-//     and FinalizerArchive is removed, locked on the resourceVersion archived: the two at once,
-//     unless the run is being deleted (then its ExecutorTasks first);
-//  4. the run is deleted with that uid and resourceVersion as preconditions: what leaves etcd is
-//     what was archived (a run changed meanwhile is archived again).
+//     while the run is deleted with the uid and resourceVersion archived as preconditions: what
+//     leaves etcd is what was archived (a run changed meanwhile is archived again);
+//  4. FinalizerArchive, which kept the deleted run until its ExecutorTasks were gone, is removed.
 type ArchiverReconciler struct {
 	Client client.Client
 	Store  *objectstore.Store
@@ -101,9 +101,12 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{RequeueAfter: time.Second}, nil // being handed over
 	}
 	defer end()
+	// Due (for the metrics) unless deleted: archive leaves run deleted.
+	var due time.Time
 	if run.Status.EndTime != nil && !deleting {
-		r.Metrics.observeArchiveStep("settle", time.Since(run.Status.EndTime.Add(after)))
+		due = run.Status.EndTime.Add(after)
 	}
+	took := time.Now()
 	if err := r.archive(ctx, run, tasks); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			// The run changed since it was read (archived again, with the change, once the cache has
@@ -112,7 +115,7 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 		return ctrl.Result{}, err
 	}
-	r.Metrics.observeArchived(run, after)
+	r.Metrics.observeArchived(due, took)
 	ctrl.LoggerFrom(ctx).V(1).Info("archived", "uid", run.UID)
 	return ctrl.Result{}, nil
 }
@@ -184,10 +187,11 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 	if err := done("segment", began); err != nil {
 		return err
 	}
-	// The document and its index entry are durable: the ExecutorTasks' delete and the finalizer's
-	// removal need not wait for each other, as the run's delete waits for both. A run being deleted
-	// is gone with its last finalizer, so its ExecutorTasks go first: nothing would come back for
-	// them (only the garbage collector, where there is one).
+	// The document and its index entry are durable. The ExecutorTasks are deleted while the run is,
+	// with the uid and resourceVersion archived as preconditions (what leaves etcd is what was
+	// archived): its finalizer keeps it until they are gone, and is removed last. A run without the
+	// finalizer (archived by a manager started with archiving off at its creation) would be gone at
+	// once, so its ExecutorTasks go first.
 	began = time.Now()
 	deleteTasks := func() error {
 		if err := r.deleteExecutorTasks(ctx, run, tasks); err != nil {
@@ -195,45 +199,66 @@ func (r *ArchiverReconciler) archive(ctx context.Context, run *rsv1.Run, tasks [
 		}
 		return done("executortasks", began)
 	}
-	if !controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive) {
+	deleteRun := func() error {
+		rv := run.ResourceVersion
+		if err := r.Client.Delete(ctx, run.DeepCopy(), client.Preconditions{UID: &run.UID, ResourceVersion: &rv}); err != nil {
+			return fmt.Errorf("deleting archived run: %w", err)
+		}
+		r.Metrics.observeArchiveStep("delete", time.Since(began))
+		return nil
+	}
+	finalizer := controllerutil.ContainsFinalizer(run, rsv1.FinalizerArchive)
+	if !finalizer {
 		if err := deleteTasks(); err != nil {
 			return err
 		}
-	} else {
-		var g errgroup.Group
-		if run.DeletionTimestamp == nil {
-			g.Go(deleteTasks)
-		} else if err := deleteTasks(); err != nil {
+		if err := deleteRun(); err != nil {
 			return err
 		}
-		// Patched from a copy: the run is read by deleteTasks meanwhile.
-		final := run.DeepCopy()
-		controllerutil.RemoveFinalizer(final, rsv1.FinalizerArchive)
-		g.Go(func() error {
-			if err := r.Client.Patch(ctx, final, client.MergeFromWithOptions(run, client.MergeFromWithOptimisticLock{})); err != nil {
-				return fmt.Errorf("removing finalizer %s: %w", rsv1.FinalizerArchive, err)
-			}
-			return done("finalizer", began)
-		})
-		if err := g.Wait(); err != nil {
-			return err
-		}
-		run = final
-		if run.DeletionTimestamp != nil && len(run.Finalizers) == 0 {
-			r.writes.deleted(run)
-			return nil // deleted already: gone with its last finalizer
-		}
-		if run.DeletionTimestamp != nil {
-			return nil // deleted already: gone once its other finalizers are
-		}
+		r.writes.deleted(run)
+		return nil
+	}
+	var g errgroup.Group
+	g.Go(deleteTasks)
+	if run.DeletionTimestamp == nil {
+		g.Go(deleteRun)
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	began = time.Now()
-	rv := run.ResourceVersion
-	if err := r.Client.Delete(ctx, run, client.Preconditions{UID: &run.UID, ResourceVersion: &rv}); err != nil {
-		return fmt.Errorf("deleting archived run: %w", err)
+	if err := r.removeFinalizer(ctx, run); err != nil {
+		return err
 	}
-	r.Metrics.observeArchiveStep("delete", time.Since(began))
-	r.writes.deleted(run)
+	if err := done("finalizer", began); err != nil {
+		return err
+	}
+	if len(run.Finalizers) == 0 {
+		r.writes.deleted(run)
+	}
+	return nil // gone, or once its other finalizers are
+}
+
+// removeFinalizer removes FinalizerArchive from run, deleted: a JSON patch that tests the list
+// entry it removes, as the resourceVersion archived is not the deleted run's. A list changed since
+// run was read fails the test: the apiserver refuses it as invalid, which is reported as a conflict.
+func (r *ArchiverReconciler) removeFinalizer(ctx context.Context, run *rsv1.Run) error {
+	i := slices.Index(run.Finalizers, rsv1.FinalizerArchive)
+	path := fmt.Sprintf("/metadata/finalizers/%d", i)
+	patch, err := json.Marshal([]map[string]any{
+		{"op": "test", "path": path, "value": rsv1.FinalizerArchive},
+		{"op": "remove", "path": path},
+	})
+	if err != nil {
+		return err
+	}
+	err = r.Client.Patch(ctx, run, client.RawPatch(types.JSONPatchType, patch))
+	if apierrors.IsInvalid(err) {
+		return apierrors.NewConflict(rsv1.GroupVersion.WithResource("runs").GroupResource(), run.Name, err)
+	}
+	if err != nil {
+		return fmt.Errorf("removing finalizer %s: %w", rsv1.FinalizerArchive, err)
+	}
 	return nil
 }
 
@@ -397,7 +422,7 @@ func (u *archiveUpkeep) NeedLeaderElection() bool { return true }
 // to read on a cold index rebuild.
 type segmentBatcher struct {
 	store *objectstore.Store
-	// max entries in a segment; wait is how long the first entry of a segment waits for others.
+	// max entries in a segment; wait is the least time between two segments written (unless full).
 	max  int
 	wait time.Duration
 
@@ -464,8 +489,9 @@ func (b *segmentBatcher) Start(ctx context.Context) error {
 			}
 			t.Stop()
 		}
-		b.flush(ctx)
-		last = time.Now()
+		if b.flush(ctx) {
+			last = time.Now()
+		}
 	}
 }
 
@@ -475,13 +501,14 @@ func (b *segmentBatcher) full() bool {
 	return len(b.pending) >= b.max
 }
 
-func (b *segmentBatcher) flush(ctx context.Context) {
+// flush writes the pending entries as a segment, and reports whether there were any.
+func (b *segmentBatcher) flush(ctx context.Context) bool {
 	b.mu.Lock()
 	entries, waiters := b.pending, b.waiters
 	b.pending, b.waiters = nil, nil
 	b.mu.Unlock()
 	if len(entries) == 0 {
-		return
+		return false
 	}
 	var midway func() error
 	if b.stepDone != nil {
@@ -498,6 +525,7 @@ func (b *segmentBatcher) flush(ctx context.Context) {
 	for _, w := range waiters {
 		w <- err
 	}
+	return true
 }
 
 // NeedLeaderElection: segments are written by the archivers' replicas: the leader, unsharded.

@@ -76,11 +76,13 @@ func (m *Metrics) observePhase(run *rsv1.Run, _ rsv1.RunPhase) {
 	m.transitions.WithLabelValues(string(run.Status.Phase)).Inc()
 }
 
-// observeArchived records a run archived after being due for after.
-func (m *Metrics) observeArchived(run *rsv1.Run, after time.Duration) {
+// observeArchived records a run archived, taken by the archiver at took after it was due (zero for
+// a run archived because it was deleted).
+func (m *Metrics) observeArchived(due, took time.Time) {
 	m.archived.Inc()
-	if run.Status.EndTime != nil && run.DeletionTimestamp == nil {
-		m.archiveLag.Observe(max(0, time.Since(run.Status.EndTime.Add(after)).Seconds()))
+	if !due.IsZero() {
+		m.archiveLag.Observe(max(0, time.Since(due).Seconds()))
+		m.observeArchiveStep("settle", took.Sub(due))
 	}
 }
 

@@ -38,6 +38,9 @@ type Options struct {
 	// reconciled: the changes meanwhile (a task's start and end, the ends of a fan-out) are folded
 	// into its status in one write.
 	StatusBatch time.Duration
+	// StartDelay, ProgressDelay and FinishWait: zero takes the default, a negative value writes at
+	// once (the manager's flags map their 0 to it).
+	//
 	// StartDelay is how long what a run's tasks report (a start, steps, a fetch's outcome) may wait
 	// before it is written to the run's status when nothing else is: a task that ends sooner is
 	// recorded Running by the write of its end, and a burst of reports costs one write.
