@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/testenv"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 	"runservice.dev/runservice/pkg/client/informers/externalversions"
 )
@@ -37,9 +38,12 @@ type executor struct {
 	// endpoint, when set, is the Executor's spec.endpoint: where the manager fetches its logs from
 	// (without one, the fetcher marks every task's logs lost at once).
 	endpoint string
-	rs       versioned.Interface
-	kube     kubernetes.Interface
-	tracker  *tracker
+	// hold, when set, says which tasks (by name in their run) stay Running: reported Running and
+	// never ended, as a long task is.
+	hold    func(task string) bool
+	rs      versioned.Interface
+	kube    kubernetes.Interface
+	tracker *tracker
 
 	queue workqueue.TypedInterface[string]
 	store cache.Store
@@ -58,6 +62,40 @@ func newExecutor(cfg *rest.Config, ns, name string, workers int, t *tracker) (*e
 		return nil, fmt.Errorf("executor %s: kubernetes client: %w", name, err)
 	}
 	return &executor{name: name, ns: ns, workers: workers, rs: rs, kube: kube, tracker: t}, nil
+}
+
+// startFakeExecutors starts n executors named prefix-<i> in ns (configure, when set, sets each up
+// before it starts), and returns them with a client for the runs once the manager reports them
+// Ready, its webhook admits runs and t follows the namespace's runs.
+func startFakeExecutors(ctx context.Context, wg *sync.WaitGroup, env *testenv.Env, ns, prefix string, n, workers int, t *tracker, configure func(*executor)) ([]*executor, versioned.Interface, error) {
+	var exs []*executor
+	for i := range n {
+		ex, err := newExecutor(clientConfig(env.Config, newRequests()), ns, fmt.Sprintf("%s-%d", prefix, i), workers, t)
+		if err != nil {
+			return nil, nil, err
+		}
+		if configure != nil {
+			configure(ex)
+		}
+		if err := ex.start(ctx, wg); err != nil {
+			return nil, nil, err
+		}
+		exs = append(exs, ex)
+	}
+	sub, err := versioned.NewForConfig(env.Config)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := waitExecutorsReady(ctx, sub, ns, n); err != nil {
+		return nil, nil, err
+	}
+	if err := waitWebhook(ctx, sub, ns); err != nil {
+		return nil, nil, err
+	}
+	if err := watchRuns(ctx, sub, ns, t, wg); err != nil {
+		return nil, nil, err
+	}
+	return exs, sub, nil
 }
 
 // start registers the executor, takes its Lease and starts watching and working until ctx ends.
@@ -200,6 +238,9 @@ func (e *executor) run(ctx context.Context, name string) error {
 	}
 	if err := write(rsv1.TaskPhaseRunning); err != nil {
 		return fmt.Errorf("executor %s: reporting %s Running: %w", e.name, name, err)
+	}
+	if e.hold != nil && e.hold(et.Spec.TaskName) {
+		return nil
 	}
 	if err := write(rsv1.TaskPhaseSuccess); err != nil {
 		return fmt.Errorf("executor %s: reporting %s Success: %w", e.name, name, err)

@@ -12,6 +12,7 @@
 //   - archive (-archive): 1M archived runs in each object store, queried by index and through the API;
 //   - shards (-shards 1,2,3): issue 12's sharding, the cluster scenario's stack with 1, 2, 3 manager
 //     replicas under the same load: per replica its cache, RSS, CPU and share of the runs;
+//   - live (-live): issue 10's manager memory with 10,000 live runs, against the apiserver's;
 //
 // and prints throughput, scheduling latency and API writes per task, by writer.
 package main
@@ -70,6 +71,7 @@ type config struct {
 	steady         time.Duration
 	reads          bool
 	soak           soakConfig
+	live           liveConfig
 	archive        archiveBench
 	archiveOn      bool
 	archiveStore   string
@@ -106,6 +108,7 @@ func main() {
 	flag.StringVar(&c.shards, "shards", "", "issue 12's sharding scenario: the cluster scenario's stack with each of these counts of manager replicas (e.g. 1,2,3; the first is the baseline), the same runs at once for each; off when empty")
 	flag.IntVar(&c.shardRuns, "shard-runs", 300, "sharding scenario: runs submitted at once for each count of replicas (12 with -quick)")
 	c.soak.flags()
+	c.live.flags()
 	flag.BoolVar(&c.archiveOn, "archive", false, "issue 9's archive scenario: runs archived into each object store through the archiver's writer, the cold index rebuild, pages and counts by change group from the index and through the aggregated API, a kubectl scan's peak memory")
 	flag.IntVar(&c.archive.runs, "archive-runs", 1_000_000, "archive scenario: archived runs generated per store")
 	flag.StringVar(&c.archiveStore, "archive-stores", "file,s3", "archive scenario: the object stores measured, one after the other (file, s3: versitygw)")
@@ -136,6 +139,9 @@ func main() {
 	if c.quick && !set["shard-runs"] {
 		c.shardRuns = 12
 	}
+	if c.quick && !set["live-runs"] {
+		c.live.runs = 200
+	}
 	if c.baselineN == 0 {
 		c.baselineN = max(200, 3*c.runs)
 	}
@@ -161,6 +167,10 @@ func main() {
 	}
 	if c.shardRuns < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -shard-runs must be positive")
+		os.Exit(2)
+	}
+	if err := c.live.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
 	if err := run(c, os.Stdout); err != nil {
@@ -313,6 +323,16 @@ func run(c config, out io.Writer) (err error) {
 		c.archive.env = env
 		if err := c.archive.run(ctx, out); err != nil {
 			return fmt.Errorf("archive scenario: %w", err)
+		}
+	}
+	if c.live.on {
+		// Last: its runs stay live, held by executors that stop with it. It runs its own manager,
+		// as a process: this one stops first.
+		if err := mgr.stop(); err != nil {
+			return err
+		}
+		if err := c.live.bench(env, kube, suffix).run(ctx, out); err != nil {
+			return fmt.Errorf("live scenario: %w", err)
 		}
 	}
 	return nil

@@ -232,3 +232,36 @@ func (s *procSet) exited() *proc {
 	}
 	return nil
 }
+
+// observedManager is the manager binary as a process of its own (startManagerProc's options, its
+// object store under the scenario's directory) with its metrics and Go profiles served on
+// loopback, and the control plane's processes beside it: what the soak and the live scenario read
+// memory from.
+type observedManager struct {
+	*proc
+	metrics         string // its metrics URL
+	pprof           string // where it serves /debug/pprof/
+	etcd, apiserver *proc
+}
+
+func startObservedManager(env *testenv.Env, pd *procDir, args ...string) (*observedManager, error) {
+	etcd, apiserver := childProcs("etcd", "etcd"), childProcs("apiserver", "kube-apiserver")
+	if len(etcd) != 1 || len(apiserver) != 1 {
+		return nil, fmt.Errorf("found %d etcd and %d kube-apiserver processes among this one's children, want one each", len(etcd), len(apiserver))
+	}
+	metricsPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	pprofPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort), fmt.Sprintf("127.0.0.1:%d", pprofPort)
+	args = append([]string{"--metrics-bind-address", metricsAddr, "--pprof-bind-address", pprofAddr}, args...)
+	p, err := startManagerProc(env, pd.dir, pd.bins, pd.kubeconfig, "file://"+filepath.Join(pd.dir, "store"), nil, args...)
+	if err != nil {
+		return nil, err
+	}
+	return &observedManager{proc: p, metrics: "http://" + metricsAddr + "/metrics", pprof: "http://" + pprofAddr, etcd: etcd[0], apiserver: apiserver[0]}, nil
+}

@@ -66,7 +66,6 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	defer pd.finish(&err)
-	tmp, bins, kubeconfig := pd.dir, pd.bins, pd.kubeconfig
 	ns, err := newNamespace(ctx, b.kube, "bench-soak-"+b.suffix)
 	if err != nil {
 		return err
@@ -77,25 +76,11 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 	}
 	defer logs.close()
 
-	metricsPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	pprofPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort), fmt.Sprintf("127.0.0.1:%d", pprofPort)
-	mgr, err := startManagerProc(b.env, tmp, bins, kubeconfig, "file://"+filepath.Join(tmp, "store"), nil, "--archive-after", "0s",
-		"--metrics-bind-address", metricsAddr, "--pprof-bind-address", pprofAddr)
+	mgr, err := startObservedManager(b.env, pd, "--archive-after", "0s")
 	if err != nil {
 		return err
 	}
 	defer mgr.stop(15 * time.Second)
-	etcd, apiserver := childProcs("etcd", "etcd"), childProcs("apiserver", "kube-apiserver")
-	if len(etcd) != 1 || len(apiserver) != 1 {
-		return fmt.Errorf("found %d etcd and %d kube-apiserver processes among this one's children, want one each", len(etcd), len(apiserver))
-	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -105,29 +90,8 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 	}()
 	t := newTracker(b.runs)
 	t.prefix = soakPrefix
-	var exs []*executor
-	for i := range b.executors {
-		ex, err := newExecutor(clientConfig(b.env.Config, newRequests()), ns, fmt.Sprintf("soak-executor-%d", i), b.workers, t)
-		if err != nil {
-			return err
-		}
-		ex.endpoint = logs.url
-		if err := ex.start(ctx, &wg); err != nil {
-			return err
-		}
-		exs = append(exs, ex)
-	}
-	sub, err := versioned.NewForConfig(b.env.Config)
+	exs, sub, err := startFakeExecutors(ctx, &wg, b.env, ns, "soak-executor", b.executors, b.workers, t, func(ex *executor) { ex.endpoint = logs.url })
 	if err != nil {
-		return err
-	}
-	if err := waitExecutorsReady(ctx, sub, ns, b.executors); err != nil {
-		return err
-	}
-	if err := waitWebhook(ctx, sub, ns); err != nil {
-		return err
-	}
-	if err := watchRuns(ctx, sub, ns, t, &wg); err != nil {
 		return err
 	}
 
@@ -141,7 +105,7 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 	fmt.Fprintf(out, "\nsoak: %d runs of %s submitted %s; the manager a process of its own with --archive-after=0s and a file:// object store; %d fake executors (%d status writers each) serving each step's log over http, fetched into the store; a sample every %s\n",
 		b.runs, runShape, how, b.executors, b.workers, b.every)
 
-	look := &soakLook{sub: sub, kube: b.kube, t: t, manager: mgr, etcd: etcd[0], apiserver: apiserver[0], metrics: "http://" + metricsAddr + "/metrics"}
+	look := &soakLook{sub: sub, kube: b.kube, t: t, manager: mgr.proc, etcd: mgr.etcd, apiserver: mgr.apiserver, metrics: mgr.metrics}
 	var submitted atomic.Int64
 	start := time.Now()
 	type submission struct {
@@ -164,7 +128,7 @@ func (b *soakBench) run(ctx context.Context, out io.Writer) (err error) {
 		if b.profiles == "" {
 			return nil
 		}
-		return saveProfile(ctx, "http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(b.profiles, name))
+		return saveProfile(ctx, mgr.pprof+"/debug/pprof/heap?gc=1", filepath.Join(b.profiles, name))
 	}
 	warm := false
 	for done := false; !done; {
@@ -259,7 +223,6 @@ func printArchiveSteps(ctx context.Context, out io.Writer, url string) error {
 // submitted and not yet Finished; it stops early after b.submitFor, if set. submitted counts the
 // creates that returned; it returns how many runs it created.
 func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string, t *tracker, submitted *atomic.Int64) (int, error) {
-	tasks := benchTasks()
 	var tick *time.Ticker
 	if b.rate > 0 {
 		tick = time.NewTicker(time.Duration(float64(time.Second) / b.rate))
@@ -271,23 +234,13 @@ func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string
 	}
 	names := make(chan string)
 	errs := make(chan error, 4)
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for name := range names {
-				run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: rsv1.RunSpec{Tasks: tasks}}
-				if _, err := c.RunserviceV1alpha1().Runs(ns).Create(ctx, run, metav1.CreateOptions{}); err != nil {
-					errs <- fmt.Errorf("creating run %s: %w", name, err)
-					return
-				}
-				t.runCreated(name, time.Now())
-				submitted.Add(1)
-			}
-		})
-	}
+	wait := createRuns(ctx, c, ns, 4, names, errs, func(name string) {
+		t.runCreated(name, time.Now())
+		submitted.Add(1)
+	})
 	err := b.handOut(ctx, t, names, errs, tick, deadline)
 	close(names)
-	wg.Wait()
+	wait()
 	if err == nil {
 		select {
 		case err = <-errs:
@@ -295,6 +248,27 @@ func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string
 		}
 	}
 	return int(submitted.Load()), err
+}
+
+// createRuns starts n goroutines that create a run of benchTasks named by each name received, until
+// names is closed; created is told each name whose create returned, and the first error of a
+// goroutine goes to errs (of n places), which stops it. wait waits for the goroutines.
+func createRuns(ctx context.Context, c versioned.Interface, ns string, n int, names <-chan string, errs chan<- error, created func(name string)) (wait func()) {
+	tasks := benchTasks()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			for name := range names {
+				run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: rsv1.RunSpec{Tasks: tasks}}
+				if _, err := c.RunserviceV1alpha1().Runs(ns).Create(ctx, run, metav1.CreateOptions{}); err != nil {
+					errs <- fmt.Errorf("creating run %s: %w", name, err)
+					return
+				}
+				created(name)
+			}
+		})
+	}
+	return wg.Wait
 }
 
 // handOut hands the runs' names to the submitters, paced by tick or by the runs in flight, until

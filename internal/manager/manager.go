@@ -86,6 +86,10 @@ func Scheme() *runtime.Scheme {
 // CacheOptions restrict what the manager caches of kinds it does not own: of Leases, only the
 // executors' (labelled with their name), not every Lease of the cluster. A replica of a sharded
 // manager (shard is its member name) caches only the Runs and ExecutorTasks labelled as its own.
+//
+// No cached object keeps its managedFields: no code of the manager reads them, and they were a
+// third of the heap a live run cost it (make bench -live: 33 KiB before, 21 KiB after). A write from a cached copy loses none: a
+// patch sends only what changed, and an update that carries no managedFields keeps the stored ones.
 func CacheOptions(shard string) cache.Options {
 	executorLeases, _ := labels.Parse(rsv1.LabelExecutor) // "exists": a constant that parses
 	byObject := map[client.Object]cache.ByObject{
@@ -96,7 +100,7 @@ func CacheOptions(shard string) cache.Options {
 		byObject[&rsv1.Run{}] = cache.ByObject{Label: own}
 		byObject[&rsv1.ExecutorTask{}] = cache.ByObject{Label: own}
 	}
-	return cache.Options{ByObject: byObject}
+	return cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}
 }
 
 // New builds the manager.

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/testenv"
+	"runservice.dev/runservice/pkg/client/clientset/versioned"
+)
+
+// liveBench is issue 10's "manager RSS < 200 MiB with 10,000 live runs": the manager, a process of
+// its own with its default options (one replica of --shards=auto, or --shards=off), takes N runs of
+// benchTasks whose a ends and whose b and c stay Running on fake executors, so that every run is live
+// with its three ExecutorTasks in the manager's caches. It reads the manager's resident set and Go
+// heap (after a GC) with no run and with N live runs, beside the kube-apiserver's resident set, which
+// holds the same objects in its watch cache: the baseline measured in the same run.
+type liveBench struct {
+	env    *testenv.Env
+	kube   kubernetes.Interface
+	suffix string
+	liveConfig
+}
+
+// livePrefix names the scenario's runs.
+const livePrefix = "live-"
+
+// liveSample is what one look at the processes read.
+type liveSample struct {
+	// managerAnon is the part of managerRSS that is the process's own memory (RssAnon), not pages
+	// of its binary and other files mapped (RssFile: clean, shared, reclaimable).
+	managerRSS, managerAnon, managerHeap, apiserverRSS, etcdRSS int64
+}
+
+func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
+	pd, err := newProcDir(b.env, "", "runservice-bench-live-")
+	if err != nil {
+		return err
+	}
+	defer pd.finish(&err)
+	ns, err := newNamespace(ctx, b.kube, "bench-live-"+b.suffix)
+	if err != nil {
+		return err
+	}
+	var args []string
+	if b.shards == "auto" {
+		ring, err := newNamespace(ctx, b.kube, "bench-live-ring-"+b.suffix)
+		if err != nil {
+			return err
+		}
+		args = append(args, "--shards", "auto", "--shard-identity", "live-0", "--namespace", ring,
+			"--leader-elect", "--leader-election-namespace", ring)
+	}
+	mgr, err := startObservedManager(b.env, pd, args...)
+	if err != nil {
+		return err
+	}
+	defer mgr.stop(15 * time.Second)
+
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	t := newTracker(b.runs)
+	t.prefix = livePrefix
+	live := map[string]bool{} // under t.mu: the runs whose status shows a ended and b and c Running
+	t.seen = func(run *rsv1.Run) {
+		if isLive(run) {
+			live[run.Name] = true
+		}
+	}
+	exs, sub, err := startFakeExecutors(ctx, &wg, b.env, ns, "live-executor", b.executors, 4, t, func(ex *executor) {
+		ex.hold = func(task string) bool { return task != "a" }
+	})
+	if err != nil {
+		return err
+	}
+	mode := "--shards=off"
+	if b.shards == "auto" {
+		mode = "one replica of --shards=auto (the default)"
+	}
+	fmt.Fprintf(out, "\nlive runs (issue 10: manager RSS < 200 MiB with 10,000 live runs): %d runs of %s, a ended and b and c held Running by %d fake executors, so every run is live with 3 ExecutorTasks; the manager a process of its own, %s, default options; memory read when the manager is idle, the heap in use after a GC (its heap profile with gc=1)\n",
+		b.runs, runShape, b.executors, mode)
+
+	look := &liveLook{manager: mgr, dir: b.profile}
+	if err := look.settle(ctx); err != nil {
+		return err
+	}
+	idle, err := look.sample(ctx, "heap-0.pprof")
+	if err != nil {
+		return err
+	}
+	_ = mgr.resetPeak() // else the peak counts from the start
+
+	start := time.Now()
+	submitted := make(chan error, 1)
+	go func() { submitted <- b.submit(ctx, sub, ns, t, func() int { return len(live) }) }()
+	lastReport := time.Now()
+	for done := false; !done; {
+		select {
+		case err := <-submitted:
+			if err != nil {
+				return err
+			}
+			submitted = nil
+		case <-mgr.exited:
+			return fmt.Errorf("the manager exited: %v", mgr.err)
+		case <-ctx.Done():
+			t.mu.Lock()
+			n := len(live)
+			t.mu.Unlock()
+			return fmt.Errorf("%d of %d runs live: %w", n, b.runs, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+		t.mu.Lock()
+		n, failed := len(live), t.failed
+		t.mu.Unlock()
+		if failed != nil {
+			return failed
+		}
+		for _, ex := range exs {
+			if err := ex.failure(); err != nil {
+				return err
+			}
+		}
+		done = n == b.runs
+		if time.Since(lastReport) >= 10*time.Second {
+			fmt.Fprintf(os.Stderr, "  ... live: %d/%d runs live, manager RSS %.0f MiB\n", n, b.runs, mibf(mgr.rss()))
+			lastReport = time.Now()
+		}
+	}
+	took := time.Since(start)
+	peak := mgr.peakRSS()
+	if err := look.settle(ctx); err != nil {
+		return err
+	}
+	full, err := look.sample(ctx, fmt.Sprintf("heap-%d.pprof", b.runs))
+	if err != nil {
+		return err
+	}
+	printLive(out, b.runs, took, idle, full, peak, b.profile)
+	return nil
+}
+
+// isLive says whether the run's status shows what the scenario holds it at: a ended, b and c Running.
+func isLive(run *rsv1.Run) bool {
+	want := map[string]rsv1.TaskPhase{"a": rsv1.TaskPhaseSuccess, "b": rsv1.TaskPhaseRunning, "c": rsv1.TaskPhaseRunning}
+	n := 0
+	for _, ts := range run.Status.Tasks {
+		if p, ok := want[ts.Name]; ok && ts.Phase == p {
+			n++
+		}
+	}
+	return n == len(want)
+}
+
+// submit creates the runs from 4 goroutines, keeping at most b.inflight of them submitted and not yet
+// live (live counts them, under t.mu): the figures are about runs held, not a burst in the queues.
+func (b *liveBench) submit(ctx context.Context, c versioned.Interface, ns string, t *tracker, live func() int) error {
+	names := make(chan string)
+	errs := make(chan error, 4)
+	wait := createRuns(ctx, c, ns, 4, names, errs, func(name string) { t.runCreated(name, time.Now()) })
+	defer func() {
+		close(names)
+		wait()
+	}()
+	for i := range b.runs {
+		for {
+			t.mu.Lock()
+			n := live()
+			t.mu.Unlock()
+			if i-n < b.inflight {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case err := <-errs:
+				return err
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errs:
+			return err
+		case names <- fmt.Sprintf("%s%05d", livePrefix, i):
+		}
+	}
+	return nil
+}
+
+// liveLook reads the processes' memory.
+type liveLook struct {
+	manager *observedManager
+	dir     string // where heap profiles go ("": nowhere)
+}
+
+// settle waits until the manager's work queues have stayed empty for 5 seconds (a minute at most):
+// its caches and controllers hold the runs, nothing is on its way.
+func (l *liveLook) settle(ctx context.Context) error {
+	deadline := time.Now().Add(time.Minute)
+	quiet := 0
+	for quiet < 5 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		fams, err := scrapeFamilies(ctx, l.manager.metrics)
+		if err != nil {
+			return err
+		}
+		depth, _ := labelled(fams, "workqueue_depth", nil)
+		if depth == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+	}
+	return nil
+}
+
+// sample forces a GC in the manager (its heap profile with gc=1, kept as name in l.dir), then reads
+// its heap in use and every resident set.
+func (l *liveLook) sample(ctx context.Context, name string) (liveSample, error) {
+	path := os.DevNull
+	if l.dir != "" {
+		path = filepath.Join(l.dir, name)
+	}
+	if err := saveProfile(ctx, l.manager.pprof+"/debug/pprof/heap?gc=1", path); err != nil {
+		return liveSample{}, err
+	}
+	m, err := scrape(ctx, l.manager.metrics, "go_memstats_heap_inuse_bytes")
+	if err != nil {
+		return liveSample{}, err
+	}
+	return liveSample{
+		managerRSS: l.manager.rss(), managerAnon: l.manager.status("RssAnon:"), managerHeap: int64(m["go_memstats_heap_inuse_bytes"]),
+		apiserverRSS: l.manager.apiserver.rss(), etcdRSS: l.manager.etcd.rss(),
+	}, nil
+}
+
+func printLive(out io.Writer, runs int, took time.Duration, idle, full liveSample, peak int64, dir string) {
+	per := func(a, b int64) float64 { return mibf(b-a) * 1000 / float64(runs) }
+	fmt.Fprintf(out, "%d runs live %.1fs after the first submission (%.1f runs/s)\n", runs, took.Seconds(), float64(runs)/took.Seconds())
+	fmt.Fprintf(out, "%-28s %10s %12s %18s\n", "", "0 runs", strconv.Itoa(runs)+" live", "per 1,000 live")
+	for _, r := range []struct {
+		name string
+		a, b int64
+	}{
+		{"manager RSS", idle.managerRSS, full.managerRSS},
+		{"  of which anonymous", idle.managerAnon, full.managerAnon},
+		{"manager heap after GC", idle.managerHeap, full.managerHeap},
+		{"kube-apiserver RSS (base)", idle.apiserverRSS, full.apiserverRSS},
+		{"etcd RSS", idle.etcdRSS, full.etcdRSS},
+	} {
+		fmt.Fprintf(out, "%-28s %6.0f MiB %8.0f MiB %12.2f MiB\n", r.name, mibf(r.a), mibf(r.b), per(r.a, r.b))
+	}
+	base := per(idle.apiserverRSS, full.apiserverRSS)
+	if base > 0 {
+		fmt.Fprintf(out, "manager RSS growth / kube-apiserver RSS growth for the same objects: %.2f; heap growth / apiserver's: %.2f\n",
+			per(idle.managerRSS, full.managerRSS)/base, per(idle.managerHeap, full.managerHeap)/base)
+	}
+	fmt.Fprintf(out, "manager peak RSS while the runs were submitted: %.0f MiB\n", mibf(peak))
+	at10k := mibf(idle.managerRSS) + 10*per(idle.managerRSS, full.managerRSS)
+	verdict := "met"
+	if at10k >= 200 {
+		verdict = "MISSED"
+	}
+	measured := "extrapolated linearly from this run"
+	if runs == 10_000 {
+		measured = "measured"
+	}
+	anon := mibf(idle.managerAnon) + 10*per(idle.managerAnon, full.managerAnon)
+	fmt.Fprintf(out, "manager RSS with 10,000 live runs: %.0f MiB, of which anonymous %.0f MiB (%s; target < 200 MiB): %s\n", at10k, anon, measured, verdict)
+	if dir != "" {
+		fmt.Fprintf(out, "heap profiles: go tool pprof -sample_index=inuse_space -top -base %s %s\n",
+			filepath.Join(dir, "heap-0.pprof"), filepath.Join(dir, fmt.Sprintf("heap-%d.pprof", runs)))
+	}
+}
+
+// liveConfig is the scenario's flags.
+type liveConfig struct {
+	on        bool
+	runs      int
+	inflight  int
+	executors int
+	shards    string
+	profile   string
+}
+
+func (c *liveConfig) flags() {
+	flag.BoolVar(&c.on, "live", false, "issue 10's live-runs scenario: the manager as a process holding -live-runs runs live (b and c Running on fake executors); its RSS and heap at 0 and at N live runs, beside the kube-apiserver's RSS")
+	flag.IntVar(&c.runs, "live-runs", 10_000, "live scenario: runs held live (200 with -quick)")
+	flag.IntVar(&c.inflight, "live-inflight", 500, "live scenario: runs submitted and not yet live at most")
+	flag.IntVar(&c.executors, "live-executors", 2, "live scenario: fake executors")
+	flag.StringVar(&c.shards, "live-shards", "auto", "live scenario: the manager's --shards (auto: one replica of a ring, the default deployment; off: unsharded)")
+	flag.StringVar(&c.profile, "live-profile", "", "live scenario: write the manager's heap profiles (after a GC) at 0 and N live runs into this directory")
+}
+
+func (c *liveConfig) check() error {
+	if c.runs < 1 || c.inflight < 1 || c.executors < 1 {
+		return errors.New("-live-runs, -live-inflight and -live-executors must be positive")
+	}
+	if c.shards != "auto" && c.shards != "off" {
+		return fmt.Errorf("-live-shards is %q, want auto or off", c.shards)
+	}
+	return nil
+}
+
+func (c *liveConfig) bench(env *testenv.Env, kube kubernetes.Interface, suffix string) *liveBench {
+	return &liveBench{env: env, kube: kube, suffix: suffix, liveConfig: *c}
+}
