@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,10 +69,11 @@ type clusterBench struct {
 	archiveAfter string
 	// seen, when set, is shown every version of a phase's runs that the bench's watch sees.
 	seen func(*rsv1.Run)
-	// profile, when set, is the directory the first executor's CPU profiles of each phase and its
-	// heap profile at the phase's end are written to (-cluster-profile); pprof is where that
-	// executor serves them.
-	profile, pprof string
+	// profile, when set, is the directory the CPU profiles of each phase and the heap profiles at
+	// each profile's end are written to (-cluster-profile), of the profiled processes: the first
+	// executor, the manager and the kube-apiserver.
+	profile  string
+	profiled []profileTarget
 }
 
 // clusterPhase is what one phase measured.
@@ -88,6 +90,8 @@ type clusterPhase struct {
 	// the last run archived), when the manager archives.
 	archiveLag []time.Duration
 	archivedIn time.Duration
+	// statusWrites is the runs' status writes per run by what each changed (statusWrites.perRun).
+	statusWrites string
 }
 
 func (p *clusterPhase) tasks() int { return p.runs * len(benchTasks()) }
@@ -207,7 +211,15 @@ func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 	fmt.Fprintf(out, "baseline: raw pod creates %.0f/s (%d pods, %d writers); bound, run and Succeeded at %.0f pods/s (the most this scheduler and kwok do)\n",
 		raw.create.rate(), rawN, clusterExecutors, raw.lifeRate())
 
-	mgr, err := b.startManager(pd.dir, pd.bins, pd.kubeconfig)
+	mgrPprof := ""
+	if b.profile != "" {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		mgrPprof = fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	mgr, err := b.startManager(pd.dir, pd.bins, pd.kubeconfig, mgrPprof)
 	if err != nil {
 		return err
 	}
@@ -215,7 +227,9 @@ func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 	if err := st.startExecutors(ctx, b.profile != ""); err != nil {
 		return err
 	}
-	b.pprof = st.pprof
+	if b.profile != "" {
+		b.profiled = []profileTarget{pprofOver("executor", st.pprof), pprofOver("manager", mgrPprof), apiserverProfiles(b.kube)}
+	}
 	if err := waitWebhook(ctx, sub, ns); err != nil {
 		return err
 	}
@@ -254,7 +268,13 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 		wg.Wait()
 	}()
 	t := newTracker(runs)
-	t.prefix, t.seen = prefix, b.seen
+	causes := newStatusWrites()
+	t.prefix, t.seen = prefix, func(run *rsv1.Run) {
+		causes.see(run)
+		if b.seen != nil {
+			b.seen(run)
+		}
+	}
 	if err := watchRuns(ctx, sub, ns, t, &wg); err != nil {
 		return nil, err
 	}
@@ -267,7 +287,7 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 	}
 	set.begin()
 	start := time.Now()
-	profiled := b.profileExecutor(ctx, prefix, &wg)
+	profiled := b.profileProcs(ctx, prefix, &wg)
 	submitErr := make(chan error, 1)
 	go func() {
 		submitErr <- (&serviceBench{ns: ns, runs: runs, prefix: prefix, submitters: b.submitters, rate: rate}).submit(ctx, sub, benchTasks(), t)
@@ -316,6 +336,9 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 		}
 	}
 	p := &clusterPhase{name: name, runs: runs, elapsed: end.Sub(start), submittedIn: lastCreated.Sub(start), usage: set.end(), peaksReset: set.resets}
+	t.mu.Lock()
+	p.statusWrites = causes.perRun(runs)
+	t.mu.Unlock()
 	if b.archiveAfter != "" {
 		t.mu.Lock()
 		for run, gone := range t.deletedR {
@@ -350,42 +373,86 @@ func (b *clusterBench) phase(ctx context.Context, set *procSet, sub versioned.In
 // last run finished is dropped, so a phase's profiles miss at most that much of its end.
 const profileChunk = 10 * time.Second
 
-// profileExecutor writes CPU profiles of the executor serving profiles at b.pprof into b.profile, one
-// per profileChunk (executor-cpu-<prefix><n>.pprof; `go tool pprof -top bin/executor
-// executor-cpu-burst1-*` merges a phase's) with its heap profile at the end of each
-// (executor-heap-<prefix><n>.pprof: the largest is near the peak of tasks in flight), until the
-// func it returns is called, which drops the chunk in flight. With no address it does nothing.
-func (b *clusterBench) profileExecutor(ctx context.Context, prefix string, wg *sync.WaitGroup) func() error {
-	addr := b.pprof
-	if b.profile == "" || addr == "" {
+// profileTarget is a process the cluster scenario profiles with -cluster-profile: get reads one of
+// its profiles (a path under /debug/pprof/ with its query) into a file.
+type profileTarget struct {
+	name string
+	get  func(ctx context.Context, path, file string) error
+}
+
+// pprofOver is a profileTarget serving Go's profiles over plain http at addr.
+func pprofOver(name, addr string) profileTarget {
+	return profileTarget{name: name, get: func(ctx context.Context, path, file string) error {
+		return saveProfile(ctx, "http://"+addr+"/debug/pprof/"+path, file)
+	}}
+}
+
+// apiserverProfiles is the kube-apiserver as a profileTarget: it serves /debug/pprof/ to the
+// bench's administrator credentials.
+func apiserverProfiles(kube kubernetes.Interface) profileTarget {
+	return profileTarget{name: "apiserver", get: func(ctx context.Context, path, file string) error {
+		p, q, _ := strings.Cut(path, "?")
+		req := kube.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/" + p)
+		if q != "" {
+			vals, err := url.ParseQuery(q)
+			if err != nil {
+				return err
+			}
+			for k, v := range vals {
+				req = req.Param(k, v[0])
+			}
+		}
+		body, err := req.DoRaw(ctx)
+		if err != nil {
+			return fmt.Errorf("reading the apiserver's profile %s: %w", path, err)
+		}
+		return os.WriteFile(file, body, 0o644)
+	}}
+}
+
+// profileProcs writes CPU profiles of each target into b.profile, one per profileChunk
+// (<target>-cpu-<prefix><n>.pprof; `go tool pprof -top bin/executor executor-cpu-burst1-*` merges a
+// phase's) with its heap profile at the end of each (<target>-heap-<prefix><n>.pprof: the largest is
+// near the peak of tasks in flight), until the func it returns is called, which drops the chunks in
+// flight. Without -cluster-profile it does nothing.
+func (b *clusterBench) profileProcs(ctx context.Context, prefix string, wg *sync.WaitGroup) func() error {
+	if b.profile == "" {
 		return func() error { return nil }
 	}
+	if err := os.MkdirAll(b.profile, 0o755); err != nil {
+		return func() error { return err }
+	}
 	pctx, stop := context.WithCancel(ctx)
-	errc := make(chan error, 1)
-	wg.Go(func() {
-		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(profileChunk.Seconds()))
-		for i := 0; ; i++ {
-			err := saveProfile(pctx, url, filepath.Join(b.profile, fmt.Sprintf("executor-cpu-%s%d.pprof", prefix, i)))
-			if pctx.Err() != nil {
-				_ = os.Remove(filepath.Join(b.profile, fmt.Sprintf("executor-cpu-%s%d.pprof", prefix, i)))
-				errc <- nil
-				return
+	errc := make(chan error, len(b.profiled))
+	for _, t := range b.profiled {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				file := func(kind string) string {
+					return filepath.Join(b.profile, fmt.Sprintf("%s-%s-%s%d.pprof", t.name, kind, prefix, i))
+				}
+				err := t.get(pctx, fmt.Sprintf("profile?seconds=%d", int(profileChunk.Seconds())), file("cpu"))
+				if pctx.Err() != nil {
+					_ = os.Remove(file("cpu"))
+					errc <- nil
+					return
+				}
+				if err == nil {
+					err = t.get(pctx, "heap", file("heap"))
+				}
+				if err != nil && pctx.Err() == nil {
+					errc <- fmt.Errorf("profiling %s: %w", t.name, err)
+					return
+				}
 			}
-			if err == nil {
-				err = saveProfile(pctx, "http://"+addr+"/debug/pprof/heap", filepath.Join(b.profile, fmt.Sprintf("executor-heap-%s%d.pprof", prefix, i)))
-			}
-			if err != nil && pctx.Err() == nil {
-				errc <- err
-				return
-			}
-		}
-	})
+		})
+	}
 	return func() error {
 		stop()
-		if err := <-errc; err != nil {
-			return fmt.Errorf("profiling the executor: %w", err)
+		var errs []error
+		for range b.profiled {
+			errs = append(errs, <-errc)
 		}
-		return nil
+		return errors.Join(errs...)
 	}
 }
 
@@ -419,8 +486,12 @@ leaderElection: {leaderElect: false}
 	return startProc(dir, "scheduler", "kube-scheduler", nil, bin, "--config", cfg, "--secure-port", "0")
 }
 
-func (b *clusterBench) startManager(dir, bins, kubeconfig string) (*proc, error) {
+// startManager starts the scenario's manager; with pprof, it serves Go's profiles there.
+func (b *clusterBench) startManager(dir, bins, kubeconfig, pprof string) (*proc, error) {
 	var args []string
+	if pprof != "" {
+		args = append(args, "--pprof-bind-address", pprof)
+	}
 	if b.archiveAfter != "" {
 		args = append(args, "--archive-after", b.archiveAfter)
 	}
@@ -618,6 +689,7 @@ func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
 	for _, c := range sortedKeys(p.writes.writes) {
 		fmt.Fprintf(out, "    %s: %s\n", c, p.writes.breakdown(c, tasks))
 	}
+	fmt.Fprintf(out, "  run status writes per run (as the bench's watch saw them), by what each changed: %s\n", p.statusWrites)
 	for _, c := range sortedKeys(p.writes.reads) {
 		fmt.Fprintf(out, "  %s reads per task: %s\n", c, perTask(p.writes.reads[c], tasks))
 	}

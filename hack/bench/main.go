@@ -101,7 +101,7 @@ func main() {
 	flag.BoolVar(&c.cluster, "cluster", true, "the cluster scenario of issue 10: kube-scheduler, 5 kwok nodes, the manager and 3 executors as processes; runs at once, then a steady rate")
 	flag.StringVar(&c.bursts, "cluster-runs", "1000", "cluster scenario: runs submitted at once, a comma-separated list of sizes measured one after the other (e.g. 300,1000,3000 for CPU per task by load); 100 with -quick")
 	flag.Float64Var(&c.steadyRate, "cluster-rate", 20, "cluster scenario: runs per second of the steady phase (5 with -quick)")
-	flag.StringVar(&c.clusterProfile, "cluster-profile", "", "cluster scenario: write the first executor's CPU profiles of each phase (10s each: executor-cpu-<phase>-<n>.pprof, merged by go tool pprof) and its heap profile at the phase's end into this directory")
+	flag.StringVar(&c.clusterProfile, "cluster-profile", "", "cluster scenario: write the CPU profiles of each phase of the first executor, the manager and the kube-apiserver (10s each: <process>-cpu-<phase><n>.pprof, merged by go tool pprof) and their heap profiles after each into this directory")
 	flag.BoolVar(&c.reads, "cluster-reads", false, "cluster scenario: also count the reads (get, list) per task by component, from the audit log (which then costs the apiserver more)")
 	flag.StringVar(&c.archiveAfter, "cluster-archive-after", "", "cluster scenario: the manager's --archive-after (e.g. 0s): each phase then lasts until its runs are archived, and reports the archive lag (finished -> gone from etcd) and the writes with the archive's; default: the manager's (10m), so nothing is archived during the scenario")
 	flag.DurationVar(&c.steady, "cluster-steady", 2*time.Minute, "cluster scenario: how long the steady phase submits; 0 skips it (20s with -quick)")
