@@ -645,15 +645,15 @@ func (r *RunReconciler) writeStatus(ctx context.Context, run *rsv1.Run, old *rsv
 	r.written(client.ObjectKeyFromObject(run))
 	if old.Phase != run.Status.Phase {
 		r.Metrics.observePhase(run, old.Phase)
-		// No event for the start: the phase, startTime and the Admitted condition say it, and an event
-		// is one more write per run. The end is worth one: a Warning when the run did not succeed.
+		// An event is one more apiserver write per run: none for the start (the phase, startTime and
+		// the Admitted condition say it) or for a success (the phase, result and labels say it). A
+		// run that did not succeed is worth a Warning, for `kubectl get events --field-selector
+		// type=Warning`.
 		switch run.Status.Phase {
 		case rsv1.RunPhaseFinished, rsv1.RunPhaseCancelled:
-			typ := corev1.EventTypeNormal
 			if run.Status.Result != rsv1.RunResultSuccess {
-				typ = corev1.EventTypeWarning
+				r.Recorder.Eventf(run, nil, corev1.EventTypeWarning, string(run.Status.Phase), "Finish", "run %s with result %s", run.Status.Phase, run.Status.Result)
 			}
-			r.Recorder.Eventf(run, nil, typ, string(run.Status.Phase), "Finish", "run %s with result %s", run.Status.Phase, run.Status.Result)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -126,6 +127,28 @@ func TestIgnoreFailure(t *testing.T) {
 	}
 	if got := taskStatus(run, "after-lint").Phase; got != rsv1.TaskPhaseSkipped {
 		t.Fatalf("after-lint is %s, want Skipped", got)
+	}
+}
+
+// TestOnlyARunThatDidNotSucceedHasAFinishEvent: a run's end is an event only when the run did not
+// succeed (a Warning). A success is said by the run's phase, result and labels; its event was one
+// more apiserver write per run (issue 10).
+func TestOnlyARunThatDidNotSucceedHasAFinishEvent(t *testing.T) {
+	ns := newNamespace(t)
+	startExecutor(t, ns, "ex1")
+	createRun(t, newRun(ns, "ok", task("a")))
+	createRun(t, newRun(ns, "bad", task("a")))
+	complete(t, ns, "ok", "a", rsv1.TaskPhaseSuccess)
+	waitRunPhase(t, ns, "ok", rsv1.RunPhaseFinished)
+	complete(t, ns, "bad", "a", rsv1.TaskPhaseFailed)
+	waitRunPhase(t, ns, "bad", rsv1.RunPhaseFinished)
+	eventually(t, 30*time.Second, "the failed run's Warning event", func() (bool, error) {
+		evs := events(t, ns, "bad", string(rsv1.RunPhaseFinished))
+		return len(evs) == 1 && evs[0].Type == corev1.EventTypeWarning, nil
+	})
+	// The recorder sends in order: the successful run's event, had there been one, is there by now.
+	if evs := events(t, ns, "ok", string(rsv1.RunPhaseFinished)); len(evs) != 0 {
+		t.Fatalf("the successful run has %d Finished events (%s: %s), want none", len(evs), evs[0].Type, evs[0].Note)
 	}
 }
 
