@@ -178,6 +178,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 
 	recording := r.foldFetches(run, tasks)
 	var noExecutor []string
+	nameTaken := false
 	for _, name := range out.Schedule {
 		err := r.schedule(ctx, run, name, tasks)
 		var ne *NoExecutorError
@@ -186,6 +187,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		case errors.As(err, &ne):
 			noExecutor = append(noExecutor, fmt.Sprintf("task %s: %s", name, ne.Reason))
 		case errors.As(err, &taken):
+			nameTaken = true
 			r.nameTaken(ctx, run, name, taken)
 			// The engine has not seen this task end: look again once the status is written (the
 			// run's own status writes do not bring it back).
@@ -205,7 +207,9 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 			return ctrl.Result{}, err
 		}
 	}
-	if len(out.Schedule) == 0 && len(out.Stop) == 0 {
+	// Tasks scheduled may wait to be written (deferWrite), with no other decision: none refused,
+	// none stopped.
+	if len(noExecutor) == 0 && !nameTaken && len(out.Stop) == 0 {
 		if wait := r.deferWrite(client.ObjectKeyFromObject(run), old, &run.Status, r.fetchesAwaited(run, tasks)); wait > 0 {
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
@@ -371,22 +375,28 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 			MissingArchives: missing,
 		}
 	}
-	// A task the status says was scheduled, whose ExecutorTask is not in the cache: either the cache
-	// lags behind its creation, or someone deleted it (which makes its executor stop it).
+	// A task the status says was scheduled (or a write that waits does: scheduledUnwritten), whose
+	// ExecutorTask is not in the cache: either the cache lags behind its creation, or someone
+	// deleted it (which makes its executor stop it).
+	unwritten := r.scheduledUnwritten(client.ObjectKeyFromObject(run))
 	for _, ts := range run.Status.Tasks {
-		if _, ok := states[ts.Name]; ok || ts.ExecutorTask == "" || ts.Phase.IsFinal() {
+		where := scheduledTask{executorTask: ts.ExecutorTask, executor: ts.Executor}
+		if where.executorTask == "" {
+			where = unwritten[ts.Name]
+		}
+		if _, ok := states[ts.Name]; ok || where.executorTask == "" || ts.Phase.IsFinal() {
 			continue
 		}
 		et := &rsv1.ExecutorTask{}
-		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: ts.ExecutorTask}, et)
+		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: where.executorTask}, et)
 		switch {
 		case apierrors.IsNotFound(err):
 			states[ts.Name] = dag.ExecutorTaskState{
-				Name: ts.ExecutorTask, Executor: ts.Executor,
-				Status: rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseFailed, Message: "its ExecutorTask " + ts.ExecutorTask + " was deleted"},
+				Name: where.executorTask, Executor: where.executor,
+				Status: rsv1.ExecutorTaskStatus{Phase: rsv1.TaskPhaseFailed, Message: "its ExecutorTask " + where.executorTask + " was deleted"},
 			}
 		case err != nil:
-			return nil, nil, fmt.Errorf("reading executor task %s: %w", ts.ExecutorTask, err)
+			return nil, nil, fmt.Errorf("reading executor task %s: %w", where.executorTask, err)
 		default:
 			// Not in the cache: the cache lags behind its creation, or it is labelled with
 			// another shard.

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"maps"
 	"slices"
 	"time"
 
@@ -16,17 +17,28 @@ type heldWrite struct {
 	// ready and ends nothing (ProgressDelay); finishing: the run is final, with fetches of its
 	// tasks under way (FinishWait).
 	reported, ended, finishing time.Time
+	// scheduled are the tasks scheduled since the run's last write, by name: until a write records
+	// them, a task whose ExecutorTask is gone meanwhile is one that ran, not one to schedule.
+	scheduled map[string]scheduledTask
 }
 
+// scheduledTask is where a task was scheduled: its ExecutorTask and executor.
+type scheduledTask struct{ executorTask, executor string }
+
 // deferWrite says how long the write of a run's new status may wait, 0 to write now. What the run
-// decided (tasks scheduled or stopped, its phase, conditions) is written at once: an ExecutorTask
-// created must be in the status before anything else happens. What its tasks report waits, so
-// that the next write carries it, or a burst of reports is written once:
+// decided that only its status says (its phase, its conditions, tasks skipped or stopped) is
+// written at once. What its tasks report waits, so that the next write carries it, or a burst of
+// reports is written once:
 //   - a task's start, its steps' progress and a fetch's outcome, until StartDelay after the first
 //     of them was seen: a task that ends sooner is recorded Running in the run only by the
 //     write of its end (the ExecutorTask says Running meanwhile), as the executors'
 //     --running-status-delay does for the ExecutorTask;
-//   - a task's end that decides nothing (a sibling still runs), until ProgressDelay after it;
+//   - a task's end, until ProgressDelay after it, with the tasks it made ready scheduled: their
+//     ExecutorTasks are the decision (created under names that make scheduling at most once, and
+//     found again by a reconcile, a restarted manager or another shard before the run says
+//     them), so a fan-out whose tasks end within ProgressDelay of their parent's end is written
+//     with their ends; the tasks scheduled meanwhile are remembered (scheduledUnwritten) so
+//     that one whose ExecutorTask is deleted before the write fails instead of running again;
 //
 // and the run's end waits, up to FinishWait, while fetchesAwaited: the outcomes of its tasks'
 // fetches then ride on that last write instead of a write of their own after it.
@@ -55,6 +67,14 @@ func (r *RunReconciler) deferWrite(key types.NamespacedName, old, status *rsv1.R
 		}
 		return *t
 	}
+	for _, ts := range status.Tasks {
+		if ts.ExecutorTask != "" && taskIn(old, ts.Name).ExecutorTask == "" {
+			if h.scheduled == nil {
+				h.scheduled = map[string]scheduledTask{}
+			}
+			h.scheduled[ts.Name] = scheduledTask{executorTask: ts.ExecutorTask, executor: ts.Executor}
+		}
+	}
 	var until time.Time
 	if finishing {
 		until = since(&h.finishing).Add(r.Options.FinishWait)
@@ -69,6 +89,24 @@ func (r *RunReconciler) deferWrite(key types.NamespacedName, old, status *rsv1.R
 	return until.Sub(now)
 }
 
+// scheduledUnwritten returns the tasks of a run scheduled by a write that waits (deferWrite).
+func (r *RunReconciler) scheduledUnwritten(key types.NamespacedName) map[string]scheduledTask {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h := r.held[key]; h != nil && len(h.scheduled) > 0 {
+		return maps.Clone(h.scheduled)
+	}
+	return nil
+}
+
+// taskIn returns the status of task name in st, or a task never scheduled.
+func taskIn(st *rsv1.RunStatus, name string) rsv1.TaskStatus {
+	if j := slices.IndexFunc(st.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == name }); j >= 0 {
+		return st.Tasks[j]
+	}
+	return rsv1.TaskStatus{}
+}
+
 // written forgets what waited to be written of a run: it is written, or the run is gone.
 func (r *RunReconciler) written(key types.NamespacedName) {
 	r.mu.Lock()
@@ -76,9 +114,10 @@ func (r *RunReconciler) written(key types.NamespacedName) {
 	delete(r.held, key)
 }
 
-// reportOnly reports whether status differs from old only in what the run's tasks report: the run's
-// phase, times and conditions are the same, and so is every task's ExecutorTask and executor (what
-// scheduling decided). Progress ("done/total") is counted from the tasks' phases: a report too.
+// reportOnly reports whether status differs from old only in what the run's tasks report and the
+// tasks scheduled: the run's phase, times and conditions are the same, and every task's
+// ExecutorTask and executor are too, or newly set (scheduled: its ExecutorTask says it). Progress
+// ("done/total") is counted from the tasks' phases: a report too.
 func reportOnly(old, status *rsv1.RunStatus) bool {
 	if old.Phase != status.Phase || status.Phase.IsFinal() || len(old.Tasks) != len(status.Tasks) {
 		return false
@@ -91,7 +130,11 @@ func reportOnly(old, status *rsv1.RunStatus) bool {
 	}
 	for _, ts := range status.Tasks {
 		j := slices.IndexFunc(old.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == ts.Name })
-		if j < 0 || old.Tasks[j].ExecutorTask != ts.ExecutorTask || old.Tasks[j].Executor != ts.Executor {
+		if j < 0 {
+			return false
+		}
+		o := old.Tasks[j]
+		if scheduled := o.ExecutorTask == "" && ts.ExecutorTask != ""; !scheduled && (o.ExecutorTask != ts.ExecutorTask || o.Executor != ts.Executor) {
 			return false
 		}
 	}

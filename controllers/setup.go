@@ -45,8 +45,9 @@ type Options struct {
 	// before it is written to the run's status when nothing else is: a task that ends sooner is
 	// recorded Running by the write of its end, and a burst of reports costs one write.
 	StartDelay time.Duration
-	// ProgressDelay is how long a task's end that makes no task ready and ends nothing (a sibling
-	// still runs) may wait before it is written: siblings that end together cost one write.
+	// ProgressDelay is how long a task's end, with the tasks it made ready scheduled (their
+	// ExecutorTasks say it), may wait before it is written: siblings that end together cost one
+	// write, and so does a fan-out whose tasks end within it of their parent.
 	ProgressDelay time.Duration
 	// FinishWait is how long, at most, a run's end waits for the fetches of its tasks under way,
 	// so that their outcomes ride on its last status write instead of a write of their own.

@@ -174,7 +174,9 @@ type recordingTransport struct{ next http.RoundTripper }
 
 func (t *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var body []byte
-	if req.Method == http.MethodPatch && strings.HasSuffix(req.URL.Path, "/status") && strings.Contains(req.URL.Path, "/runs/") && req.Body != nil {
+	runStatus := req.Method == http.MethodPatch && strings.HasSuffix(req.URL.Path, "/status") && strings.Contains(req.URL.Path, "/runs/")
+	etCreate := req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, "/executortasks")
+	if (runStatus || etCreate) && req.Body != nil {
 		body, _ = io.ReadAll(req.Body)
 		_ = req.Body.Close()
 		req.Body = io.NopCloser(bytes.NewReader(body))

@@ -204,12 +204,15 @@ func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 
 	rawN := 3 * slices.Max(b.bursts)
 	fmt.Fprintf(os.Stderr, "  ... cluster: raw pods, %d from %d writers, bound by kube-scheduler\n", rawN, clusterExecutors)
+	set.begin()
 	raw, err := b.rawPods(ctx, ns, rawN)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "baseline: raw pod creates %.0f/s (%d pods, %d writers); bound, run and Succeeded at %.0f pods/s (the most this scheduler and kwok do)\n",
-		raw.create.rate(), rawN, clusterExecutors, raw.lifeRate())
+	rawUsage := set.end()
+	raw.usage = &rawUsage
+	fmt.Fprintf(out, "baseline: raw pod creates %.0f/s (%d pods, %d writers); bound, run and Succeeded at %.0f pods/s (the most this scheduler and kwok do); CPU per raw pod (created, bound, run, deleted): %s\n",
+		raw.create.rate(), rawN, clusterExecutors, raw.lifeRate(), cpuPer(rawUsage, rawN))
 
 	mgrPprof := ""
 	if b.profile != "" {
@@ -657,6 +660,17 @@ func (b *clusterBench) rawPods(ctx context.Context, ns string, n int) (*rawResul
 	return res, removePods(ctx, b.kube, ns)
 }
 
+// cpuPer is each component's CPU per one of n objects.
+func cpuPer(u usage, n int) string {
+	var parts []string
+	for _, c := range clusterComponents {
+		if d, ok := u.cpu[c]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.1fms", c, float64(d.Microseconds())/1000/float64(n)))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
 // clusterComponents in the order they are printed.
@@ -706,6 +720,22 @@ func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
 		}
 	}
 	fmt.Fprintf(out, "  CPU per run: %s\n", strings.Join(parts, ", "))
+	if raw.usage != nil {
+		// What a run costs beyond its pods: the same pods, raw, cost this much each.
+		pods := len(benchTasks())
+		parts = parts[:0]
+		for _, c := range clusterComponents {
+			d, ok := p.usage.cpu[c]
+			r, rok := raw.usage.cpu[c]
+			if !ok || !rok {
+				continue
+			}
+			perRun := float64(d.Milliseconds()) / float64(p.runs)
+			rawPer := float64(r.Milliseconds()) * float64(pods) / float64(raw.create.objects)
+			parts = append(parts, fmt.Sprintf("%s %.1fms (%.1fx)", c, perRun-rawPer, perRun/rawPer))
+		}
+		fmt.Fprintf(out, "  CPU per run beyond its %d pods' (raw pods' CPU as the baseline; the ratio: a run's CPU / its pods' raw): %s\n", pods, strings.Join(parts, ", "))
+	}
 	parts = parts[:0]
 	for _, c := range clusterComponents {
 		if b, ok := p.usage.peak[c]; ok && b > 0 {

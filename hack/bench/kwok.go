@@ -348,6 +348,8 @@ type rawResult struct {
 	// seen Succeeded.
 	lifeElapsed time.Duration
 	life        []time.Duration
+	// usage, when measured (the cluster scenario), is the processes' CPU over the raw pods' life.
+	usage *usage
 }
 
 func (r *rawResult) lifeRate() float64 { return float64(r.create.objects) / r.lifeElapsed.Seconds() }
