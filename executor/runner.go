@@ -50,11 +50,12 @@ type runner struct {
 }
 
 // startRunner starts following a task in the background; fresh starts its containers first.
-func (e *Executor) startRunner(ctx context.Context, et *rsv1.ExecutorTask, fresh bool) {
+func (e *Executor) startRunner(et *rsv1.ExecutorTask, fresh bool) {
 	// The runner outlives the reconcile that started it, not the executor: when the executor stops,
 	// its runners stop following and leave the containers running, to be adopted after a restart.
+	// It logs with the executor's logger (its lines name the task): the reconcile's, with the
+	// values of that reconcile, would be a copy of the logger's encoder kept per task in flight.
 	rctx, cancel := context.WithCancel(e.baseCtx)
-	rctx = ctrl.LoggerInto(rctx, ctrl.LoggerFrom(ctx))
 	r := &runner{e: e, et: et.DeepCopy(), id: et.UID, name: et.Name, dir: e.taskDir(et.UID), cancel: cancel, stopped: make(chan struct{})}
 	e.mu.Lock()
 	e.runners[et.UID] = r
