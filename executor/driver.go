@@ -101,12 +101,24 @@ type Following interface {
 	// Changed receives when the task's containers changed, or its copy moved on: time to Look.
 	Changed() <-chan struct{}
 	// Look looks at the task's main container and moves the copy of its reports on, waiting on
-	// nothing but local files. It returns the container's state; done once the container ended
-	// and everything it reported is in dir; copied, once done, says what the copy could not do
-	// (wrapping toolbox.ErrRefused: what the task reported past its steps or its bounds, dropped);
-	// and the time to look again by at the latest (zero: at the next Changed only). An error
-	// wrapping ErrNotFound says the containers are gone.
-	Look(ctx context.Context) (st *State, done bool, copied error, at time.Time, err error)
+	// nothing but local files. An error wrapping ErrNotFound says the containers are gone.
+	Look(ctx context.Context) (Seen, error)
 	// Close ends the following: a copy under way is cut.
 	Close()
+}
+
+// Seen is what a look of a Following saw.
+type Seen struct {
+	// State is the main container's.
+	State *State
+	// Done says that the container ended and everything it reported is in the task's directory.
+	Done bool
+	// Copied, once Done, says what the copy could not do; wrapping toolbox.ErrRefused, what the
+	// task reported past its steps or its bounds (and was dropped).
+	Copied error
+	// At is when to look again by at the latest (zero: at the next Changed only).
+	At time.Time
+	// Quiet says that nothing writes the task's directory until the next Changed (no copy is
+	// under way): once looked at, its steps need no look meanwhile.
+	Quiet bool
 }

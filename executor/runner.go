@@ -158,6 +158,7 @@ func (r *runner) follow(ctx context.Context) error {
 		stopRequested, timedOut = r.stopped, false
 		endedAt                 time.Time // when the container was first seen ended, its copy not done
 		reportAt                time.Time // the next report, once the container started
+		quietLooked             bool      // a report looked at the steps since the driver's copy last wrote them
 	)
 	for {
 		select {
@@ -174,7 +175,7 @@ func (r *runner) follow(ctx context.Context) error {
 		case <-f.Changed():
 		case <-wake.C:
 		}
-		st, done, copied, at, err := f.Look(ctx)
+		seen, err := f.Look(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -182,34 +183,41 @@ func (r *runner) follow(ctx context.Context) error {
 		if err != nil {
 			return r.end(ctx, nil, err, stopped, timedOut)
 		}
-		if errors.Is(copied, toolbox.ErrRefused) {
-			r.refused = copied
-		} else if copied != nil {
-			ctrl.LoggerFrom(ctx).Error(copied, "copying the task's reports", "executorTask", r.name)
+		if errors.Is(seen.Copied, toolbox.ErrRefused) {
+			r.refused = seen.Copied
+		} else if seen.Copied != nil {
+			ctrl.LoggerFrom(ctx).Error(seen.Copied, "copying the task's reports", "executorTask", r.name)
 		}
-		now := time.Now()
+		st, now := seen.State, time.Now()
 		if !st.Running && endedAt.IsZero() {
 			endedAt = now
 		}
-		if !st.Running && !done && now.Sub(endedAt) >= copyWait {
+		if !st.Running && !seen.Done && now.Sub(endedAt) >= copyWait {
 			ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.name)
-			done = true
+			seen.Done = true
 		}
-		if done {
+		if seen.Done {
 			return r.end(ctx, st, nil, stopped, timedOut)
 		}
-		next := at
-		if !st.Running {
+		next := seen.At
+		quietLooked = quietLooked && seen.Quiet
+		switch {
+		case !st.Running:
 			next = earliest(next, endedAt.Add(copyWait))
-		} else if st.Started {
+		case !st.Started:
+		case quietLooked && r.et.Status.Phase == rsv1.TaskPhaseRunning:
+			// Recorded Running, and nothing wrote the steps since they were looked at.
+		default:
 			if r.startedSeen.IsZero() {
 				r.startedSeen, reportAt = now, now.Add(r.e.opts.RunningStatusDelay)
 			}
 			if !now.Before(reportAt) {
-				if err := r.report(ctx); err != nil && ctx.Err() == nil {
+				err := r.report(ctx)
+				if err != nil && ctx.Err() == nil {
 					ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
 				}
 				reportAt = now.Add(max(r.stepsLook.every, lookEvery))
+				quietLooked = seen.Quiet && err == nil
 			}
 			next = earliest(next, reportAt)
 		}
@@ -247,10 +255,10 @@ func (w *waiting) Changed() <-chan struct{} { return w.done }
 
 func (w *waiting) Close() { w.cancel() }
 
-func (w *waiting) Look(ctx context.Context) (*State, bool, error, time.Time, error) {
+func (w *waiting) Look(ctx context.Context) (Seen, error) {
 	select {
 	case <-w.done:
-		return w.st, w.err == nil, nil, time.Time{}, w.err
+		return Seen{State: w.st, Done: w.err == nil}, w.err
 	default:
 	}
 	if !w.started {
@@ -258,9 +266,9 @@ func (w *waiting) Look(ctx context.Context) (*State, bool, error, time.Time, err
 		w.started = err == nil && st.Started
 	}
 	if w.started {
-		return &State{Running: true, Started: true}, false, nil, time.Time{}, nil
+		return Seen{State: &State{Running: true, Started: true}}, nil
 	}
-	return &State{Running: true}, false, nil, time.Now().Add(lookEvery), nil
+	return Seen{State: &State{Running: true}, At: time.Now().Add(lookEvery)}, nil
 }
 
 // copyWait bounds how long a task whose container ended waits for the copy of what it reported.

@@ -75,7 +75,7 @@ func (f *podFollow) Close() {
 }
 
 // Look implements executor.Following.
-func (f *podFollow) Look(ctx context.Context) (*executor.State, bool, error, time.Time, error) {
+func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 	select {
 	case c := <-f.copied:
 		f.copying = false
@@ -84,36 +84,37 @@ func (f *podFollow) Look(ctx context.Context) (*executor.State, bool, error, tim
 	}
 	pod, seen, err := f.d.find(ctx, f.uid)
 	if err != nil {
-		return nil, false, nil, time.Time{}, err
+		return executor.Seen{}, err
 	}
 	st := f.d.state(pod)
 	if !st.Running {
 		if f.copying {
-			return st, false, nil, time.Time{}, nil // its end wakes the runner
+			return executor.Seen{State: st}, nil // its end wakes the runner
 		}
 		if !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.d.cutShort(pod, f.dir, f.steps)) {
 			// Demux skips what the copy already has.
 			f.lastRead = true
 			f.read(pod, false)
-			return st, false, nil, time.Time{}, nil
+			return executor.Seen{State: st}, nil
 		}
 		if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
-			return st, true, err, time.Time{}, nil
+			return executor.Seen{State: st, Done: true, Copied: err}, nil
 		}
-		return st, true, f.refused, time.Time{}, nil
+		return executor.Seen{State: st, Done: true, Copied: f.refused}, nil
 	}
 	at := f.d.changesAt(pod, seen)
-	if !mainStarted(pod) || f.copying {
-		return st, false, nil, at, nil
+	switch {
+	case !mainStarted(pod) || f.copying:
+	case time.Now().Before(f.retryAt):
+		at = earliest(at, f.retryAt)
+	default:
+		if ok, open := f.d.logs.mayFollow(pod.Spec.NodeName); !ok {
+			at = earliest(at, open)
+		} else {
+			f.read(pod, true)
+		}
 	}
-	if time.Now().Before(f.retryAt) {
-		return st, false, nil, earliest(at, f.retryAt), nil
-	}
-	if ok, open := f.d.logs.mayFollow(pod.Spec.NodeName); !ok {
-		return st, false, nil, earliest(at, open), nil
-	}
-	f.read(pod, true)
-	return st, false, nil, at, nil
+	return executor.Seen{State: st, At: at, Quiet: !f.copying}, nil
 }
 
 // read reads the pod's log into the task's directory in a goroutine of its own, following it when
