@@ -47,10 +47,10 @@ type podFollow struct {
 	ctx         context.Context // the copies'
 	cancel      context.CancelFunc
 
-	copying  bool            // a read of the log is under way; it sends on copied, then wakes changed
-	copied   chan copyResult //
-	lastRead bool            // the read of the ended pod's log was begun
-	refused  error           // what a read dropped (toolbox.ErrRefused)
+	copying  bool // a read of the log is under way; it sends on copied, then wakes changed
+	copied   chan copyResult
+	lastRead bool  // the read of the ended pod's log was begun
+	refused  error // what a read dropped (toolbox.ErrRefused)
 
 	followed  bool         // a follow was tried
 	followErr error        // how the last one ended
