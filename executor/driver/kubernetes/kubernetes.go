@@ -118,14 +118,18 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 }
 
 // slimPod drops what the driver never reads of a pod before the informer keeps it: its managed
-// fields (an entry per writer: the executor, the scheduler, the kubelet) and the task file a pod
+// fields (an entry per writer: the executor, the scheduler, the kubelet), the task file a pod
 // without a Secret carries in an annotation (up to maxTaskAnnotation, read by the pod's own
-// downward-API volume only). With a thousand tasks in flight their pods are most of the
-// executor's memory.
+// downward-API volume only), and its spec but the node and the volumes (its containers, with
+// their commands, environment and mounts, and what the apiserver defaults: the driver reads the
+// containers' statuses only, and writes pods by patch, never from a cached copy). With a thousand
+// tasks in flight their pods are most of the executor's heap.
 func slimPod(obj any) (any, error) {
 	if pod, ok := obj.(*corev1.Pod); ok {
+		// The object is the informer's own, fresh from the watch (or the create's answer).
 		pod.ManagedFields = nil
-		delete(pod.Annotations, annotationTask) // the object is the informer's own, fresh from the watch
+		delete(pod.Annotations, annotationTask)
+		pod.Spec = corev1.PodSpec{NodeName: pod.Spec.NodeName, Volumes: pod.Spec.Volumes}
 	}
 	return obj, nil
 }
