@@ -71,14 +71,6 @@ type State struct {
 	Message string
 }
 
-// Mirrorer is implemented by drivers whose containers share no directory with the executor: Mirror
-// copies the toolbox's reports of a task of steps steps into dir while it runs, within lim, and
-// returns once the task ended and everything it reported is in dir. An error wrapping
-// toolbox.ErrRefused says what the task reported past its steps or its bounds (and was dropped).
-type Mirrorer interface {
-	Mirror(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) error
-}
-
 // GroupRemover is implemented by drivers whose executors form a group: RemoveExecutor removes
 // every container of another executor of the group, and returns once they are gone.
 type GroupRemover interface {
@@ -91,4 +83,42 @@ type GroupRemover interface {
 // are removed (or ctx ends). Remove stays what callers that remove many tasks in a row use.
 type EndedRemover interface {
 	RemoveEnded(ctx context.Context, uid string) error
+}
+
+// Follower is implemented by drivers whose containers share no directory with the executor, and
+// whose containers' changes come as events: the runner follows its task on its own goroutine,
+// woken by them (issue 10: a goroutine blocked in Wait and another following the log beside each
+// runner, and ticks that looked at every task twice a second, waiting for a node or not, made the
+// executor's memory and CPU per task grow with the tasks in flight). Follow begins following task
+// uid: it copies the toolbox's reports of a task of steps steps into dir while it runs, within lim.
+type Follower interface {
+	Follow(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) Following
+}
+
+// Following is one task a runner follows (Follower). Its methods are called from that runner's
+// goroutine only.
+type Following interface {
+	// Changed receives when the task's containers changed, or its copy moved on: time to Look.
+	Changed() <-chan struct{}
+	// Look looks at the task's main container and moves the copy of its reports on, waiting on
+	// nothing but local files. An error wrapping ErrNotFound says the containers are gone.
+	Look(ctx context.Context) (Seen, error)
+	// Close ends the following: a copy under way is cut.
+	Close()
+}
+
+// Seen is what a look of a Following saw.
+type Seen struct {
+	// State is the main container's.
+	State *State
+	// Done says that the container ended and everything it reported is in the task's directory.
+	Done bool
+	// Copied, once Done, says what the copy could not do; wrapping toolbox.ErrRefused, what the
+	// task reported past its steps or its bounds (and was dropped).
+	Copied error
+	// At is when to look again by at the latest (zero: at the next Changed only).
+	At time.Time
+	// Quiet says that nothing writes the task's directory until the next Changed (no copy is
+	// under way): once looked at, its steps need no look meanwhile.
+	Quiet bool
 }

@@ -13,13 +13,14 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
@@ -167,11 +168,13 @@ type Executor struct {
 	wake     chan event.GenericEvent
 }
 
-// Scheme is the scheme of the executor's clients.
+// Scheme is the scheme of the executor's clients: the kinds it reads and writes, not every group of
+// client-go's scheme (each registered type costs the executor's heap, for as long as it runs).
 func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
-	_ = clientgoscheme.AddToScheme(s)
-	_ = rsv1.AddToScheme(s)
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, coordinationv1.AddToScheme, eventsv1.AddToScheme, rsv1.AddToScheme} {
+		_ = add(s)
+	}
 	return s
 }
 
@@ -669,7 +672,7 @@ func (e *Executor) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 			return reconcile.Result{}, err
 		}
 		log.Info("adopting running task", "executorTask", et.Name)
-		e.startRunner(ctx, et, false)
+		e.startRunner(et, false)
 	}
 	return reconcile.Result{}, nil
 }
@@ -701,7 +704,7 @@ func (e *Executor) startOrAdopt(ctx context.Context, et *rsv1.ExecutorTask) (rec
 		}
 		log.Info("adopting a task started before a restart, whose start was not recorded", "executorTask", et.Name)
 		et.Status.StartTime = &at // recorded with its Running or final status
-		e.startRunner(ctx, et, false)
+		e.startRunner(et, false)
 		return reconcile.Result{}, nil
 	}
 	if et.Spec.Stop {
@@ -727,7 +730,7 @@ func (e *Executor) startOrAdopt(ctx context.Context, et *rsv1.ExecutorTask) (rec
 	log.Info("starting task", "executorTask", et.Name)
 	now := metav1.Now()
 	et.Status.StartTime = &now // recorded with its Running or final status
-	e.startRunner(ctx, et, true)
+	e.startRunner(et, true)
 	return reconcile.Result{}, nil
 }
 

@@ -50,11 +50,12 @@ type runner struct {
 }
 
 // startRunner starts following a task in the background; fresh starts its containers first.
-func (e *Executor) startRunner(ctx context.Context, et *rsv1.ExecutorTask, fresh bool) {
+func (e *Executor) startRunner(et *rsv1.ExecutorTask, fresh bool) {
 	// The runner outlives the reconcile that started it, not the executor: when the executor stops,
 	// its runners stop following and leave the containers running, to be adopted after a restart.
+	// It logs with the executor's logger (its lines name the task): the reconcile's, with the
+	// values of that reconcile, would be a copy of the logger's encoder kept per task in flight.
 	rctx, cancel := context.WithCancel(e.baseCtx)
-	rctx = ctrl.LoggerInto(rctx, ctrl.LoggerFrom(ctx))
 	r := &runner{e: e, et: et.DeepCopy(), id: et.UID, name: et.Name, dir: e.taskDir(et.UID), cancel: cancel, stopped: make(chan struct{})}
 	e.mu.Lock()
 	e.runners[et.UID] = r
@@ -133,38 +134,32 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		return err
 	}
 
-	mirrored := make(chan error, 1)
-	if m, ok := r.e.driver.(Mirrorer); ok {
-		steps := len(r.et.Spec.Task.Steps)
-		go func() { mirrored <- m.Mirror(ctx, r.uid(), r.dir, steps, r.e.opts.Limits) }()
-	} else {
-		mirrored <- nil
-	}
+	return r.follow(ctx)
+}
 
-	var timeout <-chan time.Time
-	if t := r.et.Spec.Task.TimeoutSeconds; t != nil && r.et.Status.StartTime != nil {
-		deadline := r.et.Status.StartTime.Add(time.Duration(*t) * time.Second)
-		timer := time.NewTimer(time.Until(deadline))
-		defer timer.Stop()
-		timeout = timer.C
+// follow follows the task, woken by its driver (a Follower's events; Wait's return and a look for
+// the container's start every lookEvery otherwise): it looks at the main container when it
+// changed (or when the driver asks to, by time), records Running once the container has run for
+// the delay, looks at the steps' directory while it runs, and ends the task once its container
+// ended and what it reported is in its directory (copyWait at most).
+func (r *runner) follow(ctx context.Context) error {
+	var f Following
+	if fr, ok := r.e.driver.(Follower); ok {
+		f = fr.Follow(ctx, r.uid(), r.dir, len(r.et.Spec.Task.Steps), r.e.opts.Limits)
+	} else {
+		f = waitFor(ctx, r.e.driver, r.uid())
 	}
-	type waited struct {
-		st  *State
-		err error
-	}
-	done := make(chan waited, 1)
-	go func() {
-		st, err := r.e.driver.Wait(ctx, r.uid())
-		done <- waited{st, err}
-	}()
-	// Running is recorded once the main container has run for the delay (report, on the ticks; the
-	// first look is now, for a delay of 0): until then, a task that ends gets only its final status.
-	if err := r.report(ctx); err != nil && ctx.Err() == nil {
-		ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
-	}
-	tick := time.NewTicker(lookEvery)
-	defer tick.Stop()
-	stopRequested, timedOut := r.stopped, false
+	defer f.Close()
+	timeout, stopTimeout := r.deadline()
+	defer stopTimeout()
+	wake := time.NewTimer(0) // the first look, at once
+	defer wake.Stop()
+	var (
+		stopRequested, timedOut = r.stopped, false
+		endedAt                 time.Time // when the container was first seen ended, its copy not done
+		reportAt                time.Time // the next report, once the container started
+		quietLooked             bool      // a report looked at the steps since the driver's copy last wrote them
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -172,34 +167,130 @@ func (r *runner) run(ctx context.Context, fresh bool) error {
 		case <-stopRequested:
 			stopRequested = nil
 			r.halt(ctx)
+			continue
 		case <-timeout:
 			timeout, timedOut = nil, true
 			r.halt(ctx)
-		case <-tick.C:
-			if err := r.report(ctx); err != nil && ctx.Err() == nil {
-				ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
+			continue
+		case <-f.Changed():
+		case <-wake.C:
+		}
+		seen, err := f.Look(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		stopped := stopRequested == nil && !timedOut
+		if err != nil {
+			return r.end(ctx, nil, err, stopped, timedOut)
+		}
+		if errors.Is(seen.Copied, toolbox.ErrRefused) {
+			r.refused = seen.Copied
+		} else if seen.Copied != nil {
+			ctrl.LoggerFrom(ctx).Error(seen.Copied, "copying the task's reports", "executorTask", r.name)
+		}
+		st, now := seen.State, time.Now()
+		if !st.Running && endedAt.IsZero() {
+			endedAt = now
+		}
+		if !st.Running && !seen.Done && now.Sub(endedAt) >= copyWait {
+			ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.name)
+			seen.Done = true
+		}
+		if seen.Done {
+			return r.end(ctx, st, nil, stopped, timedOut)
+		}
+		next := seen.At
+		quietLooked = quietLooked && seen.Quiet
+		switch {
+		case !st.Running:
+			next = earliest(next, endedAt.Add(copyWait))
+		case !st.Started:
+		case quietLooked && r.et.Status.Phase == rsv1.TaskPhaseRunning:
+			// Recorded Running, and nothing wrote the steps since they were looked at.
+		default:
+			if r.startedSeen.IsZero() {
+				r.startedSeen, reportAt = now, now.Add(r.e.opts.RunningStatusDelay)
 			}
-			tick.Reset(max(r.stepsLook.every, lookEvery))
-		case w := <-done:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			// What the task reported last must be in its directory before its status is final.
-			select {
-			case err := <-mirrored:
-				if errors.Is(err, toolbox.ErrRefused) {
-					r.refused = err
-				} else if err != nil && ctx.Err() == nil {
-					ctrl.LoggerFrom(ctx).Error(err, "mirroring the task's reports", "executorTask", r.name)
+			if !now.Before(reportAt) {
+				err := r.report(ctx)
+				if err != nil && ctx.Err() == nil {
+					ctrl.LoggerFrom(ctx).Error(err, "reporting progress", "executorTask", r.name)
 				}
-			case <-time.After(30 * time.Second):
-				ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.name)
-			case <-ctx.Done():
-				return ctx.Err()
+				reportAt = now.Add(max(r.stepsLook.every, lookEvery))
+				quietLooked = seen.Quiet && err == nil
 			}
-			return r.end(ctx, w.st, w.err, stopRequested == nil && !timedOut, timedOut)
+			next = earliest(next, reportAt)
+		}
+		wake.Stop()
+		if !next.IsZero() {
+			wake.Reset(time.Until(next))
 		}
 	}
+}
+
+// waiting follows a task of a driver that is no Follower: a goroutine blocks in its Wait, and the
+// main container's start is looked for every lookEvery until it started (the driver shares the
+// task's directory: there is no copy to wait for).
+type waiting struct {
+	d       Driver
+	uid     string
+	done    chan struct{} // closed when Wait returned st and err
+	st      *State
+	err     error
+	started bool
+	cancel  context.CancelFunc
+}
+
+func waitFor(ctx context.Context, d Driver, uid string) *waiting {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &waiting{d: d, uid: uid, done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(w.done)
+		w.st, w.err = d.Wait(ctx, uid)
+	}()
+	return w
+}
+
+func (w *waiting) Changed() <-chan struct{} { return w.done }
+
+func (w *waiting) Close() { w.cancel() }
+
+func (w *waiting) Look(ctx context.Context) (Seen, error) {
+	select {
+	case <-w.done:
+		return Seen{State: w.st, Done: w.err == nil}, w.err
+	default:
+	}
+	if !w.started {
+		st, err := w.d.Inspect(ctx, w.uid)
+		w.started = err == nil && st.Started
+	}
+	if w.started {
+		return Seen{State: &State{Running: true, Started: true}}, nil
+	}
+	return Seen{State: &State{Running: true}, At: time.Now().Add(lookEvery)}, nil
+}
+
+// copyWait bounds how long a task whose container ended waits for the copy of what it reported.
+const copyWait = 30 * time.Second
+
+// deadline is the task's timeout, if it has one, counted from its start, and the func that
+// releases its timer.
+func (r *runner) deadline() (<-chan time.Time, func()) {
+	t := r.et.Spec.Task.TimeoutSeconds
+	if t == nil || r.et.Status.StartTime == nil {
+		return nil, func() {}
+	}
+	timer := time.NewTimer(time.Until(r.et.Status.StartTime.Add(time.Duration(*t) * time.Second)))
+	return timer.C, func() { timer.Stop() }
+}
+
+// earliest of two times, zero meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // release lets the toolbox of an adopted task begin when the executor died after starting its
@@ -376,13 +467,13 @@ func (r *runner) refusal(steps []rsv1.StepStatus) string {
 // RunningStatusDelay (a task that ends sooner gets only its final status, which carries them),
 // then its steps whenever they changed.
 //
-// It runs on every tick of every runner, so it looks at what it needs only: whether the main
-// container has run long enough while the task is not recorded Running, then whether the steps'
-// directory changed since it last looked; the steps' results are read only when they may differ
-// from what was recorded.
+// The runner calls it once the main container has run for the delay, then every lookEvery to
+// quietLookEvery while it runs, so it looks at what it needs only: whether the steps' directory
+// changed since it last looked; the steps' results are read only when they may differ from what
+// was recorded.
 func (r *runner) report(ctx context.Context) error {
 	recorded := r.et.Status.Phase == rsv1.TaskPhaseRunning
-	if !recorded && !r.runFor(ctx, r.e.opts.RunningStatusDelay) {
+	if !recorded && !r.runFor(r.e.opts.RunningStatusDelay) {
 		return nil
 	}
 	if recorded && !r.stepsLook.changed(r.dir) {
@@ -414,15 +505,8 @@ func (r *runner) report(ctx context.Context) error {
 // runFor says whether the task's main container has run for d, counted from when the runner first
 // saw it started (the executor's clock: a node's may differ). A task waiting for a node or an image
 // is not Running yet, however long it waits.
-func (r *runner) runFor(ctx context.Context, d time.Duration) bool {
-	if r.startedSeen.IsZero() {
-		st, err := r.e.driver.Inspect(ctx, r.uid())
-		if err != nil || !st.Started {
-			return false
-		}
-		r.startedSeen = time.Now()
-	}
-	return time.Since(r.startedSeen) >= d
+func (r *runner) runFor(d time.Duration) bool {
+	return !r.startedSeen.IsZero() && time.Since(r.startedSeen) >= d
 }
 
 // dirLook tells whether the steps' directory may have changed since the last look, from its

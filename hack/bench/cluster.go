@@ -231,7 +231,9 @@ func (b *clusterBench) run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	if b.profile != "" {
-		b.profiled = []profileTarget{pprofOver("executor", st.pprof), pprofOver("manager", mgrPprof), apiserverProfiles(b.kube)}
+		ex := pprofOver("executor", st.pprof)
+		ex.proc = set.procs[len(set.procs)-clusterExecutors]
+		b.profiled = []profileTarget{ex, pprofOver("manager", mgrPprof), apiserverProfiles(b.kube)}
 	}
 	if err := waitWebhook(ctx, sub, ns); err != nil {
 		return err
@@ -381,6 +383,10 @@ const profileChunk = 10 * time.Second
 type profileTarget struct {
 	name string
 	get  func(ctx context.Context, path, file string) error
+	// proc, when set, is the process: after each heap profile its memory is written beside it
+	// (<target>-mem-<prefix><n>.txt: /proc's resident set by kind, Go's own accounts, goroutines),
+	// to say what a peak resident set is made of.
+	proc *proc
 }
 
 // pprofOver is a profileTarget serving Go's profiles over plain http at addr.
@@ -413,6 +419,33 @@ func apiserverProfiles(kube kubernetes.Interface) profileTarget {
 	}}
 }
 
+// memSnapshot writes what t's process holds now: its resident set by kind (/proc/<pid>/status),
+// the Go runtime's accounts (the heap profile's runtime.MemStats: heap in use, idle and released,
+// goroutine stacks) and its goroutines.
+func (t profileTarget) memSnapshot(ctx context.Context, file string) error {
+	var b strings.Builder
+	for _, f := range []string{"VmRSS:", "VmHWM:", "RssAnon:", "RssFile:", "RssShmem:"} {
+		fmt.Fprintf(&b, "%s %d kB\n", f, t.proc.status(f)>>10)
+	}
+	tmp := file + ".tmp"
+	defer os.Remove(tmp)
+	for _, path := range []string{"heap?debug=1", "goroutine?debug=1"} {
+		if err := t.get(ctx, path, tmp); err != nil {
+			return err
+		}
+		body, err := os.ReadFile(tmp)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, "# ") && !strings.HasPrefix(line, "# 0x") || strings.HasPrefix(line, "goroutine profile:") {
+				b.WriteString(line + "\n")
+			}
+		}
+	}
+	return os.WriteFile(file, []byte(b.String()), 0o644)
+}
+
 // profileProcs writes CPU profiles of each target into b.profile, one per profileChunk
 // (<target>-cpu-<prefix><n>.pprof; `go tool pprof -top bin/executor executor-cpu-burst1-*` merges a
 // phase's) with its heap profile at the end of each (<target>-heap-<prefix><n>.pprof: the largest is
@@ -441,6 +474,9 @@ func (b *clusterBench) profileProcs(ctx context.Context, prefix string, wg *sync
 				}
 				if err == nil {
 					err = t.get(pctx, "heap", file("heap"))
+				}
+				if err == nil && t.proc != nil {
+					err = t.memSnapshot(pctx, strings.TrimSuffix(file("mem"), ".pprof")+".txt")
 				}
 				if err != nil && pctx.Err() == nil {
 					errc <- fmt.Errorf("profiling %s: %w", t.name, err)

@@ -162,7 +162,7 @@ func TestFollowingATaskCostsTheSameHoweverManyRun(t *testing.T) {
 		t.Errorf("%.1f pods/log requests per task with 30 tasks, want at most 2.2 (one follow, one read of the ended pod, an occasional follow again)", many.logGets)
 	}
 	// A task's pod changes a handful of times (created, running, ended, deleted), each waking its
-	// Wait and its Mirror once.
+	// runner once (Follow), plus a look per read of its log.
 	if many.lookups > 16 {
 		t.Errorf("%.1f pod lookups per task with 30 tasks in flight, want at most 16", many.lookups)
 	}
@@ -244,5 +244,56 @@ func TestAnUnschedulablePodFailsItsTaskAtItsDeadline(t *testing.T) {
 	ts := getRun(t, ns, "unsched").Status.Tasks[0]
 	if ts.Phase != rsv1.TaskPhaseFailed || !strings.Contains(ts.Message, "cannot be scheduled: 0/1 nodes are available") {
 		t.Fatalf("task %s %q, want Failed saying the pod cannot be scheduled", ts.Phase, ts.Message)
+	}
+}
+
+// TestATaskInFlightCostsOneGoroutineAndOneLogRequest: with 30 tasks whose pods run 20s on one
+// node that serves no log, the executor (in this process) follows each task with one goroutine,
+// its runner, woken by its pod's changes, not a runner with a pod wait and a log follow blocked
+// beside it; and the node's logs are asked for about once per task, the final read of the ended
+// pod, plus a probe of the node now and then (its log gate), not each task's own follow retried
+// with a backoff while its pod runs (about six per task).
+func TestATaskInFlightCostsOneGoroutineAndOneLogRequest(t *testing.T) {
+	ns := e2e.NewNamespace(t, k8s, "k")
+	_, reqs := startCountedExecutor(t, ns, "inflight")
+	ctx := context.Background()
+	const n = 30
+	time.Sleep(2 * time.Second) // the executor registered and idle
+	idle := runtime.NumGoroutine()
+	run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: testenv.SlowRun, Namespace: ns}}
+	for i := range n {
+		run.Spec.Tasks = append(run.Spec.Tasks, task(fmt.Sprintf("t%02d", i)))
+	}
+	if err := k8s.Create(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	e2e.Eventually(t, time.Minute, "every task recorded Running", func() bool {
+		r := getRun(t, ns, testenv.SlowRun)
+		running := 0
+		for _, ts := range r.Status.Tasks {
+			if ts.Phase == rsv1.TaskPhaseRunning {
+				running++
+			}
+		}
+		return running == n
+	})
+	time.Sleep(3 * time.Second) // past the first follows and their failures
+	inFlight := runtime.NumGoroutine() - idle
+	t.Logf("%d tasks in flight: %d goroutines more than idle", n, inFlight)
+	// One per task, a few of the apiserver clients' and the manager's (in this process too).
+	if inFlight > n+n/2 {
+		t.Errorf("%d goroutines more with %d tasks in flight than idle, want at most %d: more than one per task", inFlight, n, n+n/2)
+	}
+	e2e.Eventually(t, time.Minute, "the run finished", func() bool {
+		return getRun(t, ns, testenv.SlowRun).Status.Phase == rsv1.RunPhaseFinished
+	})
+	if r := getRun(t, ns, testenv.SlowRun); r.Status.Result != rsv1.RunResultSuccess {
+		t.Fatalf("run: %s %+v", r.Status.Result, r.Status.Tasks)
+	}
+	gets := reqs.get("GET pods/log")
+	t.Logf("%d tasks whose pods ran 20s on a node serving no log: %d pods/log requests", n, gets)
+	// The read of each ended pod, and probes of the node at about 0, 1, 3, 7 and 15s.
+	if gets > n+10 {
+		t.Errorf("%d pods/log requests for %d tasks, want at most %d: one per task and a few probes of the node", gets, n, n+10)
 	}
 }

@@ -72,11 +72,12 @@ type Driver struct {
 	client kubernetes.Interface
 	pods   *podIndex
 	reaper *reaper
+	logs   *logGate
 }
 
 var (
 	_ executor.Driver       = (*Driver)(nil)
-	_ executor.Mirrorer     = (*Driver)(nil)
+	_ executor.Follower     = (*Driver)(nil)
 	_ executor.GroupRemover = (*Driver)(nil)
 	_ executor.EndedRemover = (*Driver)(nil)
 )
@@ -97,6 +98,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 	}
 	d := &Driver{opts: opts, client: c}
 	d.reaper = newReaper(d)
+	d.logs = newLogGate(func(node string) { d.pods.wakeNode(node) })
 	go d.reaper.run(ctx)
 	factory := informers.NewSharedInformerFactoryWithOptions(c, 10*time.Minute, informers.WithNamespace(opts.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -116,14 +118,18 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 }
 
 // slimPod drops what the driver never reads of a pod before the informer keeps it: its managed
-// fields (an entry per writer: the executor, the scheduler, the kubelet) and the task file a pod
+// fields (an entry per writer: the executor, the scheduler, the kubelet), the task file a pod
 // without a Secret carries in an annotation (up to maxTaskAnnotation, read by the pod's own
-// downward-API volume only). With a thousand tasks in flight their pods are most of the
-// executor's memory.
+// downward-API volume only), and its spec but the node and the volumes (its containers, with
+// their commands, environment and mounts, and what the apiserver defaults: the driver reads the
+// containers' statuses only, and writes pods by patch, never from a cached copy). With a thousand
+// tasks in flight their pods are most of the executor's heap.
 func slimPod(obj any) (any, error) {
 	if pod, ok := obj.(*corev1.Pod); ok {
+		// The object is the informer's own, fresh from the watch (or the create's answer).
 		pod.ManagedFields = nil
-		delete(pod.Annotations, annotationTask) // the object is the informer's own, fresh from the watch
+		delete(pod.Annotations, annotationTask)
+		pod.Spec = corev1.PodSpec{NodeName: pod.Spec.NodeName, Volumes: pod.Spec.Volumes}
 	}
 	return obj, nil
 }
@@ -539,76 +545,6 @@ func (d *Driver) Tasks(context.Context) ([]string, error) {
 	return d.pods.indexer.ListIndexFuncValues(byTaskUID), nil
 }
 
-// Mirror implements executor.Mirrorer: it follows the main container's log into dir (the toolbox's
-// frames become the step logs, results and archives), and once the container ended takes the step
-// results from its termination message. A follow cut off (a dropped stream, an executor restart)
-// is followed again from what the kubelet still has, which after a rotation of the container's log
-// is only its tail: the step logs are appended to by offset (toolbox.Demux), so what was mirrored
-// stays and nothing is written twice. What the log
-// holds past the task's steps or lim is dropped, and returned as the refusal once the task ended.
-//
-// It costs one request per task when all goes well: the log is followed once the main container
-// started (the pod's own changes wake it, nothing else), and read once more only when the pod
-// ended and the copy may miss its end. A follow that fails, or ends while the pod still runs, is
-// tried again after a backoff (followBackoff) that a follow which read something resets: a node
-// that serves no log, or a container the kubelet is slow to start, is not asked once a second
-// for as long as the pod runs. The pod ending ends the backoff at once.
-func (d *Driver) Mirror(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) error {
-	changed, unsubscribe := d.pods.subscribe(uid)
-	defer unsubscribe()
-	var (
-		refused   error
-		followed  bool  // a follow was tried
-		followErr error // how the last one ended
-		backoff   = followBackoff
-		retryAt   time.Time // when to follow again (zero: as soon as the main container started)
-	)
-	for {
-		pod, seen, err := d.find(ctx, uid)
-		if err != nil {
-			return err
-		}
-		if !d.state(pod).Running {
-			// Read the whole log once more when the copy may miss its end: never followed (the pod
-			// ended before this looked), a follow that failed or was cut, or the kubelet's follow
-			// ending at the container's exit before its last lines were read (the archive of a last
-			// save step and the step's result among them). Demux skips what the copy already has.
-			if mainStarted(pod) && (!followed || followErr != nil || d.cutShort(pod, dir, steps)) {
-				if _, err := d.readLog(ctx, pod, dir, steps, lim, false); errors.Is(err, toolbox.ErrRefused) {
-					refused = err
-				}
-			}
-			if err := d.terminationResults(pod, dir, steps); err != nil {
-				return err
-			}
-			return refused
-		}
-		if mainStarted(pod) && !time.Now().Before(retryAt) {
-			// Follows to the end of the log, which is usually the container's end: look at the pod
-			// again at once.
-			var read int64
-			read, followErr = d.readLog(ctx, pod, dir, steps, lim, true)
-			followed = true
-			if errors.Is(followErr, toolbox.ErrRefused) {
-				// The log was read to its end all the same; a later read reads it again.
-				refused, followErr = followErr, nil
-			}
-			if read > 0 {
-				backoff = followBackoff
-			}
-			retryAt = time.Now().Add(backoff.Step())
-			continue
-		}
-		wake := d.changesAt(pod, seen)
-		if mainStarted(pod) {
-			wake = earliest(wake, retryAt)
-		}
-		if err := await(ctx, changed, wake); err != nil {
-			return err
-		}
-	}
-}
-
 // followBackoff spaces the follows of a log that fail or end while its pod runs: 1s, doubling
 // up to 30s.
 var followBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Steps: 16, Cap: 30 * time.Second}
@@ -624,17 +560,21 @@ func mainStarted(pod *corev1.Pod) bool {
 }
 
 // readLog reads the main container's log into dir, following it while it runs when follow is set,
-// and returns how many bytes of log it read.
-func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits, follow bool) (int64, error) {
+// and returns how many bytes of log it read; began says that the log's node answered (how the
+// request began goes to the log gate).
+func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits, follow bool) (read int64, began bool, err error) {
 	req := d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: follow})
 	stream, err := req.Stream(ctx)
+	if ctx.Err() == nil {
+		d.logs.answered(pod.Spec.NodeName, err)
+	}
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer stream.Close()
 	r := &countingReader{r: stream}
 	err = toolbox.Demux(r, dir, steps, lim)
-	return r.n, err
+	return r.n, true, err
 }
 
 type countingReader struct {

@@ -91,9 +91,29 @@ func (ix *podIndex) changed(obj any) {
 	defer ix.mu.Unlock()
 	delete(ix.created, uid)
 	for ch := range ix.waiters[uid] {
-		select {
-		case ch <- struct{}{}:
-		default: // a wake-up is pending already: one look at the pod sees both changes
+		wake(ch)
+	}
+}
+
+// wake sends a wake-up on ch unless one is pending already: one look at the pod sees both changes.
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// wakeNode wakes the waits on the tasks whose pods are on node (its logs can be read again). It
+// is rare, once per outage of a node: a walk over the waits will do.
+func (ix *podIndex) wakeNode(node string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for uid, chans := range ix.waiters {
+		if pods := ix.cachedPods(uid); len(pods) == 0 || pods[0].Spec.NodeName != node {
+			continue
+		}
+		for ch := range chans {
+			wake(ch)
 		}
 	}
 }
@@ -101,7 +121,7 @@ func (ix *podIndex) changed(obj any) {
 // subscribe returns a channel that receives when task uid's pod changes (changes in a row may
 // come as one), and the func that ends the subscription. Subscribe before looking at the pod, so
 // that no change between the look and the wait is missed.
-func (ix *podIndex) subscribe(uid string) (<-chan struct{}, func()) {
+func (ix *podIndex) subscribe(uid string) (chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
@@ -191,7 +211,7 @@ func (d *Driver) pod(ctx context.Context, uid string) (*corev1.Pod, error) {
 }
 
 // Lookups is how many times the driver looked up a task's pod: every Inspect and Stop, and every
-// wake-up of a task's Wait or Mirror. Divided by the tasks run, it says what following a task
+// wake-up of a task's Wait or Following. Divided by the tasks run, it says what following a task
 // costs; it stays flat however many tasks run at once.
 func (d *Driver) Lookups() uint64 { return d.pods.lookups.Load() }
 

@@ -1,0 +1,151 @@
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"runservice.dev/runservice/executor"
+	"runservice.dev/runservice/executor/toolbox"
+)
+
+// Follow implements executor.Follower: the runner's goroutine looks at the pod when the pod index
+// says it changed; the main container's log (the toolbox's frames become the step logs, results
+// and archives) is read by a goroutine of its own only while a request for it is under way.
+//
+// It costs one request per task when all goes well: the log is followed once the main container
+// started, and read once more only when the pod ended and the copy may miss its end (never
+// followed, a follow that failed or was cut, or the kubelet's follow ending at the container's
+// exit before its last lines were read). A follow that fails, or ends while the pod still runs,
+// is tried again after a backoff (followBackoff) that a follow which read something resets; a
+// node that does not answer closes the node's log gate, so that its other pods wait for one
+// probe instead of asking each (logGate). The pod ending ends the waits at once. A follow cut off
+// is followed again from what the kubelet still has, which after a rotation of the container's
+// log is only its tail: the step logs are appended to by offset (toolbox.Demux), so what was
+// copied stays and nothing is written twice. Once the container ended, the step results of its
+// termination message fill in what the log did not bring.
+func (d *Driver) Follow(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) executor.Following {
+	f := &podFollow{d: d, uid: uid, dir: dir, steps: steps, lim: lim, backoff: followBackoff, copied: make(chan copyResult, 1)}
+	f.changed, f.unsubscribe = d.pods.subscribe(uid)
+	f.ctx, f.cancel = context.WithCancel(ctx)
+	return f
+}
+
+// podFollow is one task's pod followed by its runner.
+type podFollow struct {
+	d     *Driver
+	uid   string
+	dir   string
+	steps int
+	lim   toolbox.Limits
+
+	changed     chan struct{}
+	unsubscribe func()
+	ctx         context.Context // the copies'
+	cancel      context.CancelFunc
+
+	copying  bool // a read of the log is under way; it sends on copied, then wakes changed
+	copied   chan copyResult
+	lastRead bool  // the read of the ended pod's log was begun
+	refused  error // what a read dropped (toolbox.ErrRefused)
+
+	followed  bool         // a follow was tried
+	followErr error        // how the last one ended
+	backoff   wait.Backoff // the task's own, for follows that end or fail while the node answers
+	retryAt   time.Time    // when to follow again (zero: as soon as the container started and the node's gate is open)
+}
+
+type copyResult struct {
+	follow bool
+	read   int64
+	began  bool
+	err    error
+}
+
+var _ executor.Following = (*podFollow)(nil)
+
+func (f *podFollow) Changed() <-chan struct{} { return f.changed }
+
+func (f *podFollow) Close() {
+	f.cancel()
+	f.unsubscribe()
+}
+
+// Look implements executor.Following.
+func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
+	select {
+	case c := <-f.copied:
+		f.copying = false
+		f.took(c)
+	default:
+	}
+	pod, seen, err := f.d.find(ctx, f.uid)
+	if err != nil {
+		return executor.Seen{}, err
+	}
+	st := f.d.state(pod)
+	if !st.Running {
+		if f.copying {
+			return executor.Seen{State: st}, nil // its end wakes the runner
+		}
+		if !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.d.cutShort(pod, f.dir, f.steps)) {
+			// Demux skips what the copy already has.
+			f.lastRead = true
+			f.read(pod, false)
+			return executor.Seen{State: st}, nil
+		}
+		if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
+			return executor.Seen{State: st, Done: true, Copied: err}, nil
+		}
+		return executor.Seen{State: st, Done: true, Copied: f.refused}, nil
+	}
+	at := f.d.changesAt(pod, seen)
+	switch {
+	case !mainStarted(pod) || f.copying:
+	case time.Now().Before(f.retryAt):
+		at = earliest(at, f.retryAt)
+	default:
+		if ok, open := f.d.logs.mayFollow(pod.Spec.NodeName); !ok {
+			at = earliest(at, open)
+		} else {
+			f.read(pod, true)
+		}
+	}
+	return executor.Seen{State: st, At: at, Quiet: !f.copying}, nil
+}
+
+// read reads the pod's log into the task's directory in a goroutine of its own, following it when
+// follow is set; its end wakes the runner.
+func (f *podFollow) read(pod *corev1.Pod, follow bool) {
+	f.copying = true
+	go func() {
+		read, began, err := f.d.readLog(f.ctx, pod, f.dir, f.steps, f.lim, follow)
+		f.copied <- copyResult{follow: follow, read: read, began: began, err: err}
+		wake(f.changed)
+	}()
+}
+
+// took records how a read of the log ended.
+func (f *podFollow) took(c copyResult) {
+	if errors.Is(c.err, toolbox.ErrRefused) {
+		// The log was read to its end all the same; a later read reads it again.
+		f.refused, c.err = c.err, nil
+	}
+	if !c.follow {
+		return
+	}
+	f.followed, f.followErr = true, c.err
+	switch {
+	case !c.began && nodeTrouble(c.err):
+		// The node did not answer: its gate, closed now, says when to try again.
+		f.retryAt = time.Time{}
+	default:
+		if c.read > 0 {
+			f.backoff = followBackoff
+		}
+		f.retryAt = time.Now().Add(f.backoff.Step())
+	}
+}

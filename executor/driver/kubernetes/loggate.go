@@ -1,0 +1,104 @@
+package kubernetes
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// logGate spaces the log follows of the pods of a node whose logs cannot be read (issue 10: each
+// task retried its own follow with a backoff, so a node that serves no log, a kubelet restarting or
+// a node gone, cost every running task a request per backoff step). The kubelet serves every log of
+// its node: when a follow fails for want of the node (the apiserver could not reach it: an error
+// of 500 or more, or no answer), the node's other pods do not ask until the node is probed again,
+// by one follow, after a backoff of its own (followBackoff); a follow that the node answers opens
+// the gate and wakes the pods waiting on it, so their logs are followed again at once. A task's
+// log is still read whole once its pod ended (Follow), so the gate only delays the live view: a
+// waiting pod looks again at the latest when the probe under way may have given up (probeWait, the
+// backoff's cap), as a task's own backoff did.
+type logGate struct {
+	mu    sync.Mutex
+	nodes map[string]*nodeLogs
+	// opened is called, outside the lock, with a node whose log serving came back.
+	opened func(node string)
+	now    func() time.Time
+}
+
+// nodeLogs is what the gate knows of a node whose logs could not be read.
+type nodeLogs struct {
+	backoff wait.Backoff
+	retryAt time.Time // when one follow may probe the node again
+	// probeUntil, past retryAt, is while that follow is under way: its outcome opens the gate or
+	// moves retryAt; one that never reports (its task ended first) lets another probe after it.
+	probeUntil time.Time
+}
+
+func newLogGate(opened func(node string)) *logGate {
+	return &logGate{nodes: map[string]*nodeLogs{}, opened: opened, now: time.Now}
+}
+
+// mayFollow says whether a pod on node may follow its log now; when it may not, at is when to
+// ask again (a follow that the node answers meanwhile wakes the node's waiters through opened).
+// A caller it lets through on a closed gate is the node's probe: it must report how its follow
+// began (answered).
+func (g *logGate) mayFollow(node string) (ok bool, at time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n, now := g.nodes[node], g.now()
+	switch {
+	case n == nil:
+		return true, time.Time{}
+	case now.Before(n.retryAt):
+		return false, n.retryAt
+	case now.Before(n.probeUntil):
+		return false, n.probeUntil
+	}
+	n.probeUntil = now.Add(probeWait)
+	return true, time.Time{}
+}
+
+// answered records how a follow of a pod on node began: err is the request's error (nil: the
+// node answered and the log streams).
+func (g *logGate) answered(node string, err error) {
+	if !nodeTrouble(err) {
+		g.mu.Lock()
+		_, closed := g.nodes[node]
+		delete(g.nodes, node)
+		g.mu.Unlock()
+		if closed && g.opened != nil {
+			g.opened(node)
+		}
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n, now := g.nodes[node], g.now()
+	if n == nil {
+		n = &nodeLogs{backoff: followBackoff}
+		g.nodes[node] = n
+	} else if now.Before(n.retryAt) {
+		return // a follow begun before the gate closed: the backoff under way stands
+	}
+	n.probeUntil = time.Time{}
+	n.retryAt = now.Add(n.backoff.Step())
+}
+
+// probeWait is how long a probe of a closed gate may take to report before another is let through.
+var probeWait = followBackoff.Cap
+
+// nodeTrouble says whether a log request's error is the node's (or the way to it): the apiserver
+// could not get an answer from the kubelet, or the request got none. An error the kubelet or the
+// apiserver answered about the pod (4xx: a container not started yet, a pod gone, throttling) says
+// the node serves logs.
+func nodeTrouble(err error) bool {
+	if err == nil {
+		return false
+	}
+	if status, ok := err.(apierrors.APIStatus); ok || errors.As(err, &status) {
+		return status.Status().Code >= 500
+	}
+	return true
+}
