@@ -75,6 +75,10 @@ func TestAFanOutScheduledAtItsParentsEndRidesOnTheNextWrite(t *testing.T) {
 			folded++
 		}
 	}
+	// No conflict: neither a run's status written from a stale copy, nor an ExecutorTask created
+	// again (answered AlreadyExists, then adopted) because the cache had not shown it yet while the
+	// run's status did not say it either (the live read of a task scheduled by a write that waits
+	// is what the engine acts on).
 	if folded == 0 || w.total > 3*runs || len(w.conflicts) > 0 {
 		t.Fatalf("the manager wrote run statuses %d times for %d runs (%d written twice or less, want some; at most %d in all), with %d conflicts %v; its writes of runs:\n%s",
 			w.total, runs, folded, 3*runs, len(w.conflicts), w.conflicts, strings.Join(w.runWrites, "\n"))
@@ -119,7 +123,8 @@ func TestATaskWhoseExecutorTaskIsDeletedBeforeTheRunSaysItWasScheduledIsNotSched
 	}
 }
 
-// statusWrites is what the manager wrote of a namespace's runs, as the apiserver answered.
+// statusWrites is what the manager wrote of a namespace's runs, as the apiserver answered, and its
+// conflicts (409s on any object).
 type statusWrites struct {
 	total                int
 	perRun               map[string]int

@@ -210,7 +210,7 @@ func (r *RunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	// Tasks scheduled may wait to be written (deferWrite), with no other decision: none refused,
 	// none stopped.
 	if len(noExecutor) == 0 && !nameTaken && len(out.Stop) == 0 {
-		if wait := r.deferWrite(client.ObjectKeyFromObject(run), old, &run.Status, r.fetchesAwaited(run, tasks)); wait > 0 {
+		if wait := r.deferWrite(client.ObjectKeyFromObject(run), run.UID, old, &run.Status, r.fetchesAwaited(run, tasks)); wait > 0 {
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
 	}
@@ -346,17 +346,13 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 	tasks := map[string]*rsv1.ExecutorTask{}
 	states := map[string]dag.ExecutorTaskState{}
 	executors := map[string]*rsv1.Executor{}
-	for i := range list.Items {
-		et := &list.Items[i]
-		if !metav1.IsControlledBy(et, run) {
-			continue // a task of an earlier run of the same name
-		}
+	add := func(et *rsv1.ExecutorTask) error {
 		ex, ok := executors[et.Spec.Executor]
 		if !ok {
 			ex = &rsv1.Executor{}
 			if err := r.Client.Get(ctx, types.NamespacedName{Namespace: run.Namespace, Name: et.Spec.Executor}, ex, client.UnsafeDisableDeepCopy); err != nil {
 				if !apierrors.IsNotFound(err) {
-					return nil, nil, fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
+					return fmt.Errorf("reading executor %s: %w", et.Spec.Executor, err)
 				}
 				ex = nil
 			}
@@ -374,11 +370,21 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 			Fetched:         fetched,
 			MissingArchives: missing,
 		}
+		return nil
+	}
+	for i := range list.Items {
+		et := &list.Items[i]
+		if !metav1.IsControlledBy(et, run) {
+			continue // a task of an earlier run of the same name
+		}
+		if err := add(et); err != nil {
+			return nil, nil, err
+		}
 	}
 	// A task the status says was scheduled (or a write that waits does: scheduledUnwritten), whose
 	// ExecutorTask is not in the cache: either the cache lags behind its creation, or someone
 	// deleted it (which makes its executor stop it).
-	unwritten := r.scheduledUnwritten(client.ObjectKeyFromObject(run))
+	unwritten := r.scheduledUnwritten(client.ObjectKeyFromObject(run), run.UID)
 	for _, ts := range run.Status.Tasks {
 		where := scheduledTask{executorTask: ts.ExecutorTask, executor: ts.Executor}
 		if where.executorTask == "" {
@@ -399,9 +405,15 @@ func (r *RunReconciler) executorTasks(ctx context.Context, run *rsv1.Run) (map[s
 			return nil, nil, fmt.Errorf("reading executor task %s: %w", where.executorTask, err)
 		default:
 			// Not in the cache: the cache lags behind its creation, or it is labelled with
-			// another shard.
+			// another shard. What it says is what the run acts on meanwhile: a run stopped now
+			// stops it, and it is not scheduled again.
 			if err := r.followRun(ctx, et); err != nil {
 				return nil, nil, err
+			}
+			if metav1.IsControlledBy(et, run) && et.Spec.TaskName == ts.Name {
+				if err := add(et); err != nil {
+					return nil, nil, err
+				}
 			}
 		}
 	}

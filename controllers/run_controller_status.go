@@ -17,17 +17,20 @@ type heldWrite struct {
 	// ready and ends nothing (ProgressDelay); finishing: the run is final, with fetches of its
 	// tasks under way (FinishWait).
 	reported, ended, finishing time.Time
-	// scheduled are the tasks scheduled since the run's last write, by name: until a write records
-	// them, a task whose ExecutorTask is gone meanwhile is one that ran, not one to schedule.
-	scheduled map[string]scheduledTask
+	// scheduled are the tasks scheduled since the run's last write (the first at scheduledAt), by
+	// name, of the run with uid: until a write records them, a task whose ExecutorTask is gone
+	// meanwhile is one that ran, not one to schedule.
+	scheduled   map[string]scheduledTask
+	scheduledAt time.Time
+	uid         types.UID
 }
 
 // scheduledTask is where a task was scheduled: its ExecutorTask and executor.
 type scheduledTask struct{ executorTask, executor string }
 
 // deferWrite says how long the write of a run's new status may wait, 0 to write now. What the run
-// decided that only its status says (its phase, its conditions, tasks skipped or stopped) is
-// written at once. What its tasks report waits, so that the next write carries it, or a burst of
+// decided that only its status says (its phase, its conditions, tasks stopped) is written at once;
+// a task skipped waits like an end (every reconcile decides it again from its parents). What its tasks report waits, so that the next write carries it, or a burst of
 // reports is written once:
 //   - a task's start, its steps' progress and a fetch's outcome, until StartDelay after the first
 //     of them was seen: a task that ends sooner is recorded Running in the run only by the
@@ -42,7 +45,7 @@ type scheduledTask struct{ executorTask, executor string }
 //
 // and the run's end waits, up to FinishWait, while fetchesAwaited: the outcomes of its tasks'
 // fetches then ride on that last write instead of a write of their own after it.
-func (r *RunReconciler) deferWrite(key types.NamespacedName, old, status *rsv1.RunStatus, fetchesAwaited bool) time.Duration {
+func (r *RunReconciler) deferWrite(key types.NamespacedName, uid types.UID, old, status *rsv1.RunStatus, fetchesAwaited bool) time.Duration {
 	if equality.Semantic.DeepEqual(old, status) {
 		return 0
 	}
@@ -57,8 +60,8 @@ func (r *RunReconciler) deferWrite(key types.NamespacedName, old, status *rsv1.R
 		r.held = map[types.NamespacedName]*heldWrite{}
 	}
 	h := r.held[key]
-	if h == nil {
-		h = &heldWrite{}
+	if h == nil || h.uid != uid {
+		h = &heldWrite{uid: uid} // what a run of the same name held before is not this run's
 		r.held[key] = h
 	}
 	since := func(t *time.Time) time.Time {
@@ -73,6 +76,7 @@ func (r *RunReconciler) deferWrite(key types.NamespacedName, old, status *rsv1.R
 				h.scheduled = map[string]scheduledTask{}
 			}
 			h.scheduled[ts.Name] = scheduledTask{executorTask: ts.ExecutorTask, executor: ts.Executor}
+			since(&h.scheduledAt)
 		}
 	}
 	var until time.Time
@@ -85,15 +89,23 @@ func (r *RunReconciler) deferWrite(key types.NamespacedName, old, status *rsv1.R
 				until = ended
 			}
 		}
+		// Tasks scheduled wait no longer than an end (an approval or a workspace's fetch can
+		// schedule one with no task ending).
+		if !h.scheduledAt.IsZero() {
+			if scheduled := h.scheduledAt.Add(r.Options.ProgressDelay); scheduled.Before(until) {
+				until = scheduled
+			}
+		}
 	}
 	return until.Sub(now)
 }
 
-// scheduledUnwritten returns the tasks of a run scheduled by a write that waits (deferWrite).
-func (r *RunReconciler) scheduledUnwritten(key types.NamespacedName) map[string]scheduledTask {
+// scheduledUnwritten returns the tasks of the run with uid scheduled by a write that waits
+// (deferWrite).
+func (r *RunReconciler) scheduledUnwritten(key types.NamespacedName, uid types.UID) map[string]scheduledTask {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h := r.held[key]; h != nil && len(h.scheduled) > 0 {
+	if h := r.held[key]; h != nil && h.uid == uid && len(h.scheduled) > 0 {
 		return maps.Clone(h.scheduled)
 	}
 	return nil

@@ -26,17 +26,26 @@ func TestAnEndThatSchedulesWaitsLikeAnyEnd(t *testing.T) {
 	bScheduled := b
 	bScheduled.ExecutorTask, bScheduled.Executor = "run-b", "ex"
 
-	wait := r.deferWrite(key, running(a, b), running(aDone, bScheduled), false)
+	wait := r.deferWrite(key, "uid", running(a, b), running(aDone, bScheduled), false)
 	if wait <= 0 || wait > time.Second {
 		t.Fatalf("a's end with b scheduled waits %s, want up to ProgressDelay (1s)", wait)
 	}
-	if got := r.scheduledUnwritten(key)["b"]; got.executorTask != "run-b" || got.executor != "ex" {
+	if got := r.scheduledUnwritten(key, "uid")["b"]; got.executorTask != "run-b" || got.executor != "ex" {
 		t.Fatalf("b scheduled is remembered as %+v until the write", got)
 	}
+	if got := r.scheduledUnwritten(key, "another-uid"); got != nil {
+		t.Fatalf("a run created again under the name is told %v scheduled, its predecessor's", got)
+	}
 	r.written(key)
-	if got := r.scheduledUnwritten(key); got != nil {
+	if got := r.scheduledUnwritten(key, "uid"); got != nil {
 		t.Fatalf("written, the run still remembers %v scheduled", got)
 	}
+
+	// A task scheduled with no task ending (an approval) waits no longer than an end.
+	if wait := r.deferWrite(key, "uid", running(aDone, b), running(aDone, bScheduled), false); wait <= 0 || wait > time.Second {
+		t.Fatalf("b scheduled alone waits %s, want up to ProgressDelay (1s)", wait)
+	}
+	r.written(key)
 
 	bSkipped := b
 	bSkipped.Phase = rsv1.TaskPhaseSkipped
@@ -49,7 +58,7 @@ func TestAnEndThatSchedulesWaitsLikeAnyEnd(t *testing.T) {
 			return running(moved)
 		}()},
 	} {
-		if wait := r.deferWrite(key, c.old, c.new, false); wait != 0 {
+		if wait := r.deferWrite(key, "uid", c.old, c.new, false); wait != 0 {
 			t.Errorf("%s: waits %s, want written at once", name, wait)
 		}
 	}
