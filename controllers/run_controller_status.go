@@ -30,8 +30,8 @@ type scheduledTask struct{ executorTask, executor string }
 
 // deferWrite says how long the write of a run's new status may wait, 0 to write now. What the run
 // decided that only its status says (its phase, its conditions, tasks stopped) is written at once;
-// a task skipped waits like an end (every reconcile decides it again from its parents). What its tasks report waits, so that the next write carries it, or a burst of
-// reports is written once:
+// a task skipped waits like an end (every reconcile decides it again from its parents). What its
+// tasks report waits, so that the next write carries it, or a burst of reports is written once:
 //   - a task's start, its steps' progress and a fetch's outcome, until StartDelay after the first
 //     of them was seen: a task that ends sooner is recorded Running in the run only by the
 //     write of its end (the ExecutorTask says Running meanwhile), as the executors'
@@ -155,13 +155,9 @@ func reportOnly(old, status *rsv1.RunStatus) bool {
 
 // tasksEnded reports whether a task not final in old is final in status.
 func tasksEnded(old, status *rsv1.RunStatus) bool {
-	for _, ts := range status.Tasks {
-		j := slices.IndexFunc(old.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == ts.Name })
-		if ts.Phase.IsFinal() && (j < 0 || !old.Tasks[j].Phase.IsFinal()) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(status.Tasks, func(ts rsv1.TaskStatus) bool {
+		return ts.Phase.IsFinal() && !taskIn(old, ts.Name).Phase.IsFinal()
+	})
 }
 
 // fetchesAwaited reports whether a task of run ended on its executor and the outcome of its fetch

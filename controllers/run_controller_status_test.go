@@ -11,8 +11,8 @@ import (
 
 // TestAnEndThatSchedulesWaitsLikeAnyEnd: a task's end that makes others ready, scheduled (their
 // ExecutorTasks say it), may wait ProgressDelay for the run's next write, as an end that decides
-// nothing does; the tasks scheduled are remembered until the write. The run's phase, conditions,
-// and a task made final without an ExecutorTask of its own are still written at once.
+// nothing does; the tasks scheduled are remembered until the write, for this run's uid only. A
+// change of the run's phase, or of where a task was scheduled, is still written at once.
 func TestAnEndThatSchedulesWaitsLikeAnyEnd(t *testing.T) {
 	r := &RunReconciler{Options: Options{StartDelay: 5 * time.Second, ProgressDelay: time.Second, FinishWait: 300 * time.Millisecond}}
 	key := types.NamespacedName{Namespace: "ns", Name: "run"}

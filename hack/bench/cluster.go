@@ -749,13 +749,7 @@ func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
 			clusterComplete, percentile(r, 0.1).Seconds(), percentile(r, 0.5).Seconds(), percentile(r, 0.9).Seconds(),
 			100*float64(longer)/float64(len(r)), runningStatusDelay)
 	}
-	parts = parts[:0]
-	for _, c := range clusterComponents {
-		if d, ok := p.usage.cpu[c]; ok {
-			parts = append(parts, fmt.Sprintf("%s %.1fms", c, float64(d.Milliseconds())/float64(p.runs)))
-		}
-	}
-	fmt.Fprintf(out, "  CPU per run: %s\n", strings.Join(parts, ", "))
+	fmt.Fprintf(out, "  CPU per run: %s\n", cpuPer(p.usage, p.runs))
 	if raw.usage != nil {
 		// What a run costs beyond its pods: the same pods, raw, cost this much each.
 		pods := len(benchTasks())
