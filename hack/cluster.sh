@@ -29,13 +29,14 @@ export POD_SUBNET
 S3_PORT=${S3_PORT:-7070}
 S3_SECRET=${S3_SECRET:-runservice-local-secret}
 
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 # start NAME CMD...: runs CMD in the background with its log and pid file in the state dir.
 start() {
   local name=$1; shift
-  setsid "$@" >"$state/$name.log" 2>&1 </dev/null &
+  daemon "$@" >"$state/$name.log" 2>&1
   echo $! > "$state/$name.pid"
 }
 

@@ -4,6 +4,7 @@
 # Also builds the local busybox image that tests and samples use (no registry is reachable).
 set -euo pipefail
 
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 log() { echo "docker: $*" >&2; }
 
 if ! docker version >/dev/null 2>&1; then
@@ -15,8 +16,8 @@ if ! docker version >/dev/null 2>&1; then
   fi
   if ! docker version >/dev/null 2>&1; then
     log "starting dockerd (log: /var/log/runservice-dockerd.log)"
-    nohup dockerd --host unix:///var/run/docker.sock --exec-opt native.cgroupdriver=cgroupfs \
-      >/var/log/runservice-dockerd.log 2>&1 &
+    daemon dockerd --host unix:///var/run/docker.sock --exec-opt native.cgroupdriver=cgroupfs \
+      >/var/log/runservice-dockerd.log 2>&1
     for _ in $(seq 1 60); do
       docker version >/dev/null 2>&1 && break
       sleep 0.5

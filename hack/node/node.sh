@@ -47,6 +47,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 data_dir=${XDG_DATA_HOME:-$HOME/.local/share}
 cache="$data_dir/runservice/node/k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION-$(go env GOOS 2>/dev/null || echo linux)-$(go env GOARCH 2>/dev/null || echo amd64)"
 
+. "$here/../lib.sh"
 log() { echo "node: $*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -339,8 +340,8 @@ TOML
 }
 JSON
   log "starting containerd (log: $state/containerd.log)"
-  PATH="$cache/bin:$PATH" setsid "$cache/bin/containerd" --config "$cd/config.toml" \
-    >"$state/containerd.log" 2>&1 </dev/null &
+  PATH="$cache/bin:$PATH" daemon "$cache/bin/containerd" --config "$cd/config.toml" \
+    >"$state/containerd.log" 2>&1
   echo $! > "$state/containerd.pid"
   for _ in $(seq 1 100); do
     "$cache/bin/ctr" --address "$sock" version >/dev/null 2>&1 && break
@@ -391,9 +392,9 @@ fileCheckFrequency: 5s
 resolvConf: /etc/resolv.conf
 YAML
   log "starting kubelet as node $NODE_NAME (node IP $node_ip, listening on $bind_ip:$KUBELET_PORT; log: $state/kubelet.log)"
-  setsid "$cache/bin/kubelet" --config "$state/kubelet-config.yaml" --kubeconfig "$state/kubeconfig" \
+  daemon "$cache/bin/kubelet" --config "$state/kubelet-config.yaml" --kubeconfig "$state/kubeconfig" \
     --root-dir "$state/kubelet" --hostname-override "$NODE_NAME" --node-ip "$node_ip" -v 2 \
-    >"$state/kubelet.log" 2>&1 </dev/null &
+    >"$state/kubelet.log" 2>&1
   echo $! > "$state/kubelet.pid"
   local kt0ns
   kt0ns=$(date +%s%N)
