@@ -195,7 +195,7 @@ func newShardedGroupRuns(ctx context.Context, mgr ctrl.Manager) (*shardedGroupRu
 	}}); err != nil {
 		return nil, fmt.Errorf("watching runs' metadata: %w", err)
 	}
-	if err := mgr.Add(c); err != nil {
+	if err := mgr.Add(replicaCache{c}); err != nil {
 		return nil, err
 	}
 	return s, nil

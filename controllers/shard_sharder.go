@@ -403,6 +403,12 @@ type leaderCache struct{ cache.Cache }
 
 func (leaderCache) NeedLeaderElection() bool { return true }
 
+// replicaCache runs a cache on every replica. Say it: a cache of cache.New with ByObject does not,
+// and the manager starts such a runnable on its leader only.
+type replicaCache struct{ cache.Cache }
+
+func (replicaCache) NeedLeaderElection() bool { return false }
+
 // SetupWithManager registers the sharder, its cache of unlabelled runs and its reconciler of them,
 // all on the leader.
 func (s *Sharder) SetupWithManager(mgr ctrl.Manager) error {

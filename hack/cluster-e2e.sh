@@ -287,5 +287,11 @@ for ns in runservice-system default; do
   done
 done
 log "every emptyDir of the manager and the executors has a sizeLimit"
+# 7. No manager replica restarted: a replica that does not lead runs its share (a cache it needs
+#    started on the leader only once made every other replica exit after two minutes).
+restarts=$(kubectl -n runservice-system get pods -l app.kubernetes.io/name=runservice-manager \
+  -o jsonpath='{range .items[*]}{.metadata.name}={.status.containerStatuses[0].restartCount}{"\n"}{end}' | grep -v '=0$' || true)
+[ -z "$restarts" ] || fail "manager replicas restarted: $restarts"
+log "no manager replica restarted ($((SECONDS - t0)) s)"
 
 log "PASS in $((SECONDS - t0)) s"

@@ -720,3 +720,68 @@ func TestARunLabelledWithADepartedMemberIsPlaced(t *testing.T) {
 		return run.Status.Phase == rsv1.RunPhaseFinished, err
 	})
 }
+
+// TestAGroupOwnedByAReplicaThatDoesNotLeadStartsItsQueuedRuns: two replicas with leader election,
+// as deployed; a change group that the ring gives the replica that does not lead, with
+// maxActiveRuns 1 and two runs. When the first ends, the group's owner starts the second: the
+// changegroup controller, with the metadata informer it needs, works on every replica, not on the
+// leader only.
+func TestAGroupOwnedByAReplicaThatDoesNotLeadStartsItsQueuedRuns(t *testing.T) {
+	ring, ns := newNamespace(t, "ring"), newNamespace(t, "runs")
+	testenv.StartFakeExecutor(t, k8s, ns, "fake")
+	members := []string{"replica-a", "replica-b"}
+	for i, me := range members {
+		stop, err := env.StartManager(sharded(ring, me, i == 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+	}
+	dropRunsAtEnd(t, ns)
+	ctx := context.Background()
+	var leader string
+	eventually(t, 30*time.Second, "a replica leads", func() (bool, error) {
+		var l coordinationv1.Lease
+		err := k8s.Get(ctx, types.NamespacedName{Namespace: ring, Name: "runservice-manager.runservice.dev"}, &l)
+		if err == nil && l.Spec.HolderIdentity != nil {
+			leader, _, _ = strings.Cut(*l.Spec.HolderIdentity, "/") // the member's identity: name/suffix
+		}
+		return leader != "", client.IgnoreNotFound(err)
+	})
+	follower := members[0]
+	if leader == follower {
+		follower = members[1]
+	}
+	both := shard.NewRing(members...)
+	group := ""
+	for i := 0; group == ""; i++ {
+		if g := fmt.Sprintf("group-%d", i); both.Owner(shard.Key(ns, g)) == follower {
+			group = g
+		}
+	}
+	cg := &rsv1.ChangeGroup{ObjectMeta: metav1.ObjectMeta{Name: group, Namespace: ns}, Spec: rsv1.ChangeGroupSpec{MaxActiveRuns: ptr.To[int32](1)}}
+	if err := k8s.Create(ctx, cg); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"first", "second"} {
+		run := twoTaskRun(ns, name)
+		run.Spec.ChangeGroups = []string{group}
+		if err := k8s.Create(ctx, run); err != nil {
+			t.Fatal(err)
+		}
+	}
+	playExecutor(t, ns)
+	eventually(t, time.Minute, fmt.Sprintf("both runs of %s (owned by %s, %s leads) finished", group, follower, leader), func() (bool, error) {
+		var runs rsv1.RunList
+		if err := k8s.List(ctx, &runs, client.InNamespace(ns)); err != nil {
+			return false, err
+		}
+		finished := 0
+		for _, r := range runs.Items {
+			if r.Status.Phase == rsv1.RunPhaseFinished {
+				finished++
+			}
+		}
+		return finished == 2, nil
+	})
+}
