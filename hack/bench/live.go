@@ -9,12 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/shard"
 	"runservice.dev/runservice/internal/testenv"
 	"runservice.dev/runservice/pkg/client/clientset/versioned"
 )
@@ -37,9 +39,15 @@ const livePrefix = "live-"
 
 // liveSample is what one look at the processes read.
 type liveSample struct {
-	// managerAnon is the part of managerRSS that is the process's own memory (RssAnon), not pages
-	// of its binary and other files mapped (RssFile: clean, shared, reclaimable).
-	managerRSS, managerAnon, managerHeap, apiserverRSS, etcdRSS int64
+	managers              []managerSample // one per replica
+	apiserverRSS, etcdRSS int64
+}
+
+// managerSample is one manager replica's memory.
+type managerSample struct {
+	// anon is the part of rss that is the process's own memory (RssAnon), not pages of its binary
+	// and other files mapped (RssFile: clean, shared, reclaimable).
+	rss, anon, heap int64
 }
 
 func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
@@ -52,20 +60,15 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	var args []string
-	if b.shards == "auto" {
-		ring, err := newNamespace(ctx, b.kube, "bench-live-ring-"+b.suffix)
-		if err != nil {
-			return err
+	mgrs, members, err := b.startManagers(ctx, pd)
+	defer func() {
+		for _, m := range mgrs {
+			m.stop(15 * time.Second)
 		}
-		args = append(args, "--shards", "auto", "--shard-identity", "live-0", "--namespace", ring,
-			"--leader-elect", "--leader-election-namespace", ring)
-	}
-	mgr, err := startObservedManager(b.env, pd, args...)
+	}()
 	if err != nil {
 		return err
 	}
-	defer mgr.stop(15 * time.Second)
 
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -87,14 +90,22 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	mode := "--shards=off"
-	if b.shards == "auto" {
-		mode = "one replica of --shards=auto (the default)"
+	if len(members) > 1 {
+		if err := waitRing(ctx, sub, ns, shard.NewRing(members...)); err != nil {
+			return err
+		}
 	}
-	fmt.Fprintf(out, "\nlive runs (issue 10: manager RSS < 200 MiB with 10,000 live runs): %d runs of %s, a ended and b and c held Running by %d fake executors, so every run is live with 3 ExecutorTasks; the manager a process of its own, %s, default options; memory read when the manager is idle, the heap in use after a GC (its heap profile with gc=1)\n",
+	mode := "--shards=off"
+	switch {
+	case len(mgrs) > 1:
+		mode = fmt.Sprintf("%d replicas of --shards=auto, each a process of its own", len(mgrs))
+	case b.shards == "auto":
+		mode = "one replica of --shards=auto (the default), a process of its own"
+	}
+	fmt.Fprintf(out, "\nlive runs (issue 10: manager RSS < 200 MiB with 10,000 live runs): %d runs of %s, a ended and b and c held Running by %d fake executors, so every run is live with 3 ExecutorTasks; the manager %s, default options; memory read when the manager is idle, the heap in use after a GC (its heap profile with gc=1)\n",
 		b.runs, runShape, b.executors, mode)
 
-	look := &liveLook{manager: mgr, dir: b.profile}
+	look := &liveLook{managers: mgrs, dir: b.profile}
 	if err := look.settle(ctx); err != nil {
 		return err
 	}
@@ -102,7 +113,9 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	_ = mgr.resetPeak() // else the peak counts from the start
+	for _, m := range mgrs {
+		_ = m.resetPeak() // else the peak counts from the start
+	}
 
 	start := time.Now()
 	submitted := make(chan error, 1)
@@ -115,8 +128,6 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 				return err
 			}
 			submitted = nil
-		case <-mgr.exited:
-			return fmt.Errorf("the manager exited: %v", mgr.err)
 		case <-ctx.Done():
 			t.mu.Lock()
 			n := len(live)
@@ -130,6 +141,13 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 		if failed != nil {
 			return failed
 		}
+		for _, m := range mgrs {
+			select {
+			case <-m.exited:
+				return fmt.Errorf("the manager %s exited: %v", m.name, m.err)
+			default:
+			}
+		}
 		for _, ex := range exs {
 			if err := ex.failure(); err != nil {
 				return err
@@ -137,12 +155,15 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 		}
 		done = n == b.runs
 		if time.Since(lastReport) >= 10*time.Second {
-			fmt.Fprintf(os.Stderr, "  ... live: %d/%d runs live, manager RSS %.0f MiB\n", n, b.runs, mibf(mgr.rss()))
+			fmt.Fprintf(os.Stderr, "  ... live: %d/%d runs live, manager RSS %s\n", n, b.runs, look.rss())
 			lastReport = time.Now()
 		}
 	}
 	took := time.Since(start)
-	peak := mgr.peakRSS()
+	peak := make([]int64, len(mgrs))
+	for i, m := range mgrs {
+		peak[i] = m.peakRSS()
+	}
 	if err := look.settle(ctx); err != nil {
 		return err
 	}
@@ -150,8 +171,47 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	printLive(out, b.runs, took, idle, full, peak, b.profile)
+	printLive(out, b.runs, members, took, idle, full, peak, b.profile)
 	return nil
+}
+
+// startManagers starts the manager: b.replicas processes, members of one ring (the first is the
+// webhook's and the leader), or one unsharded. It returns those it started, also on an error.
+func (b *liveBench) startManagers(ctx context.Context, pd *procDir) (mgrs []*observedManager, members []string, _ error) {
+	if b.shards == "off" {
+		m, err := startObservedManager(b.env, pd)
+		if err != nil {
+			return nil, nil, err
+		}
+		return []*observedManager{m}, nil, nil
+	}
+	ring, err := newNamespace(ctx, b.kube, "bench-live-ring-"+b.suffix)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range b.replicas {
+		member := fmt.Sprintf("live-%d", i)
+		args := []string{"--shards", "auto", "--shard-identity", member, "--namespace", ring,
+			"--leader-elect", "--leader-election-namespace", ring}
+		name := "manager"
+		if b.replicas > 1 {
+			name = member
+		}
+		if i > 0 {
+			args = append(args, "--webhook-port", "0")
+		}
+		m, err := startObservedReplica(b.env, pd, name, args...)
+		if err != nil {
+			return mgrs, members, err
+		}
+		mgrs, members = append(mgrs, m), append(members, member)
+		if i == 0 && b.replicas > 1 {
+			if err := waitLeader(ctx, b.kube, ring, m.proc); err != nil {
+				return mgrs, members, err
+			}
+		}
+	}
+	return mgrs, members, nil
 }
 
 // isLive says whether the run's status shows what the scenario holds it at: a ended, b and c Running.
@@ -205,91 +265,126 @@ func (b *liveBench) submit(ctx context.Context, c versioned.Interface, ns string
 
 // liveLook reads the processes' memory.
 type liveLook struct {
-	manager *observedManager
-	dir     string // where heap profiles go ("": nowhere)
+	managers []*observedManager
+	dir      string // where heap profiles go ("": nowhere)
 }
 
-// settle waits until the manager's work queues have stayed empty for 5 seconds (a minute at most):
-// its caches and controllers hold the runs, nothing is on its way.
+// settle waits until every manager's work queues have stayed empty for 5 seconds (a minute at
+// most): its caches and controllers hold the runs, nothing is on its way.
 func (l *liveLook) settle(ctx context.Context) error {
-	deadline := time.Now().Add(time.Minute)
-	quiet := 0
-	for quiet < 5 && time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-		fams, err := scrapeFamilies(ctx, l.manager.metrics)
-		if err != nil {
-			return err
-		}
-		depth, _ := labelled(fams, "workqueue_depth", nil)
-		if depth == 0 {
-			quiet++
-		} else {
-			quiet = 0
+	for _, m := range l.managers {
+		deadline := time.Now().Add(time.Minute)
+		quiet := 0
+		for quiet < 5 && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			fams, err := scrapeFamilies(ctx, m.metrics)
+			if err != nil {
+				return err
+			}
+			depth, _ := labelled(fams, "workqueue_depth", nil)
+			if depth == 0 {
+				quiet++
+			} else {
+				quiet = 0
+			}
 		}
 	}
 	return nil
 }
 
-// sample forces a GC in the manager (its heap profile with gc=1, kept as name in l.dir), then reads
-// its heap in use and every resident set.
+// sample forces a GC in each manager (its heap profile with gc=1, kept in l.dir as name, with the
+// replica's name when there are several), then reads its heap in use and every resident set.
 func (l *liveLook) sample(ctx context.Context, name string) (liveSample, error) {
-	path := os.DevNull
-	if l.dir != "" {
-		path = filepath.Join(l.dir, name)
+	var out liveSample
+	for _, m := range l.managers {
+		path := os.DevNull
+		if l.dir != "" {
+			path = filepath.Join(l.dir, profileName(name, m, len(l.managers)))
+		}
+		if err := saveProfile(ctx, m.pprof+"/debug/pprof/heap?gc=1", path); err != nil {
+			return liveSample{}, err
+		}
+		h, err := scrape(ctx, m.metrics, "go_memstats_heap_inuse_bytes")
+		if err != nil {
+			return liveSample{}, err
+		}
+		out.managers = append(out.managers, managerSample{rss: m.rss(), anon: m.status("RssAnon:"), heap: int64(h["go_memstats_heap_inuse_bytes"])})
 	}
-	if err := saveProfile(ctx, l.manager.pprof+"/debug/pprof/heap?gc=1", path); err != nil {
-		return liveSample{}, err
-	}
-	m, err := scrape(ctx, l.manager.metrics, "go_memstats_heap_inuse_bytes")
-	if err != nil {
-		return liveSample{}, err
-	}
-	return liveSample{
-		managerRSS: l.manager.rss(), managerAnon: l.manager.status("RssAnon:"), managerHeap: int64(m["go_memstats_heap_inuse_bytes"]),
-		apiserverRSS: l.manager.apiserver.rss(), etcdRSS: l.manager.etcd.rss(),
-	}, nil
+	m := l.managers[0]
+	out.apiserverRSS, out.etcdRSS = m.apiserver.rss(), m.etcd.rss()
+	return out, nil
 }
 
-func printLive(out io.Writer, runs int, took time.Duration, idle, full liveSample, peak int64, dir string) {
+// profileName is where a replica's heap profile goes: name, or name-<replica>.pprof of several.
+func profileName(name string, m *observedManager, replicas int) string {
+	if replicas == 1 {
+		return name
+	}
+	return strings.TrimSuffix(name, ".pprof") + "-" + m.name + ".pprof"
+}
+
+// rss is the managers' resident sets, for progress lines.
+func (l *liveLook) rss() string {
+	var parts []string
+	for _, m := range l.managers {
+		parts = append(parts, fmt.Sprintf("%.0f", mibf(m.rss())))
+	}
+	return strings.Join(parts, " / ") + " MiB"
+}
+
+func printLive(out io.Writer, runs int, members []string, took time.Duration, idle, full liveSample, peak []int64, dir string) {
 	per := func(a, b int64) float64 { return mibf(b-a) * 1000 / float64(runs) }
 	fmt.Fprintf(out, "%d runs live %.1fs after the first submission (%.1f runs/s)\n", runs, took.Seconds(), float64(runs)/took.Seconds())
 	fmt.Fprintf(out, "%-28s %10s %12s %18s\n", "", "0 runs", strconv.Itoa(runs)+" live", "per 1,000 live")
-	for _, r := range []struct {
-		name string
-		a, b int64
-	}{
-		{"manager RSS", idle.managerRSS, full.managerRSS},
-		{"  of which anonymous", idle.managerAnon, full.managerAnon},
-		{"manager heap after GC", idle.managerHeap, full.managerHeap},
-		{"kube-apiserver RSS (base)", idle.apiserverRSS, full.apiserverRSS},
-		{"etcd RSS", idle.etcdRSS, full.etcdRSS},
-	} {
-		fmt.Fprintf(out, "%-28s %6.0f MiB %8.0f MiB %12.2f MiB\n", r.name, mibf(r.a), mibf(r.b), per(r.a, r.b))
+	row := func(name string, a, b int64) {
+		fmt.Fprintf(out, "%-28s %6.0f MiB %8.0f MiB %12.2f MiB\n", name, mibf(a), mibf(b), per(a, b))
 	}
-	base := per(idle.apiserverRSS, full.apiserverRSS)
-	if base > 0 {
-		fmt.Fprintf(out, "manager RSS growth / kube-apiserver RSS growth for the same objects: %.2f; heap growth / apiserver's: %.2f\n",
-			per(idle.managerRSS, full.managerRSS)/base, per(idle.managerHeap, full.managerHeap)/base)
+	// at10k is a replica's RSS with 10,000 live runs in all: measured, or extrapolated linearly.
+	at10k := func(a, b int64) float64 { return mibf(a) + 10*per(a, b) }
+	var worst, worstAnon float64
+	var rssGrowth, heapGrowth float64
+	for i := range idle.managers {
+		i0, i1 := idle.managers[i], full.managers[i]
+		name := "manager"
+		if len(members) > 1 {
+			name = "replica " + members[i]
+		}
+		row(name+" RSS", i0.rss, i1.rss)
+		row("  of which anonymous", i0.anon, i1.anon)
+		row("  heap after GC", i0.heap, i1.heap)
+		fmt.Fprintf(out, "  peak RSS while the runs were submitted: %.0f MiB\n", mibf(peak[i]))
+		if v := at10k(i0.rss, i1.rss); v > worst {
+			worst, worstAnon = v, at10k(i0.anon, i1.anon)
+		}
+		rssGrowth += per(i0.rss, i1.rss)
+		heapGrowth += per(i0.heap, i1.heap)
 	}
-	fmt.Fprintf(out, "manager peak RSS while the runs were submitted: %.0f MiB\n", mibf(peak))
-	at10k := mibf(idle.managerRSS) + 10*per(idle.managerRSS, full.managerRSS)
+	row("kube-apiserver RSS (base)", idle.apiserverRSS, full.apiserverRSS)
+	row("etcd RSS", idle.etcdRSS, full.etcdRSS)
+	if base := per(idle.apiserverRSS, full.apiserverRSS); base > 0 {
+		fmt.Fprintf(out, "manager RSS growth (all replicas) / kube-apiserver RSS growth for the same objects: %.2f; heap growth / apiserver's: %.2f\n",
+			rssGrowth/base, heapGrowth/base)
+	}
 	verdict := "met"
-	if at10k >= 200 {
+	if worst >= 200 {
 		verdict = "MISSED"
 	}
 	measured := "extrapolated linearly from this run"
 	if runs == 10_000 {
 		measured = "measured"
 	}
-	anon := mibf(idle.managerAnon) + 10*per(idle.managerAnon, full.managerAnon)
-	fmt.Fprintf(out, "manager RSS with 10,000 live runs: %.0f MiB, of which anonymous %.0f MiB (%s; target < 200 MiB): %s\n", at10k, anon, measured, verdict)
+	who := "manager"
+	if len(members) > 1 {
+		who = fmt.Sprintf("largest of %d replicas", len(members))
+	}
+	fmt.Fprintf(out, "manager RSS with 10,000 live runs (%s): %.0f MiB, of which anonymous %.0f MiB (%s; target < 200 MiB): %s\n", who, worst, worstAnon, measured, verdict)
 	if dir != "" {
 		fmt.Fprintf(out, "heap profiles: go tool pprof -sample_index=inuse_space -top -base %s %s\n",
-			filepath.Join(dir, "heap-0.pprof"), filepath.Join(dir, fmt.Sprintf("heap-%d.pprof", runs)))
+			filepath.Join(dir, "heap-0*.pprof"), filepath.Join(dir, fmt.Sprintf("heap-%d*.pprof", runs)))
 	}
 }
 
@@ -300,6 +395,7 @@ type liveConfig struct {
 	inflight  int
 	executors int
 	shards    string
+	replicas  int
 	profile   string
 }
 
@@ -309,6 +405,7 @@ func (c *liveConfig) flags() {
 	flag.IntVar(&c.inflight, "live-inflight", 500, "live scenario: runs submitted and not yet live at most")
 	flag.IntVar(&c.executors, "live-executors", 2, "live scenario: fake executors")
 	flag.StringVar(&c.shards, "live-shards", "auto", "live scenario: the manager's --shards (auto: one replica of a ring, the default deployment; off: unsharded)")
+	flag.IntVar(&c.replicas, "live-replicas", 1, "live scenario: manager replicas of one ring with -live-shards auto (the runs divide among them)")
 	flag.StringVar(&c.profile, "live-profile", "", "live scenario: write the manager's heap profiles (after a GC) at 0 and N live runs into this directory")
 }
 
@@ -318,6 +415,9 @@ func (c *liveConfig) check() error {
 	}
 	if c.shards != "auto" && c.shards != "off" {
 		return fmt.Errorf("-live-shards is %q, want auto or off", c.shards)
+	}
+	if c.replicas < 1 || (c.replicas > 1 && c.shards != "auto") {
+		return errors.New("-live-replicas must be positive, and 1 with -live-shards off")
 	}
 	return nil
 }

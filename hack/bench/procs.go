@@ -245,6 +245,12 @@ type observedManager struct {
 }
 
 func startObservedManager(env *testenv.Env, pd *procDir, args ...string) (*observedManager, error) {
+	return startObservedReplica(env, pd, "manager", args...)
+}
+
+// startObservedReplica is startObservedManager for a process named name (its log is name.log in
+// pd's directory): one of several replicas.
+func startObservedReplica(env *testenv.Env, pd *procDir, name string, args ...string) (*observedManager, error) {
 	etcd, apiserver := childProcs("etcd", "etcd"), childProcs("apiserver", "kube-apiserver")
 	if len(etcd) != 1 || len(apiserver) != 1 {
 		return nil, fmt.Errorf("found %d etcd and %d kube-apiserver processes among this one's children, want one each", len(etcd), len(apiserver))
@@ -259,7 +265,7 @@ func startObservedManager(env *testenv.Env, pd *procDir, args ...string) (*obser
 	}
 	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort), fmt.Sprintf("127.0.0.1:%d", pprofPort)
 	args = append([]string{"--metrics-bind-address", metricsAddr, "--pprof-bind-address", pprofAddr}, args...)
-	p, err := startManagerProc(env, pd.dir, pd.bins, pd.kubeconfig, "file://"+filepath.Join(pd.dir, "store"), nil, args...)
+	p, err := startNamedManagerProc(env, pd.dir, name, pd.bins, pd.kubeconfig, "file://"+filepath.Join(pd.dir, "store"), nil, args...)
 	if err != nil {
 		return nil, err
 	}
