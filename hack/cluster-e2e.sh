@@ -83,6 +83,31 @@ for pod in $(kubectl -n runservice-system get pods -l app.kubernetes.io/name=run
 done
 [ -n "$counted" ] || fail "no manager replica's metrics count the finished run"
 
+# Go's soft memory limit: 90% of the container's memory limit, in every manager replica (its metrics)
+# and executor (its log), as automemlimit computes it from the cgroup.
+# limit90 NS DEPLOYMENT: 90% of the deployment's container memory limit (in Mi), in bytes.
+limit90() {
+  local mem
+  mem=$(kubectl -n "$1" get deploy "$2" -o jsonpath='{.spec.template.spec.containers[0].resources.limits.memory}')
+  [[ $mem == *Mi ]] || fail "$2's memory limit is $mem, not in Mi"
+  echo $((${mem%Mi} * 1048576 * 9 / 10))
+}
+want=$(limit90 runservice-system runservice-manager)
+checked=0
+for pod in $(kubectl -n runservice-system get pods -l app.kubernetes.io/name=runservice-manager -o jsonpath='{.items[*].metadata.name}'); do
+  checked=$((checked + 1))
+  got=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$pod:8080/proxy/metrics" | awk '/^go_gc_gomemlimit_bytes /{printf "%d", $2}')
+  [ "$got" = "$want" ] || fail "the manager replica $pod runs with Go's memory limit $got, want $want"
+done
+want=$(limit90 default runservice-executor)
+for pod in $(kubectl get pods -l app.kubernetes.io/name=runservice-executor -o jsonpath='{.items[*].metadata.name}'); do
+  checked=$((checked + 1))
+  kubectl logs "$pod" | grep -q "GOMEMLIMIT is updated.*$want" ||
+    fail "the executor $pod did not set Go's memory limit to $want: $(kubectl logs "$pod" | grep GOMEMLIMIT)"
+done
+[ "$checked" = 6 ] || fail "Go's memory limit checked in $checked processes, want 3 manager replicas and 3 executors"
+log "Go's memory limit is 90% of the container's in the 3 manager replicas and the 3 executors"
+
 # The archive API: registered by its APIService and served by every manager replica behind its
 # Service (the front proxy of hack/cluster.sh, the caBundle the manager keeps, delegated auth).
 kubectl wait --for=condition=Available apiservice/v1alpha1.archive.runservice.dev --timeout=60s >/dev/null ||

@@ -4,10 +4,13 @@ package main
 
 import (
 	"flag"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
+	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -68,6 +71,12 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	klog.SetLogger(ctrl.Log) // the archive API's generic server and client-go log through klog
 	log := ctrl.Log.WithName("setup")
+	// Go's soft memory limit at 90% of the container's (its cgroup's), unless GOMEMLIMIT or
+	// AUTOMEMLIMIT say otherwise: close to its limit a replica collects more often instead of
+	// being killed for memory (its heap may grow to twice what it holds between collections).
+	if _, err := memlimit.Set(memlimit.WithLogger(slog.New(logr.ToSlogHandler(log)))); err != nil {
+		log.Error(err, "setting Go's memory limit: running without one")
+	}
 	opts.OnShardLeaseLost = func() {
 		// At once, as controller-runtime does on a lost election: the others take this replica's
 		// runs when its Lease expires, and no reconcile of it may still be writing then.
