@@ -19,7 +19,8 @@ import (
 // It costs one request per task when all goes well: the log is followed once the main container
 // started, and read once more only when the pod ended and the copy may miss its end (never
 // followed, a follow that failed or was cut, or the kubelet's follow ending at the container's
-// exit before its last lines were read). A follow that fails, or ends while the pod still runs,
+// exit before its last lines were read); that read, when it fails on a node that served logs, is
+// tried again after a backoff. A follow that fails, or ends while the pod still runs,
 // is tried again after a backoff (followBackoff) that a follow which read something resets; a
 // node that does not answer closes the node's log gate, so that its other pods wait for one
 // probe instead of asking each (logGate). The pod ending ends the waits at once. A follow cut off
@@ -50,6 +51,7 @@ type podFollow struct {
 	copying  bool // a read of the log is under way; it sends on copied, then wakes changed
 	copied   chan copyResult
 	lastRead bool  // the read of the ended pod's log was begun
+	lastErr  error // how the last read of the ended pod's log failed (nil: it did not)
 	refused  error // what a read dropped (toolbox.ErrRefused)
 
 	followed  bool         // a follow was tried
@@ -91,16 +93,30 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 		if f.copying {
 			return executor.Seen{State: st}, nil // its end wakes the runner
 		}
-		if !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.d.cutShort(pod, f.dir, f.steps)) {
+		switch {
+		case !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.d.cutShort(pod, f.dir, f.steps)):
 			// Demux skips what the copy already has.
 			f.lastRead = true
 			f.read(pod, false)
 			return executor.Seen{State: st}, nil
+		case f.lastErr != nil && f.d.logs.served(pod.Spec.NodeName):
+			// That read failed on a node that serves logs: tried again after the task's backoff,
+			// when the node's gate lets it, until the runner stops waiting (copyWait). A node that
+			// never served a log is not asked again (kwok serves none: every simulated task would
+			// end copyWait late); what is given up is a task whose only read of its log, on a node
+			// the gate knows nothing of yet, fails for a moment: its log stays as the copy has it.
+			at := f.retryAt
+			if !time.Now().Before(at) {
+				ok, open := f.d.logs.mayFollow(pod.Spec.NodeName)
+				if ok {
+					f.read(pod, false)
+					return executor.Seen{State: st}, nil
+				}
+				at = open
+			}
+			return executor.Seen{State: st, At: at}, nil
 		}
-		if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
-			return executor.Seen{State: st, Done: true, Copied: err}, nil
-		}
-		return executor.Seen{State: st, Done: true, Copied: f.refused}, nil
+		return f.done(pod, st), nil
 	}
 	at := f.d.changesAt(pod, seen)
 	switch {
@@ -115,6 +131,14 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 		}
 	}
 	return executor.Seen{State: st, At: at, Quiet: !f.copying}, nil
+}
+
+// done fills in what the ended pod's termination message reports and the copy did not bring.
+func (f *podFollow) done(pod *corev1.Pod, st *executor.State) executor.Seen {
+	if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
+		return executor.Seen{State: st, Done: true, Copied: err}
+	}
+	return executor.Seen{State: st, Done: true, Copied: f.refused}
 }
 
 // read reads the pod's log into the task's directory in a goroutine of its own, following it when
@@ -135,6 +159,15 @@ func (f *podFollow) took(c copyResult) {
 		f.refused, c.err = c.err, nil
 	}
 	if !c.follow {
+		// A read of the ended pod's log: one that failed is tried again after a backoff of its
+		// own (the pod's follows are over).
+		if c.err != nil && f.lastErr == nil {
+			f.backoff = followBackoff
+		}
+		f.lastErr = c.err
+		if c.err != nil {
+			f.retryAt = time.Now().Add(f.backoff.Step())
+		}
 		return
 	}
 	f.followed, f.followErr = true, c.err

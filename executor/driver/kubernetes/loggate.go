@@ -27,8 +27,14 @@ type logGate struct {
 	now    func() time.Time
 }
 
-// nodeLogs is what the gate knows of a node whose logs could not be read.
+// nodeLogs is what the gate knows of a node: whether it served a log, and, while its logs cannot
+// be read (closed), when to probe it again.
 type nodeLogs struct {
+	// served says that a log request to the node streamed: a read that fails later is the node's
+	// trouble (a kubelet restarting), not a node that serves no log at all (kwok, a kubelet
+	// without its log endpoint). Follow tries a failed read of an ended pod's log again only then.
+	served  bool
+	closed  bool
 	backoff wait.Backoff
 	retryAt time.Time // when one follow may probe the node again
 	// probeUntil, past retryAt, is while that follow is under way: its outcome opens the gate or
@@ -40,16 +46,16 @@ func newLogGate(opened func(node string)) *logGate {
 	return &logGate{nodes: map[string]*nodeLogs{}, opened: opened, now: time.Now}
 }
 
-// mayFollow says whether a pod on node may follow its log now; when it may not, at is when to
-// ask again (a follow that the node answers meanwhile wakes the node's waiters through opened).
-// A caller it lets through on a closed gate is the node's probe: it must report how its follow
-// began (answered).
+// mayFollow says whether a pod on node may follow (or read) its log now; when it may not, at is
+// when to ask again (a follow that the node answers meanwhile wakes the node's waiters through
+// opened). A caller it lets through on a closed gate is the node's probe: it must report how its
+// request began (answered).
 func (g *logGate) mayFollow(node string) (ok bool, at time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	n, now := g.nodes[node], g.now()
 	switch {
-	case n == nil:
+	case n == nil || !n.closed:
 		return true, time.Time{}
 	case now.Before(n.retryAt):
 		return false, n.retryAt
@@ -60,30 +66,45 @@ func (g *logGate) mayFollow(node string) (ok bool, at time.Time) {
 	return true, time.Time{}
 }
 
-// answered records how a follow of a pod on node began: err is the request's error (nil: the
-// node answered and the log streams).
+// answered records how a log request of a pod on node began: err is the request's error (nil:
+// the node answered and the log streams).
 func (g *logGate) answered(node string, err error) {
+	g.mu.Lock()
+	n, now := g.nodes[node], g.now()
 	if !nodeTrouble(err) {
-		g.mu.Lock()
-		_, closed := g.nodes[node]
-		delete(g.nodes, node)
+		wasClosed := n != nil && n.closed
+		if n == nil && err == nil {
+			n = &nodeLogs{}
+			g.nodes[node] = n
+		}
+		if n != nil {
+			n.served = n.served || err == nil
+			n.closed, n.retryAt, n.probeUntil, n.backoff = false, time.Time{}, time.Time{}, followBackoff
+		}
 		g.mu.Unlock()
-		if closed && g.opened != nil {
+		if wasClosed && g.opened != nil {
 			g.opened(node)
 		}
 		return
 	}
-	g.mu.Lock()
 	defer g.mu.Unlock()
-	n, now := g.nodes[node], g.now()
-	if n == nil {
+	switch {
+	case n == nil:
 		n = &nodeLogs{backoff: followBackoff}
 		g.nodes[node] = n
-	} else if now.Before(n.retryAt) {
+	case n.closed && now.Before(n.retryAt):
 		return // a follow begun before the gate closed: the backoff under way stands
 	}
-	n.probeUntil = time.Time{}
+	n.closed, n.probeUntil = true, time.Time{}
 	n.retryAt = now.Add(n.backoff.Step())
+}
+
+// served says whether node ever streamed a log (since the gate last forgot it).
+func (g *logGate) served(node string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := g.nodes[node]
+	return n != nil && n.served
 }
 
 // probeWait is how long a probe of a closed gate may take to report before another is let through.

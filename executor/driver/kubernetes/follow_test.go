@@ -1,0 +1,253 @@
+package kubernetes
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/cache"
+
+	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/executor"
+	"runservice.dev/runservice/executor/toolbox"
+)
+
+// These tests drive a task's podFollow by hand: the pod index is fed the pod's states, and the
+// main container's log comes from a scripted log source (fakeLogs), one answer per request.
+
+// logAnswer is the answer to one log request: the request's error, or the log it streams; a hung
+// stream blocks after its log until the request is cancelled (a node that stops mid-read).
+type logAnswer struct {
+	err  error
+	log  string
+	hung bool
+}
+
+// fakeLogs serves scripted answers in order and records each request's follow flag.
+type fakeLogs struct {
+	mu      sync.Mutex
+	answers []logAnswer
+	asked   []bool
+	closed  int // streams closed
+}
+
+func (l *fakeLogs) script(a ...logAnswer) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.answers = append(l.answers, a...)
+}
+
+func (l *fakeLogs) requests() []bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]bool(nil), l.asked...)
+}
+
+func (l *fakeLogs) open(ctx context.Context, _ *corev1.Pod, follow bool) (io.ReadCloser, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.asked = append(l.asked, follow)
+	if len(l.answers) == 0 {
+		return nil, errors.New("the test scripted no answer to this log request")
+	}
+	a := l.answers[0]
+	l.answers = l.answers[1:]
+	if a.err != nil {
+		return nil, a.err
+	}
+	var r io.Reader = strings.NewReader(a.log)
+	if a.hung {
+		r = io.MultiReader(r, &hungReader{ctx: ctx})
+	}
+	return &fakeStream{Reader: r, l: l}, nil
+}
+
+type fakeStream struct {
+	io.Reader
+	l *fakeLogs
+}
+
+func (s *fakeStream) Close() error {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	s.l.closed++
+	return nil
+}
+
+// hungReader blocks until its request is cancelled, as a stream from a node that stopped sending.
+type hungReader struct{ ctx context.Context }
+
+func (h *hungReader) Read([]byte) (int, error) {
+	<-h.ctx.Done()
+	return 0, h.ctx.Err()
+}
+
+// followTest is a driver whose pod index holds the pods the test puts there.
+type followTest struct {
+	t    *testing.T
+	d    *Driver
+	logs *fakeLogs
+	dir  string
+}
+
+const (
+	testUID  = "task-uid"
+	testNode = "node-a"
+)
+
+func newFollowTest(t *testing.T) *followTest {
+	t.Helper()
+	ix := &podIndex{
+		indexer: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byTaskUID: taskUIDIndex}),
+		waiters: map[string]map[chan struct{}]struct{}{}, created: map[string]createdPod{},
+	}
+	logs := &fakeLogs{}
+	d := &Driver{pods: ix, openLog: logs.open}
+	d.logs = newLogGate(ix.wakeNode)
+	return &followTest{t: t, d: d, logs: logs, dir: t.TempDir()}
+}
+
+// follow begins following the task's pod, its backoff between reads cut to milliseconds.
+func (ft *followTest) follow(steps int) *podFollow {
+	f := ft.d.Follow(ft.t.Context(), testUID, ft.dir, steps, toolbox.Limits{}.WithDefaults()).(*podFollow)
+	f.backoff = wait.Backoff{Duration: 10 * time.Millisecond, Factor: 2, Steps: 8, Cap: 100 * time.Millisecond}
+	ft.t.Cleanup(f.Close)
+	return f
+}
+
+// setPod puts the task's pod in the index with its main container running, or ended with exit
+// code 0 and the termination message msg, and wakes its waits as the informer does.
+func (ft *followTest) setPod(ended bool, msg string) {
+	ft.t.Helper()
+	main := corev1.ContainerStatus{Name: mainName, State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}
+	phase := corev1.PodRunning
+	if ended {
+		main.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: msg}}
+		phase = corev1.PodSucceeded
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", Labels: map[string]string{rsv1.LabelExecutorTaskUID: testUID}},
+		Spec:       corev1.PodSpec{NodeName: testNode},
+		Status:     corev1.PodStatus{Phase: phase, ContainerStatuses: []corev1.ContainerStatus{main}},
+	}
+	if err := ft.d.pods.indexer.Update(pod); err != nil {
+		ft.t.Fatal(err)
+	}
+	ft.d.pods.changed(pod)
+}
+
+func (ft *followTest) look(f *podFollow) executor.Seen {
+	ft.t.Helper()
+	seen, err := f.Look(ft.t.Context())
+	if err != nil {
+		ft.t.Fatal(err)
+	}
+	return seen
+}
+
+// copyEnds waits until the read under way has ended (its end is then taken by the next look).
+func (ft *followTest) copyEnds(f *podFollow) {
+	ft.t.Helper()
+	deadline := time.After(10 * time.Second)
+	for len(f.copied) == 0 {
+		select {
+		case <-f.Changed():
+		case <-time.After(10 * time.Millisecond):
+		case <-deadline:
+			ft.t.Fatal("the read of the log did not end")
+		}
+	}
+}
+
+// stepLog is the step's log as the copy has it.
+func (ft *followTest) stepLog(i int) string {
+	b, err := os.ReadFile(toolbox.StepLogPath(ft.dir, i))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		ft.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// frames is a toolbox's log: step 0 wrote lines (each at its offset in the step's log), and,
+// when ended, step 0's result.
+func frames(ended bool, lines ...string) string {
+	var b strings.Builder
+	off := 0
+	for _, l := range lines {
+		fmt.Fprintf(&b, toolbox.FramePrefix+`{"t":"log","i":0,"o":%d,"d":%q}`+"\n", off, base64.StdEncoding.EncodeToString([]byte(l)))
+		off += len(l)
+	}
+	if ended {
+		fmt.Fprintf(&b, toolbox.FramePrefix+`{"t":"result","i":0,"r":%s}`+"\n", successResult)
+	}
+	return b.String()
+}
+
+const successResult = `{"phase":"Success","startTime":"2026-01-02T03:04:05Z","endTime":"2026-01-02T03:04:06Z","exitCode":0}`
+
+// unreachable is what the apiserver answers when it cannot reach the pod's node.
+var unreachable = apierrors.NewInternalError(errors.New(`Get "https://10.0.0.1:10250/containerLogs/ns/p/main": dial tcp 10.0.0.1:10250: connect: connection refused`))
+
+// TestAFailedLastReadIsTriedAgain: the read of an ended pod's log that its node fails (a kubelet
+// restarting) is tried again, after the task's backoff and once the node's gate lets it, and the
+// task is done only once its log is whole; on a node that never served a log (kwok, a kubelet
+// that serves none) the failed read is not tried again: the task ends at once with what it has.
+func TestAFailedLastReadIsTriedAgain(t *testing.T) {
+	t.Run("a node that served logs", func(t *testing.T) {
+		ft := newFollowTest(t)
+		ft.d.logs.answered(testNode, nil) // another pod's follow: the node serves logs
+		ft.setPod(true, "")
+		f := ft.follow(1)
+		ft.logs.script(logAnswer{err: unreachable}, logAnswer{log: frames(true, "one\n", "two\n")})
+		if seen := ft.look(f); seen.Done {
+			t.Fatal("done before the ended pod's log was read")
+		}
+		ft.copyEnds(f)
+		seen := ft.look(f)
+		if seen.Done {
+			t.Fatalf("done after the read of the ended pod's log failed (copy %q, requests %v): its log is lost", ft.stepLog(0), ft.logs.requests())
+		}
+		if seen.At.IsZero() {
+			t.Fatal("no time to look again after the failed read")
+		}
+		ft.d.logs.answered(testNode, nil) // the node is back: another pod's probe got an answer
+		time.Sleep(time.Until(seen.At))
+		ft.look(f)
+		ft.copyEnds(f)
+		if seen := ft.look(f); !seen.Done || seen.Copied != nil {
+			t.Fatalf("after the read tried again: done %v, copied %v", seen.Done, seen.Copied)
+		}
+		if got := ft.stepLog(0); got != "one\ntwo\n" {
+			t.Fatalf("step log %q, want the whole log", got)
+		}
+		if got := ft.logs.requests(); len(got) != 2 || got[0] || got[1] {
+			t.Fatalf("log requests (follow flags) %v, want two reads", got)
+		}
+	})
+	t.Run("a node that never served a log", func(t *testing.T) {
+		ft := newFollowTest(t)
+		ft.setPod(true, "")
+		f := ft.follow(1)
+		ft.logs.script(logAnswer{err: unreachable})
+		ft.look(f)
+		ft.copyEnds(f)
+		seen := ft.look(f)
+		if !seen.Done {
+			t.Fatalf("not done after the one read of a node that serves no log failed (look again at %v)", seen.At)
+		}
+		if got := ft.logs.requests(); len(got) != 1 {
+			t.Fatalf("%d log requests, want one", len(got))
+		}
+	})
+}
