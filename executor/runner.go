@@ -183,18 +183,18 @@ func (r *runner) follow(ctx context.Context) error {
 		if err != nil {
 			return r.end(ctx, nil, err, stopped, timedOut)
 		}
-		if errors.Is(seen.Copied, toolbox.ErrRefused) {
-			r.refused = seen.Copied
-		} else if seen.Copied != nil {
-			ctrl.LoggerFrom(ctx).Error(seen.Copied, "copying the task's reports", "executorTask", r.name)
-		}
 		st, now := seen.State, time.Now()
 		if !st.Running && endedAt.IsZero() {
 			endedAt = now
 		}
 		if !st.Running && !seen.Done && now.Sub(endedAt) >= copyWait {
 			ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.name)
-			seen.Done = true
+			seen.Done, seen.Copied = true, f.Cut()
+		}
+		if errors.Is(seen.Copied, toolbox.ErrRefused) {
+			r.refused = seen.Copied
+		} else if seen.Copied != nil {
+			ctrl.LoggerFrom(ctx).Error(seen.Copied, "copying the task's reports", "executorTask", r.name)
 		}
 		if seen.Done {
 			return r.end(ctx, st, nil, stopped, timedOut)
@@ -255,6 +255,9 @@ func (w *waiting) Changed() <-chan struct{} { return w.done }
 
 func (w *waiting) Close() { w.cancel() }
 
+// Cut implements Following: the driver shares the task's directory, nothing is copied.
+func (w *waiting) Cut() error { return nil }
+
 func (w *waiting) Look(ctx context.Context) (Seen, error) {
 	select {
 	case <-w.done:
@@ -271,8 +274,9 @@ func (w *waiting) Look(ctx context.Context) (Seen, error) {
 	return Seen{State: &State{Running: true}, At: time.Now().Add(lookEvery)}, nil
 }
 
-// copyWait bounds how long a task whose container ended waits for the copy of what it reported.
-const copyWait = 30 * time.Second
+// copyWait bounds how long a task whose container ended waits for the copy of what it reported
+// (a variable for the tests).
+var copyWait = 30 * time.Second
 
 // deadline is the task's timeout, if it has one, counted from its start, and the func that
 // releases its timer.

@@ -50,9 +50,10 @@ type podFollow struct {
 
 	copying  bool // a read of the log is under way; it sends on copied, then wakes changed
 	copied   chan copyResult
-	lastRead bool  // the read of the ended pod's log was begun
-	lastErr  error // how the last read of the ended pod's log failed (nil: it did not)
-	refused  error // what a read dropped (toolbox.ErrRefused)
+	lastRead bool        // the read of the ended pod's log was begun
+	lastErr  error       // how the last read of the ended pod's log failed (nil: it did not)
+	ended    *corev1.Pod // the pod as last seen ended, for Cut
+	refused  error       // what a read dropped (toolbox.ErrRefused)
 
 	followed  bool         // a follow was tried
 	followErr error        // how the last one ended
@@ -90,6 +91,7 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 	}
 	st := f.d.state(pod)
 	if !st.Running {
+		f.ended = pod
 		if f.copying {
 			return executor.Seen{State: st}, nil // its end wakes the runner
 		}
@@ -101,10 +103,11 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 			return executor.Seen{State: st}, nil
 		case f.lastErr != nil && f.d.logs.served(pod.Spec.NodeName):
 			// That read failed on a node that serves logs: tried again after the task's backoff,
-			// when the node's gate lets it, until the runner stops waiting (copyWait). A node that
-			// never served a log is not asked again (kwok serves none: every simulated task would
-			// end copyWait late); what is given up is a task whose only read of its log, on a node
-			// the gate knows nothing of yet, fails for a moment: its log stays as the copy has it.
+			// when the node's gate lets it, until the runner stops waiting (copyWait, Cut). A node
+			// that never served a log is not asked again (kwok serves none: every simulated task
+			// would end copyWait late); what is given up is a task whose only read of its log, on a
+			// node the gate knows nothing of yet, fails for a moment: its log stays as the copy has
+			// it.
 			at := f.retryAt
 			if !time.Now().Before(at) {
 				ok, open := f.d.logs.mayFollow(pod.Spec.NodeName)
@@ -131,6 +134,26 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 		}
 	}
 	return executor.Seen{State: st, At: at, Quiet: !f.copying}, nil
+}
+
+// Cut implements executor.Following: the read under way is cancelled and waited for (its error,
+// the cancel's, is dropped), then the termination message fills in what the copy did not bring.
+func (f *podFollow) Cut() error {
+	f.cancel()
+	if f.copying {
+		f.copying = false
+		f.took(<-f.copied)
+		f.lastErr = nil
+	}
+	if f.ended != nil {
+		if err := f.d.terminationResults(f.ended, f.dir, f.steps); err != nil {
+			return err
+		}
+	}
+	if f.refused != nil {
+		return f.refused
+	}
+	return f.lastErr
 }
 
 // done fills in what the ended pod's termination message reports and the copy did not bring.

@@ -251,3 +251,36 @@ func TestAFailedLastReadIsTriedAgain(t *testing.T) {
 		}
 	})
 }
+
+// TestCutStopsTheReadAndFillsInTheTerminationMessage: a read of an ended pod's log that hangs (the
+// node stopped sending) is cancelled and waited for by Cut, so nothing writes the task's directory
+// once the runner writes its final status, and the step the log did not bring to its end takes its
+// result from the termination message.
+func TestCutStopsTheReadAndFillsInTheTerminationMessage(t *testing.T) {
+	ft := newFollowTest(t)
+	ft.d.logs.answered(testNode, nil)
+	ft.setPod(true, `{"steps":[`+successResult+`]}`)
+	f := ft.follow(1)
+	running := toolbox.FramePrefix + `{"t":"result","i":0,"r":{"phase":"Running","startTime":"2026-01-02T03:04:05Z"}}` + "\n"
+	ft.logs.script(logAnswer{log: running + frames(false, "one\n"), hung: true})
+	ft.look(f)
+	if seen := ft.look(f); seen.Done {
+		t.Fatal("done while the read is under way")
+	}
+	if err := f.Cut(); err != nil {
+		t.Fatalf("cut: %v", err)
+	}
+	ft.logs.mu.Lock()
+	closed := ft.logs.closed
+	ft.logs.mu.Unlock()
+	if closed != 1 || f.copying {
+		t.Fatalf("Cut returned with the read under way (streams closed %d, copying %v)", closed, f.copying)
+	}
+	if got := ft.stepLog(0); got != "one\n" {
+		t.Errorf("step log %q, want what was read before the cut", got)
+	}
+	res, err := toolbox.ReadResult(ft.dir, 0)
+	if err != nil || res.Phase != rsv1.StepPhaseSuccess {
+		t.Fatalf("step result %+v (%v), want Success from the termination message", res, err)
+	}
+}
