@@ -18,10 +18,11 @@ import (
 //
 // It costs one request per task when all goes well: the log is followed once the main container
 // started, and read once more only when the pod ended and the copy may miss its end (never
-// followed, a follow that failed or was cut, or the kubelet's follow ending at the container's
-// exit before its last lines were read); that read, when it fails on a node that served logs, is
-// tried again after a backoff. A follow that fails, or ends while the pod still runs,
-// is tried again after a backoff (followBackoff) that a follow which read something resets; a
+// followed, a follow that failed, one that ended while the pod ran and was not followed again,
+// or the kubelet's follow ending at the container's exit before its last lines were read); that
+// read, when it fails on a node that served logs, is tried again after a backoff. A follow that
+// fails, or ends while the pod still runs, is tried again after a backoff (followBackoff) that a
+// follow which read something resets; a
 // node that does not answer closes the node's log gate, so that its other pods wait for one
 // probe instead of asking each (logGate). The pod ending ends the waits at once. A follow cut off
 // is followed again from what the kubelet still has, which after a rotation of the container's
@@ -57,6 +58,7 @@ type podFollow struct {
 
 	followed  bool         // a follow was tried
 	followErr error        // how the last one ended
+	behind    bool         // the last follow ended while the pod ran, and none began since
 	backoff   wait.Backoff // the task's own, for follows that end or fail while the node answers
 	retryAt   time.Time    // when to follow again (zero: as soon as the container started and the node's gate is open)
 }
@@ -96,7 +98,7 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 			return executor.Seen{State: st}, nil // its end wakes the runner
 		}
 		switch {
-		case !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.d.cutShort(pod, f.dir, f.steps)):
+		case !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.behind || f.d.cutShort(pod, f.dir, f.steps)):
 			// Demux skips what the copy already has.
 			f.lastRead = true
 			f.read(pod, false)
@@ -127,6 +129,11 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 	case time.Now().Before(f.retryAt):
 		at = earliest(at, f.retryAt)
 	default:
+		// The pod still runs a backoff after the last follow ended: the copy is behind until a
+		// follow begins again, and read once more if the pod ends first (a closed gate). Not
+		// counted when the follow ends: the kubelet ends it at the container's exit, before the
+		// informer shows the pod ended, and every log would be read twice.
+		f.behind = f.followed
 		if ok, open := f.d.logs.mayFollow(pod.Spec.NodeName); !ok {
 			at = earliest(at, open)
 		} else {
@@ -194,6 +201,9 @@ func (f *podFollow) took(c copyResult) {
 		return
 	}
 	f.followed, f.followErr = true, c.err
+	if c.began {
+		f.behind = false
+	}
 	switch {
 	case !c.began && nodeTrouble(c.err):
 		// The node did not answer: its gate, closed now, says when to try again.

@@ -15,7 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -118,10 +117,9 @@ func newFollowTest(t *testing.T) *followTest {
 	return &followTest{t: t, d: d, logs: logs, dir: t.TempDir()}
 }
 
-// follow begins following the task's pod, its backoff between reads cut to milliseconds.
+// follow begins following the task's pod.
 func (ft *followTest) follow(steps int) *podFollow {
 	f := ft.d.Follow(ft.t.Context(), testUID, ft.dir, steps, toolbox.Limits{}.WithDefaults()).(*podFollow)
-	f.backoff = wait.Backoff{Duration: 10 * time.Millisecond, Factor: 2, Steps: 8, Cap: 100 * time.Millisecond}
 	ft.t.Cleanup(f.Close)
 	return f
 }
@@ -282,5 +280,41 @@ func TestCutStopsTheReadAndFillsInTheTerminationMessage(t *testing.T) {
 	res, err := toolbox.ReadResult(ft.dir, 0)
 	if err != nil || res.Phase != rsv1.StepPhaseSuccess {
 		t.Fatalf("step result %+v (%v), want Success from the termination message", res, err)
+	}
+}
+
+// TestAFollowThatEndedWhileThePodRanIsReadAgainAtTheEnd: a follow that ended cleanly while the pod
+// still ran (the apiserver closed it), and could not be followed again (its node's gate closed by
+// another pod's failed follow), leaves the copy behind: when the pod ends with a termination
+// message that tells nothing (none, or not the toolbox's), its log is read once more.
+func TestAFollowThatEndedWhileThePodRanIsReadAgainAtTheEnd(t *testing.T) {
+	ft := newFollowTest(t)
+	ft.setPod(false, "")
+	f := ft.follow(1)
+	ft.logs.script(logAnswer{log: frames(false, "one\n")}, logAnswer{log: frames(true, "one\n", "two\n")})
+	ft.look(f) // follows
+	ft.copyEnds(f)
+	seen := ft.look(f)
+	if seen.At.IsZero() {
+		t.Fatal("no follow again after the follow ended while the pod ran")
+	}
+	time.Sleep(time.Until(seen.At))
+	ft.d.logs.answered(testNode, unreachable) // another pod's follow: the node did not answer
+	if seen := ft.look(f); f.copying || seen.At.IsZero() {
+		t.Fatalf("not held at the node's closed gate: following %v, look again at %v", f.copying, seen.At)
+	}
+	if got := ft.logs.requests(); len(got) != 1 {
+		t.Fatalf("log requests %v, want the one follow (the gate is closed)", got)
+	}
+	ft.setPod(true, "not the toolbox's")
+	if seen := ft.look(f); seen.Done {
+		t.Fatalf("done without reading the ended pod's log: step log %q, want %q", ft.stepLog(0), "one\ntwo\n")
+	}
+	ft.copyEnds(f)
+	if seen := ft.look(f); !seen.Done {
+		t.Fatal("not done after the read of the ended pod's log")
+	}
+	if got := ft.stepLog(0); got != "one\ntwo\n" {
+		t.Fatalf("step log %q, want the whole log", got)
 	}
 }
