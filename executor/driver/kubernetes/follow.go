@@ -53,6 +53,7 @@ type podFollow struct {
 	copied   chan copyResult
 	lastRead bool        // the read of the ended pod's log was begun
 	lastErr  error       // how the last read of the ended pod's log failed (nil: it did not)
+	streamed bool        // a read of the pod's log streamed: its node serves logs
 	ended    *corev1.Pod // the pod as last seen ended, for Cut
 	refused  error       // what a read dropped (toolbox.ErrRefused)
 
@@ -103,13 +104,13 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 			f.lastRead = true
 			f.read(pod, false)
 			return executor.Seen{State: st}, nil
-		case f.lastErr != nil && f.d.logs.served(pod.Spec.NodeName):
-			// That read failed on a node that serves logs: tried again after the task's backoff,
-			// when the node's gate lets it, until the runner stops waiting (copyWait, Cut). A node
-			// that never served a log is not asked again (kwok serves none: every simulated task
-			// would end copyWait late); what is given up is a task whose only read of its log, on a
-			// node the gate knows nothing of yet, fails for a moment: its log stays as the copy has
-			// it.
+		case f.lastErr != nil && (f.streamed || f.d.logs.served(pod.Spec.NodeName)):
+			// That read failed on a node that serves logs (this pod's log streamed, or another's
+			// since the gate last forgot the node): tried again after the task's backoff, when the
+			// node's gate lets it, until the runner stops waiting (copyWait, Cut). A node that never
+			// served a log is not asked again (kwok serves none: every simulated task would end
+			// copyWait late); what is given up is a task whose only read of its log, on a node the
+			// gate knows nothing of, fails for a moment: its log stays as the copy has it.
 			at := f.retryAt
 			if !time.Now().Before(at) {
 				ok, open := f.d.logs.mayFollow(pod.Spec.NodeName)
@@ -188,6 +189,8 @@ func (f *podFollow) took(c copyResult) {
 		// The log was read to its end all the same; a later read reads it again.
 		f.refused, c.err = c.err, nil
 	}
+	// The gate may have forgotten the node meanwhile (forgetIdle), while a follow streamed for hours.
+	f.streamed = f.streamed || c.began
 	if !c.follow {
 		// A read of the ended pod's log: one that failed is tried again after a backoff of its
 		// own (the pod's follows are over).

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,11 +27,13 @@ import (
 // main container's log comes from a scripted log source (fakeLogs), one answer per request.
 
 // logAnswer is the answer to one log request: the request's error, or the log it streams; a hung
-// stream blocks after its log until the request is cancelled (a node that stops mid-read).
+// stream blocks after its log until the request is cancelled (a node that stops mid-read), a cut
+// one fails with cut after it.
 type logAnswer struct {
 	err  error
 	log  string
 	hung bool
+	cut  error
 }
 
 // fakeLogs serves scripted answers in order and records each request's follow flag.
@@ -68,6 +71,9 @@ func (l *fakeLogs) open(ctx context.Context, _ *corev1.Pod, follow bool) (io.Rea
 	var r io.Reader = strings.NewReader(a.log)
 	if a.hung {
 		r = io.MultiReader(r, &hungReader{ctx: ctx})
+	}
+	if a.cut != nil {
+		r = io.MultiReader(r, iotest.ErrReader(a.cut))
 	}
 	return &fakeStream{Reader: r, l: l}, nil
 }
@@ -231,6 +237,36 @@ func TestAFailedLastReadIsTriedAgain(t *testing.T) {
 		}
 		if got := ft.logs.requests(); len(got) != 2 || got[0] || got[1] {
 			t.Fatalf("log requests (follow flags) %v, want two reads", got)
+		}
+	})
+	t.Run("a pod whose log streamed, on a node the gate forgot", func(t *testing.T) {
+		ft := newFollowTest(t)
+		ft.setPod(false, "")
+		f := ft.follow(1)
+		ft.logs.script(logAnswer{log: frames(false, "one\n"), cut: io.ErrUnexpectedEOF}, logAnswer{err: unreachable},
+			logAnswer{log: frames(true, "one\n", "two\n")})
+		ft.look(f)
+		ft.copyEnds(f)
+		delete(ft.d.logs.nodes, testNode) // forgotten (forgetIdle) while the follow streamed
+		ft.setPod(true, "")
+		ft.look(f)
+		ft.copyEnds(f)
+		for start := time.Now(); ; {
+			seen := ft.look(f)
+			if seen.Done {
+				break
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("not done 10s after the failed read (requests %v)", ft.logs.requests())
+			}
+			if f.copying {
+				ft.copyEnds(f)
+			} else {
+				time.Sleep(time.Until(seen.At))
+			}
+		}
+		if got := ft.stepLog(0); got != "one\ntwo\n" {
+			t.Fatalf("step log %q, want the whole log (requests %v)", got, ft.logs.requests())
 		}
 	})
 	t.Run("a node that never served a log", func(t *testing.T) {
