@@ -101,7 +101,8 @@ type Following interface {
 	// Changed receives when the task's containers changed, or its copy moved on: time to Look.
 	Changed() <-chan struct{}
 	// Look looks at the task's main container and moves the copy of its reports on, waiting on
-	// nothing but local files. An error wrapping ErrNotFound says the containers are gone.
+	// nothing but local files. An error wrapping ErrNotFound says the containers are gone; any
+	// other is taken for a moment's (the runner looks again after a backoff).
 	Look(ctx context.Context) (Seen, error)
 	// Cut ends the copy of a task whose main container ended, when the runner waits no longer for
 	// it (copyWait): a read under way is stopped and waited for, so that nothing writes the task's

@@ -2,12 +2,14 @@ package executor
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -132,5 +134,22 @@ func TestACopyStillUnderWayAtCopyWaitIsCutFirst(t *testing.T) {
 	}
 	if st.Phase != rsv1.TaskPhaseSuccess || len(st.Steps) != 1 || st.Steps[0].Phase != rsv1.StepPhaseSuccess {
 		t.Fatalf("task %s %q, steps %+v; want Success with its step's end as the termination message reports it", st.Phase, st.Message, st.Steps)
+	}
+}
+
+// TestALookThatFailsIsTriedAgain: a look at the task's containers that fails for a moment (the
+// driver's live pod List cut off by the apiserver) is not the containers' end: the runner looks
+// again and writes the final status the next look sees, not none at all.
+func TestALookThatFailsIsTriedAgain(t *testing.T) {
+	f := &scriptedFollowing{looks: []func() (Seen, error){
+		func() (Seen, error) {
+			return Seen{}, fmt.Errorf("listing the pod of task x: %w", apierrors.NewServiceUnavailable("the apiserver is shutting down"))
+		},
+		func() (Seen, error) { return Seen{State: ended, Done: true}, nil },
+	}}
+	r := newScriptedRunner(t, f)
+	writeStepResult(t, r.dir, `{"phase":"Success","startTime":"2026-01-02T03:04:05Z","endTime":"2026-01-02T03:04:06Z","exitCode":0}`)
+	if st := finalStatus(t, r); st.Phase != rsv1.TaskPhaseSuccess {
+		t.Fatalf("task %s %q, want Success", st.Phase, st.Message)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -156,9 +157,10 @@ func (r *runner) follow(ctx context.Context) error {
 	defer wake.Stop()
 	var (
 		stopRequested, timedOut = r.stopped, false
-		endedAt                 time.Time // when the container was first seen ended, its copy not done
-		reportAt                time.Time // the next report, once the container started
-		quietLooked             bool      // a report looked at the steps since the driver's copy last wrote them
+		lookAgain               = lookRetry // after a look that failed
+		endedAt                 time.Time   // when the container was first seen ended, its copy not done
+		reportAt                time.Time   // the next report, once the container started
+		quietLooked             bool        // a report looked at the steps since the driver's copy last wrote them
 	)
 	for {
 		select {
@@ -180,6 +182,15 @@ func (r *runner) follow(ctx context.Context) error {
 			return ctx.Err()
 		}
 		stopped := stopRequested == nil && !timedOut
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			// The driver could not look (its live pod List cut off, the apiserver restarting):
+			// not the containers' end, which only ErrNotFound says. Looked at again.
+			ctrl.LoggerFrom(ctx).Error(err, "looking at the task's containers", "executorTask", r.name)
+			wake.Stop()
+			wake.Reset(lookAgain.Step())
+			continue
+		}
+		lookAgain = lookRetry
 		if err != nil {
 			return r.end(ctx, nil, err, stopped, timedOut)
 		}
@@ -273,6 +284,9 @@ func (w *waiting) Look(ctx context.Context) (Seen, error) {
 	}
 	return Seen{State: &State{Running: true}, At: time.Now().Add(lookEvery)}, nil
 }
+
+// lookRetry spaces the looks at a task after one failed: 500ms, doubling up to 30s.
+var lookRetry = wait.Backoff{Duration: lookEvery, Factor: 2, Steps: 16, Cap: 30 * time.Second}
 
 // copyWait bounds how long a task whose container ended waits for the copy of what it reported
 // (a variable for the tests).
