@@ -22,13 +22,13 @@ import (
 // or the kubelet's follow ending at the container's exit before its last lines were read); that
 // read, when it fails on a node that served logs, is tried again after a backoff. A follow that
 // fails, or ends while the pod still runs, is tried again after a backoff (followBackoff) that a
-// follow which read something resets; a
-// node that does not answer closes the node's log gate, so that its other pods wait for one
-// probe instead of asking each (logGate). The pod ending ends the waits at once. A follow cut off
-// is followed again from what the kubelet still has, which after a rotation of the container's
-// log is only its tail: the step logs are appended to by offset (toolbox.Demux), so what was
-// copied stays and nothing is written twice. Once the container ended, the step results of its
-// termination message fill in what the log did not bring.
+// follow which read something resets; a node that does not answer closes the node's log gate, so
+// that its other pods wait for one probe instead of asking each (logGate). The pod ending ends
+// the waits at once. A follow cut off is followed again from what the kubelet still has, which
+// after a rotation of the container's log is only its tail: the step logs are appended to by
+// offset (toolbox.Demux), so what was copied stays and nothing is written twice. Once the
+// container ended, the step results of its termination message fill in what the log did not
+// bring.
 func (d *Driver) Follow(ctx context.Context, uid, dir string, steps int, lim toolbox.Limits) executor.Following {
 	f := &podFollow{d: d, uid: uid, dir: dir, steps: steps, lim: lim, backoff: followBackoff, copied: make(chan copyResult, 1)}
 	f.changed, f.unsubscribe = d.pods.subscribe(uid)
