@@ -247,7 +247,9 @@ func TestAFailedLastReadIsTriedAgain(t *testing.T) {
 			logAnswer{log: frames(true, "one\n", "two\n")})
 		ft.look(f)
 		ft.copyEnds(f)
+		ft.d.logs.mu.Lock()
 		delete(ft.d.logs.nodes, testNode) // forgotten (forgetIdle) while the follow streamed
+		ft.d.logs.mu.Unlock()
 		ft.setPod(true, "")
 		ft.look(f)
 		ft.copyEnds(f)
