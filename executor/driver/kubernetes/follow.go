@@ -20,7 +20,8 @@ import (
 // started, and read once more only when the pod ended and the copy may miss its end (never
 // followed, a follow that failed, one that ended while the pod ran and was not followed again,
 // or the kubelet's follow ending at the container's exit before its last lines were read); that
-// read, when it fails on a node that served logs, is tried again after a backoff. A follow that
+// read, when the node fails to answer it or its stream breaks, on a node that served logs, is
+// tried again after a backoff (an answer that will not change, a 4xx, is final). A follow that
 // fails, or ends while the pod still runs, is tried again after a backoff (followBackoff) that a
 // follow which read something resets; a node that does not answer closes the node's log gate, so
 // that its other pods wait for one probe instead of asking each (logGate). The pod ending ends
@@ -53,6 +54,7 @@ type podFollow struct {
 	copied   chan copyResult
 	lastRead bool        // the read of the ended pod's log was begun
 	lastErr  error       // how the last read of the ended pod's log failed (nil: it did not)
+	readOn   bool        // that failure may pass: the node did not answer, or its stream broke
 	streamed bool        // a read of the pod's log streamed: its node serves logs
 	ended    *corev1.Pod // the pod as last seen ended, for Cut
 	refused  error       // what a read dropped (toolbox.ErrRefused)
@@ -67,7 +69,8 @@ type podFollow struct {
 type copyResult struct {
 	follow bool
 	read   int64
-	began  bool
+	began  bool // the node answered
+	broke  bool // the stream it answered broke (a read of it failed)
 	err    error
 }
 
@@ -104,7 +107,7 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 			f.lastRead = true
 			f.read(pod, false)
 			return executor.Seen{State: st}, nil
-		case f.lastErr != nil && (f.streamed || f.d.logs.served(pod.Spec.NodeName)):
+		case f.readOn && (f.streamed || f.d.logs.served(pod.Spec.NodeName)):
 			// That read failed on a node that serves logs (this pod's log streamed, or another's
 			// since the gate last forgot the node): tried again after the task's backoff, when the
 			// node's gate lets it, until the runner stops waiting (copyWait, Cut). A node that never
@@ -169,6 +172,9 @@ func (f *podFollow) done(pod *corev1.Pod, st *executor.State) executor.Seen {
 	if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
 		return executor.Seen{State: st, Done: true, Copied: err}
 	}
+	if f.refused == nil && f.lastErr != nil && !f.readOn {
+		return executor.Seen{State: st, Done: true, Copied: f.lastErr} // a read that failed for good
+	}
 	return executor.Seen{State: st, Done: true, Copied: f.refused}
 }
 
@@ -177,8 +183,7 @@ func (f *podFollow) done(pod *corev1.Pod, st *executor.State) executor.Seen {
 func (f *podFollow) read(pod *corev1.Pod, follow bool) {
 	f.copying = true
 	go func() {
-		read, began, err := f.d.readLog(f.ctx, pod, f.dir, f.steps, f.lim, follow)
-		f.copied <- copyResult{follow: follow, read: read, began: began, err: err}
+		f.copied <- f.d.readLog(f.ctx, pod, f.dir, f.steps, f.lim, follow)
 		wake(f.changed)
 	}()
 }
@@ -192,13 +197,17 @@ func (f *podFollow) took(c copyResult) {
 	// The gate may have forgotten the node meanwhile (forgetIdle), while a follow streamed for hours.
 	f.streamed = f.streamed || c.began
 	if !c.follow {
-		// A read of the ended pod's log: one that failed is tried again after a backoff of its
-		// own (the pod's follows are over).
-		if c.err != nil && f.lastErr == nil {
+		// A read of the ended pod's log: one that failed for a moment (the node did not answer,
+		// or its stream broke) is tried again after a backoff of its own (the pod's follows are
+		// over). An answer that will not change (4xx: the container or its log removed, a
+		// permission) or the copy's own failure (writing the step logs: a disk full) is final:
+		// reading the whole log again would end the same.
+		if c.err != nil && !f.readOn {
 			f.backoff = followBackoff
 		}
 		f.lastErr = c.err
-		if c.err != nil {
+		f.readOn = c.err != nil && (c.broke || !c.began && nodeTrouble(c.err))
+		if f.readOn {
 			f.retryAt = time.Now().Add(f.backoff.Step())
 		}
 		return

@@ -174,6 +174,21 @@ func (ft *followTest) copyEnds(f *podFollow) {
 	}
 }
 
+// readAgainAt waits until at, when the failed read of the ended pod's log is tried again, and
+// checks that the task is then done with its whole log ("one\ntwo\n").
+func (ft *followTest) readAgainAt(f *podFollow, at time.Time) {
+	ft.t.Helper()
+	time.Sleep(time.Until(at))
+	ft.look(f)
+	ft.copyEnds(f)
+	if seen := ft.look(f); !seen.Done || seen.Copied != nil {
+		ft.t.Fatalf("after the read tried again: done %v, copied %v", seen.Done, seen.Copied)
+	}
+	if got := ft.stepLog(0); got != "one\ntwo\n" {
+		ft.t.Fatalf("step log %q, want the whole log", got)
+	}
+}
+
 // stepLog is the step's log as the copy has it.
 func (ft *followTest) stepLog(i int) string {
 	b, err := os.ReadFile(toolbox.StepLogPath(ft.dir, i))
@@ -226,15 +241,7 @@ func TestAFailedLastReadIsTriedAgain(t *testing.T) {
 			t.Fatal("no time to look again after the failed read")
 		}
 		ft.d.logs.answered(testNode, nil) // the node is back: another pod's probe got an answer
-		time.Sleep(time.Until(seen.At))
-		ft.look(f)
-		ft.copyEnds(f)
-		if seen := ft.look(f); !seen.Done || seen.Copied != nil {
-			t.Fatalf("after the read tried again: done %v, copied %v", seen.Done, seen.Copied)
-		}
-		if got := ft.stepLog(0); got != "one\ntwo\n" {
-			t.Fatalf("step log %q, want the whole log", got)
-		}
+		ft.readAgainAt(f, seen.At)
 		if got := ft.logs.requests(); len(got) != 2 || got[0] || got[1] {
 			t.Fatalf("log requests (follow flags) %v, want two reads", got)
 		}
@@ -269,6 +276,41 @@ func TestAFailedLastReadIsTriedAgain(t *testing.T) {
 		}
 		if got := ft.stepLog(0); got != "one\ntwo\n" {
 			t.Fatalf("step log %q, want the whole log (requests %v)", got, ft.logs.requests())
+		}
+	})
+	t.Run("a stream that breaks mid-read", func(t *testing.T) {
+		ft := newFollowTest(t)
+		ft.d.logs.answered(testNode, nil)
+		ft.setPod(true, "")
+		f := ft.follow(1)
+		ft.logs.script(logAnswer{log: frames(false, "one\n"), cut: io.ErrUnexpectedEOF}, logAnswer{log: frames(true, "one\n", "two\n")})
+		ft.look(f)
+		ft.copyEnds(f)
+		seen := ft.look(f)
+		if seen.Done {
+			t.Fatalf("done after the stream of the ended pod's log broke (copy %q)", ft.stepLog(0))
+		}
+		ft.readAgainAt(f, seen.At)
+	})
+	// An answer that will not change (the container's log removed: 4xx) is not asked again: the
+	// task would wait copyWait for nothing, reading its log again every backoff.
+	t.Run("a node that answers for good", func(t *testing.T) {
+		ft := newFollowTest(t)
+		ft.d.logs.answered(testNode, nil)
+		ft.setPod(true, "")
+		f := ft.follow(1)
+		ft.logs.script(logAnswer{err: apierrors.NewBadRequest(`container "main" in pod "p" is not available`)})
+		ft.look(f)
+		ft.copyEnds(f)
+		seen := ft.look(f)
+		if !seen.Done {
+			t.Fatalf("not done after a read the node refused for good (look again at %v, requests %v)", seen.At, ft.logs.requests())
+		}
+		if seen.Copied == nil {
+			t.Error("the read's failure was not reported (Seen.Copied)")
+		}
+		if got := ft.logs.requests(); len(got) != 1 {
+			t.Fatalf("%d log requests, want one", len(got))
 		}
 	})
 	t.Run("a node that never served a log", func(t *testing.T) {
