@@ -62,6 +62,7 @@ type podFollow struct {
 	followed  bool         // a follow was tried
 	followErr error        // how the last one ended
 	behind    bool         // the last follow ended while the pod ran, and none began since
+	lastEnd   time.Time    // when the last follow that the node answered ended
 	backoff   wait.Backoff // the task's own, for follows that end or fail while the node answers
 	retryAt   time.Time    // when to follow again (zero: as soon as the container started and the node's gate is open)
 }
@@ -69,8 +70,9 @@ type podFollow struct {
 type copyResult struct {
 	follow bool
 	read   int64
-	began  bool // the node answered
-	broke  bool // the stream it answered broke (a read of it failed)
+	began  bool      // the node answered
+	end    time.Time // when the read ended
+	broke  bool      // the stream it answered broke (a read of it failed)
 	err    error
 }
 
@@ -102,7 +104,7 @@ func (f *podFollow) Look(ctx context.Context) (executor.Seen, error) {
 			return executor.Seen{State: st}, nil // its end wakes the runner
 		}
 		switch {
-		case !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.behind || f.d.cutShort(pod, f.dir, f.steps)):
+		case !f.lastRead && mainStarted(pod) && (!f.followed || f.followErr != nil || f.behind || f.endedEarly(pod) || f.d.cutShort(pod, f.dir, f.steps)):
 			// Demux skips what the copy already has.
 			f.lastRead = true
 			f.read(pod, false)
@@ -167,6 +169,26 @@ func (f *podFollow) Cut() error {
 	return f.lastErr
 }
 
+// endedEarly says whether the last follow, one that ended cleanly, ended before the main
+// container did: the pod ended inside the task's backoff (the follow ended while the pod ran, and
+// the next was not due yet), and what the container wrote meanwhile is read once more. The kubelet
+// ends a follow when the container exits, so a follow that ended after FinishedAt less a second is
+// taken for that end: FinishedAt counts in whole seconds, on the node's clock. Given up: a follow
+// cut off within that second or two before the exit (or more, when the node's clock runs behind
+// the executor's) is not read again unless the termination message shows a step's end missing
+// (cutShort).
+func (f *podFollow) endedEarly(pod *corev1.Pod) bool {
+	if f.lastEnd.IsZero() || f.followErr != nil {
+		return false
+	}
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name == mainName && cs.State.Terminated != nil {
+			return f.lastEnd.Before(cs.State.Terminated.FinishedAt.Add(-time.Second))
+		}
+	}
+	return false
+}
+
 // done fills in what the ended pod's termination message reports and the copy did not bring.
 func (f *podFollow) done(pod *corev1.Pod, st *executor.State) executor.Seen {
 	if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
@@ -183,7 +205,9 @@ func (f *podFollow) done(pod *corev1.Pod, st *executor.State) executor.Seen {
 func (f *podFollow) read(pod *corev1.Pod, follow bool) {
 	f.copying = true
 	go func() {
-		f.copied <- f.d.readLog(f.ctx, pod, f.dir, f.steps, f.lim, follow)
+		c := f.d.readLog(f.ctx, pod, f.dir, f.steps, f.lim, follow)
+		c.end = time.Now()
+		f.copied <- c
 		wake(f.changed)
 	}()
 }
@@ -214,7 +238,7 @@ func (f *podFollow) took(c copyResult) {
 	}
 	f.followed, f.followErr = true, c.err
 	if c.began {
-		f.behind = false
+		f.behind, f.lastEnd = false, c.end
 	}
 	switch {
 	case !c.began && nodeTrouble(c.err):

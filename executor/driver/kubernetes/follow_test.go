@@ -104,6 +104,8 @@ type followTest struct {
 	d    *Driver
 	logs *fakeLogs
 	dir  string
+	// finished is when setPod says the main container ended (zero: unknown).
+	finished time.Time
 }
 
 const (
@@ -137,7 +139,7 @@ func (ft *followTest) setPod(ended bool, msg string) {
 	main := corev1.ContainerStatus{Name: mainName, State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}
 	phase := corev1.PodRunning
 	if ended {
-		main.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: msg}}
+		main.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: msg, FinishedAt: metav1.NewTime(ft.finished)}}
 		phase = corev1.PodSucceeded
 	}
 	pod := &corev1.Pod{
@@ -187,6 +189,18 @@ func (ft *followTest) readAgainAt(f *podFollow, at time.Time) {
 	if got := ft.stepLog(0); got != "one\ntwo\n" {
 		ft.t.Fatalf("step log %q, want the whole log", got)
 	}
+}
+
+// followEndsWhileRunning follows the running pod of a one-step task; the follow ends cleanly with
+// "one\n" read (the apiserver closed it); the next request reads the whole log, "one\ntwo\n".
+func (ft *followTest) followEndsWhileRunning() *podFollow {
+	ft.t.Helper()
+	ft.setPod(false, "")
+	f := ft.follow(1)
+	ft.logs.script(logAnswer{log: frames(false, "one\n")}, logAnswer{log: frames(true, "one\n", "two\n")})
+	ft.look(f) // follows
+	ft.copyEnds(f)
+	return f
 }
 
 // stepLog is the step's log as the copy has it.
@@ -369,11 +383,7 @@ func TestCutStopsTheReadAndFillsInTheTerminationMessage(t *testing.T) {
 // message that tells nothing (none, or not the toolbox's), its log is read once more.
 func TestAFollowThatEndedWhileThePodRanIsReadAgainAtTheEnd(t *testing.T) {
 	ft := newFollowTest(t)
-	ft.setPod(false, "")
-	f := ft.follow(1)
-	ft.logs.script(logAnswer{log: frames(false, "one\n")}, logAnswer{log: frames(true, "one\n", "two\n")})
-	ft.look(f) // follows
-	ft.copyEnds(f)
+	f := ft.followEndsWhileRunning()
 	seen := ft.look(f)
 	if seen.At.IsZero() {
 		t.Fatal("no follow again after the follow ended while the pod ran")
@@ -397,4 +407,44 @@ func TestAFollowThatEndedWhileThePodRanIsReadAgainAtTheEnd(t *testing.T) {
 	if got := ft.stepLog(0); got != "one\ntwo\n" {
 		t.Fatalf("step log %q, want the whole log", got)
 	}
+}
+
+// TestAFollowThatEndedBeforeTheContainerIsReadAgain: a follow that ended cleanly while the pod ran
+// (the apiserver closed it), the pod ending before the task's backoff let it follow again, leaves
+// the copy behind when the container ended later than the follow did (its FinishedAt): its log is
+// read once more, though the termination message tells nothing (not the toolbox's). A follow that
+// the kubelet ended at the container's exit costs no second read.
+func TestAFollowThatEndedBeforeTheContainerIsReadAgain(t *testing.T) {
+	t.Run("the container ended after the follow", func(t *testing.T) {
+		ft := newFollowTest(t)
+		f := ft.followEndsWhileRunning()
+		ft.finished = time.Now().Add(3 * time.Second) // the container wrote on for 3 s, then exited
+		ft.setPod(true, "not the toolbox's")
+		if seen := ft.look(f); seen.Done {
+			t.Fatalf("done without reading the ended pod's log: step log %q, requests %v", ft.stepLog(0), ft.logs.requests())
+		}
+		ft.copyEnds(f)
+		if seen := ft.look(f); !seen.Done {
+			t.Fatal("not done after the read of the ended pod's log")
+		}
+		if got := ft.stepLog(0); got != "one\ntwo\n" {
+			t.Fatalf("step log %q, want the whole log", got)
+		}
+	})
+	t.Run("the kubelet ended the follow at the exit", func(t *testing.T) {
+		ft := newFollowTest(t)
+		ft.setPod(false, "")
+		f := ft.follow(1)
+		ft.logs.script(logAnswer{log: frames(true, "one\n")})
+		ft.finished = time.Now().Truncate(time.Second) // FinishedAt counts whole seconds
+		ft.look(f)
+		ft.copyEnds(f)
+		ft.setPod(true, "not the toolbox's")
+		if seen := ft.look(f); !seen.Done {
+			t.Fatalf("not done: the follow that ended at the container's exit is read again (requests %v)", ft.logs.requests())
+		}
+		if got := ft.logs.requests(); len(got) != 1 {
+			t.Fatalf("log requests %v, want the one follow", got)
+		}
+	})
 }
