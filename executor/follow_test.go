@@ -70,6 +70,16 @@ func (f *scriptedFollowing) Close() {}
 // whose driver's Following is f; step 0's result in the task's directory says Running.
 func newScriptedRunner(t *testing.T, f *scriptedFollowing) *runner {
 	t.Helper()
+	if f.changed == nil {
+		f.changed = make(chan struct{}, 1)
+	}
+	return newTestRunner(t, &scriptedFollower{f: f})
+}
+
+// newTestRunner is a runner of a one-step ExecutorTask created in a namespace of its own, run by
+// d; step 0's result in the task's directory says Running.
+func newTestRunner(t *testing.T, d Driver) *runner {
+	t.Helper()
 	c, err := client.New(env.Config, client.Options{Scheme: Scheme()})
 	if err != nil {
 		t.Fatal(err)
@@ -77,10 +87,7 @@ func newScriptedRunner(t *testing.T, f *scriptedFollowing) *runner {
 	et := createTestTask(t, c, "fol", "true")
 	now := metav1.Now()
 	et.Status.StartTime = &now
-	if f.changed == nil {
-		f.changed = make(chan struct{}, 1)
-	}
-	e := &Executor{client: c, reader: c, uid: "uid", runners: map[types.UID]*runner{}, driver: &scriptedFollower{f: f},
+	e := &Executor{client: c, reader: c, uid: "uid", runners: map[types.UID]*runner{}, driver: d,
 		opts: Options{Name: "ex", Namespace: et.Namespace, DataDir: t.TempDir(), Limits: toolbox.Limits{}.WithDefaults()}}
 	r := &runner{e: e, et: et, id: et.UID, name: et.Name, dir: e.taskDir(et.UID), stopped: make(chan struct{})}
 	writeStepResult(t, r.dir, `{"phase":"Running","startTime":"2026-01-02T03:04:05Z"}`)
@@ -151,5 +158,32 @@ func TestALookThatFailsIsTriedAgain(t *testing.T) {
 	writeStepResult(t, r.dir, `{"phase":"Success","startTime":"2026-01-02T03:04:05Z","endTime":"2026-01-02T03:04:06Z","exitCode":0}`)
 	if st := finalStatus(t, r); st.Phase != rsv1.TaskPhaseSuccess {
 		t.Fatalf("task %s %q, want Success", st.Phase, st.Message)
+	}
+}
+
+// TestAReadUnderWayWhenTheContainersAreGoneIsCutFirst: containers found gone (the pod deleted)
+// while a read of their reports is under way: the runner cuts the copy (the driver stops the read
+// and waits for it) before it writes the final status, so nothing writes the task's directory
+// after it.
+func TestAReadUnderWayWhenTheContainersAreGoneIsCutFirst(t *testing.T) {
+	f := &scriptedFollowing{looks: []func() (Seen, error){
+		func() (Seen, error) { return Seen{}, fmt.Errorf("the pod of task x: %w", ErrNotFound) },
+	}}
+	r := newScriptedRunner(t, f)
+	var phaseAtCut rsv1.TaskPhase
+	f.cut = func() error {
+		got := &rsv1.ExecutorTask{}
+		if err := r.e.reader.Get(t.Context(), client.ObjectKeyFromObject(r.et), got); err != nil {
+			t.Error(err)
+		}
+		phaseAtCut = got.Status.Phase
+		return nil
+	}
+	st := finalStatus(t, r)
+	if f.cuts != 1 {
+		t.Fatalf("the copy was cut %d times, want once before the final status (%s %q)", f.cuts, st.Phase, st.Message)
+	}
+	if phaseAtCut == st.Phase {
+		t.Fatalf("the copy was cut after the final status %s was written", st.Phase)
 	}
 }

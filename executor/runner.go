@@ -192,6 +192,8 @@ func (r *runner) follow(ctx context.Context) error {
 		}
 		lookAgain = lookRetry
 		if err != nil {
+			// The containers are gone: a read of their reports still under way is stopped first.
+			r.copied(ctx, f.Cut())
 			return r.end(ctx, nil, err, stopped, timedOut)
 		}
 		st, now := seen.State, time.Now()
@@ -202,11 +204,7 @@ func (r *runner) follow(ctx context.Context) error {
 			ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.name)
 			seen.Done, seen.Copied = true, f.Cut()
 		}
-		if errors.Is(seen.Copied, toolbox.ErrRefused) {
-			r.refused = seen.Copied
-		} else if seen.Copied != nil {
-			ctrl.LoggerFrom(ctx).Error(seen.Copied, "copying the task's reports", "executorTask", r.name)
-		}
+		r.copied(ctx, seen.Copied)
 		if seen.Done {
 			return r.end(ctx, st, nil, stopped, timedOut)
 		}
@@ -236,6 +234,15 @@ func (r *runner) follow(ctx context.Context) error {
 		if !next.IsZero() {
 			wake.Reset(time.Until(next))
 		}
+	}
+}
+
+// copied records what the copy of the task's reports could not do (Seen.Copied).
+func (r *runner) copied(ctx context.Context, err error) {
+	if errors.Is(err, toolbox.ErrRefused) {
+		r.refused = err
+	} else if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "copying the task's reports", "executorTask", r.name)
 	}
 }
 
