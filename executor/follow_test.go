@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -185,5 +186,44 @@ func TestAReadUnderWayWhenTheContainersAreGoneIsCutFirst(t *testing.T) {
 	}
 	if phaseAtCut == st.Phase {
 		t.Fatalf("the copy was cut after the final status %s was written", st.Phase)
+	}
+}
+
+// flakyWaiter is a driver, no Follower, whose Wait fails once for a moment (the daemon restarting)
+// before it returns the task's end.
+type flakyWaiter struct {
+	Driver // nil: the runner calls only Inspect, Wait and Remove here
+	mu     sync.Mutex
+	waits  int
+}
+
+func (d *flakyWaiter) Inspect(context.Context, string) (*State, error) {
+	return &State{Running: true, Started: true}, nil
+}
+
+func (d *flakyWaiter) Wait(context.Context, string) (*State, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.waits++
+	if d.waits == 1 {
+		return nil, errors.New("waiting for the container: the daemon is restarting")
+	}
+	return ended, nil
+}
+
+func (d *flakyWaiter) Remove(context.Context, string) error { return nil }
+
+// TestAWaitThatFailsIsWaitedForAgain: a driver that is no Follower, whose Wait fails for a moment,
+// is waited on again (the runner looks again after its backoff): the task gets the final status
+// of its end, not a look that fails for ever.
+func TestAWaitThatFailsIsWaitedForAgain(t *testing.T) {
+	d := &flakyWaiter{}
+	r := newTestRunner(t, d)
+	writeStepResult(t, r.dir, `{"phase":"Success","startTime":"2026-01-02T03:04:05Z","endTime":"2026-01-02T03:04:06Z","exitCode":0}`)
+	if st := finalStatus(t, r); st.Phase != rsv1.TaskPhaseSuccess {
+		t.Fatalf("task %s %q, want Success", st.Phase, st.Message)
+	}
+	if d.waits != 2 {
+		t.Fatalf("Wait called %d times, want twice", d.waits)
 	}
 }

@@ -250,6 +250,7 @@ func (r *runner) copied(ctx context.Context, err error) {
 // main container's start is looked for every lookEvery until it started (the driver shares the
 // task's directory: there is no copy to wait for).
 type waiting struct {
+	ctx     context.Context
 	d       Driver
 	uid     string
 	done    chan struct{} // closed when Wait returned st and err
@@ -261,12 +262,19 @@ type waiting struct {
 
 func waitFor(ctx context.Context, d Driver, uid string) *waiting {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &waiting{d: d, uid: uid, done: make(chan struct{}), cancel: cancel}
-	go func() {
-		defer close(w.done)
-		w.st, w.err = d.Wait(ctx, uid)
-	}()
+	w := &waiting{ctx: ctx, d: d, uid: uid, cancel: cancel}
+	w.wait()
 	return w
+}
+
+// wait waits for the task in a goroutine of its own, which closes done once Wait returned.
+func (w *waiting) wait() {
+	done := make(chan struct{})
+	w.done = done
+	go func() {
+		defer close(done)
+		w.st, w.err = w.d.Wait(w.ctx, w.uid)
+	}()
 }
 
 func (w *waiting) Changed() <-chan struct{} { return w.done }
@@ -279,6 +287,12 @@ func (w *waiting) Cut() error { return nil }
 func (w *waiting) Look(ctx context.Context) (Seen, error) {
 	select {
 	case <-w.done:
+		if err := w.err; err != nil && !errors.Is(err, ErrNotFound) && w.ctx.Err() == nil {
+			// Wait failed for a moment (the daemon restarting): waited for again, and the
+			// runner looks again after its backoff.
+			w.wait()
+			return Seen{}, err
+		}
 		return Seen{State: w.st, Done: w.err == nil}, w.err
 	default:
 	}
