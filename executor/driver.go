@@ -105,7 +105,7 @@ type Following interface {
 	// other is taken for a moment's (the runner looks again after a backoff).
 	Look(ctx context.Context) (Seen, error)
 	// Cut ends the copy of a task whose main container ended, when the runner waits no longer for
-	// it (copyWait): a read under way is stopped and waited for, so that nothing writes the task's
+	// it (copyWait), or whose containers are gone: a read under way is stopped and waited for, so that nothing writes the task's
 	// directory once its final status is written, and what else the container's end reported
 	// (a termination message) fills in what the copy did not bring. It returns what the copy
 	// could not do, as Seen.Copied.
