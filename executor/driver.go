@@ -101,8 +101,15 @@ type Following interface {
 	// Changed receives when the task's containers changed, or its copy moved on: time to Look.
 	Changed() <-chan struct{}
 	// Look looks at the task's main container and moves the copy of its reports on, waiting on
-	// nothing but local files. An error wrapping ErrNotFound says the containers are gone.
+	// nothing but local files. An error wrapping ErrNotFound says the containers are gone; any
+	// other is taken for a moment's (the runner looks again after a backoff).
 	Look(ctx context.Context) (Seen, error)
+	// Cut ends the copy of a task whose main container ended, when the runner waits no longer for
+	// it (copyWait), or whose containers are gone: a read under way is stopped and waited for, so that nothing writes the task's
+	// directory once its final status is written, and what else the container's end reported
+	// (a termination message) fills in what the copy did not bring. It returns what the copy
+	// could not do, as Seen.Copied.
+	Cut() error
 	// Close ends the following: a copy under way is cut.
 	Close()
 }

@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -156,9 +157,10 @@ func (r *runner) follow(ctx context.Context) error {
 	defer wake.Stop()
 	var (
 		stopRequested, timedOut = r.stopped, false
-		endedAt                 time.Time // when the container was first seen ended, its copy not done
-		reportAt                time.Time // the next report, once the container started
-		quietLooked             bool      // a report looked at the steps since the driver's copy last wrote them
+		lookAgain               = lookRetry // after a look that failed
+		endedAt                 time.Time   // when the container was first seen ended, its copy not done
+		reportAt                time.Time   // the next report, once the container started
+		quietLooked             bool        // a report looked at the steps since the driver's copy last wrote them
 	)
 	for {
 		select {
@@ -180,13 +182,19 @@ func (r *runner) follow(ctx context.Context) error {
 			return ctx.Err()
 		}
 		stopped := stopRequested == nil && !timedOut
-		if err != nil {
-			return r.end(ctx, nil, err, stopped, timedOut)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			// The driver could not look (its live pod List cut off, the apiserver restarting):
+			// not the containers' end, which only ErrNotFound says. Looked at again.
+			ctrl.LoggerFrom(ctx).Error(err, "looking at the task's containers", "executorTask", r.name)
+			wake.Stop()
+			wake.Reset(lookAgain.Step())
+			continue
 		}
-		if errors.Is(seen.Copied, toolbox.ErrRefused) {
-			r.refused = seen.Copied
-		} else if seen.Copied != nil {
-			ctrl.LoggerFrom(ctx).Error(seen.Copied, "copying the task's reports", "executorTask", r.name)
+		lookAgain = lookRetry
+		if err != nil {
+			// The containers are gone: a read of their reports still under way is stopped first.
+			r.copied(ctx, f.Cut())
+			return r.end(ctx, nil, err, stopped, timedOut)
 		}
 		st, now := seen.State, time.Now()
 		if !st.Running && endedAt.IsZero() {
@@ -194,8 +202,9 @@ func (r *runner) follow(ctx context.Context) error {
 		}
 		if !st.Running && !seen.Done && now.Sub(endedAt) >= copyWait {
 			ctrl.LoggerFrom(ctx).Info("the task's reports are still incomplete; ending it with what arrived", "executorTask", r.name)
-			seen.Done = true
+			seen.Done, seen.Copied = true, f.Cut()
 		}
+		r.copied(ctx, seen.Copied)
 		if seen.Done {
 			return r.end(ctx, st, nil, stopped, timedOut)
 		}
@@ -228,10 +237,20 @@ func (r *runner) follow(ctx context.Context) error {
 	}
 }
 
+// copied records what the copy of the task's reports could not do (Seen.Copied).
+func (r *runner) copied(ctx context.Context, err error) {
+	if errors.Is(err, toolbox.ErrRefused) {
+		r.refused = err
+	} else if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "copying the task's reports", "executorTask", r.name)
+	}
+}
+
 // waiting follows a task of a driver that is no Follower: a goroutine blocks in its Wait, and the
 // main container's start is looked for every lookEvery until it started (the driver shares the
 // task's directory: there is no copy to wait for).
 type waiting struct {
+	ctx     context.Context
 	d       Driver
 	uid     string
 	done    chan struct{} // closed when Wait returned st and err
@@ -243,21 +262,37 @@ type waiting struct {
 
 func waitFor(ctx context.Context, d Driver, uid string) *waiting {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &waiting{d: d, uid: uid, done: make(chan struct{}), cancel: cancel}
-	go func() {
-		defer close(w.done)
-		w.st, w.err = d.Wait(ctx, uid)
-	}()
+	w := &waiting{ctx: ctx, d: d, uid: uid, cancel: cancel}
+	w.wait()
 	return w
+}
+
+// wait waits for the task in a goroutine of its own, which closes done once Wait returned.
+func (w *waiting) wait() {
+	done := make(chan struct{})
+	w.done = done
+	go func() {
+		defer close(done)
+		w.st, w.err = w.d.Wait(w.ctx, w.uid)
+	}()
 }
 
 func (w *waiting) Changed() <-chan struct{} { return w.done }
 
 func (w *waiting) Close() { w.cancel() }
 
+// Cut implements Following: the driver shares the task's directory, nothing is copied.
+func (w *waiting) Cut() error { return nil }
+
 func (w *waiting) Look(ctx context.Context) (Seen, error) {
 	select {
 	case <-w.done:
+		if err := w.err; err != nil && !errors.Is(err, ErrNotFound) && w.ctx.Err() == nil {
+			// Wait failed for a moment (the daemon restarting): waited for again, and the
+			// runner looks again after its backoff.
+			w.wait()
+			return Seen{}, err
+		}
 		return Seen{State: w.st, Done: w.err == nil}, w.err
 	default:
 	}
@@ -271,8 +306,12 @@ func (w *waiting) Look(ctx context.Context) (Seen, error) {
 	return Seen{State: &State{Running: true}, At: time.Now().Add(lookEvery)}, nil
 }
 
-// copyWait bounds how long a task whose container ended waits for the copy of what it reported.
-const copyWait = 30 * time.Second
+// lookRetry spaces the looks at a task after one failed: 500ms, doubling up to 30s.
+var lookRetry = wait.Backoff{Duration: lookEvery, Factor: 2, Steps: 16, Cap: 30 * time.Second}
+
+// copyWait bounds how long a task whose container ended waits for the copy of what it reported
+// (a variable for the tests).
+var copyWait = 30 * time.Second
 
 // deadline is the task's timeout, if it has one, counted from its start, and the func that
 // releases its timer.

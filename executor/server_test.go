@@ -55,19 +55,8 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := fmt.Sprintf("srv%d", time.Now().UnixNano()%1e9)
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatal(err)
-	}
-	et := &rsv1.ExecutorTask{
-		ObjectMeta: metav1.ObjectMeta{Name: "run-a", Namespace: ns, Labels: map[string]string{rsv1.LabelExecutor: "ex"}},
-		Spec: rsv1.ExecutorTaskSpec{RunName: "run", TaskName: "a", Executor: "ex", ExecutorUID: "uid",
-			Task: rsv1.Task{Name: "a", Containers: []rsv1.Container{{Image: "busybox:1.36"}},
-				Steps: []rsv1.Step{{Run: &rsv1.RunStep{Command: "yes"}}}}},
-	}
-	if err := c.Create(ctx, et); err != nil {
-		t.Fatalf("creating the executor task: %v", err)
-	}
+	et := createTestTask(t, c, "srv", "yes")
+	ns := et.Namespace
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +100,26 @@ func startServer(t *testing.T, size int64, timeouts ServerTimeouts) *testServer 
 		time.Sleep(20 * time.Millisecond)
 	}
 	return &testServer{addr: addr, token: "tok", client: c, task: et, log: log, e: e}
+}
+
+// createTestTask creates, in a new namespace named after prefix, an ExecutorTask "run-a" of
+// executor "ex" whose one step runs command.
+func createTestTask(t *testing.T, c client.Client, prefix, command string) *rsv1.ExecutorTask {
+	t.Helper()
+	ns := fmt.Sprintf("%s%d", prefix, time.Now().UnixNano()%1e9)
+	if err := c.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	et := &rsv1.ExecutorTask{
+		ObjectMeta: metav1.ObjectMeta{Name: "run-a", Namespace: ns, Labels: map[string]string{rsv1.LabelExecutor: "ex"}},
+		Spec: rsv1.ExecutorTaskSpec{RunName: "run", TaskName: "a", Executor: "ex", ExecutorUID: "uid",
+			Task: rsv1.Task{Name: "a", Containers: []rsv1.Container{{Image: "busybox:1.36"}},
+				Steps: []rsv1.Step{{Run: &rsv1.RunStep{Command: command}}}}},
+	}
+	if err := c.Create(t.Context(), et); err != nil {
+		t.Fatalf("creating the executor task: %v", err)
+	}
+	return et
 }
 
 // status sends a request for the server's task (path under /v1/tasks/<name>) with token and

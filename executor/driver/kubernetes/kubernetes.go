@@ -73,6 +73,9 @@ type Driver struct {
 	pods   *podIndex
 	reaper *reaper
 	logs   *logGate
+	// openLog opens the main container's log of a pod (podLog); tests put a log source of their own
+	// in its place.
+	openLog func(ctx context.Context, pod *corev1.Pod, follow bool) (io.ReadCloser, error)
 }
 
 var (
@@ -97,6 +100,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{opts: opts, client: c}
+	d.openLog = d.podLog
 	d.reaper = newReaper(d)
 	d.logs = newLogGate(func(node string) { d.pods.wakeNode(node) })
 	go d.reaper.run(ctx)
@@ -559,32 +563,41 @@ func mainStarted(pod *corev1.Pod) bool {
 	return false
 }
 
-// readLog reads the main container's log into dir, following it while it runs when follow is set,
-// and returns how many bytes of log it read; began says that the log's node answered (how the
-// request began goes to the log gate).
-func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits, follow bool) (read int64, began bool, err error) {
-	req := d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: follow})
-	stream, err := req.Stream(ctx)
+// readLog reads the main container's log into dir, following it while it runs when follow is set:
+// how many bytes of log it read, whether the log's node answered (how the request began goes to
+// the log gate) and whether the stream then broke (a read of it failed).
+func (d *Driver) readLog(ctx context.Context, pod *corev1.Pod, dir string, steps int, lim toolbox.Limits, follow bool) copyResult {
+	stream, err := d.openLog(ctx, pod, follow)
 	if ctx.Err() == nil {
 		d.logs.answered(pod.Spec.NodeName, err)
 	}
 	if err != nil {
-		return 0, false, err
+		return copyResult{follow: follow, err: err}
 	}
 	defer stream.Close()
 	r := &countingReader{r: stream}
 	err = toolbox.Demux(r, dir, steps, lim)
-	return r.n, true, err
+	return copyResult{follow: follow, read: r.n, began: true, broke: r.err != nil, err: err}
 }
 
+// podLog asks the apiserver for the main container's log, which it streams from the pod's node.
+func (d *Driver) podLog(ctx context.Context, pod *corev1.Pod, follow bool) (io.ReadCloser, error) {
+	return d.client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: mainName, Follow: follow}).Stream(ctx)
+}
+
+// countingReader counts what it read, and keeps how a read of it failed (nil: none did, or EOF).
 type countingReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	err error
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
 	return n, err
 }
 

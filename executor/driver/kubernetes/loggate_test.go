@@ -91,3 +91,29 @@ func TestLogGate(t *testing.T) {
 		t.Fatal("a probe that never reported keeps the gate shut")
 	}
 }
+
+// TestLogGateForgetsIdleNodes: the gate forgets a node nobody asked or told it about for
+// forgetIdle (a node gone for good, with node churn), and keeps one whose pods wait at its closed
+// gate, asking again every time it says.
+func TestLogGateForgetsIdleNodes(t *testing.T) {
+	now := time.Unix(1000, 0)
+	g := newLogGate(nil)
+	g.now = func() time.Time { return now }
+	unreachable := errors.New("http2: client connection lost")
+	g.answered("gone", unreachable)
+	g.answered("busy", unreachable)
+	for end := now.Add(forgetIdle + time.Minute); now.Before(end); {
+		ok, at := g.mayFollow("busy")
+		if ok {
+			g.answered("busy", unreachable) // the probe failed too
+			continue
+		}
+		now = at
+	}
+	if _, kept := g.nodes["gone"]; kept {
+		t.Errorf("the gate still holds a node idle for %v", forgetIdle+time.Minute)
+	}
+	if n := g.nodes["busy"]; n == nil || !n.closed {
+		t.Errorf("the gate forgot a closed node whose pods wait on it: %+v", n)
+	}
+}
