@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -105,8 +104,7 @@ func fetchesRecorded(_ context.Context, e event.UpdateEvent, q workqueue.TypedRa
 		if ts.Fetched == "" || ts.FromRun != "" || ts.ExecutorTask == "" {
 			continue
 		}
-		j := slices.IndexFunc(old.Status.Tasks, func(o rsv1.TaskStatus) bool { return o.Name == ts.Name })
-		if j >= 0 && old.Status.Tasks[j].Fetched != "" {
+		if taskIn(&old.Status, ts.Name).Fetched != "" {
 			continue
 		}
 		q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: run.Namespace, Name: ts.ExecutorTask}})

@@ -74,15 +74,6 @@ log "README walkthrough: diamond Success, logs read from S3 ($((SECONDS - t0)) s
 metrics=$(kubectl get --raw /api/v1/namespaces/runservice-system/services/runservice-manager-metrics:metrics/proxy/metrics) ||
   fail "the manager's metrics Service does not answer"
 echo "$metrics" | grep -q '^process_start_time_seconds' || fail "the manager's metrics Service answers without metrics"
-# Each replica counts the runs it owns (sharded): one of the three counts the finished run.
-counted=
-for pod in $(kubectl -n runservice-system get pods -l app.kubernetes.io/name=runservice-manager -o jsonpath='{.items[*].metadata.name}'); do
-  metrics=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$pod:8080/proxy/metrics") || fail "the manager replica $pod serves no metrics"
-  echo "$metrics" | grep -q '^runservice_shard_runs{' || fail "the manager replica $pod is not sharded: $(echo "$metrics" | grep '^runservice_')"
-  echo "$metrics" | grep -q '^runservice_runs{phase="Finished"} [1-9]' && counted=$pod
-done
-[ -n "$counted" ] || fail "no manager replica's metrics count the finished run"
-
 # Go's soft memory limit: 90% of the container's memory limit, in every manager replica (its metrics)
 # and executor (its log), as automemlimit computes it from the cgroup.
 # limit90 NS DEPLOYMENT: 90% of the deployment's container memory limit (in Mi), in bytes.
@@ -92,18 +83,25 @@ limit90() {
   [[ $mem == *Mi ]] || fail "$2's memory limit is $mem, not in Mi"
   echo $((${mem%Mi} * 1048576 * 9 / 10))
 }
-want=$(limit90 runservice-system runservice-manager)
+# Each replica counts the runs it owns (sharded): one of the three counts the finished run.
+counted=
 checked=0
+want=$(limit90 runservice-system runservice-manager)
 for pod in $(kubectl -n runservice-system get pods -l app.kubernetes.io/name=runservice-manager -o jsonpath='{.items[*].metadata.name}'); do
-  checked=$((checked + 1))
-  got=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$pod:8080/proxy/metrics" | awk '/^go_gc_gomemlimit_bytes /{printf "%d", $2}')
+  metrics=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$pod:8080/proxy/metrics") || fail "the manager replica $pod serves no metrics"
+  echo "$metrics" | grep -q '^runservice_shard_runs{' || fail "the manager replica $pod is not sharded: $(echo "$metrics" | grep '^runservice_')"
+  echo "$metrics" | grep -q '^runservice_runs{phase="Finished"} [1-9]' && counted=$pod
+  got=$(echo "$metrics" | awk '/^go_gc_gomemlimit_bytes /{printf "%d", $2}')
   [ "$got" = "$want" ] || fail "the manager replica $pod runs with Go's memory limit $got, want $want"
+  checked=$((checked + 1))
 done
+[ -n "$counted" ] || fail "no manager replica's metrics count the finished run"
 want=$(limit90 default runservice-executor)
 for pod in $(kubectl get pods -l app.kubernetes.io/name=runservice-executor -o jsonpath='{.items[*].metadata.name}'); do
+  podlog=$(kubectl logs "$pod")
+  echo "$podlog" | grep -q "GOMEMLIMIT is updated.*$want" ||
+    fail "the executor $pod did not set Go's memory limit to $want: $(echo "$podlog" | grep GOMEMLIMIT)"
   checked=$((checked + 1))
-  kubectl logs "$pod" | grep -q "GOMEMLIMIT is updated.*$want" ||
-    fail "the executor $pod did not set Go's memory limit to $want: $(kubectl logs "$pod" | grep GOMEMLIMIT)"
 done
 [ "$checked" = 6 ] || fail "Go's memory limit checked in $checked processes, want 3 manager replicas and 3 executors"
 log "Go's memory limit is 90% of the container's in the 3 manager replicas and the 3 executors"

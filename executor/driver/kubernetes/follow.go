@@ -158,15 +158,7 @@ func (f *podFollow) Cut() error {
 		f.took(<-f.copied)
 		f.lastErr = nil
 	}
-	if f.ended != nil {
-		if err := f.d.terminationResults(f.ended, f.dir, f.steps); err != nil {
-			return err
-		}
-	}
-	if f.refused != nil {
-		return f.refused
-	}
-	return f.lastErr
+	return f.finish(f.ended, true)
 }
 
 // endedEarly says whether the last follow, one that ended cleanly, ended before the main
@@ -189,15 +181,25 @@ func (f *podFollow) endedEarly(pod *corev1.Pod) bool {
 	return false
 }
 
-// done fills in what the ended pod's termination message reports and the copy did not bring.
+// done fills in what the ended pod's termination message reports and the copy did not bring. A
+// last read that failed for a moment, on a node that serves no log, is not reported.
 func (f *podFollow) done(pod *corev1.Pod, st *executor.State) executor.Seen {
-	if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
-		return executor.Seen{State: st, Done: true, Copied: err}
+	return executor.Seen{State: st, Done: true, Copied: f.finish(pod, !f.readOn)}
+}
+
+// finish fills in, from pod (nil: gone), what its termination message reports and the copy did
+// not bring, and returns what the copy could not do: the fill-in's failure, a read's refusal, or,
+// with failed, how the last read of the ended pod's log failed.
+func (f *podFollow) finish(pod *corev1.Pod, failed bool) error {
+	if pod != nil {
+		if err := f.d.terminationResults(pod, f.dir, f.steps); err != nil {
+			return err
+		}
 	}
-	if f.refused == nil && f.lastErr != nil && !f.readOn {
-		return executor.Seen{State: st, Done: true, Copied: f.lastErr} // a read that failed for good
+	if f.refused != nil || !failed {
+		return f.refused
 	}
-	return executor.Seen{State: st, Done: true, Copied: f.refused}
+	return f.lastErr
 }
 
 // read reads the pod's log into the task's directory in a goroutine of its own, following it when
