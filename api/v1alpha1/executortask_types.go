@@ -6,13 +6,9 @@ import (
 
 // ExecutorTaskSpec is one scheduled task, written by the manager. Only stop changes later.
 // Everything but stop is immutable: an executor runs what was scheduled, and a task restores exactly the
-// workspaces it was given (an optional list may not appear or disappear either).
-// +kubebuilder:validation:XValidation:rule="self.runName == oldSelf.runName && self.taskName == oldSelf.taskName && self.executor == oldSelf.executor && self.executorUID == oldSelf.executorUID && self.task == oldSelf.task",message="only stop can change"
-// +kubebuilder:validation:XValidation:rule="has(self.runUID) == has(oldSelf.runUID) && (!has(self.runUID) || self.runUID == oldSelf.runUID)",message="only stop can change",fieldPath=".runUID"
-// +kubebuilder:validation:XValidation:rule="has(self.environment) == has(oldSelf.environment) && (!has(self.environment) || self.environment == oldSelf.environment)",message="only stop can change",fieldPath=".environment"
-// +kubebuilder:validation:XValidation:rule="has(self.workspaceSources) == has(oldSelf.workspaceSources) && (!has(self.workspaceSources) || self.workspaceSources == oldSelf.workspaceSources)",message="only stop can change",fieldPath=".workspaceSources"
-// +kubebuilder:validation:XValidation:rule="has(self.keptSources) == has(oldSelf.keptSources) && (!has(self.keptSources) || self.keptSources == oldSelf.keptSources)",message="only stop can change",fieldPath=".keptSources"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.stop) || !oldSelf.stop || (has(self.stop) && self.stop)",message="stop cannot be undone",fieldPath=".stop"
+// workspaces it was given (an optional list may not appear or disappear either). The admission policy
+// of config/crd/executortask_policy.yaml says so on updates of the ExecutorTask itself, not in the
+// schema, whose CEL rules the apiserver would evaluate on every status write too.
 type ExecutorTaskSpec struct {
 	// runName is the Run the task belongs to.
 	// +required

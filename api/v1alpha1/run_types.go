@@ -16,10 +16,9 @@ const (
 	DependOnSkipped DependCondition = "OnSkipped"
 )
 
-// RunSpec is what a client submits: a DAG of tasks.
-// +kubebuilder:validation:XValidation:rule="has(self.changeGroups) == has(oldSelf.changeGroups)",message="changeGroups is immutable",fieldPath=".changeGroups"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.stop) || !oldSelf.stop || (has(self.stop) && self.stop)",message="stop cannot be undone",fieldPath=".stop"
-// +kubebuilder:validation:XValidation:rule="has(self.restartFrom) == has(oldSelf.restartFrom)",message="restartFrom is immutable",fieldPath=".restartFrom"
+// RunSpec is what a client submits: a DAG of tasks. Its schema has no CEL rule (the apiserver would
+// evaluate them on every write of the run, status included): the Run webhook refuses the changes the
+// fields marked immutable may not have, and the steps and resources a Task may not (dag.Validate).
 type RunSpec struct {
 	// changeGroups are the ChangeGroups of the run's namespace the run belongs to; a group that does
 	// not exist yet is created on first use. Immutable.
@@ -29,7 +28,6 @@ type RunSpec struct {
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=63
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="changeGroups is immutable"
 	ChangeGroups []string `json:"changeGroups,omitempty"`
 
 	// suspend keeps the run Queued until a client sets it to false.
@@ -61,12 +59,10 @@ type RunSpec struct {
 	// +listMapKey=name
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=256
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="tasks are immutable once the run is created"
 	Tasks []Task `json:"tasks"`
 	// restartFrom makes the run a restart of an earlier run of the namespace that has ended (live
 	// or archived). The run's own tasks are its graph, usually the restarted run's. Immutable.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="restartFrom is immutable"
 	RestartFrom *RunRestart `json:"restartFrom,omitempty"`
 }
 
@@ -212,13 +208,11 @@ type ContainerResources struct {
 	// requests are what the container is guaranteed.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=2
-	// +kubebuilder:validation:XValidation:rule="self.all(k, k == 'cpu' || k == 'memory')",message="only cpu and memory"
 	Requests corev1.ResourceList `json:"requests,omitempty"`
 
 	// limits are the most the container may use.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=2
-	// +kubebuilder:validation:XValidation:rule="self.all(k, k == 'cpu' || k == 'memory')",message="only cpu and memory"
 	Limits corev1.ResourceList `json:"limits,omitempty"`
 }
 
@@ -241,8 +235,7 @@ type TaskDependency struct {
 	Conditions []DependCondition `json:"conditions,omitempty"`
 }
 
-// Step is one step of a task: exactly one of its fields is set.
-// +kubebuilder:validation:XValidation:rule="(has(self.run) ? 1 : 0) + (has(self.saveToWorkspace) ? 1 : 0) + (has(self.restoreWorkspace) ? 1 : 0) == 1",message="a step must have exactly one of run, saveToWorkspace or restoreWorkspace"
+// Step is one step of a task: exactly one of its fields is set (dag.Validate).
 type Step struct {
 	// run runs a command.
 	// +optional
@@ -255,6 +248,21 @@ type Step struct {
 	// restoreWorkspace restores the archives of the parent tasks.
 	// +optional
 	RestoreWorkspace *RestoreWorkspaceStep `json:"restoreWorkspace,omitempty"`
+}
+
+// Kinds are the names of the step's fields that are set: exactly one for a valid step.
+func (s *Step) Kinds() []string {
+	var kinds []string
+	if s.Run != nil {
+		kinds = append(kinds, "run")
+	}
+	if s.SaveToWorkspace != nil {
+		kinds = append(kinds, "saveToWorkspace")
+	}
+	if s.RestoreWorkspace != nil {
+		kinds = append(kinds, "restoreWorkspace")
+	}
+	return kinds
 }
 
 // RunStep runs a command with a shell.

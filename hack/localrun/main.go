@@ -228,7 +228,7 @@ func reachableCluster() (*rest.Config, bool) {
 	return cfg, true
 }
 
-// onCluster installs the CRDs into a reachable cluster and runs the manager there. The webhook needs
+// onCluster installs the CRDs and their admission policies into a reachable cluster and runs the manager there. The webhook needs
 // a certificate the cluster trusts, so out of a cluster the manager runs without it (the run
 // controller still rejects bad graphs with phase SetupError); deploy with config/default for it.
 func onCluster(ctx context.Context, cfg *rest.Config) error {
@@ -239,6 +239,9 @@ func onCluster(ctx context.Context, cfg *rest.Config) error {
 	fmt.Println("cluster reachable: installing the CRDs and running the manager against it (webhook off)")
 	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{filepath.Join(root, "config", "crd", "bases")}, ErrorIfPathMissing: true}); err != nil {
 		return fmt.Errorf("installing CRDs: %w", err)
+	}
+	if err := testenv.InstallPolicies(ctx, cfg, root); err != nil {
+		return err
 	}
 	mgr, err := manager.New(ctx, cfg, manager.Options{MetricsAddr: ":8080", ProbeAddr: ":8081", LeaderElection: true, LeaderElectionNS: "default"})
 	if err != nil {

@@ -1,9 +1,11 @@
 // Package testenv starts the local control plane (etcd + kube-apiserver built by
-// hack/control-plane.sh) with the runservice CRDs and the Run webhook installed. The integration
+// hack/control-plane.sh) with the runservice CRDs, their admission policies and the Run webhook
+// installed. The integration
 // tests, the benchmarks and `make run` all boot it through Start, so they share one setup.
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -163,6 +165,15 @@ func Start(opts ...Option) (*Env, error) {
 		return nil, fmt.Errorf("writing the admin kubeconfig: %w", err)
 	}
 	e.Config = admin.Config()
+	ctx := context.Background()
+	if err := InstallPolicies(ctx, e.Config, root); err != nil {
+		_ = e.Stop()
+		return nil, fmt.Errorf("installing the admission policies: %w", err)
+	}
+	if err := waitForPolicies(ctx, e.Config); err != nil {
+		_ = e.Stop()
+		return nil, fmt.Errorf("installing the admission policies: %w", err)
+	}
 	return e, nil
 }
 

@@ -193,7 +193,8 @@ func validateSelectedLabels(run *rsv1.Run) field.ErrorList {
 }
 
 func (v *RunValidator) update(ctx context.Context, old, run *rsv1.Run, dryRun bool) admission.Response {
-	errs := dag.ValidateApprovedTasks(&run.Spec, old.Spec.ApprovedTasks, field.NewPath("spec"))
+	errs := immutableChanges(old, run)
+	errs = append(errs, dag.ValidateApprovedTasks(&run.Spec, old.Spec.ApprovedTasks, field.NewPath("spec"))...)
 	errs = append(errs, validateArchiveAfter(run)...)
 	errs = append(errs, validateSelectedLabels(run)...)
 	if len(dag.ValidateSize(old)) == 0 {
@@ -226,6 +227,28 @@ func (v *RunValidator) update(ctx context.Context, old, run *rsv1.Run, dryRun bo
 			rsv1.AnnotationUpdateToken))
 	}
 	return resp
+}
+
+// immutableChanges refuses the changes of the run's spec that it may not have once created: its
+// tasks, change groups and restart are what was admitted and scheduled, and a stop is not undone.
+// (The CRD schema said so in CEL rules, which the apiserver evaluated on every write of the run,
+// status included.)
+func immutableChanges(old, run *rsv1.Run) field.ErrorList {
+	var errs field.ErrorList
+	spec := field.NewPath("spec")
+	if !equality.Semantic.DeepEqual(old.Spec.Tasks, run.Spec.Tasks) {
+		errs = append(errs, field.Forbidden(spec.Child("tasks"), "tasks are immutable once the run is created"))
+	}
+	if !slices.Equal(old.Spec.ChangeGroups, run.Spec.ChangeGroups) {
+		errs = append(errs, field.Forbidden(spec.Child("changeGroups"), "changeGroups is immutable"))
+	}
+	if !equality.Semantic.DeepEqual(old.Spec.RestartFrom, run.Spec.RestartFrom) {
+		errs = append(errs, field.Forbidden(spec.Child("restartFrom"), "restartFrom is immutable"))
+	}
+	if old.IsStopped() && !run.IsStopped() {
+		errs = append(errs, field.Forbidden(spec.Child("stop"), "stop cannot be undone"))
+	}
+	return errs
 }
 
 // carriedToken returns the update token the request sends, and whether it sends one. A create sends

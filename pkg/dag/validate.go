@@ -2,18 +2,22 @@ package dag
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"runservice.dev/runservice/api/v1alpha1"
 )
 
-// Validate does the graph checks that the CRD schema cannot: duplicate task names, dependencies on unknown
-// tasks, self dependencies, duplicate dependency entries, cycles, duplicate change groups, a
-// restoreWorkspace step in a task without parents, and approvals of tasks that do not exist or need no
-// approval. Errors use field paths under path, so messages name the field.
+// Validate does the checks that the CRD schema does not: duplicate task names, dependencies on unknown
+// tasks, self dependencies, duplicate dependency entries, cycles, duplicate change groups, a step
+// that is not exactly one kind, resources other than cpu and memory, a restoreWorkspace step in a
+// task without parents, and approvals of tasks that do not exist or need no approval. (The schema
+// could say the step's and the resources' rules in CEL, but the apiserver would evaluate them again on
+// every status write of the run.) Errors use field paths under path, so messages name the field.
 func Validate(spec *v1alpha1.RunSpec, path *field.Path) field.ErrorList {
 	if spec == nil {
 		return nil
@@ -46,6 +50,32 @@ func Validate(spec *v1alpha1.RunSpec, path *field.Path) field.ErrorList {
 				errs = append(errs, field.NotFound(p, d.Task))
 			}
 			seen[d.Task] = true
+		}
+		for k, s := range t.Steps {
+			if kinds := s.Kinds(); len(kinds) != 1 {
+				set := "none"
+				if len(kinds) > 0 {
+					set = strings.Join(kinds, " and ")
+				}
+				errs = append(errs, field.Invalid(taskPath.Child("steps").Index(k), set,
+					"a step must have exactly one of run, saveToWorkspace or restoreWorkspace"))
+			}
+		}
+		for j, c := range t.Containers {
+			if c.Resources == nil {
+				continue
+			}
+			p := taskPath.Child("containers").Index(j).Child("resources")
+			for _, r := range []struct {
+				name string
+				list corev1.ResourceList
+			}{{"requests", c.Resources.Requests}, {"limits", c.Resources.Limits}} {
+				for _, name := range slices.Sorted(maps.Keys(r.list)) {
+					if name != corev1.ResourceCPU && name != corev1.ResourceMemory {
+						errs = append(errs, field.NotSupported(p.Child(r.name).Key(string(name)), name, []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory}))
+					}
+				}
+			}
 		}
 		if len(t.Depends) == 0 {
 			for k, s := range t.Steps {
