@@ -225,6 +225,9 @@ refused "a token bound to no pod updating an Executor" \
 # ... and the status of the tasks scheduled on it, not of a sibling's.
 status executortask "$long_sleep" as "$victim" >/dev/null || wrong "$victim may not write the status of its task long-sleep"
 refused "$sibling writing the status of $victim's task" status executortask "$long_sleep" as "$sibling"
+# An ExecutorTask's spec is what was scheduled, for a cluster admin too (the CRDs' admission policy).
+refused "an admin changing the command of task long-sleep" kubectl patch --dry-run=server executortask "$long_sleep" \
+  --type=json -p '[{"op": "replace", "path": "/spec/task/steps/0/run/command", "value": "echo changed"}]'
 # The group's clean-up: a sibling's Executor may be deleted; other Leases and Secrets stay out of reach.
 as "$sibling" delete --dry-run=server executor "$victim" >/dev/null || wrong "$sibling may not remove $victim's Executor"
 kubectl apply -f - >/dev/null <<'YAML'

@@ -90,6 +90,16 @@ func TestStatusWritesEvaluateNoValidationRule(t *testing.T) {
 	if got := celEvaluations(t, env.Config) - before; got != 0 {
 		t.Errorf("%d status writes of a run and of an ExecutorTask evaluated CEL rules %d times, want none", 2*writes, got)
 	}
+
+	// The count is the right one: an Executor's schema has a rule (its endpoint's), evaluated at its write.
+	before = celEvaluations(t, env.Config)
+	ex := &rsv1.Executor{ObjectMeta: metav1.ObjectMeta{Name: "e", Namespace: "cost"}, Spec: rsv1.ExecutorSpec{Driver: rsv1.DriverKubernetes, Endpoint: "http://10.0.0.7:8090"}}
+	if err := c.Create(ctx, ex); err != nil {
+		t.Fatalf("creating an Executor: %v", err)
+	}
+	if celEvaluations(t, env.Config) == before {
+		t.Errorf("an Executor's write evaluated no CEL rule: the apiserver's count is not the one read here")
+	}
 }
 
 // celEvaluations is the apiserver's count of CEL validations of custom resources

@@ -230,7 +230,8 @@ func reachableCluster() (*rest.Config, bool) {
 
 // onCluster installs the CRDs and their admission policies into a reachable cluster and runs the manager there. The webhook needs
 // a certificate the cluster trusts, so out of a cluster the manager runs without it (the run
-// controller still rejects bad graphs with phase SetupError); deploy with config/default for it.
+// controller still rejects bad graphs with phase SetupError, but nothing refuses a change of a run's
+// immutable fields); deploy with config/default for it.
 func onCluster(ctx context.Context, cfg *rest.Config) error {
 	root, err := testenv.RepoRoot()
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"runservice.dev/runservice/api/v1alpha1"
@@ -84,6 +86,31 @@ func TestValidate(t *testing.T) {
 			name: "restoreWorkspace in a task without parents",
 			spec: runSpec(tasks(task("a", restoreWorkspace), task("b", dependsOn("a"), restoreWorkspace))),
 			want: []wantErr{{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].steps[1].restoreWorkspace", detail: "no parent workspace"}},
+		},
+		{
+			name: "a step of no kind and one of two",
+			spec: runSpec(tasks(task("a", func(t *v1alpha1.Task) {
+				t.Steps = append(t.Steps, v1alpha1.Step{}, v1alpha1.Step{
+					Run: &v1alpha1.RunStep{Command: "make"}, SaveToWorkspace: &v1alpha1.SaveToWorkspaceStep{},
+				})
+			}))),
+			want: []wantErr{
+				{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].steps[1]", detail: "exactly one of run, saveToWorkspace or restoreWorkspace"},
+				{typ: field.ErrorTypeInvalid, field: "spec.tasks[0].steps[2]", detail: "exactly one of run, saveToWorkspace or restoreWorkspace"},
+			},
+		},
+		{
+			name: "resources other than cpu and memory",
+			spec: runSpec(tasks(task("a", func(t *v1alpha1.Task) {
+				t.Containers[0].Resources = &v1alpha1.ContainerResources{
+					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), "nvidia.com/gpu": resource.MustParse("1")},
+					Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi"), corev1.ResourceEphemeralStorage: resource.MustParse("1Gi")},
+				}
+			}))),
+			want: []wantErr{
+				{typ: field.ErrorTypeNotSupported, field: "spec.tasks[0].containers[0].resources.requests[nvidia.com/gpu]", detail: `"cpu", "memory"`},
+				{typ: field.ErrorTypeNotSupported, field: "spec.tasks[0].containers[0].resources.limits[ephemeral-storage]", detail: `"cpu", "memory"`},
+			},
 		},
 		{
 			name: "approvals of tasks that need approval",

@@ -3758,7 +3758,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
 			SchemaProps: spec.SchemaProps{
-				Description: "ExecutorTaskSpec is one scheduled task, written by the manager. Only stop changes later. Everything but stop is immutable: an executor runs what was scheduled, and a task restores exactly the workspaces it was given (an optional list may not appear or disappear either).",
+				Description: "ExecutorTaskSpec is one scheduled task, written by the manager. Only stop changes later. Everything but stop is immutable: an executor runs what was scheduled, and a task restores exactly the workspaces it was given (an optional list may not appear or disappear either). The admission policy of config/crd/executortask_policy.yaml says so on updates of the ExecutorTask itself, not in the schema, whose CEL rules the apiserver would evaluate on every status write too.",
 				Type:        []string{"object"},
 				Properties: map[string]spec.Schema{
 					"runName": {
@@ -4220,7 +4220,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref common.ReferenceCa
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
 			SchemaProps: spec.SchemaProps{
-				Description: "RunSpec is what a client submits: a DAG of tasks.",
+				Description: "RunSpec is what a client submits: a DAG of tasks. Its schema has no CEL rule (the apiserver would evaluate them on every write of the run, status included): the Run webhook refuses the changes the fields marked immutable may not have, and the steps and resources a Task may not (dag.Validate).",
 				Type:        []string{"object"},
 				Properties: map[string]spec.Schema{
 					"changeGroups": {
@@ -4587,7 +4587,7 @@ func schema_runservicedev_runservice_api_v1alpha1_Step(ref common.ReferenceCallb
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
 			SchemaProps: spec.SchemaProps{
-				Description: "Step is one step of a task: exactly one of its fields is set.",
+				Description: "Step is one step of a task: exactly one of its fields is set (dag.Validate).",
 				Type:        []string{"object"},
 				Properties: map[string]spec.Schema{
 					"run": {
