@@ -155,7 +155,14 @@ func TestRestartFromScratchRunsEverything(t *testing.T) {
 func TestRestartOfAnArchivedRun(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "ex1")
-	orig := failB(t, ns, createRun(t, archivedSoon(chain(ns, "nightly"), "0s")).Name)
+	// Archived only once the test has seen it end: at archive-after 0s from its create, it could
+	// leave etcd between two looks for its end.
+	orig := failB(t, ns, createRun(t, chain(ns, "nightly")).Name)
+	base := orig.DeepCopy()
+	archivedSoon(orig, "0s")
+	if err := k8s.Patch(context.Background(), orig, client.MergeFrom(base)); err != nil {
+		t.Fatalf("archiving run %s now: %v", orig.Name, err)
+	}
 	waitArchived(t, orig)
 
 	restart := chain(ns, "nightly-again")
