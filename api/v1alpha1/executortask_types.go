@@ -8,7 +8,9 @@ import (
 // Everything but stop is immutable: an executor runs what was scheduled, and a task restores exactly the
 // workspaces it was given (an optional list may not appear or disappear either). The admission policy
 // of config/crd/executortask_policy.yaml says so on updates of the ExecutorTask itself, not in the
-// schema, whose CEL rules the apiserver would evaluate on every status write too.
+// schema, whose CEL rules the apiserver would evaluate on every status write too. It is one field
+// for the objects' managed fields (atomic), as only the manager writes it.
+// +structType=atomic
 type ExecutorTaskSpec struct {
 	// runName is the Run the task belongs to.
 	// +required
@@ -82,7 +84,9 @@ type KeptWorkspaceSource struct {
 	Archives []int32 `json:"archives,omitempty"`
 }
 
-// ExecutorTaskStatus is written only by the task's executor.
+// ExecutorTaskStatus is written only by the task's executor: one field for the object's managed
+// fields (atomic), which the apiserver stores and recomputes at every write.
+// +structType=atomic
 type ExecutorTaskStatus struct {
 	// phase of the task on the executor.
 	// +optional

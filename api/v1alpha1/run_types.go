@@ -412,7 +412,9 @@ const (
 	ReasonFetchFailed = "FetchFailed"
 )
 
-// RunStatus is what the manager observed of a run.
+// RunStatus is what the manager observed of a run. Only the manager writes it, so it is one field
+// for the run's managed fields (atomic), which the apiserver stores and recomputes at every write.
+// +structType=atomic
 type RunStatus struct {
 	// phase of the run.
 	// +optional

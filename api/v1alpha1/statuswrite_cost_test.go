@@ -27,6 +27,7 @@ import (
 // cannot change the spec). So the rules on their specs are kept out of the schemas (the webhook
 // validates a run; an admission policy on the main resource keeps an ExecutorTask's spec as
 // scheduled): a status write evaluates none. The apiserver's count of CEL evaluations says it.
+// And each status has one writer, which owns it whole: its managed fields are one field.
 func TestStatusWritesEvaluateNoValidationRule(t *testing.T) {
 	env, err := testenv.Start()
 	if err != nil {
@@ -89,6 +90,19 @@ func TestStatusWritesEvaluateNoValidationRule(t *testing.T) {
 	}
 	if got := celEvaluations(t, env.Config) - before; got != 0 {
 		t.Errorf("%d status writes of a run and of an ExecutorTask evaluated CEL rules %d times, want none", 2*writes, got)
+	}
+
+	// Their only writers own each status whole: the managed fields the apiserver stores with the
+	// object and recomputes at every write say "status", not each field of each task and step.
+	for _, o := range []client.Object{run, et} {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range o.GetManagedFields() {
+			if m.Subresource == "status" && string(m.FieldsV1.Raw) != `{"f:status":{}}` {
+				t.Errorf("%T %s: the status writer's managed fields are %s, want the status as one field", o, o.GetName(), m.FieldsV1.Raw)
+			}
+		}
 	}
 
 	// The count is the right one: an Executor's schema has a rule (its endpoint's), evaluated at its write.

@@ -3758,7 +3758,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
 			SchemaProps: spec.SchemaProps{
-				Description: "ExecutorTaskSpec is one scheduled task, written by the manager. Only stop changes later. Everything but stop is immutable: an executor runs what was scheduled, and a task restores exactly the workspaces it was given (an optional list may not appear or disappear either). The admission policy of config/crd/executortask_policy.yaml says so on updates of the ExecutorTask itself, not in the schema, whose CEL rules the apiserver would evaluate on every status write too.",
+				Description: "ExecutorTaskSpec is one scheduled task, written by the manager. Only stop changes later. Everything but stop is immutable: an executor runs what was scheduled, and a task restores exactly the workspaces it was given (an optional list may not appear or disappear either). The admission policy of config/crd/executortask_policy.yaml says so on updates of the ExecutorTask itself, not in the schema, whose CEL rules the apiserver would evaluate on every status write too. It is one field for the objects' managed fields (atomic), as only the manager writes it.",
 				Type:        []string{"object"},
 				Properties: map[string]spec.Schema{
 					"runName": {
@@ -3878,6 +3878,11 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskSpec(ref common.Re
 				},
 				Required: []string{"runName", "taskName", "executor", "executorUID", "task"},
 			},
+			VendorExtensible: spec.VendorExtensible{
+				Extensions: spec.Extensions{
+					"x-kubernetes-map-type": "atomic",
+				},
+			},
 		},
 		Dependencies: []string{
 			apiv1alpha1.EnvVar{}.OpenAPIModelName(), apiv1alpha1.KeptWorkspaceSource{}.OpenAPIModelName(), apiv1alpha1.Task{}.OpenAPIModelName()},
@@ -3888,7 +3893,7 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref common.
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
 			SchemaProps: spec.SchemaProps{
-				Description: "ExecutorTaskStatus is written only by the task's executor.",
+				Description: "ExecutorTaskStatus is written only by the task's executor: one field for the object's managed fields (atomic), which the apiserver stores and recomputes at every write.",
 				Type:        []string{"object"},
 				Properties: map[string]spec.Schema{
 					"phase": {
@@ -3935,6 +3940,11 @@ func schema_runservicedev_runservice_api_v1alpha1_ExecutorTaskStatus(ref common.
 							},
 						},
 					},
+				},
+			},
+			VendorExtensible: spec.VendorExtensible{
+				Extensions: spec.Extensions{
+					"x-kubernetes-map-type": "atomic",
 				},
 			},
 		},
@@ -4336,7 +4346,7 @@ func schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref common.Reference
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
 			SchemaProps: spec.SchemaProps{
-				Description: "RunStatus is what the manager observed of a run.",
+				Description: "RunStatus is what the manager observed of a run. Only the manager writes it, so it is one field for the run's managed fields (atomic), which the apiserver stores and recomputes at every write.",
 				Type:        []string{"object"},
 				Properties: map[string]spec.Schema{
 					"phase": {
@@ -4433,6 +4443,11 @@ func schema_runservicedev_runservice_api_v1alpha1_RunStatus(ref common.Reference
 							Ref:         ref(apiv1alpha1.RunReference{}.OpenAPIModelName()),
 						},
 					},
+				},
+			},
+			VendorExtensible: spec.VendorExtensible{
+				Extensions: spec.Extensions{
+					"x-kubernetes-map-type": "atomic",
 				},
 			},
 		},
