@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"testing"
@@ -94,14 +95,29 @@ func TestStatusWritesEvaluateNoValidationRule(t *testing.T) {
 
 	// Their only writers own each status whole: the managed fields the apiserver stores with the
 	// object and recomputes at every write say "status", not each field of each task and step.
+	// So is an ExecutorTask's spec, which only the manager writes.
 	for _, o := range []client.Object{run, et} {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
 			t.Fatal(err)
 		}
+		statuses := 0
 		for _, m := range o.GetManagedFields() {
-			if m.Subresource == "status" && string(m.FieldsV1.Raw) != `{"f:status":{}}` {
-				t.Errorf("%T %s: the status writer's managed fields are %s, want the status as one field", o, o.GetName(), m.FieldsV1.Raw)
+			var fields map[string]json.RawMessage
+			if err := json.Unmarshal(m.FieldsV1.Raw, &fields); err != nil {
+				t.Fatal(err)
 			}
+			if m.Subresource == "status" {
+				statuses++
+				if string(m.FieldsV1.Raw) != `{"f:status":{}}` {
+					t.Errorf("%T %s: the status writer's managed fields are %s, want the status as one field", o, o.GetName(), m.FieldsV1.Raw)
+				}
+			}
+			if spec, ok := fields["f:spec"]; ok && o == client.Object(et) && string(spec) != `{}` {
+				t.Errorf("ExecutorTask %s: the creator's managed fields are %s, want the spec as one field", o.GetName(), m.FieldsV1.Raw)
+			}
+		}
+		if statuses != 1 {
+			t.Errorf("%T %s has %d managed-fields entries of its status writer, want 1", o, o.GetName(), statuses)
 		}
 	}
 
