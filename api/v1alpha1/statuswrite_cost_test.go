@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -137,11 +138,11 @@ func TestStatusWritesEvaluateNoValidationRule(t *testing.T) {
 // a rule.
 func celEvaluations(t *testing.T, cfg *rest.Config) int {
 	t.Helper()
-	rc, err := rest.UnversionedRESTClientFor(rest.CopyConfig(withCodecs(cfg)))
+	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, err := rc.Get().AbsPath("/metrics").DoRaw(context.Background())
+	body, err := kube.RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
 		t.Fatalf("reading the apiserver's metrics: %v", err)
 	}
@@ -158,10 +159,4 @@ func celEvaluations(t *testing.T, cfg *rest.Config) int {
 		n += int(v)
 	}
 	return n
-}
-
-func withCodecs(cfg *rest.Config) *rest.Config {
-	c := rest.CopyConfig(cfg)
-	c.NegotiatedSerializer = clientgoscheme.Codecs.WithoutConversion()
-	return c
 }

@@ -1,12 +1,8 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -16,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -28,39 +23,21 @@ import (
 // the API (an ExecutorTask's spec is immutable), applied wherever the CRDs are.
 var PolicyFiles = []string{"executortask_policy.yaml"}
 
-// InstallPolicies creates (or updates) the admission policies of PolicyFiles under root's config/crd.
-// They take effect a moment later (Start waits for it).
+// InstallPolicies applies (server-side) the admission policies of PolicyFiles under root's
+// config/crd. They take effect a moment later (Start waits for it).
 func InstallPolicies(ctx context.Context, cfg *rest.Config, root string) error {
-	c, err := client.New(cfg, client.Options{Scheme: manager.Scheme()})
+	c, err := client.New(cfg, client.Options{})
 	if err != nil {
 		return err
 	}
 	for _, name := range PolicyFiles {
-		data, err := os.ReadFile(filepath.Join(root, "config", "crd", name))
+		objs, err := decodeAll(filepath.Join(root, "config", "crd", name))
 		if err != nil {
 			return err
 		}
-		dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-		for {
-			u := &unstructured.Unstructured{}
-			if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-				break
-			} else if err != nil {
-				return fmt.Errorf("reading %s: %w", name, err)
-			}
-			if len(u.Object) == 0 {
-				continue
-			}
-			if err := c.Create(ctx, u); apierrors.IsAlreadyExists(err) {
-				cur := &unstructured.Unstructured{}
-				cur.SetGroupVersionKind(u.GroupVersionKind())
-				if err := c.Get(ctx, client.ObjectKeyFromObject(u), cur); err != nil {
-					return err
-				}
-				u.SetResourceVersion(cur.GetResourceVersion())
-				err = c.Update(ctx, u)
-			}
-			if err != nil {
+		for _, o := range objs {
+			u := o.(*unstructured.Unstructured)
+			if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("runservice-testenv"), client.ForceOwnership); err != nil {
 				return fmt.Errorf("applying %s %s from %s: %w", u.GetKind(), u.GetName(), name, err)
 			}
 		}
@@ -91,8 +68,8 @@ func waitForPolicies(ctx context.Context, cfg *rest.Config) error {
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		err := c.Update(ctx, changed.DeepCopy(), client.DryRunAll)
 		switch {
-		case err == nil, apierrors.IsNotFound(err):
-			return false, nil // not enforced yet (NotFound: the policy's own objects are not seen yet)
+		case err == nil:
+			return false, nil // not enforced yet
 		case apierrors.IsInvalid(err) && strings.Contains(err.Error(), "only stop can change"):
 			return true, nil
 		default:
