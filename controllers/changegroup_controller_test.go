@@ -467,6 +467,63 @@ func TestStoredTokenDoesNotBlockLaterWrites(t *testing.T) {
 	}
 }
 
+// TestAFreshTokenSurvivesTheApiserversRetry: a patch carrying a fresh token is admitted even when the
+// apiserver asks the webhook twice. The apiserver applies a patch to the run it holds, asks the
+// webhook, and writes at that run's version; when the run changed meanwhile (here another client
+// writes its annotations all along, as the manager writes runs under load) it applies the patch again
+// to the newer run and asks the webhook again. The first ask spent the token in its compare-and-swap,
+// so the second must recognize its own swap, not refuse the token as stale.
+func TestAFreshTokenSurvivesTheApiserversRetry(t *testing.T) {
+	ns := newNamespace(t)
+	if err := k8s.Create(context.Background(), &rsv1.ChangeGroup{ObjectMeta: metav1.ObjectMeta{Name: "train", Namespace: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	createRun(t, inGroup(ns, "carriage", "train", true))
+	settledToken(t, ns, "train", 1)
+	patch := func(body string) error {
+		return k8s.Patch(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "carriage", Namespace: ns}},
+			client.RawPatch(types.MergePatchType, []byte(body)))
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var writes sync.WaitGroup
+	writes.Go(func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			_ = patch(fmt.Sprintf(`{"metadata":{"annotations":{"example.com/tick":"%d"}}}`, i))
+		}
+	})
+	defer func() { cancel(); writes.Wait() }()
+
+	const rounds = 40
+	body := func(token string, round int) string {
+		return fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}},"spec":{"environment":[{"name":"ROUND","value":"%d"}]}}`, rsv1.AnnotationUpdateToken, token, round)
+	}
+	var first, token string
+	for i := range rounds {
+		token = rsv1.UpdateToken(getGroup(t, ns, "train"))
+		if i == 0 {
+			first = token
+		}
+		if err := patch(body(token, i)); err != nil {
+			t.Fatalf("round %d of %d: a patch with the fresh token %s: %v", i, rounds, token, err)
+		}
+	}
+	cancel()
+	writes.Wait()
+
+	// A spent token buys nothing else: another change of the run with it is refused.
+	if err := patch(body(first, rounds)); !apierrors.IsConflict(err) || !strings.Contains(err.Error(), `change group "train"`) {
+		t.Fatalf("another change with the spent token %s: got %v, want 409 naming the group", first, err)
+	}
+	// And a run's own change is not another run's: a second run cannot spend the token again.
+	createRun(t, inGroup(ns, "wagon", "train", true))
+	wagon := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}},"spec":{"environment":[{"name":"ROUND","value":"%d"}]}}`, rsv1.AnnotationUpdateToken, token, rounds-1)
+	err := k8s.Patch(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "wagon", Namespace: ns}}, client.RawPatch(types.MergePatchType, []byte(wagon)))
+	if !apierrors.IsConflict(err) {
+		t.Fatalf("the same change of another run with the spent token %s: got %v, want 409", token, err)
+	}
+}
+
 // TestTokenWithoutChangeGroups: a token on a run without change groups has no group to compare and
 // swap; it is refused with 422 naming the annotation, at create and on update.
 func TestTokenWithoutChangeGroups(t *testing.T) {

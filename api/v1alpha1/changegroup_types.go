@@ -41,6 +41,30 @@ type ChangeGroupStatus struct {
 	// sequence grows with every write of the ledger, so that each write gives a new token.
 	// +optional
 	Sequence int64 `json:"sequence,omitempty"`
+
+	// lastSwap is the last compare-and-swap at an update token: the token it spent and the
+	// change it admitted. The apiserver may ask the admission webhook twice about one request (when
+	// the run changed between its read and its write, it applies the request again to the newer run
+	// and asks again); the webhook finds its own swap here and admits the request again, instead of
+	// refusing the token the first ask spent.
+	// +optional
+	LastSwap *TokenSwap `json:"lastSwap,omitempty"`
+}
+
+// TokenSwap is one compare-and-swap of a change group at an update token.
+type TokenSwap struct {
+	// resourceVersion is the group's version the swap was made at: the token it spent (empty when
+	// the swap created the group).
+	// +optional
+	ResourceVersion string `json:"resourceVersion"`
+
+	// run is the name of the run whose request made the swap.
+	Run string `json:"run"`
+
+	// change is a digest of what the request asked for: the run's uid and spec, as admitted. A
+	// request that asks for exactly the same change of the same run with the same token is the same
+	// request to the ledger.
+	Change string `json:"change"`
 }
 
 // FinishedRuns counts runs by their result.

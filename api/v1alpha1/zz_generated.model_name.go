@@ -170,3 +170,8 @@ func (in TaskDependency) OpenAPIModelName() string {
 func (in TaskStatus) OpenAPIModelName() string {
 	return "dev.runservice.v1alpha1.TaskStatus"
 }
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in TokenSwap) OpenAPIModelName() string {
+	return "dev.runservice.v1alpha1.TokenSwap"
+}

@@ -214,7 +214,7 @@ func TestPhantomCleanupAcrossShards(t *testing.T) {
 	// Entries the webhook would have written for requests that failed after it admitted them.
 	l := &ledger.Ledger{Reader: k8s, Writer: k8s}
 	for _, name := range []string{suspended, "never-created"} {
-		if err := l.Admit(context.Background(), ns, name, []string{group}, nil); err != nil {
+		if err := l.Admit(context.Background(), ns, name, []string{group}, nil, ""); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -42,15 +42,17 @@ type Ledger struct {
 }
 
 // Admit records the run as active in each group, creating the groups that do not exist yet.
-// With tokens (group name -> resourceVersion) each write is a compare-and-swap at that version, and
-// a mismatch is a ConflictError; without tokens (nil map) it retries on conflict. When a later group
-// fails, the groups already written are released again so nothing is half-admitted.
-func (l *Ledger) Admit(ctx context.Context, namespace, run string, groups []string, tokens map[string]string) error {
+// With tokens (group name -> resourceVersion) each write is a compare-and-swap at that version for
+// the request asking for change (see TokenSwap), and a mismatch is a ConflictError; without tokens
+// (nil map) it retries on conflict. When a later group fails, the groups already written are
+// released again so nothing is half-admitted.
+func (l *Ledger) Admit(ctx context.Context, namespace, run string, groups []string, tokens map[string]string, change string) error {
 	var done []string
 	for _, g := range groups {
 		var err error
 		if tokens != nil {
-			err = l.compareAndSwap(ctx, namespace, g, tokens[g], func(st *rsv1.ChangeGroupStatus) { AddRun(st, run) })
+			err = l.compareAndSwap(ctx, namespace, g, rsv1.TokenSwap{ResourceVersion: tokens[g], Run: run, Change: change},
+				func(st *rsv1.ChangeGroupStatus) { AddRun(st, run) })
 		} else {
 			err = l.update(ctx, namespace, g, true, func(st *rsv1.ChangeGroupStatus) bool { return AddRun(st, run) })
 		}
@@ -70,9 +72,10 @@ func (l *Ledger) Admit(ctx context.Context, namespace, run string, groups []stri
 // an approval, a stop, any other change). The groups are written one by one: when a later group
 // conflicts, the earlier ones stay bumped, which spends their tokens but changes no count, so other
 // holders of those tokens only have to read them again.
-func (l *Ledger) Touch(ctx context.Context, namespace string, groups []string, tokens map[string]string) error {
+func (l *Ledger) Touch(ctx context.Context, namespace, run string, groups []string, tokens map[string]string, change string) error {
 	for _, g := range groups {
-		if err := l.compareAndSwap(ctx, namespace, g, tokens[g], func(*rsv1.ChangeGroupStatus) {}); err != nil {
+		swap := rsv1.TokenSwap{ResourceVersion: tokens[g], Run: run, Change: change}
+		if err := l.compareAndSwap(ctx, namespace, g, swap, func(*rsv1.ChangeGroupStatus) {}); err != nil {
 			return err
 		}
 	}
@@ -152,24 +155,35 @@ var backoff = wait.Backoff{Steps: 30, Duration: 5 * time.Millisecond, Factor: 1.
 
 func retriable(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
 
-// compareAndSwap applies change to the group's status at resourceVersion rv. An empty rv means the
-// group must not exist yet.
-func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group, rv string, change func(*rsv1.ChangeGroupStatus)) error {
+// compareAndSwap applies change to the group's status at the resourceVersion of swap, and records
+// swap as the group's last. An empty resourceVersion means the group must not exist yet. A swap
+// equal to the group's last one was made already, for the same request asked about again: it is done.
+func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, swap rsv1.TokenSwap, change func(*rsv1.ChangeGroupStatus)) error {
 	cg := &rsv1.ChangeGroup{}
-	if rv == "" {
+	key := types.NamespacedName{Namespace: namespace, Name: group}
+	if rv := swap.ResourceVersion; rv == "" {
 		cg.Name, cg.Namespace = group, namespace
 		if err := l.Writer.Create(ctx, cg); err != nil {
-			if apierrors.IsAlreadyExists(err) {
-				return &ConflictError{Group: group, Reason: "the update token says the group does not exist, but it was created meanwhile; read the token again"}
+			if !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("creating change group %s: %w", group, err)
 			}
-			return fmt.Errorf("creating change group %s: %w", group, err)
+			if err := l.Reader.Get(ctx, key, cg); err != nil {
+				return fmt.Errorf("reading change group %s: %w", group, err)
+			}
+			if swapped(cg, swap) {
+				return nil
+			}
+			return &ConflictError{Group: group, Reason: "the update token says the group does not exist, but it was created meanwhile; read the token again"}
 		}
 	} else {
-		if err := l.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: group}, cg); err != nil {
+		if err := l.Reader.Get(ctx, key, cg); err != nil {
 			if apierrors.IsNotFound(err) {
 				return &ConflictError{Group: group, Reason: "the group of the update token no longer exists; read the token again"}
 			}
 			return fmt.Errorf("reading change group %s: %w", group, err)
+		}
+		if swapped(cg, swap) {
+			return nil
 		}
 		if cg.ResourceVersion != rv {
 			return &ConflictError{Group: group, Reason: fmt.Sprintf("the update token is stale (group changed from version %s to %s); read the token again", rv, cg.ResourceVersion)}
@@ -177,11 +191,19 @@ func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group, rv string
 	}
 	st := cg.Status.DeepCopy()
 	change(st)
+	st.LastSwap = &swap
 	err := l.writeStatus(ctx, cg, st)
 	if apierrors.IsConflict(err) {
 		return &ConflictError{Group: group, Reason: "another request changed the group with the same update token first; read the token again"}
 	}
 	return err
+}
+
+// swapped reports whether the group's last compare-and-swap is swap: the same change of the same run
+// at the same token, made already. Ledger writes since (counts, other runs' admissions) keep it:
+// they did not spend the token for another request.
+func swapped(cg *rsv1.ChangeGroup, swap rsv1.TokenSwap) bool {
+	return cg.Status.LastSwap != nil && *cg.Status.LastSwap == swap
 }
 
 // update applies change to a live copy of the group, retrying on conflict; create says whether a

@@ -4,6 +4,8 @@ package webhook
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -311,7 +313,7 @@ func (v *RunValidator) admit(ctx context.Context, run *rsv1.Run, tokens map[stri
 	if dryRun {
 		return admission.Allowed("")
 	}
-	if err := v.Ledger.Admit(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups, tokens); err != nil {
+	if err := v.Ledger.Admit(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups, tokens, change(run)); err != nil {
 		return ledgerError(err)
 	}
 	return admission.Allowed("")
@@ -323,10 +325,22 @@ func (v *RunValidator) touch(ctx context.Context, run *rsv1.Run, tokens map[stri
 	if dryRun {
 		return admission.Allowed("")
 	}
-	if err := v.Ledger.Touch(ctx, run.Namespace, run.Spec.ChangeGroups, tokens); err != nil {
+	if err := v.Ledger.Touch(ctx, run.Namespace, run.Name, run.Spec.ChangeGroups, tokens, change(run)); err != nil {
 		return ledgerError(err)
 	}
 	return admission.Allowed("")
+}
+
+// change names what a request carrying a token asks for, for the ledger to recognize the request
+// when the apiserver asks about it again: the run's uid and its spec as admitted. The apiserver asks
+// again after its write met a concurrent write of the run (the manager's, under load): it applies the
+// request to the newer run, whose spec is the same unless a spec change came between, and that one
+// spent the token with a swap of its own. Metadata is left out: the manager writes labels and
+// finalizers while the spec is the user's.
+func change(run *rsv1.Run) string {
+	spec, _ := json.Marshal(run.Spec) // a decoded spec always marshals
+	sum := sha256.Sum256(append([]byte(string(run.UID)+"\n"), spec...))
+	return hex.EncodeToString(sum[:16])
 }
 
 func invalid(run *rsv1.Run, errs field.ErrorList) admission.Response {

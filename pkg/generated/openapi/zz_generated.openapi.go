@@ -115,6 +115,7 @@ func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenA
 		apiv1alpha1.Task{}.OpenAPIModelName():                 schema_runservicedev_runservice_api_v1alpha1_Task(ref),
 		apiv1alpha1.TaskDependency{}.OpenAPIModelName():       schema_runservicedev_runservice_api_v1alpha1_TaskDependency(ref),
 		apiv1alpha1.TaskStatus{}.OpenAPIModelName():           schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref),
+		apiv1alpha1.TokenSwap{}.OpenAPIModelName():            schema_runservicedev_runservice_api_v1alpha1_TokenSwap(ref),
 	}
 }
 
@@ -3261,11 +3262,17 @@ func schema_runservicedev_runservice_api_v1alpha1_ChangeGroupStatus(ref common.R
 							Format:      "int64",
 						},
 					},
+					"lastSwap": {
+						SchemaProps: spec.SchemaProps{
+							Description: "lastSwap is the last compare-and-swap at an update token: the token it spent and the change it admitted. The apiserver may ask the admission webhook twice about one request (when the run changed between its read and its write, it applies the request again to the newer run and asks again); the webhook finds its own swap here and admits the request again, instead of refusing the token the first ask spent.",
+							Ref:         ref(apiv1alpha1.TokenSwap{}.OpenAPIModelName()),
+						},
+					},
 				},
 			},
 		},
 		Dependencies: []string{
-			apiv1alpha1.FinishedRuns{}.OpenAPIModelName()},
+			apiv1alpha1.FinishedRuns{}.OpenAPIModelName(), apiv1alpha1.TokenSwap{}.OpenAPIModelName()},
 	}
 }
 
@@ -4967,5 +4974,43 @@ func schema_runservicedev_runservice_api_v1alpha1_TaskStatus(ref common.Referenc
 		},
 		Dependencies: []string{
 			v1.Time{}.OpenAPIModelName(), apiv1alpha1.StepStatus{}.OpenAPIModelName()},
+	}
+}
+
+func schema_runservicedev_runservice_api_v1alpha1_TokenSwap(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "TokenSwap is one compare-and-swap of a change group at an update token.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"resourceVersion": {
+						SchemaProps: spec.SchemaProps{
+							Description: "resourceVersion is the group's version the swap was made at: the token it spent (empty when the swap created the group).",
+							Default:     "",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"run": {
+						SchemaProps: spec.SchemaProps{
+							Description: "run is the name of the run whose request made the swap.",
+							Default:     "",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"change": {
+						SchemaProps: spec.SchemaProps{
+							Description: "change is a digest of what the request asked for: the run's uid and spec, as admitted. A request that asks for exactly the same change of the same run with the same token is the same request to the ledger.",
+							Default:     "",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+				},
+				Required: []string{"run", "change"},
+			},
+		},
 	}
 }
