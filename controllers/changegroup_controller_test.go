@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
+	"runservice.dev/runservice/internal/ledger"
 	"runservice.dev/runservice/internal/testenv"
 )
 
@@ -511,17 +513,64 @@ func TestAFreshTokenSurvivesTheApiserversRetry(t *testing.T) {
 	cancel()
 	writes.Wait()
 
-	// A spent token buys nothing else: another change of the run with it is refused.
-	if err := patch(body(first, rounds)); !apierrors.IsConflict(err) || !strings.Contains(err.Error(), `change group "train"`) {
-		t.Fatalf("another change with the spent token %s: got %v, want 409 naming the group", first, err)
+	// A spent token buys nothing else: another change of the run with it is refused, the same change
+	// is the same request (the annotation is removed first, so that the run does not store the token:
+	// a stored token is not carried at all).
+	if err := patch(fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, rsv1.AnnotationUpdateToken)); err != nil {
+		t.Fatalf("removing the annotation: %v", err)
 	}
-	// And a run's own change is not another run's: a second run cannot spend the token again.
+	if err := patch(body(token, rounds)); !apierrors.IsConflict(err) || !strings.Contains(err.Error(), `change group "train"`) {
+		t.Fatalf("another change with the spent token %s: got %v, want 409 naming the group", token, err)
+	}
+	if err := patch(body(first, 0)); !apierrors.IsConflict(err) {
+		t.Fatalf("round 0's change with its token %s, spent long ago and the spec changed since: got %v, want 409", first, err)
+	}
+	if err := patch(body(token, rounds-1)); err != nil {
+		t.Fatalf("the last round's change asked again with its token %s: %v", token, err)
+	}
+	// And a run's change is not another run's.
 	createRun(t, inGroup(ns, "wagon", "train", true))
 	wagon := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}},"spec":{"environment":[{"name":"ROUND","value":"%d"}]}}`, rsv1.AnnotationUpdateToken, token, rounds-1)
 	err := k8s.Patch(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "wagon", Namespace: ns}}, client.RawPatch(types.MergePatchType, []byte(wagon)))
 	if !apierrors.IsConflict(err) {
 		t.Fatalf("the same change of another run with the spent token %s: got %v, want 409", token, err)
 	}
+}
+
+// TestAStartAskedAgainAfterItWasUndoneIsRefused: the second ask of a start finds its swap done only
+// while the run is still active in the group. When the ledger released it since (an admission rolled
+// back because a later group refused, a phantom entry dropped), the start is refused: admitting it
+// would start a run its group does not count, which would wait for the group for ever.
+func TestAStartAskedAgainAfterItWasUndoneIsRefused(t *testing.T) {
+	ns := newNamespace(t)
+	if err := k8s.Create(context.Background(), &rsv1.ChangeGroup{ObjectMeta: metav1.ObjectMeta{Name: "g", Namespace: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	l := &ledger.Ledger{Reader: k8s, Writer: k8s}
+	token := map[string]string{"g": rsv1.UpdateToken(getGroup(t, ns, "g"))}
+	if err := l.Admit(context.Background(), ns, "r", []string{"g"}, token, "c1"); err != nil {
+		t.Fatalf("the first ask: %v", err)
+	}
+	if err := l.Admit(context.Background(), ns, "r", []string{"g"}, token, "c1"); err != nil {
+		t.Fatalf("the second ask while the run is active: %v", err)
+	}
+	if err := l.Admit(context.Background(), ns, "r", []string{"g"}, token, "c2"); !isLedgerConflict(err) {
+		t.Fatalf("another change with the spent token: got %v, want a conflict", err)
+	}
+	if err := l.Release(context.Background(), ns, "r", []string{"g"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Admit(context.Background(), ns, "r", []string{"g"}, token, "c1"); !isLedgerConflict(err) {
+		t.Fatalf("the second ask after the run was released: got %v, want a conflict", err)
+	}
+	if active := getGroup(t, ns, "g").Status.ActiveRuns; len(active) != 0 {
+		t.Fatalf("active runs %v, want none", active)
+	}
+}
+
+func isLedgerConflict(err error) bool {
+	var conflict *ledger.ConflictError
+	return errors.As(err, &conflict)
 }
 
 // TestTokenWithoutChangeGroups: a token on a run without change groups has no group to compare and

@@ -42,13 +42,15 @@ type ChangeGroupStatus struct {
 	// +optional
 	Sequence int64 `json:"sequence,omitempty"`
 
-	// lastSwap is the last compare-and-swap at an update token: the token it spent and the
-	// change it admitted. The apiserver may ask the admission webhook twice about one request (when
-	// the run changed between its read and its write, it applies the request again to the newer run
-	// and asks again); the webhook finds its own swap here and admits the request again, instead of
-	// refusing the token the first ask spent.
+	// recentSwaps are the last compare-and-swaps at update tokens, newest last (at most 8): the
+	// token each spent and the change it admitted. The apiserver may ask the admission webhook twice
+	// about one request (when the run changed between its read and its write, it applies the request
+	// again to the newer run and asks again); the webhook finds its own swap here and admits the
+	// request again, instead of refusing the token the first ask spent.
 	// +optional
-	LastSwap *TokenSwap `json:"lastSwap,omitempty"`
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	RecentSwaps []TokenSwap `json:"recentSwaps,omitempty"`
 }
 
 // TokenSwap is one compare-and-swap of a change group at an update token.

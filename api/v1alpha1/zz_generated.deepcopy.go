@@ -104,10 +104,10 @@ func (in *ChangeGroupStatus) DeepCopyInto(out *ChangeGroupStatus) {
 		copy(*out, *in)
 	}
 	out.Finished = in.Finished
-	if in.LastSwap != nil {
-		in, out := &in.LastSwap, &out.LastSwap
-		*out = new(TokenSwap)
-		**out = **in
+	if in.RecentSwaps != nil {
+		in, out := &in.RecentSwaps, &out.RecentSwaps
+		*out = make([]TokenSwap, len(*in))
+		copy(*out, *in)
 	}
 }
 

@@ -52,7 +52,8 @@ func (l *Ledger) Admit(ctx context.Context, namespace, run string, groups []stri
 		var err error
 		if tokens != nil {
 			err = l.compareAndSwap(ctx, namespace, g, rsv1.TokenSwap{ResourceVersion: tokens[g], Run: run, Change: change},
-				func(st *rsv1.ChangeGroupStatus) { AddRun(st, run) })
+				func(st *rsv1.ChangeGroupStatus) { AddRun(st, run) },
+				func(st *rsv1.ChangeGroupStatus) bool { return slices.Contains(st.ActiveRuns, run) })
 		} else {
 			err = l.update(ctx, namespace, g, true, func(st *rsv1.ChangeGroupStatus) bool { return AddRun(st, run) })
 		}
@@ -75,7 +76,7 @@ func (l *Ledger) Admit(ctx context.Context, namespace, run string, groups []stri
 func (l *Ledger) Touch(ctx context.Context, namespace, run string, groups []string, tokens map[string]string, change string) error {
 	for _, g := range groups {
 		swap := rsv1.TokenSwap{ResourceVersion: tokens[g], Run: run, Change: change}
-		if err := l.compareAndSwap(ctx, namespace, g, swap, func(*rsv1.ChangeGroupStatus) {}); err != nil {
+		if err := l.compareAndSwap(ctx, namespace, g, swap, func(*rsv1.ChangeGroupStatus) {}, func(*rsv1.ChangeGroupStatus) bool { return true }); err != nil {
 			return err
 		}
 	}
@@ -156,9 +157,11 @@ var backoff = wait.Backoff{Steps: 30, Duration: 5 * time.Millisecond, Factor: 1.
 func retriable(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
 
 // compareAndSwap applies change to the group's status at the resourceVersion of swap, and records
-// swap as the group's last. An empty resourceVersion means the group must not exist yet. A swap
-// equal to the group's last one was made already, for the same request asked about again: it is done.
-func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, swap rsv1.TokenSwap, change func(*rsv1.ChangeGroupStatus)) error {
+// swap among the group's recent ones. An empty resourceVersion means the group must not exist yet.
+// A swap among the recent ones was made already, for the same request asked about again: it is done
+// when its change still holds (done), and a conflict when the ledger undid it since (an admission
+// released again, a phantom entry dropped).
+func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, swap rsv1.TokenSwap, change func(*rsv1.ChangeGroupStatus), done func(*rsv1.ChangeGroupStatus) bool) error {
 	cg := &rsv1.ChangeGroup{}
 	key := types.NamespacedName{Namespace: namespace, Name: group}
 	if rv := swap.ResourceVersion; rv == "" {
@@ -170,7 +173,7 @@ func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, sw
 			if err := l.Reader.Get(ctx, key, cg); err != nil {
 				return fmt.Errorf("reading change group %s: %w", group, err)
 			}
-			if swapped(cg, swap) {
+			if swapped(cg, swap) && done(&cg.Status) {
 				return nil
 			}
 			return &ConflictError{Group: group, Reason: "the update token says the group does not exist, but it was created meanwhile; read the token again"}
@@ -183,7 +186,10 @@ func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, sw
 			return fmt.Errorf("reading change group %s: %w", group, err)
 		}
 		if swapped(cg, swap) {
-			return nil
+			if done(&cg.Status) {
+				return nil
+			}
+			return &ConflictError{Group: group, Reason: "the update token was spent by this same request, whose admission was undone since; read the token again"}
 		}
 		if cg.ResourceVersion != rv {
 			return &ConflictError{Group: group, Reason: fmt.Sprintf("the update token is stale (group changed from version %s to %s); read the token again", rv, cg.ResourceVersion)}
@@ -191,7 +197,10 @@ func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, sw
 	}
 	st := cg.Status.DeepCopy()
 	change(st)
-	st.LastSwap = &swap
+	st.RecentSwaps = append(st.RecentSwaps, swap)
+	if n := len(st.RecentSwaps) - maxRecentSwaps; n > 0 {
+		st.RecentSwaps = slices.Delete(st.RecentSwaps, 0, n)
+	}
 	err := l.writeStatus(ctx, cg, st)
 	if apierrors.IsConflict(err) {
 		return &ConflictError{Group: group, Reason: "another request changed the group with the same update token first; read the token again"}
@@ -199,11 +208,15 @@ func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, sw
 	return err
 }
 
-// swapped reports whether the group's last compare-and-swap is swap: the same change of the same run
-// at the same token, made already. Ledger writes since (counts, other runs' admissions) keep it:
-// they did not spend the token for another request.
+// maxRecentSwaps bounds the swaps a group remembers: enough for a request's second ask to find its
+// own after other requests swapped in between (schedulers racing on one group), a few hundred bytes.
+const maxRecentSwaps = 8
+
+// swapped reports whether swap is among the group's recent compare-and-swaps: the same change of the
+// same run at the same token, made already. Ledger writes since (counts, other swaps) keep it: a
+// token is spent by one request, whoever wrote the group after it.
 func swapped(cg *rsv1.ChangeGroup, swap rsv1.TokenSwap) bool {
-	return cg.Status.LastSwap != nil && *cg.Status.LastSwap == swap
+	return slices.Contains(cg.Status.RecentSwaps, swap)
 }
 
 // update applies change to a live copy of the group, retrying on conflict; create says whether a

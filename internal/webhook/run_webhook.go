@@ -334,9 +334,9 @@ func (v *RunValidator) touch(ctx context.Context, run *rsv1.Run, tokens map[stri
 // change names what a request carrying a token asks for, for the ledger to recognize the request
 // when the apiserver asks about it again: the run's uid and its spec as admitted. The apiserver asks
 // again after its write met a concurrent write of the run (the manager's, under load): it applies the
-// request to the newer run, whose spec is the same unless a spec change came between, and that one
-// spent the token with a swap of its own. Metadata is left out: the manager writes labels and
-// finalizers while the spec is the user's.
+// request to the newer run, whose spec is the same unless another client changed the spec between
+// (then the second ask is refused, as a stale token is). Metadata is left out: the manager writes
+// labels and finalizers; the spec is only the clients'.
 func change(run *rsv1.Run) string {
 	spec, _ := json.Marshal(run.Spec) // a decoded spec always marshals
 	sum := sha256.Sum256(append([]byte(string(run.UID)+"\n"), spec...))

@@ -3262,10 +3262,22 @@ func schema_runservicedev_runservice_api_v1alpha1_ChangeGroupStatus(ref common.R
 							Format:      "int64",
 						},
 					},
-					"lastSwap": {
+					"recentSwaps": {
+						VendorExtensible: spec.VendorExtensible{
+							Extensions: spec.Extensions{
+								"x-kubernetes-list-type": "atomic",
+							},
+						},
 						SchemaProps: spec.SchemaProps{
-							Description: "lastSwap is the last compare-and-swap at an update token: the token it spent and the change it admitted. The apiserver may ask the admission webhook twice about one request (when the run changed between its read and its write, it applies the request again to the newer run and asks again); the webhook finds its own swap here and admits the request again, instead of refusing the token the first ask spent.",
-							Ref:         ref(apiv1alpha1.TokenSwap{}.OpenAPIModelName()),
+							Description: "recentSwaps are the last compare-and-swaps at update tokens, newest last (at most 8): the token each spent and the change it admitted. The apiserver may ask the admission webhook twice about one request (when the run changed between its read and its write, it applies the request again to the newer run and asks again); the webhook finds its own swap here and admits the request again, instead of refusing the token the first ask spent.",
+							Type:        []string{"array"},
+							Items: &spec.SchemaOrArray{
+								Schema: &spec.Schema{
+									SchemaProps: spec.SchemaProps{
+										Ref: ref(apiv1alpha1.TokenSwap{}.OpenAPIModelName()),
+									},
+								},
+							},
 						},
 					},
 				},
