@@ -189,8 +189,8 @@ spec:
     - run:
         command: go vet ./...
 `,
-		path:   "spec.tasks[1]",
-		phrase: `Duplicate value: {"name":"build"}`,
+		path:   "spec.tasks[1].name",
+		phrase: `Duplicate value: "build"`,
 	},
 	{
 		name: "duplicate dependency entry",

@@ -53,10 +53,10 @@ type RunSpec struct {
 	// +kubebuilder:validation:MaxItems=128
 	Environment []EnvVar `json:"environment,omitempty"`
 
-	// tasks are the nodes of the run's graph. Immutable.
+	// tasks are the nodes of the run's graph. Immutable; their names are unique (checked at
+	// admission).
 	// +required
-	// +listType=map
-	// +listMapKey=name
+	// +listType=atomic
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=256
 	Tasks []Task `json:"tasks"`

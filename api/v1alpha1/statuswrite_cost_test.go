@@ -96,7 +96,7 @@ func TestStatusWritesEvaluateNoValidationRule(t *testing.T) {
 
 	// Their only writers own each status whole: the managed fields the apiserver stores with the
 	// object and recomputes at every write say "status", not each field of each task and step.
-	// So is an ExecutorTask's spec, which only the manager writes.
+	// So is an ExecutorTask's spec, which only the manager writes, and a run's tasks.
 	for _, o := range []client.Object{run, et} {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
 			t.Fatal(err)
@@ -115,6 +115,10 @@ func TestStatusWritesEvaluateNoValidationRule(t *testing.T) {
 			}
 			if spec, ok := fields["f:spec"]; ok && o == client.Object(et) && string(spec) != `{}` {
 				t.Errorf("ExecutorTask %s: the creator's managed fields are %s, want the spec as one field", o.GetName(), m.FieldsV1.Raw)
+			}
+			// A run's tasks are immutable: its submitter owns them as one field, not each task's.
+			if spec, ok := fields["f:spec"]; ok && o == client.Object(run) && string(spec) != `{".":{},"f:tasks":{}}` {
+				t.Errorf("Run %s: the submitter's managed fields are %s, want the tasks as one field", o.GetName(), m.FieldsV1.Raw)
 			}
 		}
 		if statuses != 1 {

@@ -4328,14 +4328,11 @@ func schema_runservicedev_runservice_api_v1alpha1_RunSpec(ref common.ReferenceCa
 					"tasks": {
 						VendorExtensible: spec.VendorExtensible{
 							Extensions: spec.Extensions{
-								"x-kubernetes-list-map-keys": []interface{}{
-									"name",
-								},
-								"x-kubernetes-list-type": "map",
+								"x-kubernetes-list-type": "atomic",
 							},
 						},
 						SchemaProps: spec.SchemaProps{
-							Description: "tasks are the nodes of the run's graph. Immutable.",
+							Description: "tasks are the nodes of the run's graph. Immutable; their names are unique (checked at admission).",
 							Type:        []string{"array"},
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
