@@ -338,6 +338,9 @@ func (v *RunValidator) touch(ctx context.Context, run *rsv1.Run, tokens map[stri
 // (then the second ask is refused, as a stale token is). Metadata is left out: the manager writes
 // labels and finalizers; the spec is only the clients'.
 func change(run *rsv1.Run) string {
+	if run.UID == "" {
+		return "" // not the apiserver's (it sets the uid before asking): never recognized
+	}
 	spec, _ := json.Marshal(run.Spec) // a decoded spec always marshals
 	sum := sha256.Sum256(append([]byte(string(run.UID)+"\n"), spec...))
 	return hex.EncodeToString(sum[:16])

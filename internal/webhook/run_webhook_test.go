@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
 )
@@ -42,5 +43,32 @@ func TestCarriedToken(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestChange: a request's change is the same for the same run and spec, whatever its metadata, and
+// differs with the run's uid or its spec; a run without a uid (not from the apiserver) names none.
+func TestChange(t *testing.T) {
+	run := func(uid, env string, labels map[string]string) *rsv1.Run {
+		return &rsv1.Run{
+			ObjectMeta: metav1.ObjectMeta{Name: "r", UID: types.UID(uid), Labels: labels, ResourceVersion: env},
+			Spec:       rsv1.RunSpec{Environment: []rsv1.EnvVar{{Name: "A", Value: env}}},
+		}
+	}
+	a := change(run("u1", "1", nil))
+	if a == "" {
+		t.Fatal("a run from the apiserver names no change")
+	}
+	if b := change(run("u1", "1", map[string]string{"x": "y"})); b != a {
+		t.Errorf("the same spec with other metadata: %s, want %s", b, a)
+	}
+	if b := change(run("u1", "2", nil)); b == a {
+		t.Errorf("another spec names the same change %s", a)
+	}
+	if b := change(run("u2", "1", nil)); b == a {
+		t.Errorf("another run (uid) names the same change %s", a)
+	}
+	if b := change(run("", "1", nil)); b != "" {
+		t.Errorf("a run without a uid names change %s, want none", b)
 	}
 }
