@@ -213,8 +213,9 @@ func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, sw
 const maxRecentSwaps = 8
 
 // swapped reports whether swap is among the group's recent compare-and-swaps: the same change of the
-// same run at the same token, made already. A swap that names no change is never the same request. Ledger writes since (counts, other swaps) keep it: a
-// token is spent by one request, whoever wrote the group after it.
+// same run at the same token, made already. A swap that names no change is never the same request.
+// Ledger writes since (counts, other swaps) keep it: a token is spent by one request, whoever wrote
+// the group after it.
 func swapped(cg *rsv1.ChangeGroup, swap rsv1.TokenSwap) bool {
 	return swap.Change != "" && slices.Contains(cg.Status.RecentSwaps, swap)
 }
