@@ -99,11 +99,13 @@ func (c *ownedRunsCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Unlock()
 	var runs rsv1.RunList
 	if err := reader.List(ctx, &runs, client.UnsafeDisableDeepCopy); err != nil {
+		collectFailed("runservice_shard_runs", err)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(ownedDesc, prometheus.GaugeValue, float64(len(runs.Items)), me)
 	var tasks rsv1.ExecutorTaskList
 	if err := reader.List(ctx, &tasks, client.UnsafeDisableDeepCopy); err != nil {
+		collectFailed("runservice_shard_executortasks", err)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(ownedTasksDesc, prometheus.GaugeValue, float64(len(tasks.Items)), me)
