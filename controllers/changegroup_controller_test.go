@@ -482,10 +482,11 @@ func TestAFreshTokenSurvivesTheApiserversRetry(t *testing.T) {
 	}
 	createRun(t, inGroup(ns, "carriage", "train", true))
 	settledToken(t, ns, "train", 1)
-	patch := func(body string) error {
-		return k8s.Patch(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "carriage", Namespace: ns}},
+	patchRun := func(name, body string) error {
+		return k8s.Patch(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}},
 			client.RawPatch(types.MergePatchType, []byte(body)))
 	}
+	patch := func(body string) error { return patchRun("carriage", body) }
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var writes sync.WaitGroup
@@ -530,9 +531,7 @@ func TestAFreshTokenSurvivesTheApiserversRetry(t *testing.T) {
 	}
 	// And a run's change is not another run's.
 	createRun(t, inGroup(ns, "wagon", "train", true))
-	wagon := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}},"spec":{"environment":[{"name":"ROUND","value":"%d"}]}}`, rsv1.AnnotationUpdateToken, token, rounds-1)
-	err := k8s.Patch(context.Background(), &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: "wagon", Namespace: ns}}, client.RawPatch(types.MergePatchType, []byte(wagon)))
-	if !apierrors.IsConflict(err) {
+	if err := patchRun("wagon", body(token, rounds-1)); !apierrors.IsConflict(err) {
 		t.Fatalf("the same change of another run with the spent token %s: got %v, want 409", token, err)
 	}
 }

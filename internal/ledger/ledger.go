@@ -76,7 +76,7 @@ func (l *Ledger) Admit(ctx context.Context, namespace, run string, groups []stri
 func (l *Ledger) Touch(ctx context.Context, namespace, run string, groups []string, tokens map[string]string, change string) error {
 	for _, g := range groups {
 		swap := rsv1.TokenSwap{ResourceVersion: tokens[g], Run: run, Change: change}
-		if err := l.compareAndSwap(ctx, namespace, g, swap, func(*rsv1.ChangeGroupStatus) {}, func(*rsv1.ChangeGroupStatus) bool { return true }); err != nil {
+		if err := l.compareAndSwap(ctx, namespace, g, swap, func(*rsv1.ChangeGroupStatus) {}, nil); err != nil {
 			return err
 		}
 	}
@@ -159,48 +159,40 @@ func retriable(err error) bool { return apierrors.IsConflict(err) || apierrors.I
 // compareAndSwap applies change to the group's status at the resourceVersion of swap, and records
 // swap among the group's recent ones. An empty resourceVersion means the group must not exist yet.
 // A swap among the recent ones was made already, for the same request asked about again: it is done
-// when its change still holds (done), and a conflict when the ledger undid it since (an admission
-// released again, a phantom entry dropped).
+// when its change still holds (done; nil: always), and a conflict when the ledger undid it since (an
+// admission released again, a phantom entry dropped).
 func (l *Ledger) compareAndSwap(ctx context.Context, namespace, group string, swap rsv1.TokenSwap, change func(*rsv1.ChangeGroupStatus), done func(*rsv1.ChangeGroupStatus) bool) error {
-	cg := &rsv1.ChangeGroup{}
-	key := types.NamespacedName{Namespace: namespace, Name: group}
-	if rv := swap.ResourceVersion; rv == "" {
-		cg.Name, cg.Namespace = group, namespace
-		if err := l.Writer.Create(ctx, cg); err != nil {
-			if !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("creating change group %s: %w", group, err)
-			}
-			if err := l.Reader.Get(ctx, key, cg); err != nil {
-				return fmt.Errorf("reading change group %s: %w", group, err)
-			}
-			if swapped(cg, swap) && done(&cg.Status) {
-				return nil
-			}
-			return &ConflictError{Group: group, Reason: "the update token says the group does not exist, but it was created meanwhile; read the token again"}
+	cg := &rsv1.ChangeGroup{ObjectMeta: metav1.ObjectMeta{Name: group, Namespace: namespace}}
+	rv := swap.ResourceVersion
+	created := false
+	if rv == "" {
+		err := l.Writer.Create(ctx, cg)
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("creating change group %s: %w", group, err)
 		}
-	} else {
-		if err := l.Reader.Get(ctx, key, cg); err != nil {
-			if apierrors.IsNotFound(err) {
-				return &ConflictError{Group: group, Reason: "the group of the update token no longer exists; read the token again"}
-			}
+		created = err == nil
+	}
+	if !created {
+		if err := l.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: group}, cg); apierrors.IsNotFound(err) {
+			return &ConflictError{Group: group, Reason: "the group of the update token no longer exists; read the token again"}
+		} else if err != nil {
 			return fmt.Errorf("reading change group %s: %w", group, err)
 		}
-		if swapped(cg, swap) {
-			if done(&cg.Status) {
-				return nil
-			}
+		switch {
+		case swapped(cg, swap) && (done == nil || done(&cg.Status)):
+			return nil
+		case swapped(cg, swap):
 			return &ConflictError{Group: group, Reason: "the update token was spent by this same request, whose admission was undone since; read the token again"}
-		}
-		if cg.ResourceVersion != rv {
+		case rv == "":
+			return &ConflictError{Group: group, Reason: "the update token says the group does not exist, but it was created meanwhile; read the token again"}
+		case cg.ResourceVersion != rv:
 			return &ConflictError{Group: group, Reason: fmt.Sprintf("the update token is stale (group changed from version %s to %s); read the token again", rv, cg.ResourceVersion)}
 		}
 	}
 	st := cg.Status.DeepCopy()
 	change(st)
 	st.RecentSwaps = append(st.RecentSwaps, swap)
-	if n := len(st.RecentSwaps) - maxRecentSwaps; n > 0 {
-		st.RecentSwaps = slices.Delete(st.RecentSwaps, 0, n)
-	}
+	st.RecentSwaps = st.RecentSwaps[max(0, len(st.RecentSwaps)-maxRecentSwaps):]
 	err := l.writeStatus(ctx, cg, st)
 	if apierrors.IsConflict(err) {
 		return &ConflictError{Group: group, Reason: "another request changed the group with the same update token first; read the token again"}
