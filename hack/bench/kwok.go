@@ -16,7 +16,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -511,12 +510,13 @@ func rawPod(ns, node string, i int) *corev1.Pod {
 
 // removePods deletes the namespace's pods at once (grace period 0: they are the bench's own) and
 // waits until they are gone. A busy apiserver may answer the deletion of thousands of pods with a
-// timeout while it goes on deleting them: the deletion is then asked again, a few times.
+// timeout, or reset the request's stream, while it goes on deleting them: the deletion (idempotent)
+// is then asked again, a few times.
 func removePods(ctx context.Context, kube kubernetes.Interface, ns string) error {
 	var err error
 	for range 5 {
 		err = kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{})
-		if !apierrors.IsTimeout(err) && !apierrors.IsServerTimeout(err) {
+		if err == nil || ctx.Err() != nil {
 			break
 		}
 	}
