@@ -83,8 +83,9 @@ func TestRestartFromFailedTasksKeepsWhatSucceeded(t *testing.T) {
 		t.Errorf("restart: spec.restartFrom %+v, labels %v; want the original's uid and label %s=%s", restart.Spec.RestartFrom, restart.Labels, rsv1.LabelRestartedFrom, orig.Name)
 	}
 	b := waitTask(t, ns, restart.Name, "b")
-	// b's ExecutorTask is created only after the status holding the kept tasks is written.
-	first := getRun(t, ns, restart.Name)
+	// The first status write holds the kept tasks. It follows the creation of b's ExecutorTask
+	// in the same advance, so it is waited for: b cannot end before the test reports it.
+	first := waitRunPhase(t, ns, restart.Name, rsv1.RunPhaseRunning)
 	if rf := first.Status.RestartedFrom; rf == nil || rf.Name != orig.Name || rf.UID != orig.UID {
 		t.Errorf("status.restartedFrom = %+v, want %s/%s", rf, orig.Name, orig.UID)
 	}
