@@ -48,6 +48,9 @@ type managerSample struct {
 	// anon is the part of rss that is the process's own memory (RssAnon), not pages of its binary
 	// and other files mapped (RssFile: clean, shared, reclaimable).
 	rss, anon, heap int64
+	// live is the heap's live objects after the GC (heap_alloc then): heap counts whole spans in
+	// use, with the free slots the objects freed left in them.
+	live int64
 }
 
 func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
@@ -101,6 +104,9 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 		mode = fmt.Sprintf("%d replicas of --shards=auto, each a process of its own", len(mgrs))
 	case b.shards == "auto":
 		mode = "one replica of --shards=auto (the default), a process of its own"
+	}
+	if b.envVars > 0 {
+		mode += fmt.Sprintf("; each run's environment %d variables of 40 bytes", b.envVars)
 	}
 	fmt.Fprintf(out, "\nlive runs (issue 10: manager RSS < 200 MiB with 10,000 live runs): %d runs of %s, a ended and b and c held Running by %d fake executors, so every run is live with 3 ExecutorTasks; the manager %s, default options; memory read when the manager is idle, the heap in use after a GC (its heap profile with gc=1)\n",
 		b.runs, runShape, b.executors, mode)
@@ -231,7 +237,7 @@ func isLive(run *rsv1.Run) bool {
 func (b *liveBench) submit(ctx context.Context, c versioned.Interface, ns string, t *tracker, live func() int) error {
 	names := make(chan string)
 	errs := make(chan error, 4)
-	wait := createRuns(ctx, c, ns, 4, names, errs, func(name string) { t.runCreated(name, time.Now()) })
+	wait := createRuns(ctx, c, ns, b.spec(), 4, names, errs, func(name string) { t.runCreated(name, time.Now()) })
 	defer func() {
 		close(names)
 		wait()
@@ -308,11 +314,12 @@ func (l *liveLook) sample(ctx context.Context, name string) (liveSample, error) 
 		if err := saveProfile(ctx, m.pprof+"/debug/pprof/heap?gc=1", path); err != nil {
 			return liveSample{}, err
 		}
-		h, err := scrape(ctx, m.metrics, "go_memstats_heap_inuse_bytes")
+		h, err := scrape(ctx, m.metrics, "go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes")
 		if err != nil {
 			return liveSample{}, err
 		}
-		out.managers = append(out.managers, managerSample{rss: m.rss(), anon: m.status("RssAnon:"), heap: int64(h["go_memstats_heap_inuse_bytes"])})
+		out.managers = append(out.managers, managerSample{rss: m.rss(), anon: m.status("RssAnon:"),
+			heap: int64(h["go_memstats_heap_inuse_bytes"]), live: int64(h["go_memstats_heap_alloc_bytes"])})
 	}
 	m := l.managers[0]
 	out.apiserverRSS, out.etcdRSS = m.apiserver.rss(), m.etcd.rss()
@@ -356,6 +363,7 @@ func printLive(out io.Writer, runs int, members []string, took time.Duration, id
 		row(name+" RSS", i0.rss, i1.rss)
 		row("  of which anonymous", i0.anon, i1.anon)
 		row("  heap after GC", i0.heap, i1.heap)
+		row("  of which live objects", i0.live, i1.live)
 		fmt.Fprintf(out, "  peak RSS while the runs were submitted: %.0f MiB\n", mibf(peak[i]))
 		if v := at10k(i0.rss, i1.rss); v > worst {
 			worst, worstAnon = v, at10k(i0.anon, i1.anon)
@@ -397,6 +405,17 @@ type liveConfig struct {
 	shards    string
 	replicas  int
 	profile   string
+	envVars   int
+}
+
+// spec is the runs' spec: benchTasks, with -live-env variables of 40 bytes in the run's
+// environment, which each ExecutorTask carries too (as a real run's environment and scripts).
+func (c *liveConfig) spec() rsv1.RunSpec {
+	spec := rsv1.RunSpec{Tasks: benchTasks()}
+	for i := range c.envVars {
+		spec.Environment = append(spec.Environment, rsv1.EnvVar{Name: fmt.Sprintf("BENCH_VAR_%d", i), Value: strings.Repeat("v", 40)})
+	}
+	return spec
 }
 
 func (c *liveConfig) flags() {
@@ -406,12 +425,13 @@ func (c *liveConfig) flags() {
 	flag.IntVar(&c.executors, "live-executors", 2, "live scenario: fake executors")
 	flag.StringVar(&c.shards, "live-shards", "auto", "live scenario: the manager's --shards (auto: one replica of a ring, the default deployment; off: unsharded)")
 	flag.IntVar(&c.replicas, "live-replicas", 1, "live scenario: manager replicas of one ring with -live-shards auto (the runs divide among them)")
+	flag.IntVar(&c.envVars, "live-env", 0, "live scenario: variables of 40 bytes in each run's environment (each of its ExecutorTasks carries them too)")
 	flag.StringVar(&c.profile, "live-profile", "", "live scenario: write the manager's heap profiles (after a GC) at 0 and N live runs into this directory")
 }
 
 func (c *liveConfig) check() error {
-	if c.runs < 1 || c.inflight < 1 || c.executors < 1 {
-		return errors.New("-live-runs, -live-inflight and -live-executors must be positive")
+	if c.runs < 1 || c.inflight < 1 || c.executors < 1 || c.envVars < 0 || c.envVars > 128 {
+		return errors.New("-live-runs, -live-inflight and -live-executors must be positive, -live-env 0 to 128")
 	}
 	if c.shards != "auto" && c.shards != "off" {
 		return fmt.Errorf("-live-shards is %q, want auto or off", c.shards)

@@ -234,7 +234,7 @@ func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string
 	}
 	names := make(chan string)
 	errs := make(chan error, 4)
-	wait := createRuns(ctx, c, ns, 4, names, errs, func(name string) {
+	wait := createRuns(ctx, c, ns, rsv1.RunSpec{Tasks: benchTasks()}, 4, names, errs, func(name string) {
 		t.runCreated(name, time.Now())
 		submitted.Add(1)
 	})
@@ -253,13 +253,12 @@ func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string
 // createRuns starts n goroutines that create a run of benchTasks named by each name received, until
 // names is closed; created is told each name whose create returned, and the first error of a
 // goroutine goes to errs (of n places), which stops it. wait waits for the goroutines.
-func createRuns(ctx context.Context, c versioned.Interface, ns string, n int, names <-chan string, errs chan<- error, created func(name string)) (wait func()) {
-	tasks := benchTasks()
+func createRuns(ctx context.Context, c versioned.Interface, ns string, spec rsv1.RunSpec, n int, names <-chan string, errs chan<- error, created func(name string)) (wait func()) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
 			for name := range names {
-				run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: rsv1.RunSpec{Tasks: tasks}}
+				run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: *spec.DeepCopy()}
 				if _, err := c.RunserviceV1alpha1().Runs(ns).Create(ctx, run, metav1.CreateOptions{}); err != nil {
 					errs <- fmt.Errorf("creating run %s: %w", name, err)
 					return
