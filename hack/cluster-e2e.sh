@@ -73,7 +73,7 @@ log "README walkthrough: diamond Success, logs read from S3 ($((SECONDS - t0)) s
 # The manager's metrics: through their Service (any replica), and each replica's runservice figures.
 metrics=$(kubectl get --raw /api/v1/namespaces/runservice-system/services/runservice-manager-metrics:metrics/proxy/metrics) ||
   fail "the manager's metrics Service does not answer"
-echo "$metrics" | grep -q '^process_start_time_seconds' || fail "the manager's metrics Service answers without metrics"
+grep -q '^process_start_time_seconds' <<<"$metrics" || fail "the manager's metrics Service answers without metrics"
 # Go's soft memory limit: 90% of the container's memory limit, in every manager replica (its metrics)
 # and executor (its log), as automemlimit computes it from the cgroup.
 # limit90 NS DEPLOYMENT: 90% of the deployment's container memory limit (in Mi), in bytes.
@@ -92,12 +92,12 @@ for pod in $(kubectl -n runservice-system get pods -l app.kubernetes.io/name=run
   # replica under load, once in CI): read again, for up to 30 s, saying so.
   for try in $(seq 30); do
     metrics=$(kubectl get --raw "/api/v1/namespaces/runservice-system/pods/$pod:8080/proxy/metrics") || fail "the manager replica $pod serves no metrics"
-    echo "$metrics" | grep -q '^runservice_shard_runs{' && break
+    grep -q '^runservice_shard_runs{' <<<"$metrics" && break
     [ "$try" = 30 ] && fail "the manager replica $pod is not sharded: $(echo "$metrics" | grep '^runservice_')"
     echo "cluster-e2e: the manager replica $pod's metrics have no runservice_shard_runs yet (try $try)" >&2
     sleep 1
   done
-  echo "$metrics" | grep -q '^runservice_runs{phase="Finished"} [1-9]' && counted=$pod
+  grep -q '^runservice_runs{phase="Finished"} [1-9]' <<<"$metrics" && counted=$pod
   got=$(echo "$metrics" | awk '/^go_gc_gomemlimit_bytes /{printf "%d", $2}')
   [ "$got" = "$want" ] || fail "the manager replica $pod runs with Go's memory limit $got, want $want"
   checked=$((checked + 1))
@@ -106,8 +106,8 @@ done
 want=$(limit90 default runservice-executor)
 for pod in $(kubectl get pods -l app.kubernetes.io/name=runservice-executor -o jsonpath='{.items[*].metadata.name}'); do
   podlog=$(kubectl logs "$pod")
-  echo "$podlog" | grep -q "GOMEMLIMIT is updated.*$want" ||
-    fail "the executor $pod did not set Go's memory limit to $want: $(echo "$podlog" | grep GOMEMLIMIT)"
+  grep -q "GOMEMLIMIT is updated.*$want" <<<"$podlog" ||
+    fail "the executor $pod did not set Go's memory limit to $want: $(grep GOMEMLIMIT <<<"$podlog")"
   checked=$((checked + 1))
 done
 [ "$checked" = 6 ] || fail "Go's memory limit checked in $checked processes, want 3 manager replicas and 3 executors"
@@ -131,7 +131,7 @@ spec:
   - {name: b, depends: [{task: a}], containers: [{image: busybox:1.36}], steps: [{run: {command: "true"}}]}
 YAML
 )
-echo "$bad" | grep -q 'spec.tasks\[0\].depends.*cycle' || fail "a cyclic run was not refused by the webhook: $bad"
+grep -q 'spec.tasks\[0\].depends.*cycle' <<<"$bad" || fail "a cyclic run was not refused by the webhook: $bad"
 kubectl get run cycle >/dev/null 2>&1 && fail "the refused run exists"
 log "webhook: $bad"
 
@@ -185,7 +185,7 @@ status() {
   local kind=$1 name=$2 out; shift 2
   for _ in 1 2 3 4 5 6 7 8 9 10; do
     out=$(kubectl get "$kind" "$name" -o json | "$@" replace --dry-run=server --subresource=status -f - 2>&1) && return 0
-    echo "$out" | grep -q 'the object has been modified' || break
+    grep -q 'the object has been modified' <<<"$out" || break
   done
   echo "$out"
   return 1
@@ -194,7 +194,7 @@ status() {
 refused() {
   local what=$1 out; shift
   if out=$("$@" 2>&1); then wrong "$what was allowed: $out"; return; fi
-  echo "$out" | grep -q 'ValidatingAdmissionPolicy' || wrong "$what failed for another reason: $out"
+  grep -q 'ValidatingAdmissionPolicy' <<<"$out" || wrong "$what failed for another reason: $out"
 }
 kubectl create namespace rbac-probe >/dev/null
 kubectl -n rbac-probe create secret generic other --from-literal=k=v >/dev/null
