@@ -250,7 +250,7 @@ func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string
 	return int(submitted.Load()), err
 }
 
-// createRuns starts n goroutines that create a run of benchTasks named by each name received, until
+// createRuns starts n goroutines that create a run of spec (shared, only read) named by each name received, until
 // names is closed; created is told each name whose create returned, and the first error of a
 // goroutine goes to errs (of n places), which stops it. wait waits for the goroutines.
 func createRuns(ctx context.Context, c versioned.Interface, ns string, spec rsv1.RunSpec, n int, names <-chan string, errs chan<- error, created func(name string)) (wait func()) {
@@ -258,7 +258,7 @@ func createRuns(ctx context.Context, c versioned.Interface, ns string, spec rsv1
 	for range n {
 		wg.Go(func() {
 			for name := range names {
-				run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: *spec.DeepCopy()}
+				run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
 				if _, err := c.RunserviceV1alpha1().Runs(ns).Create(ctx, run, metav1.CreateOptions{}); err != nil {
 					errs <- fmt.Errorf("creating run %s: %w", name, err)
 					return
