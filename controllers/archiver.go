@@ -43,7 +43,9 @@ import (
 //  4. FinalizerArchive, which kept the deleted run until its ExecutorTasks were gone, is removed.
 type ArchiverReconciler struct {
 	Client client.Client
-	Store  *objectstore.Store
+	// APIReader reads the run to archive from the apiserver: the cache's copy is slim (SlimRun).
+	APIReader client.Reader
+	Store     *objectstore.Store
 	// After is how long after its end a run is archived; Retention, when positive, how long an
 	// archived run is kept (by the hour of its archiving) before it is deleted from the store.
 	After, Retention time.Duration
@@ -101,6 +103,19 @@ func (r *ArchiverReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{RequeueAfter: time.Second}, nil // being handed over
 	}
 	defer end()
+	// The cached copy lacks what the manager no longer reads (SlimRun): the run is archived as
+	// stored, read from the apiserver (its watch cache, at least as new as the cached copy), and
+	// only when it is the copy checked above; a run changed since is checked again on the change.
+	cached := run
+	run = &rsv1.Run{}
+	if err := r.APIReader.Get(ctx, req.NamespacedName, run, &client.GetOptions{Raw: &metav1.GetOptions{ResourceVersion: cached.ResourceVersion}}); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if run.UID != cached.UID || run.ResourceVersion != cached.ResourceVersion {
+		// The cache's event of the change brings the run back (every event of a final run does);
+		// the requeue only guards against waiting on a cache that lags for long, without polling.
+		return ctrl.Result{RequeueAfter: time.Second}, nil
+	}
 	// Due (for the metrics) unless deleted: archive leaves run deleted.
 	var due time.Time
 	if run.Status.EndTime != nil && !deleting {

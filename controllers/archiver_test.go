@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -99,11 +100,15 @@ func segmentEntries(t *testing.T, uid types.UID) []archive.Entry {
 	return out
 }
 
-// checkDocument compares an archived run's document with the run as it finished.
+// checkDocument compares an archived run's document with the run as it finished (read from the
+// apiserver: whole, where the manager's cache keeps runs slim).
 func checkDocument(t *testing.T, doc *arv1.ArchivedRun, run *rsv1.Run, tasks ...string) {
 	t.Helper()
 	if doc.UID != run.UID || doc.Name != run.Name || doc.Namespace != run.Namespace {
 		t.Errorf("document of %s/%s %s, want the run's %s/%s %s", doc.Namespace, doc.Name, doc.UID, run.Namespace, run.Name, run.UID)
+	}
+	if !equality.Semantic.DeepEqual(doc.Spec, run.Spec) || !maps.Equal(doc.Annotations, run.Annotations) {
+		t.Errorf("document's spec and annotations\n%+v\n%v\nwant the run's as stored\n%+v\n%v", doc.Spec, doc.Annotations, run.Spec, run.Annotations)
 	}
 	if doc.Status.Phase != run.Status.Phase || doc.Status.Result != run.Status.Result || len(doc.Status.Tasks) != len(run.Status.Tasks) {
 		t.Errorf("document: %s/%s with %d tasks, want %s/%s with %d", doc.Status.Phase, doc.Status.Result, len(doc.Status.Tasks),
@@ -138,11 +143,14 @@ func checkDocument(t *testing.T, doc *arv1.ArchivedRun, run *rsv1.Run, tasks ...
 func TestAFinishedRunIsArchivedThenLeavesEtcd(t *testing.T) {
 	ns := newNamespace(t)
 	startExecutor(t, ns, "ex1") // no endpoint: the fetcher marks its tasks lost
-	createRun(t, archivedSoon(fanOut(ns, "r"), "3s"))
+	run := archivedSoon(fanOut(ns, "r"), "3s")
+	run.Spec.Environment = []rsv1.EnvVar{{Name: "GOFLAGS", Value: "-mod=mod"}}
+	applied(t, run)
+	createRun(t, run)
 	for _, task := range []string{"a", "b", "c"} {
 		complete(t, ns, "r", task, rsv1.TaskPhaseSuccess)
 	}
-	run := waitRunPhase(t, ns, "r", rsv1.RunPhaseFinished)
+	run = waitRunPhase(t, ns, "r", rsv1.RunPhaseFinished)
 	eventually(t, 10*time.Second, "the finished run labelled", func() (bool, error) {
 		run = getRun(t, ns, "r")
 		_, grouped := run.Labels[arv1.LabelChangeGroupPrefix+"g1"]

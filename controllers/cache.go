@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -67,6 +68,58 @@ func SlimExecutorTask(o any) (any, error) {
 		et.Status.Steps[i].Phase = rsv1.StepPhase(knownPhase(string(et.Status.Steps[i].Phase)))
 	}
 	return et, nil
+}
+
+// SlimRun is the manager cache's transform of Runs: what a live run costs the manager grows with
+// its definition (commands, scripts, containers, environment) and, for a run submitted with kubectl
+// apply, with kubectl's copy of it (its last-applied-configuration annotation), while the manager
+// reads a task's definition only to schedule it. Once the run has a status (validated, its restart
+// resolved, from its whole spec) it keeps:
+//   - of each task its status shows decided (an ExecutorTask named, or a phase other than
+//     NotStarted: never scheduled again, as the ExecutorTasks are the lock of at most once), and of
+//     every task of a final run, the graph (name, depends, the flags) and which steps save their
+//     workspace (what fetching and a restart's kept sources read), without its containers and its
+//     steps' commands;
+//   - the environment while a task is left to schedule, which its ExecutorTask carries;
+//   - every annotation but kubectl's copy.
+//
+// A task the status does not show decided keeps its definition: one scheduled by a write the cache
+// does not show yet, or lost, is decided again from it. The archiver reads the run from the
+// apiserver to archive it whole; restarts and the webhooks read runs from the apiserver too. Every
+// write of the manager to a Run is a patch of what it changed (its status, finalizers, labels), so a
+// slim copy never writes its missing parts back. No update of a Run may be built from a cached copy:
+// one whose tasks lack their definitions is refused (the schema requires a task's containers, the
+// Run webhook keeps the tasks immutable), but one from a copy that lacks only kubectl's annotation
+// would be accepted and drop it.
+// TestTheCacheKeepsRunsSlim proves what is kept, the patches and the refusal. It returns other
+// objects as they are, and is idempotent.
+func SlimRun(o any) (any, error) {
+	run, ok := o.(*rsv1.Run)
+	if !ok || run.Status.Phase == "" {
+		return o, nil
+	}
+	delete(run.Annotations, corev1.LastAppliedConfigAnnotation)
+	final := run.Status.Phase.IsFinal() // a SetupError run's status has no tasks
+	decided := make(map[string]bool, len(run.Status.Tasks))
+	for _, ts := range run.Status.Tasks {
+		decided[ts.Name] = ts.ExecutorTask != "" || (ts.Phase != "" && ts.Phase != rsv1.TaskPhaseNotStarted)
+	}
+	pending := false
+	for i := range run.Spec.Tasks {
+		t := &run.Spec.Tasks[i]
+		if !final && !decided[t.Name] {
+			pending = true
+			continue
+		}
+		t.Containers = nil
+		for j := range t.Steps {
+			t.Steps[j] = rsv1.Step{SaveToWorkspace: t.Steps[j].SaveToWorkspace}
+		}
+	}
+	if !pending {
+		run.Spec.Environment = nil
+	}
+	return run, nil
 }
 
 // runAPIVersion is the owner references' apiVersion, one string for all.

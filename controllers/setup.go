@@ -259,7 +259,7 @@ func SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts Options) error
 		}
 	}
 	if opts.Archive {
-		archiver := &ArchiverReconciler{Client: mgr.GetClient(), Store: opts.Store, After: opts.ArchiveAfter, Retention: opts.ArchiveRetention, Workers: opts.ArchiveWorkers, Metrics: metrics, StepDone: opts.ArchiveStepDone, Guard: guard}
+		archiver := &ArchiverReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: opts.Store, After: opts.ArchiveAfter, Retention: opts.ArchiveRetention, Workers: opts.ArchiveWorkers, Metrics: metrics, StepDone: opts.ArchiveStepDone, Guard: guard}
 		if err := archiver.SetupWithManager(mgr); err != nil {
 			return err
 		}

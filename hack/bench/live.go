@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	rsv1 "runservice.dev/runservice/api/v1alpha1"
@@ -107,6 +110,12 @@ func (b *liveBench) run(ctx context.Context, out io.Writer) (err error) {
 	}
 	if b.envVars > 0 {
 		mode += fmt.Sprintf("; each run's environment %d variables of 40 bytes", b.envVars)
+	}
+	if b.script > 0 {
+		mode += fmt.Sprintf("; each task's command %d bytes", b.script)
+	}
+	if b.applied {
+		mode += "; each run with kubectl apply's annotation"
 	}
 	fmt.Fprintf(out, "\nlive runs (issue 10: manager RSS < 200 MiB with 10,000 live runs): %d runs of %s, a ended and b and c held Running by %d fake executors, so every run is live with 3 ExecutorTasks; the manager %s, default options; memory read when the manager is idle, the heap in use after a GC (its heap profile with gc=1)\n",
 		b.runs, runShape, b.executors, mode)
@@ -237,7 +246,7 @@ func isLive(run *rsv1.Run) bool {
 func (b *liveBench) submit(ctx context.Context, c versioned.Interface, ns string, t *tracker, live func() int) error {
 	names := make(chan string)
 	errs := make(chan error, 4)
-	wait := createRuns(ctx, c, ns, b.spec(), 4, names, errs, func(name string) { t.runCreated(name, time.Now()) })
+	wait := createRuns(ctx, c, ns, b.newRun(ns), 4, names, errs, func(name string) { t.runCreated(name, time.Now()) })
 	defer func() {
 		close(names)
 		wait()
@@ -406,16 +415,32 @@ type liveConfig struct {
 	replicas  int
 	profile   string
 	envVars   int
+	script    int
+	applied   bool
 }
 
-// spec is the runs' spec: benchTasks, with -live-env variables of 40 bytes in the run's
-// environment, which each ExecutorTask carries too (as a real run's environment and scripts).
-func (c *liveConfig) spec() rsv1.RunSpec {
-	spec := rsv1.RunSpec{Tasks: benchTasks()}
+// newRun makes the runs of namespace ns: benchTasks, with -live-env variables of 40 bytes in the
+// run's environment, which each ExecutorTask carries too, -live-script bytes in each task's
+// command (as a real run's environment and scripts), and with -live-applied the annotation kubectl
+// apply adds, the run's manifest.
+func (c *liveConfig) newRun(ns string) func(name string) *rsv1.Run {
+	spec := rsv1.RunSpec{Tasks: benchTasks()} // shared by the runs, only read
 	for i := range c.envVars {
 		spec.Environment = append(spec.Environment, rsv1.EnvVar{Name: fmt.Sprintf("BENCH_VAR_%d", i), Value: strings.Repeat("v", 40)})
 	}
-	return spec
+	for i := range spec.Tasks {
+		if c.script > 0 {
+			spec.Tasks[i].Steps[0].Run.Command = strings.Repeat("#", c.script)
+		}
+	}
+	return func(name string) *rsv1.Run {
+		run := &rsv1.Run{TypeMeta: metav1.TypeMeta{APIVersion: rsv1.GroupVersion.String(), Kind: "Run"}, ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
+		if c.applied {
+			manifest, _ := json.Marshal(run) // a run of these types always marshals
+			run.Annotations = map[string]string{corev1.LastAppliedConfigAnnotation: string(manifest)}
+		}
+		return run
+	}
 }
 
 func (c *liveConfig) flags() {
@@ -426,12 +451,14 @@ func (c *liveConfig) flags() {
 	flag.StringVar(&c.shards, "live-shards", "auto", "live scenario: the manager's --shards (auto: one replica of a ring, the default deployment; off: unsharded)")
 	flag.IntVar(&c.replicas, "live-replicas", 1, "live scenario: manager replicas of one ring with -live-shards auto (the runs divide among them)")
 	flag.IntVar(&c.envVars, "live-env", 0, "live scenario: variables of 40 bytes in each run's environment (each of its ExecutorTasks carries them too)")
+	flag.IntVar(&c.script, "live-script", 0, "live scenario: bytes of each task's command, a script (0: echo <task>)")
+	flag.BoolVar(&c.applied, "live-applied", false, "live scenario: runs carry the annotation kubectl apply adds (their manifest)")
 	flag.StringVar(&c.profile, "live-profile", "", "live scenario: write the manager's heap profiles (after a GC) at 0 and N live runs into this directory")
 }
 
 func (c *liveConfig) check() error {
-	if c.runs < 1 || c.inflight < 1 || c.executors < 1 || c.envVars < 0 || c.envVars > 128 {
-		return errors.New("-live-runs, -live-inflight and -live-executors must be positive, -live-env 0 to 128")
+	if c.runs < 1 || c.inflight < 1 || c.executors < 1 || c.envVars < 0 || c.envVars > 128 || c.script < 0 || c.script > 64<<10 {
+		return errors.New("-live-runs, -live-inflight and -live-executors must be positive, -live-env 0 to 128, -live-script 0 to 65536")
 	}
 	if c.shards != "auto" && c.shards != "off" {
 		return fmt.Errorf("-live-shards is %q, want auto or off", c.shards)

@@ -234,7 +234,11 @@ func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string
 	}
 	names := make(chan string)
 	errs := make(chan error, 4)
-	wait := createRuns(ctx, c, ns, rsv1.RunSpec{Tasks: benchTasks()}, 4, names, errs, func(name string) {
+	spec := rsv1.RunSpec{Tasks: benchTasks()} // shared by the runs, only read
+	newRun := func(name string) *rsv1.Run {
+		return &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
+	}
+	wait := createRuns(ctx, c, ns, newRun, 4, names, errs, func(name string) {
 		t.runCreated(name, time.Now())
 		submitted.Add(1)
 	})
@@ -250,16 +254,15 @@ func (b *soakBench) submit(ctx context.Context, c versioned.Interface, ns string
 	return int(submitted.Load()), err
 }
 
-// createRuns starts n goroutines that create a run of spec (shared, only read) named by each name received, until
-// names is closed; created is told each name whose create returned, and the first error of a
-// goroutine goes to errs (of n places), which stops it. wait waits for the goroutines.
-func createRuns(ctx context.Context, c versioned.Interface, ns string, spec rsv1.RunSpec, n int, names <-chan string, errs chan<- error, created func(name string)) (wait func()) {
+// createRuns starts n goroutines that create the run newRun makes of each name received (in
+// namespace ns), until names is closed; created is told each name whose create returned, and the
+// first error of a goroutine goes to errs (of n places), which stops it. wait waits for the goroutines.
+func createRuns(ctx context.Context, c versioned.Interface, ns string, newRun func(name string) *rsv1.Run, n int, names <-chan string, errs chan<- error, created func(name string)) (wait func()) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
 			for name := range names {
-				run := &rsv1.Run{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
-				if _, err := c.RunserviceV1alpha1().Runs(ns).Create(ctx, run, metav1.CreateOptions{}); err != nil {
+				if _, err := c.RunserviceV1alpha1().Runs(ns).Create(ctx, newRun(name), metav1.CreateOptions{}); err != nil {
 					errs <- fmt.Errorf("creating run %s: %w", name, err)
 					return
 				}

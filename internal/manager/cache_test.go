@@ -119,17 +119,24 @@ func TestTheCacheKeepsNoManagedFields(t *testing.T) {
 // definition but for which steps save their workspace (what fetching reads), with everything else
 // the manager reads as stored; a merge patch from such a copy (its stop and its shard label, the manager's
 // writes) keeps the stored spec whole, and an update from it, which would empty the rest, is refused.
+// Runs and ExecutorTasks have one cache entry each, with its slim transform (runs: the controllers'
+// TestTheCacheKeepsRunsSlim).
 func TestTheCacheKeepsExecutorTasksSlim(t *testing.T) {
 	for _, shard := range []string{"", "m1"} {
 		// ByObject is keyed by pointers: two entries of one kind would leave which one counts to chance.
-		var entries []cache.ByObject
+		entries := map[string][]cache.ByObject{}
 		for o, b := range manager.CacheOptions(shard).ByObject {
-			if _, isET := o.(*rsv1.ExecutorTask); isET {
-				entries = append(entries, b)
+			switch o.(type) {
+			case *rsv1.ExecutorTask:
+				entries["ExecutorTask"] = append(entries["ExecutorTask"], b)
+			case *rsv1.Run:
+				entries["Run"] = append(entries["Run"], b)
 			}
 		}
-		if len(entries) != 1 || entries[0].Transform == nil || (shard != "") != (entries[0].Label != nil) {
-			t.Errorf("CacheOptions(%q): ExecutorTasks cached with %+v, want one entry with the slim transform (and the shard's label)", shard, entries)
+		for _, kind := range []string{"ExecutorTask", "Run"} {
+			if e := entries[kind]; len(e) != 1 || e[0].Transform == nil || (shard != "") != (e[0].Label != nil) {
+				t.Errorf("CacheOptions(%q): %ss cached with %+v, want one entry with the slim transform (and the shard's label)", shard, kind, e)
+			}
 		}
 	}
 
