@@ -672,12 +672,7 @@ func printArchive(out io.Writer, results []*archiveStoreResult, docBytes, writer
 	}
 	for _, r := range results {
 		p99 := func(kind string) time.Duration { return percentile(sortedCopy(r.lat[kind+"/"+viaAPI]), 0.99) }
-		verdict := func(ok bool) string {
-			if ok {
-				return "met"
-			}
-			return "MISSED"
-		}
+		verdict := metOrMissed
 		deep := fmt.Sprintf("page %d", r.deepPage)
 		if r.deepPage != 200 {
 			deep += " (no group has 200 pages)"

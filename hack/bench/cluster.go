@@ -781,12 +781,7 @@ func printPhase(out io.Writer, p *clusterPhase, raw *rawResult) {
 
 // printTargets compares the phases with issue 10's targets.
 func printTargets(out io.Writer, phases []*clusterPhase, rate float64) {
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "MISSED"
-	}
+	verdict := metOrMissed
 	fmt.Fprintln(out, "targets (issue 10):")
 	var bursts []*clusterPhase
 	for _, p := range phases {

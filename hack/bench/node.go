@@ -127,10 +127,8 @@ func (b *nodeBench) run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	rawMean, svcMean := mean(raw), mean(svc)
-	fmt.Fprintf(out, "node raw: bare busybox pod `true`, created -> Succeeded: mean %s p50 %s (%d pods)\n",
-		ms(rawMean), ms(percentile(sortedCopy(raw), 0.5)), len(raw))
-	fmt.Fprintf(out, "node service: one-step task, ExecutorTask created -> final status: mean %s p50 %s (%d tasks, one at a time)\n",
-		ms(svcMean), ms(percentile(sortedCopy(svc), 0.5)), len(svc))
+	fmt.Fprintf(out, "node raw: bare busybox pod `true`, created -> Succeeded: %s (%d pods)\n", meanP50(raw), len(raw))
+	fmt.Fprintf(out, "node service: one-step task, ExecutorTask created -> final status: %s (%d tasks, one at a time)\n", meanP50(svc), len(svc))
 	fmt.Fprintf(out, "node ratio: service/bare pod = %.2f (overhead per task %s: secret, init container, log mirror, status writes)\n",
 		float64(svcMean)/float64(rawMean), ms(svcMean-rawMean))
 	return nil
