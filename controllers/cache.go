@@ -33,14 +33,8 @@ func SlimExecutorTask(o any) (any, error) {
 		return o, nil
 	}
 	s := &et.Spec
-	var steps []rsv1.Step
-	if len(s.Task.Steps) > 0 {
-		steps = make([]rsv1.Step, len(s.Task.Steps))
-		for i, step := range s.Task.Steps {
-			steps[i].SaveToWorkspace = step.SaveToWorkspace
-		}
-	}
-	s.Task = rsv1.Task{Name: s.TaskName, Steps: steps}
+	keepSaves(s.Task.Steps)
+	s.Task = rsv1.Task{Name: s.TaskName, Steps: s.Task.Steps}
 	s.Environment, s.WorkspaceSources, s.KeptSources = nil, nil, nil
 
 	for k, v := range et.Labels { // values changed in place: the map is not grown
@@ -112,14 +106,19 @@ func SlimRun(o any) (any, error) {
 			continue
 		}
 		t.Containers = nil
-		for j := range t.Steps {
-			t.Steps[j] = rsv1.Step{SaveToWorkspace: t.Steps[j].SaveToWorkspace}
-		}
+		keepSaves(t.Steps)
 	}
 	if !pending {
 		run.Spec.Environment = nil
 	}
 	return run, nil
+}
+
+// keepSaves keeps of each step, in place, only whether and what it saves to the workspace.
+func keepSaves(steps []rsv1.Step) {
+	for i := range steps {
+		steps[i] = rsv1.Step{SaveToWorkspace: steps[i].SaveToWorkspace}
+	}
 }
 
 // runAPIVersion is the owner references' apiVersion, one string for all.

@@ -59,7 +59,7 @@ func (b *dockerBench) run(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "  ... docker: raw container baseline\n")
-	raw, err := b.raw(ctx, drv)
+	raw, err := rawLives(ctx, drv, b.tasks, 1)
 	if err != nil {
 		return err
 	}
@@ -103,7 +103,7 @@ func (b *dockerBench) run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rawFan, err := b.rawFan(ctx, drv, 2*b.fanRuns)
+	rawFan, err := rawLives(ctx, drv, 2*b.fanRuns, 10)
 	if err != nil {
 		return err
 	}
@@ -125,28 +125,6 @@ func (b *dockerBench) run(ctx context.Context, out io.Writer) error {
 	fmt.Fprintf(out, "docker fan-out at once: %d runs x 10 parallel tasks in %.2fs = %.2f runs/s (%.1f tasks/s)\n",
 		b.fanRuns, fanSecs, float64(b.fanRuns)/fanSecs, float64(b.fanRuns*10)/fanSecs)
 	return nil
-}
-
-// rawFan times batches of 10 bare container lives in parallel through the Docker API, after one
-// batch that warms the daemon up: the baseline of a run that fans out to 10 tasks.
-func (b *dockerBench) rawFan(ctx context.Context, drv *docker.Driver, batches int) ([]time.Duration, error) {
-	var out []time.Duration
-	for i := range batches + 1 {
-		start := time.Now()
-		errs := make(chan error, 10)
-		for range 10 {
-			go func() { errs <- rawContainer(ctx, drv) }()
-		}
-		for range 10 {
-			if err := <-errs; err != nil {
-				return nil, err
-			}
-		}
-		if i > 0 {
-			out = append(out, time.Since(start))
-		}
-	}
-	return out, nil
 }
 
 // fanEach times runs of 10 parallel tasks, one at a time, from their create to Finished as a watch
@@ -196,15 +174,22 @@ func metOrMissed(met bool) string {
 	return "MISSED"
 }
 
-// raw times the bare container life through the Docker API.
-func (b *dockerBench) raw(ctx context.Context, drv *docker.Driver) ([]time.Duration, error) {
+// rawLives times batches of width bare container lives in parallel through the Docker API, after one
+// batch that warms the daemon up: width 1 is a task's baseline, 10 a 10-task fan-out's.
+func rawLives(ctx context.Context, drv *docker.Driver, batches, width int) ([]time.Duration, error) {
 	var out []time.Duration
-	for i := range b.tasks + 1 {
+	for i := range batches + 1 {
 		start := time.Now()
-		if err := rawContainer(ctx, drv); err != nil {
-			return nil, err
+		errs := make(chan error, width)
+		for range width {
+			go func() { errs <- rawContainer(ctx, drv) }()
 		}
-		if i > 0 { // the first one warms the daemon up
+		for range width {
+			if err := <-errs; err != nil {
+				return nil, err
+			}
+		}
+		if i > 0 {
 			out = append(out, time.Since(start))
 		}
 	}

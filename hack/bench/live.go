@@ -428,8 +428,8 @@ func (c *liveConfig) newRun(ns string) func(name string) *rsv1.Run {
 	for i := range c.envVars {
 		spec.Environment = append(spec.Environment, rsv1.EnvVar{Name: fmt.Sprintf("BENCH_VAR_%d", i), Value: strings.Repeat("v", 40)})
 	}
-	for i := range spec.Tasks {
-		if c.script > 0 {
+	if c.script > 0 {
+		for i := range spec.Tasks {
 			spec.Tasks[i].Steps[0].Run.Command = strings.Repeat("#", c.script)
 		}
 	}
